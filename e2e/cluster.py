@@ -1,0 +1,215 @@
+"""A real local Kubernetes control plane for tests and for the local fleet.
+
+kwokctl's `binary` runtime starts etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and the KWOK controller as local processes, all pointed at the
+pinned binaries that `binaries.py` builds (kwokctl downloads nothing when each
+binary is given). KWOK then plays kubelet for simulated GPU nodes, so pods are
+really scheduled and reach Running. Everything lives under
+`$LORAPLEX_CACHE/kwok/clusters/<name>/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loraplex.e2e.binaries import Binaries, cache_root, ensure_binaries
+from loraplex.e2e.gpu_nodes import GpuNodeShape, gpu_node
+
+Log = Callable[[str], None]
+
+
+class ClusterError(RuntimeError):
+    """The control plane could not be started, reached or stopped."""
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    name: str
+    running: bool
+    kubeconfig: Path
+    server: str | None
+    pids: dict[str, int]
+
+
+class LocalCluster:
+    """One named local control plane; `up()` is idempotent, `down()` leaves no process behind."""
+
+    def __init__(self, name: str = "loraplex", log: Log | None = None) -> None:
+        self.name = name
+        self.log: Log = log or (lambda message: print(message, flush=True))
+        self.workdir = cache_root() / "kwok"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.workdir / "clusters" / self.name
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig.yaml"
+
+    def up(self, nodes: int = 4, shape: GpuNodeShape | None = None, timeout: float = 120.0) -> Path:
+        """Start the control plane (or keep the running one) and ensure `nodes` GPU nodes exist."""
+        binaries = ensure_binaries(self.log)
+        if self.status().running:
+            self.log(f"Found cluster {self.name} already running")
+        else:
+            self._create(binaries, timeout)
+        self.wait_ready(timeout)
+        self.ensure_gpu_nodes(nodes, shape or GpuNodeShape())
+        return self.kubeconfig
+
+    def _create(self, binaries: Binaries, timeout: float) -> None:
+        if self.state_dir.exists():
+            self.log(f"Removed stale state of cluster {self.name}")
+            self.down()
+        started = time.monotonic()
+        self._kwokctl(
+            binaries,
+            [
+                "create", "cluster",
+                "--runtime", "binary",
+                "--kube-apiserver-binary", str(binaries.kube_apiserver),
+                "--kube-controller-manager-binary", str(binaries.kube_controller_manager),
+                "--kube-scheduler-binary", str(binaries.kube_scheduler),
+                "--etcd-binary", str(binaries.etcd),
+                "--kwok-controller-binary", str(binaries.kwok),
+                # kwokctl would otherwise add the cluster to ~/.kube/config and switch to it.
+                "--kubeconfig", str(self.workdir / f"{self.name}.merged-kubeconfig.yaml"),
+                "--kube-authorization",
+                "--kube-admission",
+                "--wait", f"{int(timeout)}s",
+            ],
+        )
+        self.log(f"Started cluster {self.name} in {time.monotonic() - started:.1f}s kubeconfig={self.kubeconfig}")
+
+    def down(self) -> None:
+        """Stop every component and remove the state; verify no process is left."""
+        pids = self._pids()
+        if self.state_dir.exists():
+            with contextlib.suppress(ClusterError):
+                self._kwokctl(None, ["delete", "cluster"])
+        for component, pid in pids.items():
+            if _alive(pid):
+                self.log(f"Killed leftover {component} pid={pid}")
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        _wait_gone(pids.values(), 10.0)
+        stray = {c: p for c, p in pids.items() if _alive(p)}
+        if stray:
+            raise ClusterError(f"processes still running after teardown: {stray}")
+        if self.state_dir.exists():
+            import shutil
+
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def status(self) -> ClusterStatus:
+        pids = self._pids()
+        server = self._server()
+        running = bool(pids) and all(_alive(p) for p in pids.values()) and server is not None
+        return ClusterStatus(self.name, running, self.kubeconfig, server, pids)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until the apiserver answers /readyz through the kubeconfig."""
+        from kubernetes import client
+
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                with contextlib.closing(self.api_client()) as api:
+                    client.VersionApi(api).get_code()
+                    client.CoreV1Api(api).read_namespace("default")
+                    return
+            except Exception as error:  # noqa: BLE001 - any failure means "not ready yet"
+                last_error = error
+            time.sleep(0.5)
+        raise ClusterError(f"apiserver of {self.name} not ready after {timeout:.0f}s: {last_error}")
+
+    def api_client(self) -> Any:
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    def ensure_gpu_nodes(self, count: int, shape: GpuNodeShape) -> list[str]:
+        """Create the simulated GPU nodes that are missing; return all their names."""
+        names = ensure_gpu_nodes(str(self.kubeconfig), self.name, count, shape)
+        self.log(f"Ensured {count} GPU nodes with {shape.gpus} GPUs each on cluster {self.name}")
+        return names
+
+    def _kwokctl(self, binaries: Binaries | None, args: list[str]) -> None:
+        kwokctl = binaries.kwokctl if binaries else ensure_binaries(self.log).kwokctl
+        env = {**os.environ, "KWOK_WORKDIR": str(self.workdir)}
+        result = subprocess.run(
+            [str(kwokctl), "--name", self.name, *args],
+            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False,
+        )
+        if result.returncode != 0:
+            raise ClusterError(f"kwokctl {' '.join(args[:2])} failed:\n{result.stdout}")
+
+    def _pids(self) -> dict[str, int]:
+        pid_dir = self.state_dir / "pids"
+        pids: dict[str, int] = {}
+        if pid_dir.is_dir():
+            for path in pid_dir.glob("*.pid"):
+                with contextlib.suppress(ValueError, OSError):
+                    pids[path.stem] = int(path.read_text().strip())
+        return pids
+
+    def _server(self) -> str | None:
+        try:
+            config = yaml.safe_load(self.kubeconfig.read_text())
+            return str(config["clusters"][0]["cluster"]["server"])
+        except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
+            return None
+
+
+def ensure_gpu_nodes(kubeconfig: str, cluster: str, count: int, shape: GpuNodeShape) -> list[str]:
+    """Create whichever of the cluster's `count` simulated GPU nodes are missing."""
+    from kubernetes import client, config
+    from kubernetes.client.rest import ApiException
+
+    names = []
+    with contextlib.closing(config.new_client_from_config(config_file=kubeconfig)) as api:
+        core = client.CoreV1Api(api)
+        for index in range(count):
+            manifest = gpu_node(cluster, index, shape)
+            names.append(manifest["metadata"]["name"])
+            try:
+                core.create_node(manifest)
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+    return names
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); treat it as gone.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def _wait_gone(pids: Iterator[int] | Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(pids)
+    while pending and time.monotonic() < deadline:
+        pending = [p for p in pending if _alive(p)]
+        if pending:
+            time.sleep(0.1)

@@ -1,0 +1,44 @@
+"""Installs the loraplex CRDs into a cluster and waits until they are served.
+
+Used by the local fleet and the test harness only: the operator itself never
+installs or patches CRDs (GitOps tools own them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from loraplex.api import crd
+
+
+def install_crds(kubeconfig: str, timeout: float = 60.0) -> None:
+    """Create or replace every CRD, then wait for each to be Established."""
+    with contextlib.closing(config.new_client_from_config(config_file=kubeconfig)) as api:
+        extensions = client.ApiextensionsV1Api(api)
+        for kind in crd.KINDS:
+            manifest = crd.crd(kind)
+            try:
+                extensions.create_custom_resource_definition(manifest)
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+                current = extensions.read_custom_resource_definition(kind.crd_name)
+                manifest["metadata"]["resourceVersion"] = current.metadata.resource_version
+                extensions.replace_custom_resource_definition(kind.crd_name, manifest)
+        for kind in crd.KINDS:
+            _wait_established(extensions, kind.crd_name, timeout)
+
+
+def _wait_established(extensions: client.ApiextensionsV1Api, name: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = extensions.read_custom_resource_definition(name).status
+        conditions = {c.type: c.status for c in (status.conditions or [])} if status else {}
+        if conditions.get("Established") == "True" and conditions.get("NamesAccepted") == "True":
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"CRD {name} not Established after {timeout:.0f}s")

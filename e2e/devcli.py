@@ -1,0 +1,94 @@
+"""`loraplex dev ...`: the local fleet on a real local control plane.
+
+`dev up` is the main job of the README: a control plane of real Kubernetes
+binaries, simulated GPU nodes, and the loraplex CRDs installed, ready for
+`kubectl apply -f examples/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+
+from loraplex.e2e import crd_install, kind_cluster
+from loraplex.e2e.binaries import cached_binaries, ensure_binaries
+from loraplex.e2e.cluster import ClusterError, LocalCluster
+from loraplex.e2e.gpu_nodes import GpuNodeShape
+
+
+def run(action: str, args: argparse.Namespace) -> int:
+    try:
+        return _ACTIONS[action](args)
+    except (ClusterError, kind_cluster.KindError) as error:
+        print(f"loraplex dev: {error}", file=sys.stderr)
+        return 1
+
+
+def _cluster_up(args: argparse.Namespace) -> int:
+    if args.kind:
+        kubeconfig = kind_cluster.up(args.name, args.nodes, GpuNodeShape(gpus=args.gpus_per_node))
+    else:
+        kubeconfig = LocalCluster(args.name).up(args.nodes, GpuNodeShape(gpus=args.gpus_per_node))
+    _print_usage(str(kubeconfig))
+    return 0
+
+
+def _cluster_down(args: argparse.Namespace) -> int:
+    if kind_cluster.exists(args.name):
+        kind_cluster.down(args.name)
+    LocalCluster(args.name).down()
+    print(f"Stopped cluster {args.name}")
+    return 0
+
+
+def _cluster_status(args: argparse.Namespace) -> int:
+    status = LocalCluster(args.name).status()
+    if not status.running:
+        print(f"Cluster {args.name}: not running")
+        return 1
+    print(f"Cluster {args.name}: running at {status.server}")
+    print(f"kubeconfig: {status.kubeconfig}")
+    for component, pid in sorted(status.pids.items()):
+        print(f"  {component}: pid {pid}")
+    return 0
+
+
+def _cluster_build(_: argparse.Namespace) -> int:
+    for path in ensure_binaries().__dict__.values():
+        print(path)
+    return 0
+
+
+def _fleet_up(args: argparse.Namespace) -> int:
+    cluster = LocalCluster(args.name)
+    if args.kind:
+        kubeconfig = kind_cluster.up(args.name, args.nodes, GpuNodeShape(gpus=args.gpus_per_node))
+    else:
+        kubeconfig = cluster.up(args.nodes, GpuNodeShape(gpus=args.gpus_per_node))
+    crd_install.install_crds(str(kubeconfig))
+    print("Installed the loraplex CRDs (basemodels, loraadapters, trainingjobs)")
+    _print_usage(str(kubeconfig))
+    return 0
+
+
+def _print_usage(kubeconfig: str) -> None:
+    binaries = cached_binaries()
+    kubectl = str(binaries.kubectl) if binaries else (shutil.which("kubectl") or "kubectl")
+    print(
+        "\nThe cluster is up. Use it with:\n"
+        f"  export KUBECONFIG={kubeconfig}\n"
+        f"  alias kubectl={kubectl}\n"
+        "  kubectl get nodes\n"
+        "  kubectl apply -f examples/ && kubectl get bm,lora,tj\n"
+    )
+
+
+_ACTIONS = {
+    "cluster-up": _cluster_up,
+    "cluster-down": _cluster_down,
+    "cluster-status": _cluster_status,
+    "cluster-build": _cluster_build,
+    "up": _fleet_up,
+    "down": _cluster_down,
+}

@@ -1,0 +1,73 @@
+"""LoRAAdapter: a named adapter of a BaseModel, its source, and how warm to keep it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from loraplex.api.common import (
+    CONDITIONS_FIELD_EXTRA,
+    AdapterSourceUri,
+    ApiModel,
+    Condition,
+    LabelName,
+    Sha256,
+    cel,
+    validations,
+)
+
+Tier = Literal["GPU", "CPU", "Disk"]
+AdapterPhase = Literal["Pending", "Loading", "Ready", "Degraded", "Failed"]
+
+
+class AdapterSource(ApiModel):
+    """Where the adapter's files are and the digest they must have."""
+
+    uri: AdapterSourceUri
+    sha256: Sha256
+
+
+class LoRAAdapterSpec(ApiModel):
+    """Desired state of a LoRAAdapter."""
+
+    base_model: LabelName = Field(description="Name of the BaseModel (same namespace) this adapter was trained on.")
+    source: AdapterSource
+    rank: int = Field(ge=1, le=512, description="LoRA rank; at most the base model's engine.maxLoraRank.")
+    replicas: int = Field(default=1, ge=0, le=1000, description="Workers that keep this adapter warm at least.")
+    policy: Literal["Pinned", "OnDemand"] = Field(
+        default="OnDemand",
+        description="Pinned: always held in GPU slots on `replicas` workers. OnDemand: loaded when used, may be evicted.",
+    )
+    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher keeps its slots when space is short.")
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "self.policy != 'Pinned' || self.replicas >= 1",
+                "a Pinned adapter needs replicas >= 1",
+                field_path=".replicas",
+                reason="FieldValueInvalid",
+            ),
+        )
+    }
+
+
+class Placement(ApiModel):
+    """One copy of the adapter: which worker holds it, in which tier."""
+
+    worker: str = Field(max_length=253)
+    tier: Tier
+
+
+class LoRAAdapterStatus(ApiModel):
+    """Observed state of a LoRAAdapter."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_FIELD_EXTRA)
+    phase: AdapterPhase | None = None
+    placements: list[Placement] = Field(default_factory=list, max_length=1000)
+    ready_replicas: int | None = Field(default=None, ge=0)
+    copies: str | None = Field(default=None, max_length=32, description="Ready copies / desired, for humans.")
+    revision: str | None = Field(default=None, max_length=64, description="sha256 of the revision being served.")
+    last_load_latency_seconds: float | None = Field(default=None, ge=0)

@@ -1,0 +1,167 @@
+"""BaseModel: one base LLM served by a fleet of identical GPU workers.
+
+Every worker runs vLLM with multi-LoRA on and the loraplex agent beside it;
+adapters of this base model are placed onto those workers.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from loraplex.api.common import (
+    CONDITIONS_FIELD_EXTRA,
+    NO_TRAVERSAL,
+    ApiModel,
+    Condition,
+    ModelSourceUri,
+    Quantity,
+    ResourceName,
+    SecretKeyReference,
+    SecretReference,
+    Toleration,
+    cel,
+    validations,
+)
+
+# Ranks vLLM accepts for --max-lora-rank.
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class ModelSource(ApiModel):
+    """Where the base model's weights come from and the name it is served under."""
+
+    uri: ModelSourceUri
+    served_name: str | None = Field(
+        default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$",
+        description="Model name clients use for the base model (default: the BaseModel's name).",
+    )
+
+
+class EngineSettings(ApiModel):
+    """vLLM settings shared by every worker of this base model."""
+
+    image: str = Field(
+        default="vllm/vllm-openai:v0.11.0", min_length=1, max_length=512,
+        pattern=r"^[a-z0-9]([a-z0-9._/:@-]*[a-zA-Z0-9_-])?$",
+        description="Worker container image (vLLM's OpenAI server plus the loraplex agent).",
+    )
+    args: list[Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=list, max_length=64,
+        description="Extra command-line flags passed to vLLM as they are.",
+    )
+    max_loras: int = Field(default=4, ge=1, le=256, description="GPU adapter slots per worker (vLLM --max-loras).")
+    max_cpu_loras: int = Field(
+        default=16, ge=1, le=4096,
+        description="Adapters vLLM keeps in CPU memory per worker (--max-cpu-loras); at least maxLoras.",
+    )
+    max_lora_rank: Literal[8, 16, 32, 64, 128, 256, 320, 512] = Field(
+        default=16, description="Largest adapter rank the workers accept (--max-lora-rank).",
+    )
+    tensor_parallel_size: int = Field(default=1, ge=1, le=16, description="GPUs one worker shards the model over.")
+    max_model_len: int | None = Field(default=None, ge=16, le=1048576, description="Context length (--max-model-len).")
+    api_key_secret_ref: SecretKeyReference | None = Field(
+        default=None,
+        description=(
+            "Secret key holding the API key vLLM requires; only the agent and the router get it. "
+            "When omitted the operator creates one."
+        ),
+    )
+
+
+class WorkerResources(ApiModel):
+    """What one worker pod requests."""
+
+    gpu: int = Field(default=1, ge=1, le=16, description="Accelerators per worker.")
+    gpu_resource_name: ResourceName = "nvidia.com/gpu"
+    cpu: Quantity | None = None
+    memory: Quantity | None = None
+
+
+class ReplicaRange(ApiModel):
+    """How many workers the fleet runs."""
+
+    min: int = Field(default=1, ge=0, le=1000)
+    max: int | None = Field(default=None, ge=1, le=1000, description="Upper bound (default: min).")
+
+    @property
+    def effective_max(self) -> int:
+        return self.min if self.max is None else self.max
+
+
+class AdapterCatalog(ApiModel):
+    """Where the long tail of adapters (those without a LoRAAdapter object) is found."""
+
+    uri_template: str = Field(
+        min_length=1, max_length=2048,
+        pattern=r"^(file:///|pvc://|https://|s3://)[^\s]*$",
+        description=(
+            "URI of an adapter by name, with '{adapter}' where the requested name goes, "
+            "e.g. s3://adapters/users/{adapter}/."
+        ),
+        json_schema_extra=validations(
+            NO_TRAVERSAL,
+            cel("self.contains('{adapter}')", "must contain the placeholder '{adapter}'"),
+        ),
+    )
+    max_rank: int | None = Field(default=None, ge=1, le=512, description="Refuse catalog adapters above this rank.")
+
+
+class BaseModelSpec(ApiModel):
+    """Desired state of a BaseModel."""
+
+    model: ModelSource
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    resources: WorkerResources = Field(default_factory=WorkerResources)
+    replicas: ReplicaRange = Field(default_factory=ReplicaRange)
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(default_factory=dict, max_length=32)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    adapter_catalog: AdapterCatalog | None = None
+    adapter_store_secret_ref: SecretReference | None = Field(
+        default=None, description="Secret with credentials for the adapter store (S3 keys, HTTP token).",
+    )
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "!has(self.replicas.max) || self.replicas.max >= self.replicas.min",
+                "replicas.max must be at least replicas.min",
+                field_path=".replicas.max",
+                reason="FieldValueInvalid",
+            ),
+            cel(
+                "self.engine.maxCpuLoras >= self.engine.maxLoras",
+                "engine.maxCpuLoras must be at least engine.maxLoras (vLLM keeps every GPU adapter in CPU too)",
+                field_path=".engine.maxCpuLoras",
+                reason="FieldValueInvalid",
+            ),
+            cel(
+                "self.resources.gpu % self.engine.tensorParallelSize == 0",
+                "resources.gpu must be a multiple of engine.tensorParallelSize",
+                field_path=".resources.gpu",
+                reason="FieldValueInvalid",
+            ),
+        )
+    }
+
+
+class SlotUsage(ApiModel):
+    """Adapter slots across the fleet, per tier."""
+
+    gpu_total: int = Field(default=0, ge=0)
+    gpu_used: int = Field(default=0, ge=0)
+    cpu_total: int = Field(default=0, ge=0)
+    cpu_used: int = Field(default=0, ge=0)
+
+
+class BaseModelStatus(ApiModel):
+    """Observed state of a BaseModel."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_FIELD_EXTRA)
+    desired_workers: int | None = Field(default=None, ge=0)
+    ready_workers: int | None = Field(default=None, ge=0)
+    workers: str | None = Field(default=None, max_length=32, description="Ready / desired workers, for humans.")
+    slots: SlotUsage | None = None
+    slots_summary: str | None = Field(default=None, max_length=32, description="GPU slots used / total, for humans.")

@@ -1,0 +1,170 @@
+"""Field types and parts shared by every kind: names, URIs, digests, conditions.
+
+Each constrained type carries its own admission rule (a pattern, a length
+limit, a CEL rule), so a field that uses it is validated by the apiserver with
+a message that names the field, before the operator ever sees the object.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class ApiModel(BaseModel):
+    """Base of every spec/status model: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, Any]:
+    """One `x-kubernetes-validations` entry."""
+    entry: dict[str, Any] = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    if reason:
+        entry["reason"] = reason
+    return entry
+
+
+def validations(*rules: dict[str, Any]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": list(rules)}
+
+
+NO_TRAVERSAL = cel(
+    "!self.contains('..') && !self.lowerAscii().contains('%2e')",
+    "must not contain '..' (or its URL encoding): paths may not climb out of their root",
+)
+
+# DNS-1123 label: a Kubernetes object name usable in Service and pod names.
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# DNS-1123 subdomain: any object name.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+ObjectName = Annotated[
+    str,
+    Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN,
+          description="Name of an object in the same namespace."),
+]
+LabelName = Annotated[
+    str,
+    Field(min_length=1, max_length=63, pattern=DNS_LABEL,
+          description="A DNS-1123 label: lower-case letters, digits and '-', at most 63 characters."),
+]
+
+Sha256 = Annotated[
+    str,
+    Field(pattern=r"^[a-f0-9]{64}$", min_length=64, max_length=64,
+          description="Hex sha256 digest (64 lower-case hex digits) of the adapter's files."),
+]
+
+# One path segment of a URI after the scheme and authority: no spaces, no control characters.
+_PATH = r"(/[^\s]*)?"
+_PVC = r"pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?" + _PATH
+_S3 = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]" + _PATH
+_HTTPS = r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?" + _PATH
+_FILE = r"file:///[^\s]*"
+
+AdapterSourceUri = Annotated[
+    str,
+    Field(
+        min_length=1, max_length=2048,
+        pattern=f"^({_FILE}|{_PVC}|{_HTTPS}|{_S3})$",
+        description=(
+            "Where the adapter's files are: file:///path, pvc://<claim>/<path>, "
+            "https://host/path or s3://<bucket>/<key>."
+        ),
+        json_schema_extra=validations(NO_TRAVERSAL),
+    ),
+]
+
+ModelSourceUri = Annotated[
+    str,
+    Field(
+        min_length=1, max_length=2048,
+        pattern=f"^({_PVC}|{_HTTPS}|{_S3}|/[^\\s]*)$",
+        description=(
+            "Where the base model's weights are: pvc://<claim>/<path>, https://host/path, "
+            "s3://<bucket>/<key>, or an absolute path inside the worker image."
+        ),
+        json_schema_extra=validations(NO_TRAVERSAL),
+    ),
+]
+
+DatasetUri = Annotated[
+    str,
+    Field(
+        min_length=1, max_length=2048,
+        pattern=f"^({_FILE}|{_PVC}|{_HTTPS}|{_S3})$",
+        description="Where the training data is: file:///path, pvc://<claim>/<path>, https://... or s3://...",
+        json_schema_extra=validations(NO_TRAVERSAL),
+    ),
+]
+
+Quantity = Annotated[
+    str,
+    Field(
+        max_length=32,
+        pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$",
+        description="A Kubernetes resource quantity, e.g. 4, 500m, 16Gi.",
+    ),
+]
+
+ResourceName = Annotated[
+    str,
+    Field(
+        max_length=253,
+        pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9._]*[a-z0-9])?$",
+        description="Extended resource name of the accelerator, e.g. nvidia.com/gpu.",
+    ),
+]
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(ApiModel):
+    """A condition shaped like metav1.Condition, so kubectl wait, Flux and Argo CD read it."""
+
+    type: str = Field(max_length=316, pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$")
+    status: ConditionStatus
+    reason: str = Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = Field(default="", max_length=32768)
+    last_transition_time: datetime
+    observed_generation: int | None = Field(default=None, ge=0)
+
+
+class SecretReference(ApiModel):
+    """A Secret in the same namespace."""
+
+    name: ObjectName
+
+
+class SecretKeyReference(ApiModel):
+    """One key of a Secret in the same namespace."""
+
+    name: ObjectName
+    key: str = Field(default="api-key", min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+
+
+class Toleration(ApiModel):
+    """A pod toleration (core/v1 Toleration)."""
+
+    key: str | None = Field(default=None, max_length=316)
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = Field(default=None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0)
+
+
+CONDITIONS_FIELD_EXTRA: dict[str, Any] = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["type"],
+}

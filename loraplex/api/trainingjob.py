@@ -1,0 +1,137 @@
+"""TrainingJob: a LoRA fine-tuning run in the GPU capacity serving leaves free."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from loraplex.api.common import (
+    CONDITIONS_FIELD_EXTRA,
+    ApiModel,
+    Condition,
+    DatasetUri,
+    LabelName,
+    Quantity,
+    cel,
+    validations,
+)
+
+TrainingPhase = Literal["Queued", "Running", "Preempted", "Succeeded", "Failed"]
+
+TargetModule = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.]+$")]
+
+
+class Dataset(ApiModel):
+    """Training data: JSON Lines with a text field, or plain text one example per line."""
+
+    uri: DatasetUri
+    format: Literal["jsonl", "text"] = "jsonl"
+    text_field: str = Field(default="text", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class TrainingOutput(ApiModel):
+    """The LoRAAdapter this job creates or updates with a new revision."""
+
+    adapter_name: LabelName
+    replicas: int = Field(default=1, ge=0, le=1000, description="replicas of the created LoRAAdapter.")
+
+
+class LoraHyperparameters(ApiModel):
+    """The adapter's shape."""
+
+    rank: int = Field(default=8, ge=1, le=512)
+    alpha: float = Field(default=16.0, gt=0, le=4096)
+    dropout: float = Field(default=0.05, ge=0, le=0.9)
+    target_modules: list[TargetModule] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"], min_length=1, max_length=32,
+    )
+
+
+class TrainingSettings(ApiModel):
+    """How long and how fast to train: set exactly one of steps and epochs."""
+
+    learning_rate: float = Field(default=2e-4, gt=0, le=1)
+    steps: int | None = Field(default=None, ge=1, le=10_000_000)
+    epochs: int | None = Field(default=None, ge=1, le=1000)
+    batch_size: int = Field(default=8, ge=1, le=4096)
+    max_sequence_length: int = Field(default=512, ge=16, le=131072)
+    seed: int = Field(default=0, ge=0, le=2_147_483_647)
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "has(self.steps) != has(self.epochs)",
+                "set exactly one of training.steps and training.epochs",
+                reason="FieldValueInvalid",
+            ),
+        )
+    }
+
+
+class TrainerResources(ApiModel):
+    """What the trainer pod requests."""
+
+    gpu: int = Field(default=1, ge=0, le=16)
+    cpu: Quantity | None = None
+    memory: Quantity | None = None
+
+
+class CheckpointSettings(ApiModel):
+    """How often the trainer saves what it needs to resume."""
+
+    interval_steps: int = Field(default=100, ge=1, le=1_000_000)
+
+
+class TrainingJobSpec(ApiModel):
+    """Desired state of a TrainingJob."""
+
+    base_model: LabelName = Field(description="Name of the BaseModel (same namespace) to fine-tune.")
+    dataset: Dataset
+    output: TrainingOutput
+    lora: LoraHyperparameters = Field(default_factory=LoraHyperparameters)
+    training: TrainingSettings
+    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher is admitted first; ties go by age.")
+    preemptible: bool = Field(default=True, description="Serving may take the GPUs back; the job resumes later.")
+    resources: TrainerResources = Field(default_factory=TrainerResources)
+    checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
+    schedule: str | None = Field(
+        default=None, max_length=128,
+        pattern=r"^(@(hourly|daily|weekly|monthly)|(\S+\s+){4}\S+)$",
+        description="Cron schedule (5 fields or @hourly/@daily/...) to retrain from fresh data.",
+    )
+    queue_name: LabelName | None = Field(
+        default=None, description="Kueue LocalQueue that admits this job instead of the operator.",
+    )
+
+
+class TrainingProgress(ApiModel):
+    """Where the run is."""
+
+    step: int = Field(default=0, ge=0)
+    total_steps: int | None = Field(default=None, ge=0)
+    loss: float | None = None
+    tokens_per_second: float | None = Field(default=None, ge=0)
+
+
+class TrainingPlacement(ApiModel):
+    """Where the trainer runs."""
+
+    node: str | None = Field(default=None, max_length=253)
+    pod: str | None = Field(default=None, max_length=253)
+
+
+class TrainingJobStatus(ApiModel):
+    """Observed state of a TrainingJob."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_FIELD_EXTRA)
+    phase: TrainingPhase | None = None
+    progress: TrainingProgress | None = None
+    placement: TrainingPlacement | None = None
+    checkpoint_uri: str | None = Field(default=None, max_length=2048)
+    adapter_revision: str | None = Field(default=None, max_length=64)
+    attempts: int | None = Field(default=None, ge=0)
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
