@@ -201,7 +201,18 @@ def _build(work: Path, out: Path, packages: list[str], ldflags: str, output_name
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     target = staging / output_name if output_name else staging
-    _go(["build", "-trimpath", "-ldflags", ldflags, "-o", f"{target}{'' if output_name else os.sep}", *packages], work)
+    _go(
+        [
+            "build",
+            "-trimpath",
+            "-ldflags",
+            ldflags,
+            "-o",
+            f"{target}{'' if output_name else os.sep}",
+            *packages,
+        ],
+        work,
+    )
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
 
@@ -209,7 +220,11 @@ def _build(work: Path, out: Path, packages: list[str], ldflags: str, output_name
 def _go(args: list[str], cwd: Path, capture: bool = False) -> str:
     env = {**os.environ, "GOFLAGS": "-mod=mod -buildvcs=false", "CGO_ENABLED": "0"}
     result = subprocess.run(
-        ["go", *args], cwd=cwd, env=env, check=False, text=True,
+        ["go", *args],
+        cwd=cwd,
+        env=env,
+        check=False,
+        text=True,
         stdout=subprocess.PIPE if capture else None,
     )
     if result.returncode != 0:

@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from loraplex.e2e.binaries import Binaries, cache_root, ensure_binaries
 from loraplex.e2e.gpu_nodes import GpuNodeShape, gpu_node
+from loraplex.e2e.kube_api import api_client
 
 Log = Callable[[str], None]
 
@@ -76,21 +79,32 @@ class LocalCluster:
         self._kwokctl(
             binaries,
             [
-                "create", "cluster",
-                "--runtime", "binary",
-                "--kube-apiserver-binary", str(binaries.kube_apiserver),
-                "--kube-controller-manager-binary", str(binaries.kube_controller_manager),
-                "--kube-scheduler-binary", str(binaries.kube_scheduler),
-                "--etcd-binary", str(binaries.etcd),
-                "--kwok-controller-binary", str(binaries.kwok),
+                "create",
+                "cluster",
+                "--runtime",
+                "binary",
+                "--kube-apiserver-binary",
+                str(binaries.kube_apiserver),
+                "--kube-controller-manager-binary",
+                str(binaries.kube_controller_manager),
+                "--kube-scheduler-binary",
+                str(binaries.kube_scheduler),
+                "--etcd-binary",
+                str(binaries.etcd),
+                "--kwok-controller-binary",
+                str(binaries.kwok),
                 # kwokctl would otherwise add the cluster to ~/.kube/config and switch to it.
-                "--kubeconfig", str(self.workdir / f"{self.name}.merged-kubeconfig.yaml"),
+                "--kubeconfig",
+                str(self.workdir / f"{self.name}.merged-kubeconfig.yaml"),
                 "--kube-authorization",
                 "--kube-admission",
-                "--wait", f"{int(timeout)}s",
+                "--wait",
+                f"{int(timeout)}s",
             ],
         )
-        self.log(f"Started cluster {self.name} in {time.monotonic() - started:.1f}s kubeconfig={self.kubeconfig}")
+        self.log(
+            f"Started cluster {self.name} in {time.monotonic() - started:.1f}s kubeconfig={self.kubeconfig}"
+        )
 
     def down(self) -> None:
         """Stop every component and remove the state; verify no process is left."""
@@ -120,8 +134,6 @@ class LocalCluster:
 
     def wait_ready(self, timeout: float) -> None:
         """Wait until the apiserver answers /readyz through the kubeconfig."""
-        from kubernetes import client
-
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None
         while time.monotonic() < deadline:
@@ -130,15 +142,13 @@ class LocalCluster:
                     client.VersionApi(api).get_code()
                     client.CoreV1Api(api).read_namespace("default")
                     return
-            except Exception as error:  # noqa: BLE001 - any failure means "not ready yet"
+            except Exception as error:
                 last_error = error
             time.sleep(0.5)
         raise ClusterError(f"apiserver of {self.name} not ready after {timeout:.0f}s: {last_error}")
 
-    def api_client(self) -> Any:
-        from kubernetes import config
-
-        return config.new_client_from_config(config_file=str(self.kubeconfig))
+    def api_client(self) -> client.ApiClient:
+        return api_client(str(self.kubeconfig))
 
     def ensure_gpu_nodes(self, count: int, shape: GpuNodeShape) -> list[str]:
         """Create the simulated GPU nodes that are missing; return all their names."""
@@ -151,7 +161,11 @@ class LocalCluster:
         env = {**os.environ, "KWOK_WORKDIR": str(self.workdir)}
         result = subprocess.run(
             [str(kwokctl), "--name", self.name, *args],
-            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            check=False,
         )
         if result.returncode != 0:
             raise ClusterError(f"kwokctl {' '.join(args[:2])} failed:\n{result.stdout}")
@@ -175,17 +189,14 @@ class LocalCluster:
 
 def ensure_gpu_nodes(kubeconfig: str, cluster: str, count: int, shape: GpuNodeShape) -> list[str]:
     """Create whichever of the cluster's `count` simulated GPU nodes are missing."""
-    from kubernetes import client, config
-    from kubernetes.client.rest import ApiException
-
     names = []
-    with contextlib.closing(config.new_client_from_config(config_file=kubeconfig)) as api:
+    with contextlib.closing(api_client(kubeconfig)) as api:
         core = client.CoreV1Api(api)
         for index in range(count):
             manifest = gpu_node(cluster, index, shape)
             names.append(manifest["metadata"]["name"])
             try:
-                core.create_node(manifest)
+                core.create_node(client.V1Node.model_validate(manifest))
             except ApiException as error:
                 if error.status != 409:
                     raise

@@ -9,25 +9,28 @@ from __future__ import annotations
 import contextlib
 import time
 
-from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from loraplex.api import crd
+from loraplex.e2e.kube_api import api_client
 
 
 def install_crds(kubeconfig: str, timeout: float = 60.0) -> None:
     """Create or replace every CRD, then wait for each to be Established."""
-    with contextlib.closing(config.new_client_from_config(config_file=kubeconfig)) as api:
+    with contextlib.closing(api_client(kubeconfig)) as api:
         extensions = client.ApiextensionsV1Api(api)
         for kind in crd.KINDS:
-            manifest = crd.crd(kind)
+            manifest = client.V1CustomResourceDefinition.model_validate(crd.crd(kind))
             try:
                 extensions.create_custom_resource_definition(manifest)
             except ApiException as error:
                 if error.status != 409:
                     raise
                 current = extensions.read_custom_resource_definition(kind.crd_name)
-                manifest["metadata"]["resourceVersion"] = current.metadata.resource_version
+                assert current.metadata is not None
+                assert manifest.metadata is not None
+                manifest.metadata.resource_version = current.metadata.resource_version
                 extensions.replace_custom_resource_definition(kind.crd_name, manifest)
         for kind in crd.KINDS:
             _wait_established(extensions, kind.crd_name, timeout)

@@ -51,8 +51,20 @@ def up(name: str, nodes: int, shape: GpuNodeShape) -> Path:
     kubeconfig = state / "kubeconfig.yaml"
     if not kubeconfig.is_file():
         result = subprocess.run(
-            [str(kind), "create", "cluster", "--name", name, "--kubeconfig", str(kubeconfig), "--wait", "180s"],
-            check=False, text=True, capture_output=True,
+            [
+                str(kind),
+                "create",
+                "cluster",
+                "--name",
+                name,
+                "--kubeconfig",
+                str(kubeconfig),
+                "--wait",
+                "180s",
+            ],
+            check=False,
+            text=True,
+            capture_output=True,
         )
         if result.returncode != 0:
             raise KindError(f"kind create cluster failed:\n{result.stderr}")
@@ -61,11 +73,15 @@ def up(name: str, nodes: int, shape: GpuNodeShape) -> Path:
         with (state / "kwok.log").open("ab") as log:
             process = subprocess.Popen(
                 [
-                    str(binaries.kwok), "--kubeconfig", str(kubeconfig),
+                    str(binaries.kwok),
+                    "--kubeconfig",
+                    str(kubeconfig),
                     "--manage-all-nodes=false",
                     f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
                 ],
-                stdout=log, stderr=log, start_new_session=True,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
             )
         pid_file.write_text(str(process.pid))
     ensure_gpu_nodes(str(kubeconfig), name, nodes, shape)

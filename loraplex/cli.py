@@ -34,18 +34,19 @@ def _pending(name: str) -> Handler:
 
 
 def _crds_generate(args: argparse.Namespace) -> int:
-    from loraplex.api import crd
+    from loraplex.api import crd, reference
 
     out_dir: Path = args.dir
+    outputs = [(out_dir / crd.file_name(kind), crd.render(kind)) for kind in crd.KINDS]
+    if args.docs:
+        outputs.append((args.docs, reference.render()))
     stale = []
-    for kind in crd.KINDS:
-        path = out_dir / crd.file_name(kind)
-        text = crd.render(kind)
+    for path, text in outputs:
         if args.check:
             if not path.is_file() or path.read_text() != text:
                 stale.append(str(path))
         else:
-            out_dir.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             print(f"Wrote {path}")
     if stale:
@@ -81,10 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=f"Run {what}.", description=f"Run {what}.")
         sub.set_defaults(handler=_pending(name))
 
-    crds = commands.add_parser("crds", help="Generate or print the CustomResourceDefinitions.")
+    crds = commands.add_parser(
+        "crds", help="Generate or print the CustomResourceDefinitions (and the API reference)."
+    )
     crds_commands = crds.add_subparsers(dest="crds_command", required=True, metavar="ACTION")
     generate = crds_commands.add_parser("generate", help="Write crds/*.yaml from the API models.")
     generate.add_argument("--dir", type=Path, default=Path("crds"), help="Output folder (default: crds).")
+    generate.add_argument(
+        "--docs",
+        type=Path,
+        default=Path("docs/api.md"),
+        help="Also write the field reference here (default: docs/api.md).",
+    )
     generate.add_argument("--check", action="store_true", help="Fail if the files differ; write nothing.")
     generate.set_defaults(handler=_crds_generate)
     crds_commands.add_parser("print", help="Print every CRD as one YAML stream.").set_defaults(
@@ -120,9 +129,12 @@ def _add_cluster_flags(parser: argparse.ArgumentParser, action: str) -> None:
     parser.add_argument("--name", default="loraplex", help="Cluster name (default: loraplex).")
     if action == "up":
         parser.add_argument("--nodes", type=int, default=4, help="Simulated GPU nodes (default: 4).")
-        parser.add_argument("--gpus-per-node", type=int, default=8, help="nvidia.com/gpu per node (default: 8).")
         parser.add_argument(
-            "--kind", action="store_true",
+            "--gpus-per-node", type=int, default=8, help="nvidia.com/gpu per node (default: 8)."
+        )
+        parser.add_argument(
+            "--kind",
+            action="store_true",
             help="Use kind (needs a working Docker engine) instead of local binaries.",
         )
 

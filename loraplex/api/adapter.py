@@ -31,15 +31,24 @@ class AdapterSource(ApiModel):
 class LoRAAdapterSpec(ApiModel):
     """Desired state of a LoRAAdapter."""
 
-    base_model: LabelName = Field(description="Name of the BaseModel (same namespace) this adapter was trained on.")
+    base_model: LabelName = Field(
+        description="Name of the BaseModel (same namespace) this adapter was trained on."
+    )
     source: AdapterSource
     rank: int = Field(ge=1, le=512, description="LoRA rank; at most the base model's engine.maxLoraRank.")
-    replicas: int = Field(default=1, ge=0, le=1000, description="Workers that keep this adapter warm at least.")
+    replicas: int = Field(
+        default=1, ge=0, le=1000, description="Workers that keep this adapter warm at least."
+    )
     policy: Literal["Pinned", "OnDemand"] = Field(
         default="OnDemand",
-        description="Pinned: always held in GPU slots on `replicas` workers. OnDemand: loaded when used, may be evicted.",
+        description=(
+            "Pinned: always held in GPU slots on `replicas` workers. "
+            "OnDemand: loaded when used, may be evicted."
+        ),
     )
-    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher keeps its slots when space is short.")
+    priority: int = Field(
+        default=0, ge=-1000, le=1000, description="Higher keeps its slots when space is short."
+    )
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": validations(
@@ -69,5 +78,7 @@ class LoRAAdapterStatus(ApiModel):
     placements: list[Placement] = Field(default_factory=list, max_length=1000)
     ready_replicas: int | None = Field(default=None, ge=0)
     copies: str | None = Field(default=None, max_length=32, description="Ready copies / desired, for humans.")
-    revision: str | None = Field(default=None, max_length=64, description="sha256 of the revision being served.")
+    revision: str | None = Field(
+        default=None, max_length=64, description="sha256 of the revision being served."
+    )
     last_load_latency_seconds: float | None = Field(default=None, ge=0)

@@ -34,7 +34,10 @@ class ModelSource(ApiModel):
 
     uri: ModelSourceUri
     served_name: str | None = Field(
-        default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$",
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$",
         description="Model name clients use for the base model (default: the BaseModel's name).",
     )
 
@@ -43,24 +46,36 @@ class EngineSettings(ApiModel):
     """vLLM settings shared by every worker of this base model."""
 
     image: str = Field(
-        default="vllm/vllm-openai:v0.11.0", min_length=1, max_length=512,
+        default="vllm/vllm-openai:v0.11.0",
+        min_length=1,
+        max_length=512,
         pattern=r"^[a-z0-9]([a-z0-9._/:@-]*[a-zA-Z0-9_-])?$",
         description="Worker container image (vLLM's OpenAI server plus the loraplex agent).",
     )
     args: list[Annotated[str, Field(max_length=1024)]] = Field(
-        default_factory=list, max_length=64,
+        default_factory=list,
+        max_length=64,
         description="Extra command-line flags passed to vLLM as they are.",
     )
-    max_loras: int = Field(default=4, ge=1, le=256, description="GPU adapter slots per worker (vLLM --max-loras).")
+    max_loras: int = Field(
+        default=4, ge=1, le=256, description="GPU adapter slots per worker (vLLM --max-loras)."
+    )
     max_cpu_loras: int = Field(
-        default=16, ge=1, le=4096,
+        default=16,
+        ge=1,
+        le=4096,
         description="Adapters vLLM keeps in CPU memory per worker (--max-cpu-loras); at least maxLoras.",
     )
     max_lora_rank: Literal[8, 16, 32, 64, 128, 256, 320, 512] = Field(
-        default=16, description="Largest adapter rank the workers accept (--max-lora-rank).",
+        default=16,
+        description="Largest adapter rank the workers accept (--max-lora-rank).",
     )
-    tensor_parallel_size: int = Field(default=1, ge=1, le=16, description="GPUs one worker shards the model over.")
-    max_model_len: int | None = Field(default=None, ge=16, le=1048576, description="Context length (--max-model-len).")
+    tensor_parallel_size: int = Field(
+        default=1, ge=1, le=16, description="GPUs one worker shards the model over."
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=16, le=1048576, description="Context length (--max-model-len)."
+    )
     api_key_secret_ref: SecretKeyReference | None = Field(
         default=None,
         description=(
@@ -94,7 +109,8 @@ class AdapterCatalog(ApiModel):
     """Where the long tail of adapters (those without a LoRAAdapter object) is found."""
 
     uri_template: str = Field(
-        min_length=1, max_length=2048,
+        min_length=1,
+        max_length=2048,
         pattern=r"^(file:///|pvc://|https://|s3://)[^\s]*$",
         description=(
             "URI of an adapter by name, with '{adapter}' where the requested name goes, "
@@ -105,7 +121,9 @@ class AdapterCatalog(ApiModel):
             cel("self.contains('{adapter}')", "must contain the placeholder '{adapter}'"),
         ),
     )
-    max_rank: int | None = Field(default=None, ge=1, le=512, description="Refuse catalog adapters above this rank.")
+    max_rank: int | None = Field(
+        default=None, ge=1, le=512, description="Refuse catalog adapters above this rank."
+    )
 
 
 class BaseModelSpec(ApiModel):
@@ -115,11 +133,14 @@ class BaseModelSpec(ApiModel):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     resources: WorkerResources = Field(default_factory=WorkerResources)
     replicas: ReplicaRange = Field(default_factory=ReplicaRange)
-    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(default_factory=dict, max_length=32)
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, max_length=32
+    )
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
     adapter_catalog: AdapterCatalog | None = None
     adapter_store_secret_ref: SecretReference | None = Field(
-        default=None, description="Secret with credentials for the adapter store (S3 keys, HTTP token).",
+        default=None,
+        description="Secret with credentials for the adapter store (S3 keys, HTTP token).",
     )
 
     model_config = ApiModel.model_config | {
@@ -132,7 +153,8 @@ class BaseModelSpec(ApiModel):
             ),
             cel(
                 "self.engine.maxCpuLoras >= self.engine.maxLoras",
-                "engine.maxCpuLoras must be at least engine.maxLoras (vLLM keeps every GPU adapter in CPU too)",
+                "engine.maxCpuLoras must be at least engine.maxLoras "
+                "(vLLM keeps every GPU adapter in CPU too)",
                 field_path=".engine.maxCpuLoras",
                 reason="FieldValueInvalid",
             ),
@@ -162,6 +184,10 @@ class BaseModelStatus(ApiModel):
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_FIELD_EXTRA)
     desired_workers: int | None = Field(default=None, ge=0)
     ready_workers: int | None = Field(default=None, ge=0)
-    workers: str | None = Field(default=None, max_length=32, description="Ready / desired workers, for humans.")
+    workers: str | None = Field(
+        default=None, max_length=32, description="Ready / desired workers, for humans."
+    )
     slots: SlotUsage | None = None
-    slots_summary: str | None = Field(default=None, max_length=32, description="GPU slots used / total, for humans.")
+    slots_summary: str | None = Field(
+        default=None, max_length=32, description="GPU slots used / total, for humans."
+    )

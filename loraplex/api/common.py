@@ -51,19 +51,31 @@ DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
 
 ObjectName = Annotated[
     str,
-    Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN,
-          description="Name of an object in the same namespace."),
+    Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="Name of an object in the same namespace.",
+    ),
 ]
 LabelName = Annotated[
     str,
-    Field(min_length=1, max_length=63, pattern=DNS_LABEL,
-          description="A DNS-1123 label: lower-case letters, digits and '-', at most 63 characters."),
+    Field(
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="A DNS-1123 label: lower-case letters, digits and '-', at most 63 characters.",
+    ),
 ]
 
 Sha256 = Annotated[
     str,
-    Field(pattern=r"^[a-f0-9]{64}$", min_length=64, max_length=64,
-          description="Hex sha256 digest (64 lower-case hex digits) of the adapter's files."),
+    Field(
+        pattern=r"^[a-f0-9]{64}$",
+        min_length=64,
+        max_length=64,
+        description="Hex sha256 digest (64 lower-case hex digits) of the adapter's files.",
+    ),
 ]
 
 # One path segment of a URI after the scheme and authority: no spaces, no control characters.
@@ -76,7 +88,8 @@ _FILE = r"file:///[^\s]*"
 AdapterSourceUri = Annotated[
     str,
     Field(
-        min_length=1, max_length=2048,
+        min_length=1,
+        max_length=2048,
         pattern=f"^({_FILE}|{_PVC}|{_HTTPS}|{_S3})$",
         description=(
             "Where the adapter's files are: file:///path, pvc://<claim>/<path>, "
@@ -89,7 +102,8 @@ AdapterSourceUri = Annotated[
 ModelSourceUri = Annotated[
     str,
     Field(
-        min_length=1, max_length=2048,
+        min_length=1,
+        max_length=2048,
         pattern=f"^({_PVC}|{_HTTPS}|{_S3}|/[^\\s]*)$",
         description=(
             "Where the base model's weights are: pvc://<claim>/<path>, https://host/path, "
@@ -102,7 +116,8 @@ ModelSourceUri = Annotated[
 DatasetUri = Annotated[
     str,
     Field(
-        min_length=1, max_length=2048,
+        min_length=1,
+        max_length=2048,
         pattern=f"^({_FILE}|{_PVC}|{_HTTPS}|{_S3})$",
         description="Where the training data is: file:///path, pvc://<claim>/<path>, https://... or s3://...",
         json_schema_extra=validations(NO_TRAVERSAL),
@@ -133,7 +148,10 @@ ConditionStatus = Literal["True", "False", "Unknown"]
 class Condition(ApiModel):
     """A condition shaped like metav1.Condition, so kubectl wait, Flux and Argo CD read it."""
 
-    type: str = Field(max_length=316, pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$")
+    type: str = Field(
+        max_length=316,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+    )
     status: ConditionStatus
     reason: str = Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
     message: str = Field(default="", max_length=32768)
@@ -161,7 +179,7 @@ class Toleration(ApiModel):
     operator: Literal["Exists", "Equal"] = "Equal"
     value: str | None = Field(default=None, max_length=63)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = Field(default=None, ge=0)
+    toleration_seconds: int | None = Field(default=None, ge=0, le=86400)
 
 
 CONDITIONS_FIELD_EXTRA: dict[str, Any] = {

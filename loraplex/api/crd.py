@@ -75,10 +75,18 @@ KINDS: tuple[Kind, ...] = (
         status=BaseModelStatus,
         columns=(
             *_ready_columns(),
-            {"name": "Workers", "type": "string", "jsonPath": ".status.workers",
-             "description": "Ready / desired workers"},
-            {"name": "GPU-Slots", "type": "string", "jsonPath": ".status.slotsSummary",
-             "description": "GPU adapter slots used / total"},
+            {
+                "name": "Workers",
+                "type": "string",
+                "jsonPath": ".status.workers",
+                "description": "Ready / desired workers",
+            },
+            {
+                "name": "GPU-Slots",
+                "type": "string",
+                "jsonPath": ".status.slotsSummary",
+                "description": "GPU adapter slots used / total",
+            },
             {"name": "Model", "type": "string", "jsonPath": ".spec.model.uri", "priority": 1},
             _AGE,
         ),
@@ -93,8 +101,12 @@ KINDS: tuple[Kind, ...] = (
         columns=(
             {"name": "Base", "type": "string", "jsonPath": ".spec.baseModel"},
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-            {"name": "Copies", "type": "string", "jsonPath": ".status.copies",
-             "description": "Ready copies / desired"},
+            {
+                "name": "Copies",
+                "type": "string",
+                "jsonPath": ".status.copies",
+                "description": "Ready copies / desired",
+            },
             *_ready_columns(),
             {"name": "Policy", "type": "string", "jsonPath": ".spec.policy", "priority": 1},
             {"name": "Rank", "type": "integer", "jsonPath": ".spec.rank", "priority": 1},

@@ -45,7 +45,9 @@ class LoraHyperparameters(ApiModel):
     alpha: float = Field(default=16.0, gt=0, le=4096)
     dropout: float = Field(default=0.05, ge=0, le=0.9)
     target_modules: list[TargetModule] = Field(
-        default_factory=lambda: ["q_proj", "v_proj"], min_length=1, max_length=32,
+        default_factory=lambda: ["q_proj", "v_proj"],
+        min_length=1,
+        max_length=32,
     )
 
 
@@ -92,17 +94,23 @@ class TrainingJobSpec(ApiModel):
     output: TrainingOutput
     lora: LoraHyperparameters = Field(default_factory=LoraHyperparameters)
     training: TrainingSettings
-    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher is admitted first; ties go by age.")
-    preemptible: bool = Field(default=True, description="Serving may take the GPUs back; the job resumes later.")
+    priority: int = Field(
+        default=0, ge=-1000, le=1000, description="Higher is admitted first; ties go by age."
+    )
+    preemptible: bool = Field(
+        default=True, description="Serving may take the GPUs back; the job resumes later."
+    )
     resources: TrainerResources = Field(default_factory=TrainerResources)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     schedule: str | None = Field(
-        default=None, max_length=128,
+        default=None,
+        max_length=128,
         pattern=r"^(@(hourly|daily|weekly|monthly)|(\S+\s+){4}\S+)$",
         description="Cron schedule (5 fields or @hourly/@daily/...) to retrain from fresh data.",
     )
     queue_name: LabelName | None = Field(
-        default=None, description="Kueue LocalQueue that admits this job instead of the operator.",
+        default=None,
+        description="Kueue LocalQueue that admits this job instead of the operator.",
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from loraplex.api import crd
+from loraplex.api import crd, reference
 from loraplex.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,13 +21,28 @@ def test_committed_crd_matches_the_models(kind: crd.Kind) -> None:
     assert committed == crd.render(kind), "crds/ is stale: run `loraplex crds generate`"
 
 
-def test_generate_check_reports_a_stale_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["crds", "generate", "--dir", str(tmp_path)]) == 0
-    assert main(["crds", "generate", "--dir", str(tmp_path), "--check"]) == 0
-    stale = tmp_path / crd.file_name(crd.KINDS[1])
-    stale.write_text(stale.read_text().replace("maxItems", "maxItemz"))
-    assert main(["crds", "generate", "--dir", str(tmp_path), "--check"]) == 1
-    assert stale.name in capsys.readouterr().err
+def test_committed_api_reference_matches_the_models() -> None:
+    assert (ROOT / "docs" / "api.md").read_text() == reference.render(), "run `loraplex crds generate`"
+
+
+def test_api_reference_lists_cross_field_rules() -> None:
+    text = reference.render()
+    assert "engine.maxCpuLoras must be at least engine.maxLoras" in text
+    assert "set exactly one of training.steps and training.epochs" in text
+    assert "| `spec.source.sha256` | string | required |" in text
+
+
+@pytest.mark.parametrize("victim", [crd.file_name(crd.KINDS[1]), "api.md"])
+def test_generate_check_reports_a_stale_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], victim: str
+) -> None:
+    args = ["crds", "generate", "--dir", str(tmp_path), "--docs", str(tmp_path / "api.md")]
+    assert main(args) == 0
+    assert main([*args, "--check"]) == 0
+    stale = tmp_path / victim
+    stale.write_text(stale.read_text().replace("maxItems", "maxItemz").replace("required", "optional"))
+    assert main([*args, "--check"]) == 1
+    assert victim in capsys.readouterr().err
 
 
 def _nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -73,14 +88,17 @@ def test_every_spec_number_has_a_range() -> None:
     open_ended = [
         f"{kind} {path}"
         for kind, path, node in _spec_nodes()
-        if node["type"] in ("integer", "number") and "enum" not in node
+        if node["type"] in ("integer", "number")
+        and "enum" not in node
         and not ("minimum" in node and "maximum" in node)
     ]
     assert open_ended == []
 
 
 def test_every_source_uri_refuses_path_traversal() -> None:
-    uris = [(kind, path, node) for kind, path, node in _spec_nodes() if path.endswith((".uri", ".uriTemplate"))]
+    uris = [
+        (kind, path, node) for kind, path, node in _spec_nodes() if path.endswith((".uri", ".uriTemplate"))
+    ]
     assert len(uris) == 4  # BaseModel model + catalog, LoRAAdapter source, TrainingJob dataset
     for kind, path, node in uris:
         rules = [v["rule"] for v in node.get("x-kubernetes-validations", [])]

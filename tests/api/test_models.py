@@ -69,8 +69,12 @@ def test_base_model_spec_refuses(spec: dict[str, Any], field: str) -> None:
 
 def test_training_settings_need_steps_or_epochs_only_in_cel() -> None:
     # The one-of rule is CEL-only (admission); the model accepts either and the operator trusts admission.
-    spec = TrainingJobSpec.model_validate({
-        "baseModel": "b", "dataset": {"uri": "file:///d.jsonl"}, "output": {"adapterName": "a"},
-        "training": {"steps": 10},
-    })
+    spec = TrainingJobSpec.model_validate(
+        {
+            "baseModel": "b",
+            "dataset": {"uri": "file:///d.jsonl"},
+            "output": {"adapterName": "a"},
+            "training": {"steps": 10},
+        }
+    )
     assert spec.training.steps == 10

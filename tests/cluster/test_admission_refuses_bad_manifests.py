@@ -1,0 +1,232 @@
+"""Every class of invalid manifest is refused at admission, with a message naming the field."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from loraplex.api import GROUP, VERSION
+
+pytestmark = pytest.mark.cluster
+
+DIGEST = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+VALID: dict[str, dict[str, Any]] = {
+    "basemodels": {
+        "kind": "BaseModel",
+        "metadata": {"name": "llama-8b"},
+        "spec": {"model": {"uri": "pvc://models/llama-3.1-8b"}, "engine": {"maxLoras": 4, "maxCpuLoras": 8}},
+    },
+    "loraadapters": {
+        "kind": "LoRAAdapter",
+        "metadata": {"name": "sql-gen"},
+        "spec": {
+            "baseModel": "llama-8b",
+            "source": {"uri": "s3://adapters/sql-gen/v1/", "sha256": DIGEST},
+            "rank": 16,
+        },
+    },
+    "trainingjobs": {
+        "kind": "TrainingJob",
+        "metadata": {"name": "sql-gen-train"},
+        "spec": {
+            "baseModel": "llama-8b",
+            "dataset": {"uri": "s3://datasets/sql.jsonl"},
+            "output": {"adapterName": "sql-gen"},
+            "training": {"steps": 100},
+        },
+    },
+}
+
+DROP = object()
+
+
+def merged(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        if value is DROP:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# (plural, patch over the valid object, the field the refusal must name, a word of the reason)
+CASES: list[tuple[str, dict[str, Any], str, str]] = [
+    # BaseModel
+    ("basemodels", {"spec": {"model": DROP}}, "spec.model", "Required"),
+    ("basemodels", {"spec": {"model": {"uri": DROP}}}, "spec.model.uri", "Required"),
+    ("basemodels", {"spec": {"model": {"uri": "ftp://models/llama"}}}, "spec.model.uri", "should match"),
+    ("basemodels", {"spec": {"model": {"uri": "models/llama"}}}, "spec.model.uri", "should match"),
+    ("basemodels", {"spec": {"model": {"uri": "pvc://models/../../etc/passwd"}}}, "spec.model.uri", ".."),
+    ("basemodels", {"spec": {"model": {"uri": "/models/%2e%2e/secret"}}}, "spec.model.uri", ".."),
+    ("basemodels", {"spec": {"model": {"uri": "/" + "a" * 2100}}}, "spec.model.uri", "2048"),
+    ("basemodels", {"spec": {"engine": {"maxLoras": 0}}}, "spec.engine.maxLoras", "greater than or equal"),
+    (
+        "basemodels",
+        {"spec": {"engine": {"maxLoras": 1000, "maxCpuLoras": 2000}}},
+        "spec.engine.maxLoras",
+        "less than or equal",
+    ),
+    (
+        "basemodels",
+        {"spec": {"engine": {"maxLoras": 8, "maxCpuLoras": 4}}},
+        "spec.engine.maxCpuLoras",
+        "at least engine.maxLoras",
+    ),
+    ("basemodels", {"spec": {"engine": {"maxLoraRank": 7}}}, "spec.engine.maxLoraRank", "Unsupported value"),
+    (
+        "basemodels",
+        {"spec": {"engine": {"tensorParallelSize": 2}, "resources": {"gpu": 3}}},
+        "spec.resources.gpu",
+        "multiple",
+    ),
+    (
+        "basemodels",
+        {"spec": {"replicas": {"min": 3, "max": 2}}},
+        "spec.replicas.max",
+        "at least replicas.min",
+    ),
+    ("basemodels", {"spec": {"replicas": {"min": -1}}}, "spec.replicas.min", "greater than or equal"),
+    ("basemodels", {"spec": {"resources": {"memory": "lots"}}}, "spec.resources.memory", "should match"),
+    (
+        "basemodels",
+        {"spec": {"adapterCatalog": {"uriTemplate": "s3://adapters/users/"}}},
+        "spec.adapterCatalog.uriTemplate",
+        "{adapter}",
+    ),
+    (
+        "basemodels",
+        {"spec": {"adapterCatalog": {"uriTemplate": "s3://a/{adapter}/../x"}}},
+        "spec.adapterCatalog.uriTemplate",
+        "..",
+    ),
+    (
+        "basemodels",
+        {"spec": {"tolerations": [{"key": "k", "operator": "Sometimes"}]}},
+        "spec.tolerations[0].operator",
+        "Unsupported value",
+    ),
+    (
+        "basemodels",
+        {"spec": {"nodeSelector": {f"k{i}": "v" for i in range(40)}}},
+        "spec.nodeSelector",
+        "at most 32",
+    ),
+    ("basemodels", {"spec": {"engine": {"args": ["--x"] * 65}}}, "spec.engine.args", "at most 64"),
+    ("basemodels", {"spec": {"surprise": True}}, "spec.surprise", "unknown field"),
+    ("basemodels", {"metadata": {"name": "a" * 41}}, "metadata.name", "at most 40"),
+    ("basemodels", {"metadata": {"name": "9llama"}}, "metadata.name", "start with a letter"),
+    # LoRAAdapter
+    ("loraadapters", {"spec": {"baseModel": DROP}}, "spec.baseModel", "Required"),
+    ("loraadapters", {"spec": {"baseModel": "Llama_8B"}}, "spec.baseModel", "should match"),
+    ("loraadapters", {"spec": {"source": DROP}}, "spec.source", "Required"),
+    ("loraadapters", {"spec": {"source": {"sha256": DROP}}}, "spec.source.sha256", "Required"),
+    ("loraadapters", {"spec": {"source": {"sha256": DIGEST.upper()}}}, "spec.source.sha256", "should match"),
+    ("loraadapters", {"spec": {"source": {"sha256": DIGEST[:40]}}}, "spec.source.sha256", "64"),
+    (
+        "loraadapters",
+        {"spec": {"source": {"uri": "http://adapters/sql-gen"}}},
+        "spec.source.uri",
+        "should match",
+    ),
+    ("loraadapters", {"spec": {"source": {"uri": "file:///adapters/../root"}}}, "spec.source.uri", ".."),
+    ("loraadapters", {"spec": {"source": {"uri": "s3://adapters/a b"}}}, "spec.source.uri", "should match"),
+    ("loraadapters", {"spec": {"rank": 0}}, "spec.rank", "greater than or equal"),
+    ("loraadapters", {"spec": {"rank": 1024}}, "spec.rank", "less than or equal"),
+    ("loraadapters", {"spec": {"rank": DROP}}, "spec.rank", "Required"),
+    ("loraadapters", {"spec": {"replicas": -1}}, "spec.replicas", "greater than or equal"),
+    ("loraadapters", {"spec": {"policy": "Sometimes"}}, "spec.policy", "Unsupported value"),
+    ("loraadapters", {"spec": {"policy": "Pinned", "replicas": 0}}, "spec.replicas", "Pinned"),
+    ("loraadapters", {"spec": {"priority": 5000}}, "spec.priority", "less than or equal"),
+    ("loraadapters", {"spec": {"rank": "sixteen"}}, "spec.rank", "integer"),
+    # TrainingJob
+    ("trainingjobs", {"spec": {"dataset": DROP}}, "spec.dataset", "Required"),
+    (
+        "trainingjobs",
+        {"spec": {"dataset": {"uri": "s3://datasets/../private.jsonl"}}},
+        "spec.dataset.uri",
+        "..",
+    ),
+    (
+        "trainingjobs",
+        {"spec": {"dataset": {"format": "parquet"}}},
+        "spec.dataset.format",
+        "Unsupported value",
+    ),
+    ("trainingjobs", {"spec": {"output": {"adapterName": DROP}}}, "spec.output.adapterName", "Required"),
+    ("trainingjobs", {"spec": {"training": {"steps": 10, "epochs": 1}}}, "spec.training", "exactly one"),
+    ("trainingjobs", {"spec": {"training": {"steps": DROP}}}, "spec.training", "exactly one"),
+    (
+        "trainingjobs",
+        {"spec": {"training": {"learningRate": 0}}},
+        "spec.training.learningRate",
+        "greater than",
+    ),
+    (
+        "trainingjobs",
+        {"spec": {"training": {"learningRate": 3}}},
+        "spec.training.learningRate",
+        "less than or equal",
+    ),
+    ("trainingjobs", {"spec": {"training": {"batchSize": 0}}}, "spec.training.batchSize", "greater than"),
+    ("trainingjobs", {"spec": {"lora": {"rank": 0}}}, "spec.lora.rank", "greater than or equal"),
+    ("trainingjobs", {"spec": {"lora": {"dropout": 1.5}}}, "spec.lora.dropout", "less than or equal"),
+    ("trainingjobs", {"spec": {"lora": {"alpha": 0}}}, "spec.lora.alpha", "greater than"),
+    ("trainingjobs", {"spec": {"lora": {"targetModules": []}}}, "spec.lora.targetModules", "at least 1"),
+    (
+        "trainingjobs",
+        {"spec": {"lora": {"targetModules": ["q_proj;rm -rf"]}}},
+        "spec.lora.targetModules[0]",
+        "should match",
+    ),
+    (
+        "trainingjobs",
+        {"spec": {"checkpoint": {"intervalSteps": 0}}},
+        "spec.checkpoint.intervalSteps",
+        "greater than or equal",
+    ),
+    ("trainingjobs", {"spec": {"schedule": "every monday"}}, "spec.schedule", "should match"),
+    ("trainingjobs", {"spec": {"preemptible": "yes"}}, "spec.preemptible", "boolean"),
+    ("trainingjobs", {"metadata": {"name": "t" * 53}}, "metadata.name", "at most 52"),
+]
+
+
+def _id(case: tuple[str, dict[str, Any], str, str]) -> str:
+    return f"{case[0]}:{case[2]}:{case[3]}".replace(" ", "_")
+
+
+def test_the_valid_objects_are_accepted(kube: Any, namespace: str) -> None:
+    for plural, body in VALID.items():
+        create(kube, namespace, plural, body)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_refused_naming_the_field(
+    kube: Any, namespace: str, case: tuple[str, dict[str, Any], str, str]
+) -> None:
+    plural, patch, field, reason = case
+    with pytest.raises(ApiException) as refused:
+        create(kube, namespace, plural, merged(VALID[plural], patch))
+    assert refused.value.status in (400, 422)
+    message = json.loads(refused.value.body)["message"]
+    assert field in message, message
+    assert reason in message, message
+
+
+def create(kube: Any, namespace: str, plural: str, body: dict[str, Any]) -> None:
+    client.CustomObjectsApi(kube).create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        plural,
+        {"apiVersion": f"{GROUP}/{VERSION}", **body},
+        field_validation="Strict",
+    )
