@@ -218,18 +218,14 @@ def _build(work: Path, out: Path, packages: list[str], ldflags: str, output_name
 
 
 def _go(args: list[str], cwd: Path, capture: bool = False) -> str:
+    """Run go; its chatter (a line per downloaded module) is shown only when it fails."""
     env = {**os.environ, "GOFLAGS": "-mod=mod -buildvcs=false", "CGO_ENABLED": "0"}
-    result = subprocess.run(
-        ["go", *args],
-        cwd=cwd,
-        env=env,
-        check=False,
-        text=True,
-        stdout=subprocess.PIPE if capture else None,
-    )
+    result = subprocess.run(["go", *args], cwd=cwd, env=env, check=False, text=True, capture_output=True)
     if result.returncode != 0:
-        raise RuntimeError(f"go {' '.join(args[:2])} failed in {cwd} (exit {result.returncode})")
-    return result.stdout or ""
+        raise RuntimeError(
+            f"go {' '.join(args[:2])} failed in {cwd} (exit {result.returncode}):\n{result.stderr[-4000:]}"
+        )
+    return result.stdout if capture else ""
 
 
 if __name__ == "__main__":

@@ -112,6 +112,7 @@ class LocalCluster:
         if self.state_dir.exists():
             with contextlib.suppress(ClusterError):
                 self._kwokctl(None, ["delete", "cluster"])
+        _wait_gone(pids.values(), 15.0)  # kwokctl signals; the apiserver takes a moment to drain
         for component, pid in pids.items():
             if _alive(pid):
                 self.log(f"Killed leftover {component} pid={pid}")
