@@ -26,9 +26,17 @@ from kubernetes.client.exceptions import ApiException
 
 from loraplex.e2e.binaries import Binaries, cache_root, ensure_binaries
 from loraplex.e2e.gpu_nodes import GpuNodeShape, gpu_node
-from loraplex.e2e.kube_api import api_client
+from loraplex.kube import api_client
 
 Log = Callable[[str], None]
+
+
+# Every component listens on loopback only: etcd has no authentication in this setup.
+KWOKCTL_CONFIG = {
+    "kind": "KwokctlConfiguration",
+    "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+    "options": {"bindAddress": "127.0.0.1"},
+}
 
 
 class ClusterError(RuntimeError):
@@ -76,11 +84,16 @@ class LocalCluster:
             self.log(f"Removed stale state of cluster {self.name}")
             self.down()
         started = time.monotonic()
+        config = self.workdir / f"{self.name}.kwokctl.yaml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(yaml.safe_dump(KWOKCTL_CONFIG))
         self._kwokctl(
             binaries,
             [
                 "create",
                 "cluster",
+                "--config",
+                str(config),
                 "--runtime",
                 "binary",
                 "--kube-apiserver-binary",
@@ -112,14 +125,14 @@ class LocalCluster:
         if self.state_dir.exists():
             with contextlib.suppress(ClusterError):
                 self._kwokctl(None, ["delete", "cluster"])
-        _wait_gone(pids.values(), 15.0)  # kwokctl signals; the apiserver takes a moment to drain
+        wait_processes_gone(pids.values(), 15.0)  # kwokctl signals; the apiserver takes a moment to drain
         for component, pid in pids.items():
-            if _alive(pid):
+            if process_alive(pid):
                 self.log(f"Killed leftover {component} pid={pid}")
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-        _wait_gone(pids.values(), 10.0)
-        stray = {c: p for c, p in pids.items() if _alive(p)}
+        wait_processes_gone(pids.values(), 10.0)
+        stray = {c: p for c, p in pids.items() if process_alive(p)}
         if stray:
             raise ClusterError(f"processes still running after teardown: {stray}")
         if self.state_dir.exists():
@@ -130,7 +143,7 @@ class LocalCluster:
     def status(self) -> ClusterStatus:
         pids = self._pids()
         server = self._server()
-        running = bool(pids) and all(_alive(p) for p in pids.values()) and server is not None
+        running = bool(pids) and all(process_alive(p) for p in pids.values()) and server is not None
         return ClusterStatus(self.name, running, self.kubeconfig, server, pids)
 
     def wait_ready(self, timeout: float) -> None:
@@ -204,7 +217,7 @@ def ensure_gpu_nodes(kubeconfig: str, cluster: str, count: int, shape: GpuNodeSh
     return names
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -218,10 +231,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _wait_gone(pids: Iterator[int] | Any, timeout: float) -> None:
+def wait_processes_gone(pids: Iterator[int] | Any, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     pending = list(pids)
     while pending and time.monotonic() < deadline:
-        pending = [p for p in pending if _alive(p)]
+        pending = [p for p in pending if process_alive(p)]
         if pending:
             time.sleep(0.1)

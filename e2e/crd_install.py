@@ -8,32 +8,44 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 
+import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from loraplex.api import crd
-from loraplex.e2e.kube_api import api_client
+from loraplex.kube import api_client
+
+PEERING_CRDS = Path(__file__).resolve().parents[1] / "crds" / "kopf.dev_peerings.yaml"
 
 
 def install_crds(kubeconfig: str, timeout: float = 60.0) -> None:
-    """Create or replace every CRD, then wait for each to be Established."""
+    """Create or replace the loraplex CRDs and kopf's peering CRDs, then wait until served."""
+    manifests = [crd.crd(kind) for kind in crd.KINDS]
+    manifests += [doc for doc in yaml.safe_load_all(PEERING_CRDS.read_text()) if doc]
     with contextlib.closing(api_client(kubeconfig)) as api:
         extensions = client.ApiextensionsV1Api(api)
-        for kind in crd.KINDS:
-            manifest = client.V1CustomResourceDefinition.model_validate(crd.crd(kind))
-            try:
-                extensions.create_custom_resource_definition(manifest)
-            except ApiException as error:
-                if error.status != 409:
-                    raise
-                current = extensions.read_custom_resource_definition(kind.crd_name)
-                assert current.metadata is not None
-                assert manifest.metadata is not None
-                manifest.metadata.resource_version = current.metadata.resource_version
-                extensions.replace_custom_resource_definition(kind.crd_name, manifest)
-        for kind in crd.KINDS:
-            _wait_established(extensions, kind.crd_name, timeout)
+        for manifest in manifests:
+            _create_or_replace(extensions, client.V1CustomResourceDefinition.model_validate(manifest))
+        for manifest in manifests:
+            _wait_established(extensions, manifest["metadata"]["name"], timeout)
+
+
+def _create_or_replace(
+    extensions: client.ApiextensionsV1Api, manifest: client.V1CustomResourceDefinition
+) -> None:
+    assert manifest.metadata is not None
+    name = str(manifest.metadata.name)
+    try:
+        extensions.create_custom_resource_definition(manifest)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+        current = extensions.read_custom_resource_definition(name)
+        assert current.metadata is not None
+        manifest.metadata.resource_version = current.metadata.resource_version
+        extensions.replace_custom_resource_definition(name, manifest)
 
 
 def _wait_established(extensions: client.ApiextensionsV1Api, name: str, timeout: float) -> None:

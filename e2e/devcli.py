@@ -15,6 +15,7 @@ from loraplex.e2e import crd_install, kind_cluster
 from loraplex.e2e.binaries import cached_binaries, ensure_binaries
 from loraplex.e2e.cluster import ClusterError, LocalCluster
 from loraplex.e2e.gpu_nodes import GpuNodeShape
+from loraplex.e2e.local_operator import LocalOperator
 
 
 def run(action: str, args: argparse.Namespace) -> int:
@@ -37,7 +38,9 @@ def _cluster_up(args: argparse.Namespace) -> int:
 def _cluster_down(args: argparse.Namespace) -> int:
     if kind_cluster.exists(args.name):
         kind_cluster.down(args.name)
-    LocalCluster(args.name).down()
+    cluster = LocalCluster(args.name)
+    LocalOperator(cluster).stop()
+    cluster.down()
     print(f"Stopped cluster {args.name}")
     return 0
 
@@ -51,6 +54,8 @@ def _cluster_status(args: argparse.Namespace) -> int:
     print(f"kubeconfig: {status.kubeconfig}")
     for component, pid in sorted(status.pids.items()):
         print(f"  {component}: pid {pid}")
+    operator_pid = LocalOperator(LocalCluster(args.name)).pid()
+    print(f"  loraplex-operator: {'pid ' + str(operator_pid) if operator_pid else 'not running'}")
     return 0
 
 
@@ -68,6 +73,14 @@ def _fleet_up(args: argparse.Namespace) -> int:
         kubeconfig = cluster.up(args.nodes, GpuNodeShape(gpus=args.gpus_per_node))
     crd_install.install_crds(str(kubeconfig))
     print("Installed the loraplex CRDs (basemodels, loraadapters, trainingjobs)")
+    if args.kind:
+        print("Run the operator against it yourself: KUBECONFIG=... loraplex operator")
+    else:
+        operator = LocalOperator(cluster)
+        pid = operator.start()
+        print(
+            f"Started the loraplex operator pid={pid} metrics=:{operator.ports()[0]} log={operator.log_file}"
+        )
     _print_usage(str(kubeconfig))
     return 0
 

@@ -18,7 +18,6 @@ Handler = Callable[[argparse.Namespace], int]
 # Deployables that later work items build; until then the command says so
 # plainly rather than pretending to run.
 _PENDING = {
-    "operator": "the kopf operator that reconciles BaseModel, LoRAAdapter and TrainingJob",
     "router": "the adapter-affinity OpenAI-compatible router of one BaseModel",
     "agent": "the worker agent that fetches, caches and loads adapters into vLLM",
     "trainer": "the LoRA trainer that fine-tunes adapters on a shared base model",
@@ -31,6 +30,23 @@ def _pending(name: str) -> Handler:
         return 2
 
     return run
+
+
+def _operator(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from loraplex.operator.main import run
+    from loraplex.operator.settings import OperatorSettings
+
+    settings = OperatorSettings.from_env()
+    overrides = {
+        "namespaces": tuple(args.namespace) if args.namespace else None,
+        "metrics_port": args.metrics_port,
+        "health_port": args.health_port,
+        "peering_priority": args.priority,
+    }
+    settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    return run(settings)
 
 
 def _crds_generate(args: argparse.Namespace) -> int:
@@ -81,6 +97,26 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in _PENDING.items():
         sub = commands.add_parser(name, help=f"Run {what}.", description=f"Run {what}.")
         sub.set_defaults(handler=_pending(name))
+
+    operator = commands.add_parser(
+        "operator",
+        help="Run the kopf operator that reconciles BaseModel, LoRAAdapter and TrainingJob.",
+        description=(
+            "Run the operator. Settings come from LORAPLEX_* environment variables (docs/operator.md); "
+            "these flags override them."
+        ),
+    )
+    operator.add_argument(
+        "--namespace", action="append", help="Watch only this namespace (repeatable; default: all)."
+    )
+    operator.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default: 9090).")
+    operator.add_argument("--health-port", type=int, help="Liveness /healthz port (default: 8081).")
+    operator.add_argument(
+        "--priority",
+        type=int,
+        help="Peering priority; the highest of several replicas acts (default: from pod name).",
+    )
+    operator.set_defaults(handler=_operator)
 
     crds = commands.add_parser(
         "crds", help="Generate or print the CustomResourceDefinitions (and the API reference)."

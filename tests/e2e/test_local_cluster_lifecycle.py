@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from loraplex.cli import main
-from loraplex.e2e.cluster import LocalCluster, _alive
+from loraplex.e2e.cluster import LocalCluster, process_alive
 
 pytestmark = pytest.mark.cluster
 
@@ -36,7 +36,7 @@ def test_up_status_down_leaves_no_process(capsys: pytest.CaptureFixture[str]) ->
         assert cluster.status().pids == status.pids
     finally:
         assert main(["dev", "cluster", "down", "--name", NAME]) == 0
-    assert not any(_alive(pid) for pid in status.pids.values())
+    assert not any(process_alive(pid) for pid in status.pids.values())
     assert not cluster.state_dir.exists()
     assert main(["dev", "cluster", "status", "--name", NAME]) == 1
 

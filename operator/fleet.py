@@ -1,0 +1,346 @@
+"""Builds the Kubernetes objects that serve one BaseModel: pure functions of the spec.
+
+A BaseModel becomes a worker StatefulSet (stable pod names, so placements
+survive restarts) whose pods run vLLM's OpenAI server with runtime LoRA
+loading plus the loraplex agent, a headless Service for the workers, the
+router Deployment and Service, a NetworkPolicy that lets only the router and
+the operator reach the workers, and, when the spec names none, a Secret with
+the vLLM API key. Every object carries an owner reference to the BaseModel and
+a hash of its own content, so applying skips objects that did not change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from loraplex.api import API_VERSION
+from loraplex.api.basemodel import BaseModelSpec
+from loraplex.operator.settings import OperatorSettings
+
+Manifest = dict[str, Any]
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "loraplex"}
+BASE_MODEL_LABEL = "loraplex.dev/base-model"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+HASH_ANNOTATION = "loraplex.dev/content-hash"
+VLLM_PORT = 8000
+AGENT_PORT = 8080
+ROUTER_PORT = 8000
+MODEL_MOUNT = "/models"
+ADAPTER_CACHE = "/var/cache/loraplex"
+API_KEY_DEFAULT_KEY = "api-key"
+
+
+@dataclass(frozen=True)
+class BaseModelRef:
+    """Identity of the BaseModel that owns the fleet."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+def worker_name(ref: BaseModelRef) -> str:
+    return f"{ref.name}-worker"
+
+
+def workers_service_name(ref: BaseModelRef) -> str:
+    return f"{ref.name}-workers"
+
+
+def router_name(ref: BaseModelRef) -> str:
+    return f"{ref.name}-router"
+
+
+def api_key_secret_name(ref: BaseModelRef) -> str:
+    return f"{ref.name}-vllm-api-key"
+
+
+def api_key_ref(ref: BaseModelRef, spec: BaseModelSpec) -> tuple[str, str]:
+    """(Secret name, key) holding the vLLM API key: the user's, or the one the operator creates."""
+    if spec.engine.api_key_secret_ref is not None:
+        return spec.engine.api_key_secret_ref.name, spec.engine.api_key_secret_ref.key
+    return api_key_secret_name(ref), API_KEY_DEFAULT_KEY
+
+
+def labels(ref: BaseModelRef, component: str) -> dict[str, str]:
+    return {**MANAGED_BY, BASE_MODEL_LABEL: ref.name, COMPONENT_LABEL: component}
+
+
+def selector(ref: BaseModelRef, component: str) -> dict[str, str]:
+    return {BASE_MODEL_LABEL: ref.name, COMPONENT_LABEL: component}
+
+
+def plan_fleet(ref: BaseModelRef, spec: BaseModelSpec, settings: OperatorSettings) -> list[Manifest]:
+    """Every object of the fleet except the generated API key Secret (see `api_key_secret`)."""
+    return [
+        _owned(ref, worker_statefulset(ref, spec, settings)),
+        _owned(ref, workers_service(ref)),
+        _owned(ref, router_deployment(ref, spec, settings)),
+        _owned(ref, router_service(ref)),
+        _owned(ref, network_policy(ref)),
+    ]
+
+
+def desired_workers(spec: BaseModelSpec) -> int:
+    """Workers to run now: the minimum (load-based scaling towards max comes with the router)."""
+    return spec.replicas.min
+
+
+def model_location(spec: BaseModelSpec) -> tuple[str, list[Manifest], list[Manifest]]:
+    """The path vLLM loads, with the volumes and mounts that make it exist."""
+    uri = spec.model.uri
+    if uri.startswith("pvc://"):
+        claim, _, path = uri.removeprefix("pvc://").partition("/")
+        volume = {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        mount = {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}
+        return f"{MODEL_MOUNT}/{path}".rstrip("/"), [volume], [mount]
+    if uri.startswith(("s3://", "https://")):
+        volume = {"name": "model", "emptyDir": {}}
+        mount = {"name": "model", "mountPath": MODEL_MOUNT}
+        return MODEL_MOUNT, [volume], [mount]
+    return uri, [], []
+
+
+def vllm_args(ref: BaseModelRef, spec: BaseModelSpec, model_path: str) -> list[str]:
+    engine = spec.engine
+    args = [
+        "--model", model_path,
+        "--served-model-name", spec.model.served_name or ref.name,
+        "--host", "0.0.0.0",
+        "--port", str(VLLM_PORT),
+        "--enable-lora",
+        "--max-loras", str(engine.max_loras),
+        "--max-cpu-loras", str(engine.max_cpu_loras),
+        "--max-lora-rank", str(engine.max_lora_rank),
+        "--tensor-parallel-size", str(engine.tensor_parallel_size),
+    ]  # fmt: skip
+    if engine.max_model_len is not None:
+        args += ["--max-model-len", str(engine.max_model_len)]
+    return args + list(engine.args)
+
+
+def _api_key_env(ref: BaseModelRef, spec: BaseModelSpec, variable: str) -> Manifest:
+    secret, key = api_key_ref(ref, spec)
+    return {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def worker_statefulset(ref: BaseModelRef, spec: BaseModelSpec, settings: OperatorSettings) -> Manifest:
+    model_path, volumes, mounts = model_location(spec)
+    resources = spec.resources
+    limits: dict[str, str] = {resources.gpu_resource_name: str(resources.gpu)}
+    requests: dict[str, str] = {}
+    if resources.cpu:
+        requests["cpu"] = resources.cpu
+    if resources.memory:
+        requests["memory"] = limits["memory"] = resources.memory
+    cache_mount = {"name": "adapter-cache", "mountPath": ADAPTER_CACHE}
+    vllm = {
+        "name": "vllm",
+        "image": spec.engine.image,
+        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+        "args": vllm_args(ref, spec, model_path),
+        "env": [
+            _api_key_env(ref, spec, "VLLM_API_KEY"),
+            {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
+        ],
+        "ports": [{"name": "vllm", "containerPort": VLLM_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/health", "port": VLLM_PORT}, "periodSeconds": 5},
+        "resources": {"limits": limits, **({"requests": requests} if requests else {})},
+        "volumeMounts": [*mounts, cache_mount],
+    }
+    agent = {
+        "name": "agent",
+        "image": settings.image,
+        "args": [
+            "agent",
+            "--base-model",
+            ref.name,
+            "--vllm-url",
+            f"http://127.0.0.1:{VLLM_PORT}",
+            "--cache-dir",
+            ADAPTER_CACHE,
+            "--port",
+            str(AGENT_PORT),
+        ],
+        "env": [
+            _api_key_env(ref, spec, "LORAPLEX_VLLM_API_KEY"),
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        ],
+        "ports": [{"name": "agent", "containerPort": AGENT_PORT}],
+        "volumeMounts": [cache_mount],
+    }
+    init_containers = []
+    if spec.model.uri.startswith(("s3://", "https://")):
+        init_containers.append(
+            {
+                "name": "fetch-model",
+                "image": settings.image,
+                "args": ["agent", "fetch-model", "--uri", spec.model.uri, "--dest", MODEL_MOUNT],
+                "volumeMounts": mounts,
+            }
+        )
+    pod_spec: Manifest = {
+        "containers": [vllm, agent],
+        "volumes": [*volumes, {"name": "adapter-cache", "emptyDir": {}}],
+        "nodeSelector": dict(spec.node_selector),
+        "tolerations": [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations],
+        "affinity": _spread_over_nodes(ref),
+        "terminationGracePeriodSeconds": 60,
+    }
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": worker_name(ref), "namespace": ref.namespace, "labels": labels(ref, "worker")},
+        "spec": {
+            "replicas": desired_workers(spec),
+            "serviceName": workers_service_name(ref),
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector(ref, "worker")},
+            "template": {"metadata": {"labels": labels(ref, "worker")}, "spec": pod_spec},
+        },
+    }
+
+
+def _spread_over_nodes(ref: BaseModelRef) -> Manifest:
+    term = {"labelSelector": {"matchLabels": selector(ref, "worker")}}
+    return {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "podAffinityTerm": {**term, "topologyKey": "kubernetes.io/hostname"}},
+                {"weight": 50, "podAffinityTerm": {**term, "topologyKey": "topology.kubernetes.io/zone"}},
+            ]
+        }
+    }
+
+
+def workers_service(ref: BaseModelRef) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": workers_service_name(ref),
+            "namespace": ref.namespace,
+            "labels": labels(ref, "worker"),
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector(ref, "worker"),
+            "ports": [
+                {"name": "vllm", "port": VLLM_PORT, "targetPort": VLLM_PORT},
+                {"name": "agent", "port": AGENT_PORT, "targetPort": AGENT_PORT},
+            ],
+        },
+    }
+
+
+def router_deployment(ref: BaseModelRef, spec: BaseModelSpec, settings: OperatorSettings) -> Manifest:
+    container = {
+        "name": "router",
+        "image": settings.image,
+        "args": [
+            "router",
+            "--base-model",
+            ref.name,
+            "--namespace",
+            ref.namespace,
+            "--workers-service",
+            workers_service_name(ref),
+            "--port",
+            str(ROUTER_PORT),
+        ],
+        "env": [_api_key_env(ref, spec, "LORAPLEX_VLLM_API_KEY")],
+        "ports": [{"name": "http", "containerPort": ROUTER_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": ROUTER_PORT}, "periodSeconds": 5},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": router_name(ref), "namespace": ref.namespace, "labels": labels(ref, "router")},
+        "spec": {
+            "replicas": settings.router_replicas,
+            "selector": {"matchLabels": selector(ref, "router")},
+            "template": {"metadata": {"labels": labels(ref, "router")}, "spec": {"containers": [container]}},
+        },
+    }
+
+
+def router_service(ref: BaseModelRef) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": router_name(ref), "namespace": ref.namespace, "labels": labels(ref, "router")},
+        "spec": {
+            "selector": selector(ref, "router"),
+            "ports": [{"name": "http", "port": 80, "targetPort": ROUTER_PORT}],
+        },
+    }
+
+
+def network_policy(ref: BaseModelRef) -> Manifest:
+    """Only the router reaches vLLM; only the router and the operator reach the agent."""
+    router = {"podSelector": {"matchLabels": selector(ref, "router")}}
+    operator = {
+        "namespaceSelector": {},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "loraplex-operator"}},
+    }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": worker_name(ref), "namespace": ref.namespace, "labels": labels(ref, "worker")},
+        "spec": {
+            "podSelector": {"matchLabels": selector(ref, "worker")},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [router], "ports": [{"port": VLLM_PORT}]},
+                {"from": [router, operator], "ports": [{"port": AGENT_PORT}]},
+            ],
+        },
+    }
+
+
+def api_key_secret(ref: BaseModelRef, api_key: str) -> Manifest:
+    """The Secret with a generated vLLM API key (the caller makes the key: this stays pure)."""
+    return _owned(
+        ref,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": api_key_secret_name(ref),
+                "namespace": ref.namespace,
+                "labels": labels(ref, "worker"),
+            },
+            "type": "Opaque",
+            "stringData": {API_KEY_DEFAULT_KEY: api_key},
+        },
+    )
+
+
+def _owned(ref: BaseModelRef, manifest: Manifest) -> Manifest:
+    """Add the owner reference and the content hash the apply step compares."""
+    manifest["metadata"]["ownerReferences"] = [
+        {
+            "apiVersion": API_VERSION,
+            "kind": "BaseModel",
+            "name": ref.name,
+            "uid": ref.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    manifest["metadata"].setdefault("annotations", {})[HASH_ANNOTATION] = content_hash(manifest)
+    return manifest
+
+
+def content_hash(manifest: Manifest) -> str:
+    body = {k: v for k, v in manifest.items() if k != "metadata"}
+    body["labels"] = manifest["metadata"].get("labels", {})
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,135 @@
+"""Decides a BaseModel's status from what its worker StatefulSet and pods show.
+
+Pure: the caller passes plain observations (from kopf indexes) and `now`.
+Conditions: `Ready` (all desired workers ready), `Progressing` (a roll or a
+scale-up in flight), `Degraded` (workers missing), and the kstatus pair
+`Reconciling` / `Stalled`, so Flux, Argo CD and `kubectl wait` read health.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from loraplex.api.basemodel import BaseModelSpec
+from loraplex.operator.conditions import ConditionUpdate, merge_conditions
+from loraplex.operator.fleet import desired_workers
+
+
+@dataclass(frozen=True)
+class WorkerPod:
+    """What the status needs to know of one worker pod."""
+
+    name: str
+    ready: bool
+    unschedulable_message: str | None = None  # PodScheduled=False, reason Unschedulable
+
+
+@dataclass(frozen=True)
+class FleetObservation:
+    """The worker StatefulSet's status (absent: not created yet) and its pods."""
+
+    statefulset_found: bool = False
+    observed_generation: int = 0
+    generation: int = 0
+    ready_replicas: int = 0
+    updated_replicas: int = 0
+    current_revision: str | None = None
+    update_revision: str | None = None
+    pods: Sequence[WorkerPod] = field(default_factory=tuple)
+
+
+def plan_base_model_status(
+    spec: BaseModelSpec,
+    generation: int,
+    observed: FleetObservation,
+    previous: dict[str, Any],
+    now: datetime,
+) -> dict[str, Any]:
+    """The whole status subresource for this generation of the BaseModel."""
+    desired = desired_workers(spec)
+    ready = min(observed.ready_replicas, desired)
+    ready_condition = _ready_condition(spec, observed, ready, desired)
+    blocked = ready_condition.reason in BLOCKED_REASONS
+    in_flight = ready_condition.status != "True" and not blocked
+    updates = [
+        ready_condition,
+        _flag("Progressing", in_flight, ready_condition),
+        _flag("Degraded", blocked, ready_condition),
+        _flag("Reconciling", in_flight, ready_condition),
+        _flag("Stalled", blocked, ready_condition),
+    ]
+    gpu_total = ready * spec.engine.max_loras
+    cpu_total = ready * spec.engine.max_cpu_loras
+    slots = previous.get("slots") or {}
+    gpu_used = min(int(slots.get("gpuUsed", 0)), gpu_total)
+    return {
+        "observedGeneration": generation,
+        "conditions": merge_conditions(previous.get("conditions", []), updates, generation, now),
+        "desiredWorkers": desired,
+        "readyWorkers": ready,
+        "workers": f"{ready}/{desired}",
+        "slots": {
+            "gpuTotal": gpu_total,
+            "gpuUsed": gpu_used,
+            "cpuTotal": cpu_total,
+            "cpuUsed": min(int(slots.get("cpuUsed", 0)), cpu_total),
+        },
+        "slotsSummary": f"{gpu_used}/{gpu_total}",
+    }
+
+
+# Ready=False reasons that waiting alone will not fix: the fleet is stuck, not starting.
+BLOCKED_REASONS = frozenset({"InsufficientGPU", "Unschedulable"})
+
+
+def _ready_condition(
+    spec: BaseModelSpec, observed: FleetObservation, ready: int, desired: int
+) -> ConditionUpdate:
+    if not observed.statefulset_found:
+        return ConditionUpdate("Ready", "Unknown", "Creating", "Creating the worker StatefulSet")
+    unschedulable = [p for p in observed.pods if p.unschedulable_message]
+    gpu = spec.resources.gpu_resource_name
+    no_gpu = [p for p in unschedulable if gpu in (p.unschedulable_message or "")]
+    if no_gpu:
+        first = no_gpu[0]
+        message = (
+            f"{len(no_gpu)} worker pod(s) cannot be scheduled: no node has {spec.resources.gpu} free {gpu} "
+            f"(first: {first.name}: {first.unschedulable_message})"
+        )
+        return ConditionUpdate("Ready", "False", "InsufficientGPU", message)
+    if unschedulable:
+        first = unschedulable[0]
+        return ConditionUpdate(
+            "Ready", "False", "Unschedulable", f"{first.name}: {first.unschedulable_message}"
+        )
+    if ready < desired:
+        return ConditionUpdate("Ready", "False", "WorkersStarting", f"{ready} of {desired} workers ready")
+    if _rolling(observed, desired):
+        return ConditionUpdate("Ready", "False", "RollingUpdate", "Rolling the workers to the new spec")
+    return ConditionUpdate("Ready", "True", "WorkersReady", f"{ready} of {desired} workers ready")
+
+
+def _rolling(observed: FleetObservation, desired: int) -> bool:
+    revisions_differ = (
+        observed.update_revision is not None and observed.update_revision != observed.current_revision
+    )
+    return (
+        observed.observed_generation < observed.generation
+        or observed.updated_replicas < desired
+        or revisions_differ
+    )
+
+
+def _flag(type_: str, on: bool, cause: ConditionUpdate) -> ConditionUpdate:
+    """A secondary condition that is True, with Ready's reason and message, while `on`."""
+    if on:
+        return ConditionUpdate(type_, "True", cause.reason, cause.message)
+    return ConditionUpdate(type_, "False", "AsExpected")
+
+
+def status_changed(current: dict[str, Any], planned: dict[str, Any]) -> bool:
+    """Whether writing `planned` would change anything a reader sees."""
+    return any(current.get(key) != value for key, value in planned.items())

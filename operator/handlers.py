@@ -1,0 +1,151 @@
+"""kopf handlers for BaseModel: thin glue from events to the planners and the applier.
+
+Level-based: every pass rebuilds the whole fleet plan from the spec and lets
+the applier skip what is already right, so running twice changes nothing and
+a restart mid-way loses nothing. Live state comes from kopf indexes of the
+worker StatefulSets and pods (kept by watches), read by a per-BaseModel timer
+that writes status only when it changed.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from loraplex.api import GROUP, VERSION
+from loraplex.api.basemodel import BaseModelSpec
+from loraplex.operator import metrics
+from loraplex.operator.apply import Applier
+from loraplex.operator.fleet import (
+    BASE_MODEL_LABEL,
+    COMPONENT_LABEL,
+    MANAGED_BY,
+    BaseModelRef,
+    api_key_secret,
+    desired_workers,
+    plan_fleet,
+)
+from loraplex.operator.fleet_status import WorkerPod, plan_base_model_status, status_changed
+from loraplex.operator.observe import fleet_observation, worker_pod
+from loraplex.operator.settings import OperatorSettings
+
+WORKER_LABELS = {**MANAGED_BY, COMPONENT_LABEL: "worker"}
+
+
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, applier: Applier) -> None:
+    """Attach the BaseModel handlers, indexes and timer to `registry`."""
+
+    @kopf.index("apps", "v1", "statefulsets", labels=WORKER_LABELS, id="worker_sets", registry=registry)
+    def worker_sets(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
+        return {(str(namespace), labels[BASE_MODEL_LABEL]): dict(body)}
+
+    @kopf.index("", "v1", "pods", labels=WORKER_LABELS, id="worker_pods", registry=registry)
+    def worker_pods(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
+        return {(str(namespace), labels[BASE_MODEL_LABEL]): worker_pod(body)}
+
+    @kopf.on.resume(GROUP, VERSION, "basemodels", id="fleet", registry=registry)
+    @kopf.on.create(GROUP, VERSION, "basemodels", id="fleet", registry=registry)
+    @kopf.on.update(GROUP, VERSION, "basemodels", field="spec", id="fleet", registry=registry)
+    def reconcile_fleet(
+        spec: kopf.Spec,
+        name: str,
+        namespace: str | None,
+        uid: str,
+        meta: kopf.Meta,
+        status: kopf.Status,
+        patch: kopf.Patch,
+        logger: kopf.Logger,
+        **kwargs: Any,
+    ) -> None:
+        started = time.monotonic()
+        try:
+            model = _parse_spec(spec)
+            ref = BaseModelRef(name, str(namespace), uid)
+            if model.engine.api_key_secret_ref is None and applier.create_if_missing(
+                api_key_secret(ref, secrets.token_urlsafe(32))
+            ):
+                logger.info(f"Created vLLM API key secret for {namespace}/{name}")
+            writes = applier.apply_all(plan_fleet(ref, model, settings))
+            if writes:
+                logger.info(f"Applied worker fleet of {namespace}/{name} writes={writes}")
+            _write_status(model, meta, status, patch, FleetIndexes.of(kwargs), (str(namespace), name))
+        except kopf.PermanentError:
+            metrics.RECONCILES.labels("BaseModel", "error").inc()
+            raise
+        except Exception:
+            metrics.RECONCILES.labels("BaseModel", "retry").inc()
+            raise
+        metrics.RECONCILES.labels("BaseModel", "ok").inc()
+        metrics.RECONCILE_SECONDS.labels("BaseModel").observe(time.monotonic() - started)
+
+    @kopf.timer(
+        GROUP,
+        VERSION,
+        "basemodels",
+        interval=settings.status_interval_seconds,
+        id="fleet-status",
+        registry=registry,
+    )
+    def refresh_fleet_status(
+        spec: kopf.Spec,
+        name: str,
+        namespace: str | None,
+        meta: kopf.Meta,
+        status: kopf.Status,
+        patch: kopf.Patch,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            model = BaseModelSpec.model_validate(dict(spec))
+        except ValidationError:
+            return  # reconcile_fleet reports it
+        _write_status(model, meta, status, patch, FleetIndexes.of(kwargs), (str(namespace), name))
+
+
+def _parse_spec(spec: Mapping[str, Any]) -> BaseModelSpec:
+    try:
+        return BaseModelSpec.model_validate(dict(spec))
+    except ValidationError as error:
+        raise kopf.PermanentError(f"Invalid spec: {error}") from error
+
+
+@dataclass(frozen=True)
+class FleetIndexes:
+    """The kopf indexes of worker StatefulSets and pods, keyed by (namespace, BaseModel name)."""
+
+    worker_sets: kopf.Index[tuple[str, str], dict[str, Any]]
+    worker_pods: kopf.Index[tuple[str, str], WorkerPod]
+
+    @classmethod
+    def of(cls, kwargs: Mapping[str, Any]) -> FleetIndexes:
+        """kopf passes each index as a keyword argument named after its function."""
+        return cls(kwargs["worker_sets"], kwargs["worker_pods"])
+
+
+def _write_status(
+    model: BaseModelSpec,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    indexes: FleetIndexes,
+    key: tuple[str, str],
+) -> None:
+    sets = list(indexes.worker_sets.get(key, []))
+    observation = fleet_observation(sets[0] if sets else None, indexes.worker_pods.get(key, []))
+    current = dict(status)
+    planned = plan_base_model_status(model, int(meta.get("generation", 0)), observation, current, _now())
+    metrics.WORKERS.labels(key[1], "desired").set(desired_workers(model))
+    metrics.WORKERS.labels(key[1], "ready").set(planned["readyWorkers"])
+    if status_changed(current, planned):
+        patch.status.update(planned)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,75 @@
+"""`loraplex operator`: configures kopf and runs the handlers until stopped.
+
+kopf's own bookkeeping (finalizer, handler progress, last-handled spec) lives
+under our API group (`loraplex.dev/...`). Peering is mandatory, so two replicas
+never act at once: the one with the lower priority pauses while the other runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import closing
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from loraplex.api import GROUP
+from loraplex.kube import api_client
+from loraplex.operator import handlers
+from loraplex.operator.apply import Applier
+from loraplex.operator.settings import OperatorSettings
+
+
+def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
+    configured = kopf.OperatorSettings()
+    configured.persistence.finalizer = f"{GROUP}/finalizer"
+    configured.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    configured.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    configured.peering.name = settings.peering_name
+    configured.peering.priority = settings.peering_priority
+    configured.peering.mandatory = True
+    configured.posting.level = logging.WARNING  # Events for warnings and errors only
+    configured.watching.server_timeout = 300
+    configured.execution.max_workers = 8
+    return configured
+
+
+class _QuietTimers(logging.Filter):
+    """Drops kopf's per-run "Timer ... succeeded" lines: the status timer runs every few seconds."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Timer ") and message.endswith(" succeeded."))
+
+
+def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod: the service account; elsewhere: $KUBECONFIG or ~/.kube/config."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+def run(settings: OperatorSettings) -> int:
+    """Run the operator in this process; returns when it is stopped."""
+    kopf.configure(verbose=False)
+    logging.getLogger("kopf.objects").addFilter(_QuietTimers())
+    start_http_server(settings.metrics_port)
+    with closing(api_client()) as api:
+        registry = kopf.OperatorRegistry()
+        kopf.on.login(registry=registry)(_login)
+        handlers.register(registry, settings, Applier(api, settings.field_manager))
+        asyncio.run(
+            kopf.operator(
+                registry=registry,
+                settings=kopf_settings(settings),
+                standalone=False,
+                peering_name=settings.peering_name,
+                priority=settings.peering_priority,
+                clusterwide=not settings.namespaces,
+                namespaces=list(settings.namespaces),
+                liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
+            )
+        )
+    return 0

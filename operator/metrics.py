@@ -1,0 +1,31 @@
+"""The operator's Prometheus metrics (prefix loraplex_, base units, bounded labels)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+from loraplex import __version__
+
+BUILD_INFO = Info("loraplex_build", "Version of the running loraplex operator")
+BUILD_INFO.info({"version": __version__, "component": "operator"})
+
+RECONCILES = Counter(
+    "loraplex_reconciles_total", "Reconciles by kind and result (ok, retry, error)", ["kind", "result"]
+)
+RECONCILE_SECONDS = Histogram(
+    "loraplex_reconcile_duration_seconds", "Time one reconcile took", ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)  # fmt: skip
+API_WRITES = Counter(
+    "loraplex_api_writes_total",
+    "Writes the operator sent to the API, by resource and verb",
+    ["resource", "verb"],
+)
+APPLY_SKIPPED = Counter(
+    "loraplex_apply_skipped_total",
+    "Child objects left alone because their content had not changed",
+    ["resource"],
+)
+WORKERS = Gauge(
+    "loraplex_workers", "Worker pods by BaseModel and state (desired, ready)", ["base_model", "state"]
+)

@@ -1,0 +1,183 @@
+"""The operator on the real control plane: BaseModel -> worker fleet, status, rolls, restarts, peering."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from loraplex.api import GROUP, VERSION
+from loraplex.e2e.cluster import LocalCluster
+from loraplex.e2e.operator_process import OperatorProcess
+from loraplex.e2e.waiting import wait_until
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def peering(kube: Any, namespace: str) -> str:
+    """The KopfPeering object operator replicas of this namespace meet in."""
+    client.CustomObjectsApi(kube).create_namespaced_custom_object(
+        "kopf.dev", "v1", namespace, "kopfpeerings",
+        {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "loraplex"}},
+    )  # fmt: skip
+    return namespace
+
+
+@pytest.fixture
+def operator(local_cluster: LocalCluster, peering: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(local_cluster.kubeconfig, peering, tmp_path / "operator.log").start()
+    yield process
+    process.stop()
+
+
+def create_base_model(kube: Any, namespace: str, name: str, **spec: Any) -> None:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "BaseModel", "metadata": {"name": name},
+        "spec": {"model": {"uri": f"/models/{name}"}, **spec},
+    }  # fmt: skip
+    client.CustomObjectsApi(kube).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "basemodels", body
+    )
+
+
+def base_model(kube: Any, namespace: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "basemodels", name
+    )
+    return found
+
+
+def ready_condition(kube: Any, namespace: str, name: str) -> dict[str, Any]:
+    conditions = base_model(kube, namespace, name).get("status", {}).get("conditions", [])
+    return next((c for c in conditions if c["type"] == "Ready"), {})
+
+
+def wait_ready(
+    kube: Any, namespace: str, name: str, generation: int = 1, timeout: float = 60
+) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        status = base_model(kube, namespace, name).get("status", {})
+        ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+        fresh = status.get("observedGeneration") == generation
+        return status if fresh and ready.get("status") == "True" else None
+
+    return wait_until(probe, timeout, f"BaseModel {namespace}/{name} Ready at generation {generation}")
+
+
+def test_base_model_gets_a_ready_fleet_on_gpu_nodes(
+    kube: Any, namespace: str, operator: OperatorProcess
+) -> None:
+    create_base_model(kube, namespace, "tiny", replicas={"min": 2})
+    status = wait_ready(kube, namespace, "tiny")
+    assert (status["workers"], status["slotsSummary"]) == ("2/2", "0/8")
+    statefulset = client.AppsV1Api(kube).read_namespaced_stateful_set("tiny-worker", namespace)
+    owner = statefulset.metadata.owner_references[0]
+    assert (owner.kind, owner.name, owner.controller) == ("BaseModel", "tiny", True)
+    pods = (
+        client.CoreV1Api(kube)
+        .list_namespaced_pod(namespace, label_selector="loraplex.dev/base-model=tiny")
+        .items
+    )
+    workers = [p for p in pods if p.metadata.labels["app.kubernetes.io/component"] == "worker"]
+    assert sorted(p.metadata.name for p in workers) == ["tiny-worker-0", "tiny-worker-1"]
+    assert all(
+        p.status.phase == "Running" and p.spec.node_name.startswith("loraplex-test-gpu-") for p in workers
+    )
+    assert client.AppsV1Api(kube).read_namespaced_deployment("tiny-router", namespace).spec.replicas == 1
+    assert client.CoreV1Api(kube).read_namespaced_secret("tiny-vllm-api-key", namespace).data["api-key"]
+
+
+def test_workers_that_cannot_get_gpus_say_so(kube: Any, namespace: str, operator: OperatorProcess) -> None:
+    create_base_model(kube, namespace, "huge", resources={"gpu": 16})
+
+    def stuck() -> dict[str, Any] | None:
+        ready = ready_condition(kube, namespace, "huge")
+        return ready if ready.get("reason") == "InsufficientGPU" else None
+
+    ready = wait_until(stuck, 60, "Ready=False reason InsufficientGPU")
+    assert ready["status"] == "False"
+    assert "16 free nvidia.com/gpu" in ready["message"]
+    conditions = {c["type"]: c["status"] for c in base_model(kube, namespace, "huge")["status"]["conditions"]}
+    assert conditions["Stalled"] == "True"
+
+
+def test_spec_change_rolls_the_workers(kube: Any, namespace: str, operator: OperatorProcess) -> None:
+    create_base_model(kube, namespace, "tiny", engine={"maxLoras": 2, "maxCpuLoras": 8})
+    wait_ready(kube, namespace, "tiny")
+    client.CustomObjectsApi(kube).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, "basemodels", "tiny", {"spec": {"engine": {"maxLoras": 6}}}
+    )
+    status = wait_ready(kube, namespace, "tiny", generation=2)
+    assert status["slotsSummary"] == "0/6"
+    args = (
+        client.AppsV1Api(kube)
+        .read_namespaced_stateful_set("tiny-worker", namespace)
+        .spec.template.spec.containers[0]
+        .args
+    )
+    assert args[args.index("--max-loras") + 1] == "6"
+
+
+def test_restarted_operator_converges_without_writing(
+    local_cluster: LocalCluster, kube: Any, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    create_base_model(kube, namespace, "tiny")
+    wait_ready(kube, namespace, "tiny")
+    operator.stop()
+    again = OperatorProcess(local_cluster.kubeconfig, namespace, tmp_path / "again.log").start()
+    try:
+        looked = 'loraplex_apply_skipped_total{resource="StatefulSet"}'
+        wait_until(lambda: again.metrics().get(looked), 30, "restarted operator re-checked the fleet")
+        writes = {k: v for k, v in again.metrics().items() if k.startswith("loraplex_api_writes_total{")}
+        assert writes == {}
+        assert ready_condition(kube, namespace, "tiny")["status"] == "True"
+    finally:
+        again.stop()
+
+
+def test_deleting_the_base_model_removes_its_fleet(
+    kube: Any, namespace: str, operator: OperatorProcess
+) -> None:
+    create_base_model(kube, namespace, "tiny")
+    wait_ready(kube, namespace, "tiny")
+    client.CustomObjectsApi(kube).delete_namespaced_custom_object(
+        GROUP, VERSION, namespace, "basemodels", "tiny"
+    )
+
+    def gone() -> bool:
+        try:
+            client.AppsV1Api(kube).read_namespaced_stateful_set("tiny-worker", namespace)
+        except ApiException as error:
+            return error.status == 404
+        return False
+
+    wait_until(gone, 60, "worker StatefulSet garbage-collected with its BaseModel")
+
+
+def test_two_replicas_take_turns_instead_of_fighting(
+    local_cluster: LocalCluster, kube: Any, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    standby = OperatorProcess(
+        local_cluster.kubeconfig, namespace, tmp_path / "standby.log", priority=50
+    ).start()
+    try:
+        create_base_model(kube, namespace, "first")
+        wait_ready(kube, namespace, "first")
+        # kopf starts a replica paused; it resumes only when no live peer outranks it.
+        assert "Resuming operations" not in standby.log()
+        assert not any(k.startswith("loraplex_reconciles_total{") for k in standby.metrics())
+        operator.stop(signal.SIGTERM)
+        wait_until(
+            lambda: "Resuming operations" in standby.log(), 90, "standby resumed after the leader left"
+        )
+        create_base_model(kube, namespace, "second")
+        wait_ready(kube, namespace, "second")
+        assert standby.metrics().get('loraplex_reconciles_total{kind="BaseModel",result="ok"}', 0) >= 1
+    finally:
+        standby.stop()

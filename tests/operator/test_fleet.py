@@ -1,0 +1,127 @@
+"""The worker fleet built for a BaseModel: what vLLM is told, what pods request, who owns what."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loraplex.api.basemodel import BaseModelSpec
+from loraplex.operator.fleet import (
+    HASH_ANNOTATION,
+    BaseModelRef,
+    api_key_secret,
+    plan_fleet,
+)
+from loraplex.operator.settings import OperatorSettings, default_priority
+
+REF = BaseModelRef("llama-8b", "serving", "uid-1")
+SETTINGS = OperatorSettings(image="loraplex:test")
+
+
+def spec(**overrides: Any) -> BaseModelSpec:
+    return BaseModelSpec.model_validate({"model": {"uri": "pvc://models/llama/8b"}, **overrides})
+
+
+def by_kind(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {m["kind"]: m for m in manifests}
+
+
+def containers(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    pod = by_kind(manifests)["StatefulSet"]["spec"]["template"]["spec"]
+    return {c["name"]: c for c in pod["containers"]}
+
+
+def test_fleet_has_workers_services_router_and_policy_all_owned_by_the_base_model() -> None:
+    manifests = plan_fleet(REF, spec(), SETTINGS)
+    assert sorted(m["kind"] for m in manifests) == [
+        "Deployment", "NetworkPolicy", "Service", "Service", "StatefulSet",
+    ]  # fmt: skip
+    for manifest in manifests:
+        owner = manifest["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+            "BaseModel",
+            "llama-8b",
+            "uid-1",
+            True,
+        )
+        assert manifest["metadata"]["namespace"] == "serving"
+
+
+def test_vllm_gets_the_engine_settings_and_runtime_lora_loading() -> None:
+    model = spec(engine={"maxLoras": 6, "maxCpuLoras": 24, "maxLoraRank": 64, "maxModelLen": 4096,
+                         "args": ["--enable-prefix-caching"]})  # fmt: skip
+    vllm = containers(plan_fleet(REF, model, SETTINGS))["vllm"]
+    args = vllm["args"]
+    assert args[args.index("--max-loras") + 1] == "6"
+    assert args[args.index("--max-cpu-loras") + 1] == "24"
+    assert args[args.index("--max-lora-rank") + 1] == "64"
+    assert args[args.index("--max-model-len") + 1] == "4096"
+    assert args[args.index("--model") + 1] == "/models/llama/8b"  # claim "models", path "llama/8b"
+    assert "--enable-lora" in args
+    assert args[-1] == "--enable-prefix-caching"
+    env = {e["name"]: e for e in vllm["env"]}
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"]["value"] == "True"
+    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "llama-8b-vllm-api-key",
+        "key": "api-key",
+    }
+
+
+def test_workers_request_gpus_and_land_where_the_spec_says() -> None:
+    model = spec(
+        resources={"gpu": 2, "memory": "64Gi"},
+        engine={"tensorParallelSize": 2},
+        nodeSelector={"nvidia.com/gpu.product": "H100"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        replicas={"min": 3, "max": 5},
+    )
+    statefulset = by_kind(plan_fleet(REF, model, SETTINGS))["StatefulSet"]
+    pod = statefulset["spec"]["template"]["spec"]
+    assert statefulset["spec"]["replicas"] == 3
+    assert containers(plan_fleet(REF, model, SETTINGS))["vllm"]["resources"]["limits"] == {
+        "nvidia.com/gpu": "2", "memory": "64Gi",
+    }  # fmt: skip
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+
+
+def test_model_from_a_store_is_fetched_before_vllm_starts() -> None:
+    pod = by_kind(plan_fleet(REF, spec(model={"uri": "s3://models/llama-8b/"}), SETTINGS))["StatefulSet"]
+    init = pod["spec"]["template"]["spec"]["initContainers"][0]
+    assert init["args"][:2] == ["agent", "fetch-model"]
+    assert "s3://models/llama-8b/" in init["args"]
+
+
+def test_user_api_key_secret_replaces_the_generated_one() -> None:
+    model = spec(engine={"apiKeySecretRef": {"name": "vllm-keys", "key": "llama"}})
+    for container in containers(plan_fleet(REF, model, SETTINGS)).values():
+        refs = [
+            e["valueFrom"]["secretKeyRef"]
+            for e in container["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})
+        ]
+        assert refs == [{"name": "vllm-keys", "key": "llama"}]
+
+
+def test_content_hash_moves_only_with_what_it_describes() -> None:
+    first = {m["kind"] + m["metadata"]["name"]: m for m in plan_fleet(REF, spec(), SETTINGS)}
+    again = {m["kind"] + m["metadata"]["name"]: m for m in plan_fleet(REF, spec(), SETTINGS)}
+    changed = {
+        m["kind"] + m["metadata"]["name"]: m for m in plan_fleet(REF, spec(engine={"maxLoras": 8}), SETTINGS)
+    }
+    hashes = {k: m["metadata"]["annotations"][HASH_ANNOTATION] for k, m in first.items()}
+    assert hashes == {k: m["metadata"]["annotations"][HASH_ANNOTATION] for k, m in again.items()}
+    moved = [k for k, m in changed.items() if m["metadata"]["annotations"][HASH_ANNOTATION] != hashes[k]]
+    assert moved == ["StatefulSetllama-8b-worker"]
+
+
+def test_generated_api_key_secret_holds_the_given_key() -> None:
+    secret = api_key_secret(REF, "s3cret")
+    assert secret["stringData"] == {"api-key": "s3cret"}
+    assert secret["metadata"]["ownerReferences"][0]["name"] == "llama-8b"
+
+
+def test_replicas_get_distinct_peering_priorities() -> None:
+    priorities = {default_priority(f"loraplex-operator-{i}") for i in range(50)}
+    assert len(priorities) == 50
+    assert OperatorSettings.from_env({"POD_NAME": "a"}).peering_priority == default_priority("a")

@@ -1,0 +1,100 @@
+"""A BaseModel's status as the fleet comes up, gets stuck, rolls and settles."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from loraplex.api.basemodel import BaseModelSpec
+from loraplex.operator.conditions import ConditionUpdate, condition, merge_conditions
+from loraplex.operator.fleet_status import FleetObservation, WorkerPod, plan_base_model_status, status_changed
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+SPEC = BaseModelSpec.model_validate(
+    {"model": {"uri": "/m"}, "replicas": {"min": 2}, "engine": {"maxLoras": 4}}
+)
+
+
+def settled(**overrides: Any) -> FleetObservation:
+    values: dict[str, Any] = {
+        "statefulset_found": True, "observed_generation": 1, "generation": 1, "ready_replicas": 2,
+        "updated_replicas": 2, "current_revision": "r1", "update_revision": "r1",
+        "pods": (WorkerPod("w-0", True), WorkerPod("w-1", True)),
+    }  # fmt: skip
+    return FleetObservation(**{**values, **overrides})
+
+
+def ready(status: dict[str, Any]) -> tuple[str, str]:
+    found = condition(status["conditions"], "Ready")
+    assert found is not None
+    return found["status"], found["reason"]
+
+
+@pytest.mark.parametrize(
+    ("observation", "expected"),
+    [
+        (FleetObservation(), ("Unknown", "Creating")),
+        (settled(ready_replicas=1), ("False", "WorkersStarting")),
+        (settled(update_revision="r2"), ("False", "RollingUpdate")),
+        (
+            settled(
+                pods=(WorkerPod("w-0", False, "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."),)
+            ),
+            ("False", "InsufficientGPU"),
+        ),
+        (
+            settled(pods=(WorkerPod("w-0", False, "0/4 nodes are available: node(s) had taints"),)),
+            ("False", "Unschedulable"),
+        ),
+        (settled(), ("True", "WorkersReady")),
+    ],
+)
+def test_ready_condition_follows_the_fleet(observation: FleetObservation, expected: tuple[str, str]) -> None:
+    assert ready(plan_base_model_status(SPEC, 1, observation, {}, NOW)) == expected
+
+
+def test_insufficient_gpu_is_stalled_and_says_what_is_missing() -> None:
+    stuck = settled(ready_replicas=0, pods=(WorkerPod("w-0", False, "4 Insufficient nvidia.com/gpu."),))
+    status = plan_base_model_status(SPEC, 1, stuck, {}, NOW)
+    by_type = {c["type"]: c for c in status["conditions"]}
+    assert by_type["Stalled"]["status"] == "True"
+    assert by_type["Reconciling"]["status"] == "False"
+    assert "1 free nvidia.com/gpu" in by_type["Ready"]["message"]
+
+
+def test_starting_fleet_is_reconciling_and_progressing() -> None:
+    status = plan_base_model_status(SPEC, 1, settled(ready_replicas=1), {}, NOW)
+    by_type = {c["type"]: c["status"] for c in status["conditions"]}
+    assert (by_type["Progressing"], by_type["Reconciling"], by_type["Stalled"]) == ("True", "True", "False")
+
+
+def test_counts_and_summaries_for_printer_columns() -> None:
+    status = plan_base_model_status(SPEC, 3, settled(ready_replicas=1), {}, NOW)
+    assert (status["workers"], status["slotsSummary"], status["observedGeneration"]) == ("1/2", "0/4", 3)
+    assert status["slots"]["gpuTotal"] == 4
+
+
+def test_replanning_an_unchanged_fleet_writes_nothing() -> None:
+    first = plan_base_model_status(SPEC, 1, settled(), {}, NOW)
+    later = plan_base_model_status(SPEC, 1, settled(), first, NOW + timedelta(minutes=5))
+    assert not status_changed(first, later)
+
+
+def test_transition_time_moves_only_when_status_flips() -> None:
+    first = merge_conditions([], [ConditionUpdate("Ready", "False", "WorkersStarting", "0 of 2")], 1, NOW)
+    same = merge_conditions(first, [ConditionUpdate("Ready", "False", "WorkersStarting", "1 of 2")], 1,
+                            NOW + timedelta(seconds=30))  # fmt: skip
+    flipped = merge_conditions(
+        same, [ConditionUpdate("Ready", "True", "WorkersReady")], 1, NOW + timedelta(minutes=1)
+    )
+    assert same[0]["lastTransitionTime"] == "2026-11-22T12:00:00Z"
+    assert same[0]["message"] == "1 of 2"
+    assert flipped[0]["lastTransitionTime"] == "2026-11-22T12:01:00Z"
+
+
+def test_other_conditions_are_kept() -> None:
+    previous = merge_conditions([], [ConditionUpdate("PlacementsReady", "True", "Placed")], 1, NOW)
+    merged = merge_conditions(previous, [ConditionUpdate("Ready", "True", "WorkersReady")], 2, NOW)
+    assert [c["type"] for c in merged] == ["PlacementsReady", "Ready"]
