@@ -17,7 +17,7 @@ from prometheus_client import start_http_server
 
 from loraplex.api import GROUP
 from loraplex.kube import api_client
-from loraplex.operator import handlers
+from loraplex.operator import adapter_handlers, handlers
 from loraplex.operator.apply import Applier
 from loraplex.operator.settings import OperatorSettings
 
@@ -60,6 +60,7 @@ def run(settings: OperatorSettings) -> int:
         registry = kopf.OperatorRegistry()
         kopf.on.login(registry=registry)(_login)
         handlers.register(registry, settings, Applier(api, settings.field_manager))
+        adapter_handlers.register(registry, api)
         asyncio.run(
             kopf.operator(
                 registry=registry,

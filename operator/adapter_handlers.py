@@ -1,0 +1,120 @@
+"""kopf handlers for LoRAAdapter: check each adapter against its BaseModel and report it.
+
+Adapters are re-checked when they change, and when their BaseModel's spec
+changes or the BaseModel appears or goes: an index of adapters by BaseModel
+keeps that proportional to the adapters of the one BaseModel that changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import kopf
+from kubernetes import client
+from pydantic import ValidationError
+
+from loraplex.api import GROUP, VERSION
+from loraplex.api.adapter import LoRAAdapterSpec
+from loraplex.api.basemodel import BaseModelSpec
+from loraplex.operator import metrics
+from loraplex.operator.adapter_status import AdapterCheck, check_adapter, plan_adapter_status
+from loraplex.operator.conditions import condition
+from loraplex.operator.fleet_status import status_changed
+
+BaseKey = tuple[str, str]
+
+
+def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
+    """Attach the LoRAAdapter handlers and the indexes they read to `registry`."""
+    custom = client.CustomObjectsApi(api)
+    seen_generations: dict[BaseKey, int] = {}
+
+    @kopf.index(GROUP, VERSION, "basemodels", id="base_models", registry=registry)
+    def base_models(spec: kopf.Spec, name: str, namespace: str | None, **_: Any) -> dict[Any, Any]:
+        return {(str(namespace), name): dict(spec)}
+
+    @kopf.index(GROUP, VERSION, "loraadapters", id="adapters_by_base", registry=registry)
+    def adapters_by_base(body: kopf.Body, spec: kopf.Spec, namespace: str | None, **_: Any) -> dict[Any, Any]:
+        return {(str(namespace), spec.get("baseModel", "")): dict(body)}
+
+    @kopf.on.resume(GROUP, VERSION, "loraadapters", id="check", registry=registry)
+    @kopf.on.create(GROUP, VERSION, "loraadapters", id="check", registry=registry)
+    @kopf.on.update(GROUP, VERSION, "loraadapters", field="spec", id="check", registry=registry)
+    def check(
+        body: kopf.Body,
+        spec: kopf.Spec,
+        namespace: str | None,
+        meta: kopf.Meta,
+        status: kopf.Status,
+        patch: kopf.Patch,
+        **kwargs: Any,
+    ) -> None:
+        adapter = _parse(spec)
+        base = _base_model(kwargs["base_models"], (str(namespace), adapter.base_model))
+        verdict = check_adapter(str(namespace), adapter, base)
+        planned = plan_adapter_status(verdict, adapter, int(meta.get("generation", 0)), dict(status), _now())
+        if status_changed(dict(status), planned):
+            patch.status.update(planned)
+        _warn_when_newly_invalid(body, dict(status), verdict)
+        metrics.RECONCILES.labels("LoRAAdapter", "ok" if verdict.placeable else "invalid").inc()
+
+    @kopf.on.event(GROUP, VERSION, "basemodels", id="recheck-adapters", registry=registry)
+    def recheck_adapters(
+        type: str | None, name: str, namespace: str | None, meta: kopf.Meta, **kwargs: Any
+    ) -> None:
+        key = (str(namespace), name)
+        generation = -1 if type == "DELETED" else int(meta.get("generation", 0))
+        if seen_generations.get(key) == generation:
+            return  # a status write or a resync: nothing adapters care about moved
+        seen_generations[key] = generation
+        base = None if type == "DELETED" else _base_model(kwargs["base_models"], key)
+        for adapter_body in kwargs["adapters_by_base"].get(key, []):
+            _recheck(custom, adapter_body, base)
+
+
+def _recheck(custom: client.CustomObjectsApi, body: Mapping[str, Any], base: BaseModelSpec | None) -> None:
+    meta, current = body["metadata"], dict(body.get("status") or {})
+    adapter = _parse(body["spec"])
+    verdict = check_adapter(meta["namespace"], adapter, base)
+    planned = plan_adapter_status(verdict, adapter, int(meta.get("generation", 0)), current, _now())
+    if status_changed(current, planned):
+        custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, meta["namespace"], "loraadapters", meta["name"], {"status": planned}
+        )
+        metrics.API_WRITES.labels("LoRAAdapter", "patch-status").inc()
+        _warn_when_newly_invalid(body, current, verdict)
+
+
+def _warn_when_newly_invalid(
+    body: Mapping[str, Any], previous: Mapping[str, Any], verdict: AdapterCheck
+) -> None:
+    """One Warning Event when an adapter turns invalid (not one per pass)."""
+    before = condition(previous.get("conditions", []), "Ready") or {}
+    if not verdict.placeable and before.get("reason") != verdict.ready.reason:
+        kopf.warn(
+            kopf.Body(cast(kopf.RawBody, dict(body))),
+            reason=verdict.ready.reason,
+            message=verdict.ready.message,
+        )
+
+
+def _base_model(index: kopf.Index[BaseKey, dict[str, Any]], key: BaseKey) -> BaseModelSpec | None:
+    for spec in index.get(key, []):
+        try:
+            return BaseModelSpec.model_validate(spec)
+        except ValidationError:
+            return None
+    return None
+
+
+def _parse(spec: Mapping[str, Any]) -> LoRAAdapterSpec:
+    try:
+        return LoRAAdapterSpec.model_validate(dict(spec))
+    except ValidationError as error:
+        raise kopf.PermanentError(f"Invalid spec: {error}") from error
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,100 @@
+"""The operator judges LoRAAdapters against their BaseModel on the real control plane."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from loraplex.api import GROUP, VERSION
+from loraplex.e2e.cluster import LocalCluster
+from loraplex.e2e.operator_process import OperatorProcess
+from loraplex.e2e.waiting import wait_until
+
+pytestmark = pytest.mark.cluster
+DIGEST = "b" * 64
+
+
+@pytest.fixture
+def operator(
+    local_cluster: LocalCluster, kube: Any, namespace: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    client.CustomObjectsApi(kube).create_namespaced_custom_object(
+        "kopf.dev", "v1", namespace, "kopfpeerings",
+        {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "loraplex"}},
+    )  # fmt: skip
+    process = OperatorProcess(local_cluster.kubeconfig, namespace, tmp_path / "operator.log").start()
+    yield process
+    process.stop()
+
+
+def create(kube: Any, namespace: str, plural: str, kind: str, name: str, spec: dict[str, Any]) -> None:
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec}
+    client.CustomObjectsApi(kube).create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
+
+
+def base_model(kube: Any, namespace: str, max_rank: int) -> None:
+    spec = {"model": {"uri": "/m"}, "engine": {"maxLoraRank": max_rank}}
+    create(kube, namespace, "basemodels", "BaseModel", "llama-8b", spec)
+
+
+def adapter(kube: Any, namespace: str, rank: int = 32) -> None:
+    create(kube, namespace, "loraadapters", "LoRAAdapter", "sql-gen", {
+        "baseModel": "llama-8b", "source": {"uri": "s3://adapters/sql-gen/", "sha256": DIGEST}, "rank": rank,
+    })  # fmt: skip
+
+
+def ready_reason(kube: Any, namespace: str, reason: str) -> dict[str, Any] | None:
+    body = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "loraadapters", "sql-gen"
+    )
+    status: dict[str, Any] = body.get("status", {})
+    ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+    return status if ready.get("reason") == reason else None
+
+
+def warnings_for(kube: Any, namespace: str) -> list[tuple[str, str]]:
+    events = (
+        client.CoreV1Api(kube)
+        .list_namespaced_event(namespace, field_selector="involvedObject.name=sql-gen,type=Warning")
+        .items
+    )
+    return [(e.reason, e.message) for e in events]
+
+
+def test_adapter_of_a_missing_base_model_waits_and_recovers(
+    kube: Any, namespace: str, operator: OperatorProcess
+) -> None:
+    adapter(kube, namespace)
+    status = wait_until(lambda: ready_reason(kube, namespace, "UnknownBaseModel"), 30, "UnknownBaseModel")
+    assert status["phase"] == "Failed"
+    events = wait_until(lambda: warnings_for(kube, namespace), 30, "a Warning Event on the adapter")
+    assert events[0][0] == "UnknownBaseModel"
+    assert "llama-8b does not exist" in events[0][1]
+    base_model(kube, namespace, max_rank=64)
+    status = wait_until(
+        lambda: ready_reason(kube, namespace, "WaitingForPlacement"), 30, "re-checked adapter"
+    )
+    assert status["phase"] == "Pending"
+
+
+def test_adapter_above_the_rank_limit_is_refused_until_the_limit_rises(
+    kube: Any, namespace: str, operator: OperatorProcess
+) -> None:
+    base_model(kube, namespace, max_rank=16)
+    reconciled = 'loraplex_reconciles_total{kind="BaseModel",result="ok"}'
+    wait_until(lambda: operator.metrics().get(reconciled), 30, "BaseModel reconciled")
+    adapter(kube, namespace, rank=32)
+    status = wait_until(lambda: ready_reason(kube, namespace, "RankTooHigh"), 30, "RankTooHigh")
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert "maxLoraRank 16" in ready["message"]
+    client.CustomObjectsApi(kube).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, "basemodels", "llama-8b", {"spec": {"engine": {"maxLoraRank": 32}}}
+    )
+    wait_until(
+        lambda: ready_reason(kube, namespace, "WaitingForPlacement"), 30, "adapter accepted after raise"
+    )
+    assert len(warnings_for(kube, namespace)) == 1  # one Event for the problem, not one per pass
