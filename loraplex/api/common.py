@@ -99,6 +99,14 @@ AdapterSourceUri = Annotated[
     ),
 ]
 
+# The same URI as the operator copies it into a WorkerPlacement: the LoRAAdapter it
+# came from passed the traversal rule at admission, and a CEL rule here would cost
+# too much across thousands of list items.
+PlacedAdapterUri = Annotated[
+    str,
+    Field(min_length=1, max_length=2048, pattern=f"^({_FILE}|{_PVC}|{_HTTPS}|{_S3})$"),
+]
+
 ModelSourceUri = Annotated[
     str,
     Field(

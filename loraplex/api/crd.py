@@ -21,6 +21,7 @@ from loraplex.api.adapter import LoRAAdapterSpec, LoRAAdapterStatus
 from loraplex.api.basemodel import BaseModelSpec, BaseModelStatus
 from loraplex.api.common import cel
 from loraplex.api.trainingjob import TrainingJobSpec, TrainingJobStatus
+from loraplex.api.workerplacement import WorkerPlacementSpec, WorkerPlacementStatus
 
 Schema = dict[str, Any]
 
@@ -130,6 +131,25 @@ KINDS: tuple[Kind, ...] = (
             _AGE,
         ),
         root_rules=(_name_rule(52, "it names the trainer pods"),),
+    ),
+    Kind(
+        kind="WorkerPlacement",
+        plural="workerplacements",
+        short_names=("wp",),
+        spec=WorkerPlacementSpec,
+        status=WorkerPlacementStatus,
+        columns=(
+            {"name": "Base", "type": "string", "jsonPath": ".spec.baseModel"},
+            {"name": "Worker", "type": "string", "jsonPath": ".spec.worker"},
+            {
+                "name": "Held",
+                "type": "string",
+                "jsonPath": ".status.held",
+                "description": "Adapters held / wanted",
+            },
+            *_ready_columns(),
+            _AGE,
+        ),
     ),
 )
 
