@@ -12,7 +12,12 @@ from loraplex.operator.conditions import condition
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 DIGEST = "a" * 64
 ADAPTER = LoRAAdapterSpec.model_validate(
-    {"baseModel": "llama-8b", "source": {"uri": "s3://adapters/sql/", "sha256": DIGEST}, "rank": 32, "replicas": 2}
+    {
+        "baseModel": "llama-8b",
+        "source": {"uri": "s3://adapters/sql/", "sha256": DIGEST},
+        "rank": 32,
+        "replicas": 2,
+    }
 )
 BASE_16 = BaseModelSpec.model_validate({"model": {"uri": "/m"}, "engine": {"maxLoraRank": 16}})
 BASE_64 = BaseModelSpec.model_validate({"model": {"uri": "/m"}, "engine": {"maxLoraRank": 64}})
