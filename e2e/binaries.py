@@ -29,6 +29,7 @@ KUBERNETES_VERSION = "v1.34.4"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 KIND_VERSION = "v0.31.0"
+HELM_VERSION = "v3.22.0"
 
 KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 KWOK_COMMANDS = ("kwok", "kwokctl")
@@ -160,6 +161,20 @@ def _ensure_kwok(log: Log) -> Path:
     ldflags = f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={KWOK_VERSION}"
     _build(work, out, packages, ldflags)
     return out
+
+
+def ensure_helm(log: Log = _stderr_log) -> Path:
+    """The helm binary (for chart lint and template tests), built like the rest."""
+    out = cache_root() / "bin" / f"helm-{HELM_VERSION}"
+    with _build_lock():
+        if (out / "helm").is_file():
+            return out / "helm"
+        log(f"Building helm {HELM_VERSION}; first time only")
+        work = _fresh_module("helm", HELM_VERSION)
+        _go(["get", f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"], work)
+        ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
+        _build(work, out, ["helm.sh/helm/v3/cmd/helm"], ldflags, output_name="helm")
+        return out / "helm"
 
 
 def ensure_kind(log: Log = _stderr_log) -> Path:

@@ -8,22 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import time
-from pathlib import Path
 
-import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from loraplex.api import crd
+from loraplex.api import crd, peering
 from loraplex.kube import api_client
-
-PEERING_CRDS = Path(__file__).resolve().parents[1] / "crds" / "kopf.dev_peerings.yaml"
 
 
 def install_crds(kubeconfig: str, timeout: float = 60.0) -> None:
     """Create or replace the loraplex CRDs and kopf's peering CRDs, then wait until served."""
     manifests = [crd.crd(kind) for kind in crd.KINDS]
-    manifests += [doc for doc in yaml.safe_load_all(PEERING_CRDS.read_text()) if doc]
+    manifests += list(peering.PEERING_CRDS)
     with contextlib.closing(api_client(kubeconfig)) as api:
         extensions = client.ApiextensionsV1Api(api)
         for manifest in manifests:

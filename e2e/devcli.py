@@ -12,7 +12,7 @@ import shutil
 import sys
 
 from loraplex.e2e import crd_install, kind_cluster
-from loraplex.e2e.binaries import cached_binaries, ensure_binaries
+from loraplex.e2e.binaries import cached_binaries, ensure_binaries, ensure_helm
 from loraplex.e2e.cluster import ClusterError, LocalCluster
 from loraplex.e2e.gpu_nodes import GpuNodeShape
 from loraplex.e2e.local_operator import LocalOperator
@@ -62,6 +62,7 @@ def _cluster_status(args: argparse.Namespace) -> int:
 def _cluster_build(_: argparse.Namespace) -> int:
     for path in ensure_binaries().__dict__.values():
         print(path)
+    print(ensure_helm())  # for the chart's tests
     return 0
 
 

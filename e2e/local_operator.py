@@ -13,15 +13,9 @@ import signal
 import sys
 import urllib.request
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
 from loraplex.e2e.cluster import LocalCluster, process_alive, wait_processes_gone
 from loraplex.e2e.operator_process import free_port
 from loraplex.e2e.waiting import wait_until
-from loraplex.kube import api_client
-
-PEERING = "loraplex"
 
 
 class LocalOperator:
@@ -46,7 +40,6 @@ class LocalOperator:
         running = self.pid()
         if running is not None:
             return running
-        _ensure_cluster_peering(str(self.cluster.kubeconfig))
         metrics, health = free_port(), free_port()
         env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), "PYTHONUNBUFFERED": "1"}
         command = [sys.executable, "-m", "loraplex.cli", "operator"]
@@ -86,16 +79,3 @@ class LocalOperator:
                 return bool(response.status == 200)
         except OSError:
             return False
-
-
-def _ensure_cluster_peering(kubeconfig: str) -> None:
-    """The ClusterKopfPeering a cluster-wide operator's replicas meet in."""
-    body = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": PEERING}}
-    with contextlib.closing(api_client(kubeconfig)) as api:
-        try:
-            client.CustomObjectsApi(api).create_cluster_custom_object(
-                "kopf.dev", "v1", "clusterkopfpeerings", body
-            )
-        except ApiException as error:
-            if error.status != 409:
-                raise

@@ -50,10 +50,13 @@ def _operator(args: argparse.Namespace) -> int:
 
 
 def _crds_generate(args: argparse.Namespace) -> int:
-    from loraplex.api import crd, reference
+    from loraplex.api import crd, peering, reference
 
-    out_dir: Path = args.dir
-    outputs = [(out_dir / crd.file_name(kind), crd.render(kind)) for kind in crd.KINDS]
+    files = [(crd.file_name(kind), crd.render(kind)) for kind in crd.KINDS]
+    files.append((peering.FILE_NAME, peering.render()))
+    outputs = [
+        (folder / name, text) for folder in (args.dir, args.chart_dir) if folder for name, text in files
+    ]
     if args.docs:
         outputs.append((args.docs, reference.render()))
     stale = []
@@ -72,9 +75,9 @@ def _crds_generate(args: argparse.Namespace) -> int:
 
 
 def _crds_print(_: argparse.Namespace) -> int:
-    from loraplex.api import crd
+    from loraplex.api import crd, peering
 
-    sys.stdout.write("---\n".join(crd.render(kind) for kind in crd.KINDS))
+    sys.stdout.write("---\n".join([*(crd.render(kind) for kind in crd.KINDS), peering.render()]))
     return 0
 
 
@@ -125,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate = crds_commands.add_parser("generate", help="Write crds/*.yaml from the API models.")
     generate.add_argument("--dir", type=Path, default=Path("crds"), help="Output folder (default: crds).")
     generate.add_argument(
+        "--chart-dir",
+        type=Path,
+        default=Path("charts/loraplex/files/crds"),
+        help="Also write them into the Helm chart here (default: charts/loraplex/files/crds).",
+    )
+    generate.add_argument(
         "--docs",
         type=Path,
         default=Path("docs/api.md"),
@@ -146,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("up", "Build the pinned binaries if needed, start the control plane and create GPU nodes."),
         ("down", "Stop every process of the control plane and delete its state."),
         ("status", "Show whether the control plane runs, its kubeconfig and its nodes."),
-        ("build", "Only build (or find in the cache) the pinned Kubernetes, etcd and KWOK binaries."),
+        ("build", "Only build (or find in the cache) the pinned Kubernetes, etcd, KWOK and helm binaries."),
     ):
         sub = cluster_commands.add_parser(action, help=help_text, description=help_text)
         _add_cluster_flags(sub, action)

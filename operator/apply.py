@@ -7,14 +7,12 @@ planned makes no API writes at all.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError
+from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 
 from loraplex.operator import metrics
 from loraplex.operator.fleet import HASH_ANNOTATION, Manifest
@@ -47,16 +45,18 @@ class Applier:
         return True
 
     def create_if_missing(self, manifest: Manifest) -> bool:
-        """Create an object once and never touch it again (e.g. a generated secret)."""
+        """Create an object once and never touch it again (the generated API key secret).
+
+        Create-or-conflict instead of get-then-create: the operator needs only the
+        `create` verb on Secrets, never `get`.
+        """
         resource = self._resource(manifest)
-        meta = manifest["metadata"]
-        if self._get(resource, meta["name"], meta.get("namespace")) is not None:
+        try:
+            resource.create(body=manifest, namespace=manifest["metadata"].get("namespace"))
+        except ConflictError:
             return False
-        with contextlib.suppress(ApiException):  # 409: another replica made it first
-            resource.create(body=manifest, namespace=meta.get("namespace"))
-            metrics.API_WRITES.labels(manifest["kind"], "create").inc()
-            return True
-        return False
+        metrics.API_WRITES.labels(manifest["kind"], "create").inc()
+        return True
 
     def _resource(self, manifest: Manifest) -> Any:
         return self.dynamic.resources.get(api_version=manifest["apiVersion"], kind=manifest["kind"])

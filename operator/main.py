@@ -19,6 +19,7 @@ from loraplex.api import GROUP
 from loraplex.kube import api_client
 from loraplex.operator import adapter_handlers, handlers
 from loraplex.operator.apply import Applier
+from loraplex.operator.peering import ensure_peering_objects
 from loraplex.operator.settings import OperatorSettings
 
 
@@ -57,6 +58,7 @@ def run(settings: OperatorSettings) -> int:
     logging.getLogger("kopf.objects").addFilter(_QuietTimers())
     start_http_server(settings.metrics_port)
     with closing(api_client()) as api:
+        ensure_peering_objects(api, settings)
         registry = kopf.OperatorRegistry()
         kopf.on.login(registry=registry)(_login)
         handlers.register(registry, settings, Applier(api, settings.field_manager))

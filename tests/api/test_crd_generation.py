@@ -37,6 +37,7 @@ def test_generate_check_reports_a_stale_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], victim: str
 ) -> None:
     args = ["crds", "generate", "--dir", str(tmp_path), "--docs", str(tmp_path / "api.md")]
+    args += ["--chart-dir", str(tmp_path / "chart")]
     assert main(args) == 0
     assert main([*args, "--check"]) == 0
     stale = tmp_path / victim

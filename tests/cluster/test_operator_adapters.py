@@ -22,10 +22,6 @@ DIGEST = "b" * 64
 def operator(
     local_cluster: LocalCluster, kube: Any, namespace: str, tmp_path: Path
 ) -> Iterator[OperatorProcess]:
-    client.CustomObjectsApi(kube).create_namespaced_custom_object(
-        "kopf.dev", "v1", namespace, "kopfpeerings",
-        {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "loraplex"}},
-    )  # fmt: skip
     process = OperatorProcess(local_cluster.kubeconfig, namespace, tmp_path / "operator.log").start()
     yield process
     process.stop()

@@ -20,18 +20,9 @@ pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture
-def peering(kube: Any, namespace: str) -> str:
-    """The KopfPeering object operator replicas of this namespace meet in."""
-    client.CustomObjectsApi(kube).create_namespaced_custom_object(
-        "kopf.dev", "v1", namespace, "kopfpeerings",
-        {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "loraplex"}},
-    )  # fmt: skip
-    return namespace
-
-
-@pytest.fixture
-def operator(local_cluster: LocalCluster, peering: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(local_cluster.kubeconfig, peering, tmp_path / "operator.log").start()
+def operator(local_cluster: LocalCluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """The operator watching the test's namespace; it creates its own KopfPeering there."""
+    process = OperatorProcess(local_cluster.kubeconfig, namespace, tmp_path / "operator.log").start()
     yield process
     process.stop()
 
