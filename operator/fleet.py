@@ -77,11 +77,11 @@ def selector(ref: BaseModelRef, component: str) -> dict[str, str]:
 def plan_fleet(ref: BaseModelRef, spec: BaseModelSpec, settings: OperatorSettings) -> list[Manifest]:
     """Every object of the fleet except the generated API key Secret (see `api_key_secret`)."""
     return [
-        _owned(ref, worker_statefulset(ref, spec, settings)),
-        _owned(ref, workers_service(ref)),
-        _owned(ref, router_deployment(ref, spec, settings)),
-        _owned(ref, router_service(ref)),
-        _owned(ref, network_policy(ref)),
+        owned_by(ref, worker_statefulset(ref, spec, settings)),
+        owned_by(ref, workers_service(ref)),
+        owned_by(ref, router_deployment(ref, spec, settings)),
+        owned_by(ref, router_service(ref)),
+        owned_by(ref, network_policy(ref)),
     ]
 
 
@@ -308,7 +308,7 @@ def network_policy(ref: BaseModelRef) -> Manifest:
 
 def api_key_secret(ref: BaseModelRef, api_key: str) -> Manifest:
     """The Secret with a generated vLLM API key (the caller makes the key: this stays pure)."""
-    return _owned(
+    return owned_by(
         ref,
         {
             "apiVersion": "v1",
@@ -324,7 +324,7 @@ def api_key_secret(ref: BaseModelRef, api_key: str) -> Manifest:
     )
 
 
-def _owned(ref: BaseModelRef, manifest: Manifest) -> Manifest:
+def owned_by(ref: BaseModelRef, manifest: Manifest) -> Manifest:
     """Add the owner reference and the content hash the apply step compares."""
     manifest["metadata"]["ownerReferences"] = [
         {
