@@ -140,14 +140,7 @@ def _ensure_kubernetes(log: Log) -> Path:
 
 
 def _ensure_etcd(log: Log) -> Path:
-    out = cache_root() / "bin" / f"etcd-{ETCD_VERSION}"
-    if (out / "etcd").is_file():
-        return out
-    log(f"Building etcd {ETCD_VERSION}; first time only")
-    work = _fresh_module("etcd", ETCD_VERSION)
-    _go(["get", f"go.etcd.io/etcd/server/v3@{ETCD_VERSION}"], work)
-    _build(work, out, ["go.etcd.io/etcd/server/v3"], "-s -w", output_name="etcd")
-    return out
+    return _ensure_one("etcd", ETCD_VERSION, "go.etcd.io/etcd/server/v3", "-s -w", log).parent
 
 
 def _ensure_kwok(log: Log) -> Path:
@@ -165,29 +158,26 @@ def _ensure_kwok(log: Log) -> Path:
 
 def ensure_helm(log: Log = _stderr_log) -> Path:
     """The helm binary (for chart lint and template tests), built like the rest."""
-    out = cache_root() / "bin" / f"helm-{HELM_VERSION}"
+    ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
     with _build_lock():
-        if (out / "helm").is_file():
-            return out / "helm"
-        log(f"Building helm {HELM_VERSION}; first time only")
-        work = _fresh_module("helm", HELM_VERSION)
-        _go(["get", f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"], work)
-        ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
-        _build(work, out, ["helm.sh/helm/v3/cmd/helm"], ldflags, output_name="helm")
-        return out / "helm"
+        return _ensure_one("helm", HELM_VERSION, "helm.sh/helm/v3/cmd/helm", ldflags, log)
 
 
 def ensure_kind(log: Log = _stderr_log) -> Path:
     """The kind binary (only for `--kind`), built like the rest."""
-    out = cache_root() / "bin" / f"kind-{KIND_VERSION}"
     with _build_lock():
-        if (out / "kind").is_file():
-            return out / "kind"
-        log(f"Building kind {KIND_VERSION}; first time only")
-        work = _fresh_module("kind", KIND_VERSION)
-        _go(["get", f"sigs.k8s.io/kind@{KIND_VERSION}"], work)
-        _build(work, out, ["sigs.k8s.io/kind"], "-s -w", output_name="kind")
-        return out / "kind"
+        return _ensure_one("kind", KIND_VERSION, "sigs.k8s.io/kind", "-s -w", log)
+
+
+def _ensure_one(name: str, version: str, package: str, ldflags: str, log: Log) -> Path:
+    """One binary built from one main package of a module at `version` (caller holds the lock)."""
+    out = cache_root() / "bin" / f"{name}-{version}"
+    if not (out / name).is_file():
+        log(f"Building {name} {version}; first time only")
+        work = _fresh_module(name, version)
+        _go(["get", f"{package}@{version}"], work)
+        _build(work, out, [package], ldflags, output_name=name)
+    return out / name
 
 
 @contextlib.contextmanager
