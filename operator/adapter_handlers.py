@@ -7,7 +7,7 @@ keeps that proportional to the adapters of the one BaseModel that changed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -19,7 +19,7 @@ from loraplex.api import GROUP, VERSION
 from loraplex.api.adapter import LoRAAdapterSpec
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.operator import metrics
-from loraplex.operator.adapter_status import AdapterCheck, check_adapter, plan_adapter_status
+from loraplex.operator.adapter_status import INVALID_REASONS, AdapterCheck, check_adapter, plan_adapter_status
 from loraplex.operator.conditions import condition
 from loraplex.operator.fleet_status import status_changed
 
@@ -54,11 +54,23 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
         adapter = _parse(spec)
         base = _base_model(kwargs["base_models"], (str(namespace), adapter.base_model))
         verdict = check_adapter(str(namespace), adapter, base)
+        if _owned_by_placement(verdict, dict(status)):
+            return
         planned = plan_adapter_status(verdict, adapter, int(meta.get("generation", 0)), dict(status), _now())
         if status_changed(dict(status), planned):
             patch.status.update(planned)
         _warn_when_newly_invalid(body, dict(status), verdict)
         metrics.RECONCILES.labels("LoRAAdapter", "ok" if verdict.placeable else "invalid").inc()
+
+    @kopf.on.delete(GROUP, VERSION, "loraadapters", id="unload", registry=registry)
+    def unload_everywhere(spec: kopf.Spec, name: str, namespace: str | None, **kwargs: Any) -> None:
+        """Hold the object (finalizer) until no worker wants or holds the adapter any more."""
+        key = (str(namespace), spec.get("baseModel", ""))
+        holding = workers_holding(kwargs["worker_placements"].get(key, []), name)
+        if holding:
+            raise kopf.TemporaryError(
+                f"Waiting for {len(holding)} worker(s) to unload it: {holding[:5]}", delay=2
+            )
 
     @kopf.on.event(GROUP, VERSION, "basemodels", id="recheck-adapters", registry=registry)
     def recheck_adapters(
@@ -78,6 +90,8 @@ def _recheck(custom: client.CustomObjectsApi, body: Mapping[str, Any], base: Bas
     meta, current = body["metadata"], dict(body.get("status") or {})
     adapter = _parse(body["spec"])
     verdict = check_adapter(meta["namespace"], adapter, base)
+    if _owned_by_placement(verdict, current):
+        return
     planned = plan_adapter_status(verdict, adapter, int(meta.get("generation", 0)), current, _now())
     if status_changed(current, planned):
         custom.patch_namespaced_custom_object_status(
@@ -85,6 +99,23 @@ def _recheck(custom: client.CustomObjectsApi, body: Mapping[str, Any], base: Bas
         )
         metrics.API_WRITES.labels("LoRAAdapter", "patch-status").inc()
         _warn_when_newly_invalid(body, current, verdict)
+
+
+def workers_holding(placements: Iterable[Mapping[str, Any]], adapter: str) -> list[str]:
+    """Workers whose WorkerPlacement still wants (spec) or holds (status) the adapter."""
+    holding = []
+    for body in placements:
+        wanted = {a["name"] for a in body.get("spec", {}).get("adapters", [])}
+        held = {a["name"] for a in (body.get("status") or {}).get("adapters", [])}
+        if adapter in wanted | held:
+            holding.append(body["spec"]["worker"])
+    return sorted(holding)
+
+
+def _owned_by_placement(verdict: AdapterCheck, status: Mapping[str, Any]) -> bool:
+    """A valid adapter that already has a status is the placement loop's to report."""
+    ready = condition(status.get("conditions", []), "Ready")
+    return verdict.placeable and ready is not None and ready.get("reason") not in INVALID_REASONS
 
 
 def _warn_when_newly_invalid(

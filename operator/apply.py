@@ -58,6 +58,16 @@ class Applier:
         metrics.API_WRITES.labels(manifest["kind"], "create").inc()
         return True
 
+    def delete(self, api_version: str, kind: str, name: str, namespace: str) -> bool:
+        """Delete one object; an object already gone counts as done."""
+        resource = self.dynamic.resources.get(api_version=api_version, kind=kind)
+        try:
+            resource.delete(name=name, namespace=namespace)
+        except NotFoundError:
+            return False
+        metrics.API_WRITES.labels(kind, "delete").inc()
+        return True
+
     def _resource(self, manifest: Manifest) -> Any:
         return self.dynamic.resources.get(api_version=manifest["apiVersion"], kind=manifest["kind"])
 

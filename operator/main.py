@@ -17,7 +17,7 @@ from prometheus_client import start_http_server
 
 from loraplex.api import GROUP
 from loraplex.kube import api_client
-from loraplex.operator import adapter_handlers, handlers
+from loraplex.operator import adapter_handlers, basemodel_handlers, placement_loop
 from loraplex.operator.apply import Applier
 from loraplex.operator.peering import ensure_peering_objects
 from loraplex.operator.settings import OperatorSettings
@@ -39,12 +39,16 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     return configured
 
 
-class _QuietTimers(logging.Filter):
-    """Drops kopf's per-run "Timer ... succeeded" lines: the status timer runs every few seconds."""
+# Handlers that run on every watch event or every few seconds: their success is not news.
+ROUTINE_HANDLERS = ("fleet-status", "recheck-adapters")
+
+
+class _QuietRoutine(logging.Filter):
+    """Drops kopf's "Timer/Handler '<id>' succeeded." lines for the routine handlers."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (message.startswith("Timer ") and message.endswith(" succeeded."))
+        return not any(message.endswith(f"'{name}' succeeded.") for name in ROUTINE_HANDLERS)
 
 
 def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -55,14 +59,16 @@ def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 def run(settings: OperatorSettings) -> int:
     """Run the operator in this process; returns when it is stopped."""
     kopf.configure(verbose=False)
-    logging.getLogger("kopf.objects").addFilter(_QuietTimers())
+    logging.getLogger("kopf.objects").addFilter(_QuietRoutine())
     start_http_server(settings.metrics_port)
     with closing(api_client()) as api:
         ensure_peering_objects(api, settings)
         registry = kopf.OperatorRegistry()
         kopf.on.login(registry=registry)(_login)
-        handlers.register(registry, settings, Applier(api, settings.field_manager))
+        applier = Applier(api, settings.field_manager)
+        basemodel_handlers.register(registry, settings, applier)
         adapter_handlers.register(registry, api)
+        placement_loop.register(registry, settings, api, applier)
         asyncio.run(
             kopf.operator(
                 registry=registry,

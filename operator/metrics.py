@@ -29,3 +29,7 @@ APPLY_SKIPPED = Counter(
 WORKERS = Gauge(
     "loraplex_workers", "Worker pods by BaseModel and state (desired, ready)", ["base_model", "state"]
 )
+PLANNER_SECONDS = Histogram(
+    "loraplex_placement_pass_duration_seconds", "Time one placement pass took (plan, apply, statuses)",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+)  # fmt: skip

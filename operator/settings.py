@@ -23,6 +23,9 @@ class OperatorSettings:
     peering_priority: int = 0
     router_replicas: int = 1
     status_interval_seconds: float = 2.0
+    placement_interval_seconds: float = 1.0
+    max_rebalance_moves: int = 64
+    disk_slots: int = 1024
     field_manager: str = "loraplex-operator"
     extra_labels: Mapping[str, str] = field(default_factory=dict)
 

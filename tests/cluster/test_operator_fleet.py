@@ -120,6 +120,13 @@ def test_restarted_operator_converges_without_writing(
 ) -> None:
     create_base_model(kube, namespace, "tiny")
     wait_ready(kube, namespace, "tiny")
+    custom = client.CustomObjectsApi(kube)
+
+    def placement_written() -> bool:
+        listed = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "workerplacements")["items"]
+        return [item["metadata"]["name"] for item in listed] == ["tiny-worker-0"]
+
+    wait_until(placement_written, 30, "the placement loop recorded the worker")
     operator.stop()
     again = OperatorProcess(local_cluster.kubeconfig, namespace, tmp_path / "again.log").start()
     try:

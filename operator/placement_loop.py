@@ -1,0 +1,179 @@
+"""The placement loop: one kopf daemon per BaseModel keeps its WorkerPlacements and adapter statuses right.
+
+Each pass reads the fleet from kopf indexes (ready worker pods, node zones,
+the BaseModel's LoRAAdapters, the WorkerPlacements with the agents' reports),
+brings the planner up to date (placement_sync), writes the WorkerPlacements
+whose content changed (the applier skips the rest), and writes the status of
+each adapter whose placement or residency changed. The desired placement lives
+in the WorkerPlacement objects, so a restarted operator resumes from it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from kubernetes import client
+from pydantic import ValidationError
+
+from loraplex.api import API_VERSION, GROUP, VERSION
+from loraplex.api.adapter import LoRAAdapterSpec
+from loraplex.api.basemodel import BaseModelSpec
+from loraplex.operator import metrics
+from loraplex.operator.adapter_residency import Resident, WorkerReport, plan_placed_adapter_status
+from loraplex.operator.adapter_status import check_adapter
+from loraplex.operator.apply import Applier
+from loraplex.operator.fleet import BASE_MODEL_LABEL, COMPONENT_LABEL, MANAGED_BY, BaseModelRef
+from loraplex.operator.fleet_status import status_changed
+from loraplex.operator.placement import Adapter, Worker
+from loraplex.operator.placement_sync import FleetSnapshot, PlacementSync
+from loraplex.operator.settings import OperatorSettings
+from loraplex.operator.worker_placements import plan_worker_placements
+
+ZONE_LABEL = "topology.kubernetes.io/zone"
+WORKER_LABELS = {**MANAGED_BY, COMPONENT_LABEL: "worker"}
+
+
+def register(
+    registry: kopf.OperatorRegistry, settings: OperatorSettings, api: client.ApiClient, applier: Applier
+) -> None:
+    custom = client.CustomObjectsApi(api)
+
+    @kopf.index("", "v1", "nodes", id="node_zones", registry=registry)
+    def node_zones(name: str, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
+        return {name: labels.get(ZONE_LABEL, "")}
+
+    @kopf.index("", "v1", "pods", labels=WORKER_LABELS, id="ready_workers", registry=registry)
+    def ready_workers(
+        body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+    ) -> dict[Any, Any]:
+        conditions = {
+            c.get("type"): c.get("status") for c in body.get("status", {}).get("conditions", []) or []
+        }
+        healthy = conditions.get("Ready") == "True" and not body["metadata"].get("deletionTimestamp")
+        node = body.get("spec", {}).get("nodeName")
+        return {(str(namespace), labels[BASE_MODEL_LABEL]): (body["metadata"]["name"], node, healthy)}
+
+    @kopf.index(GROUP, VERSION, "workerplacements", id="worker_placements", registry=registry)
+    def worker_placements(
+        body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any
+    ) -> dict[Any, Any]:
+        return {(str(namespace), spec.get("baseModel", "")): dict(body)}
+
+    @kopf.daemon(GROUP, VERSION, "basemodels", id="placement", cancellation_timeout=10, registry=registry)
+    def place_adapters(
+        stopped: kopf.DaemonStopped, name: str, namespace: str | None, uid: str, spec: kopf.Spec,
+        logger: kopf.Logger, **kwargs: Any,
+    ) -> None:  # fmt: skip
+        key = (str(namespace), name)
+        ref = BaseModelRef(name, str(namespace), uid)
+        sync = PlacementSync(settings.max_rebalance_moves)
+        while not stopped:
+            started = time.monotonic()
+            try:
+                model = BaseModelSpec.model_validate(dict(spec))
+            except ValidationError:
+                stopped.wait(settings.placement_interval_seconds)
+                continue
+            adapters = _valid_adapters(kwargs["adapters_by_base"].get(key, []), model)
+            workers = _workers(kwargs["ready_workers"].get(key, []), kwargs["node_zones"], model, settings)
+            placements = list(kwargs["worker_placements"].get(key, []))
+            result = sync.sync(
+                FleetSnapshot(workers, {k: a for k, (a, _, _) in adapters.items()}), _recorded(placements)
+            )
+            specs = {k: s for k, (_, s, _) in adapters.items()}
+            writes = applier.apply_all(plan_worker_placements(ref, sorted(workers), result.placement, specs))
+            for gone in sorted({p["spec"]["worker"] for p in placements} - workers.keys()):
+                writes += applier.delete(API_VERSION, "WorkerPlacement", gone, str(namespace))
+            statuses = _write_adapter_statuses(custom, str(namespace), adapters, result.placement, placements)
+            metrics.PLANNER_SECONDS.observe(time.monotonic() - started)
+            if result.moved or writes or statuses:
+                logger.info(
+                    f"Placed adapters of {namespace}/{name} moved={result.moved} "
+                    f"placements_written={writes} statuses_written={statuses} missing={len(result.missing)}"
+                )
+            stopped.wait(settings.placement_interval_seconds)
+
+
+def _valid_adapters(
+    bodies: list[Mapping[str, Any]], model: BaseModelSpec
+) -> dict[str, tuple[Adapter, LoRAAdapterSpec, Mapping[str, Any]]]:
+    """Adapters of this BaseModel that passed the check and are not being deleted."""
+    valid = {}
+    for body in bodies:
+        meta = body["metadata"]
+        if meta.get("deletionTimestamp"):
+            continue
+        try:
+            spec = LoRAAdapterSpec.model_validate(body["spec"])
+        except ValidationError:
+            continue
+        if not check_adapter(meta["namespace"], spec, model).placeable:
+            continue
+        adapter = Adapter(
+            meta["name"], replicas=spec.replicas, priority=spec.priority, pinned=spec.policy == "Pinned"
+        )
+        valid[meta["name"]] = (adapter, spec, body)
+    return valid
+
+
+def _workers(
+    pods: list[tuple[str, str | None, bool]], zones: kopf.Index[str, str], model: BaseModelSpec,
+    settings: OperatorSettings,
+) -> dict[str, Worker]:  # fmt: skip
+    cpu_extra = max(model.engine.max_cpu_loras - model.engine.max_loras, 0)
+    workers = {}
+    for pod, node, healthy in pods:
+        if healthy and node:
+            zone = next(iter(zones.get(node, [])), "")
+            workers[pod] = Worker(pod, node, zone, model.engine.max_loras, cpu_extra, settings.disk_slots)
+    return workers
+
+
+def _recorded(placements: list[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    """The placement the WorkerPlacement objects hold: what the operator last decided."""
+    recorded: dict[str, dict[str, str]] = {}
+    for body in placements:
+        worker = body["spec"]["worker"]
+        for entry in body["spec"].get("adapters", []):
+            recorded.setdefault(entry["name"], {})[worker] = entry["tier"]
+    return recorded
+
+
+def _reports(placements: list[Mapping[str, Any]]) -> dict[str, WorkerReport]:
+    reports = {}
+    for body in placements:
+        status = body.get("status") or {}
+        held = {
+            a["name"]: Resident(a["tier"], a.get("sha256"), a.get("loadSeconds"))
+            for a in status.get("adapters", [])
+        }
+        failures = {f["name"]: (f["reason"], f.get("message", "")) for f in status.get("failures", [])}
+        reports[body["spec"]["worker"]] = WorkerReport(held, failures)
+    return reports
+
+
+def _write_adapter_statuses(
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    adapters: Mapping[str, tuple[Adapter, LoRAAdapterSpec, Mapping[str, Any]]],
+    placement: Mapping[str, Mapping[str, str]],
+    placements: list[Mapping[str, Any]],
+) -> int:
+    reports, now, written = _reports(placements), datetime.now(UTC), 0
+    for name, (_, spec, body) in sorted(adapters.items()):
+        current = dict(body.get("status") or {})
+        planned = plan_placed_adapter_status(
+            name, spec, int(body["metadata"].get("generation", 0)), sorted(placement.get(name, {})), reports,
+            current, now,
+        )  # fmt: skip
+        if status_changed(current, planned):
+            custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, "loraadapters", name, {"status": planned}
+            )
+            metrics.API_WRITES.labels("LoRAAdapter", "patch-status").inc()
+            written += 1
+    return written

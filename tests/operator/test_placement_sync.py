@@ -1,0 +1,70 @@
+"""The placement loop's planner stays in step with the fleet, moving only what a change demands."""
+
+from __future__ import annotations
+
+from loraplex.operator.placement import Adapter, Worker
+from loraplex.operator.placement_sync import FleetSnapshot, PlacementSync
+
+
+def workers(count: int) -> dict[str, Worker]:
+    return {
+        f"w-{i}": Worker(
+            f"w-{i}", node=f"node-{i}", zone=f"zone-{i % 3}", gpu_slots=2, cpu_slots=4, disk_slots=16
+        )
+        for i in range(count)
+    }
+
+
+def adapters(count: int, replicas: int = 1) -> dict[str, Adapter]:
+    return {f"a-{i}": Adapter(f"a-{i}", replicas=replicas) for i in range(count)}
+
+
+def copies_on(placement: dict[str, dict[str, str]], worker: str) -> set[str]:
+    return {adapter for adapter, where in placement.items() if worker in where}
+
+
+def test_first_pass_places_every_copy_once() -> None:
+    result = PlacementSync().sync(FleetSnapshot(workers(4), adapters(20, replicas=2)), recorded={})
+    assert result.missing == {}
+    assert all(len(where) == 2 for where in result.placement.values())
+    assert sum(len(where) for where in result.placement.values()) == 40
+
+
+def test_a_restarted_operator_keeps_what_the_cluster_records() -> None:
+    snapshot = FleetSnapshot(workers(4), adapters(20))
+    first = PlacementSync().sync(snapshot, recorded={})
+    again = PlacementSync().sync(snapshot, recorded=first.placement)
+    assert again.placement == first.placement
+    assert again.moved == 0
+
+
+def test_an_unchanged_fleet_moves_nothing() -> None:
+    sync = PlacementSync()
+    snapshot = FleetSnapshot(workers(4), adapters(20))
+    first = sync.sync(snapshot, recorded={})
+    second = sync.sync(FleetSnapshot(dict(snapshot.workers), dict(snapshot.adapters)), recorded={})
+    assert second.moved == 0
+    assert second.placement == first.placement
+
+
+def test_losing_a_worker_moves_only_its_copies() -> None:
+    sync = PlacementSync(max_rebalance_moves=0)
+    fleet = workers(4)
+    first = sync.sync(FleetSnapshot(fleet, adapters(30)), recorded={})
+    lost = copies_on(first.placement, "w-2")
+    remaining = {name: worker for name, worker in fleet.items() if name != "w-2"}
+    second = sync.sync(FleetSnapshot(remaining, adapters(30)), recorded={})
+    assert copies_on(second.placement, "w-2") == set()
+    relocated = {a for a in first.placement if set(first.placement[a]) != set(second.placement[a])}
+    assert relocated == lost  # other copies may only change tier: the fleet lost GPU slots
+    assert all(len(where) == 1 for where in second.placement.values())
+
+
+def test_removed_and_changed_adapters_follow() -> None:
+    sync = PlacementSync()
+    fleet, catalog = workers(3), adapters(5)
+    sync.sync(FleetSnapshot(fleet, catalog), recorded={})
+    changed = {**{k: v for k, v in catalog.items() if k != "a-0"}, "a-1": Adapter("a-1", replicas=3)}
+    result = sync.sync(FleetSnapshot(fleet, changed), recorded={})
+    assert "a-0" not in result.placement
+    assert len(result.placement["a-1"]) == 3
