@@ -33,3 +33,12 @@ PLANNER_SECONDS = Histogram(
     "loraplex_placement_pass_duration_seconds", "Time one placement pass took (plan, apply, statuses)",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
 )  # fmt: skip
+ADAPTER_COPIES = Gauge(
+    "loraplex_adapter_copies", "Adapter copies placed, by BaseModel and tier", ["base_model", "tier"]
+)
+ADAPTERS_PENDING = Gauge(
+    "loraplex_adapters_pending", "Adapters of a BaseModel short of their replicas (capacity)", ["base_model"]
+)
+PLACEMENT_MOVES = Counter(
+    "loraplex_placement_moves_total", "Adapter copies the planner moved", ["base_model"]
+)

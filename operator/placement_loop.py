@@ -90,12 +90,24 @@ def register(
                 writes += applier.delete(API_VERSION, "WorkerPlacement", gone, str(namespace))
             statuses = _write_adapter_statuses(custom, str(namespace), adapters, result.placement, placements)
             metrics.PLANNER_SECONDS.observe(time.monotonic() - started)
+            _record(name, result.placement, len(result.missing), result.moved)
             if result.moved or writes or statuses:
                 logger.info(
                     f"Placed adapters of {namespace}/{name} moved={result.moved} "
                     f"placements_written={writes} statuses_written={statuses} missing={len(result.missing)}"
                 )
             stopped.wait(settings.placement_interval_seconds)
+
+
+def _record(base_model: str, placement: Mapping[str, Mapping[str, str]], pending: int, moved: int) -> None:
+    per_tier = {"GPU": 0, "CPU": 0, "Disk": 0}
+    for copies in placement.values():
+        for tier in copies.values():
+            per_tier[tier] += 1
+    for tier, count in per_tier.items():
+        metrics.ADAPTER_COPIES.labels(base_model, tier).set(count)
+    metrics.ADAPTERS_PENDING.labels(base_model).set(pending)
+    metrics.PLACEMENT_MOVES.labels(base_model).inc(moved)
 
 
 def _valid_adapters(

@@ -68,3 +68,21 @@ def test_removed_and_changed_adapters_follow() -> None:
     result = sync.sync(FleetSnapshot(fleet, changed), recorded={})
     assert "a-0" not in result.placement
     assert len(result.placement["a-1"]) == 3
+
+
+def test_new_workers_are_filled_in_bounded_steps_until_even() -> None:
+    sync = PlacementSync(max_rebalance_moves=3)
+    catalog = adapters(40)
+    sync.sync(FleetSnapshot(workers(2), catalog), recorded={})
+    steps = []
+    for _ in range(20):
+        result = sync.sync(FleetSnapshot(workers(4), catalog), recorded={})
+        steps.append(result.moved)
+        if result.moved == 0:
+            break
+    assert all(
+        moved <= 3 + 2 * 3 for moved in steps
+    )  # bounded: a step's moves plus the tier reorder they cause
+    assert steps[-1] == 0  # it settles
+    assert copies_on(result.placement, "w-2")
+    assert copies_on(result.placement, "w-3")
