@@ -1,0 +1,178 @@
+"""Operator at scale on the real control plane: N LoRAAdapters on a fleet of simulated GPU nodes.
+
+Starts its own local control plane (`loraplex-scale`), GPU nodes, a BaseModel
+with one worker per node, and the operator as a real process; then creates
+the adapters as fast as the client can and measures:
+
+- seconds from the start of the bulk apply until every adapter's status shows
+  its copies placed (phase Loading or Ready: with no agent running, copies are
+  placed but not loaded), against the seconds the bulk apply itself took;
+- the operator's peak RSS;
+- the API writes the operator issued, counted by the apiserver itself
+  (`apiserver_request_total` for the loraplex.dev and kopf.dev groups, minus
+  the adapters this script created), against the number of adapters.
+
+Goals (issue 3): all placed within 60 s, RSS <= 500 MB, writes <= 2 x adapters.
+`--quick` runs 1,000 adapters on 100 nodes. Last line: key=value pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from loraplex.api import GROUP, VERSION
+from loraplex.e2e.binaries import cached_binaries
+from loraplex.e2e.cluster import LocalCluster
+from loraplex.e2e.crd_install import install_crds
+from loraplex.e2e.operator_process import OperatorProcess
+from loraplex.e2e.waiting import wait_until
+
+NAMESPACE = "bench"
+WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
+SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+
+
+def writes_by_group(kubeconfig: Path) -> float:
+    """Write requests the apiserver has served for the loraplex.dev and kopf.dev groups."""
+    binaries = cached_binaries()
+    assert binaries is not None
+    raw = subprocess.run(
+        [str(binaries.kubectl), "--kubeconfig", str(kubeconfig), "get", "--raw", "/metrics"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    total = 0.0
+    for line in raw.splitlines():
+        match = SAMPLE.match(line)
+        if not match:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
+        if labels.get("group") in (GROUP, "kopf.dev") and labels.get("verb") in WRITE_VERBS:
+            total += float(match["value"])
+    return total
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def adapter(index: int) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "LoRAAdapter",
+        "metadata": {"name": f"a-{index:06d}"},
+        "spec": {
+            "baseModel": "bench",
+            "source": {"uri": f"s3://adapters/a-{index:06d}/", "sha256": f"{index:064x}"},
+            "rank": 8,
+            "replicas": 2 if index % 100 == 0 else 1,
+            "policy": "Pinned" if index % 1000 == 0 else "OnDemand",
+        },
+    }
+
+
+def placed_count(custom: client.CustomObjectsApi) -> int:
+    placed, token = 0, None
+    while True:
+        page = custom.list_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, "loraadapters", limit=2000, _continue=token
+        )
+        placed += sum(
+            1 for item in page["items"] if item.get("status", {}).get("phase") in ("Loading", "Ready")
+        )
+        token = page["metadata"].get("continue")
+        if not token:
+            return placed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="1,000 adapters on 100 nodes")
+    parser.add_argument("--adapters", type=int, default=10_000)
+    parser.add_argument("--nodes", type=int, default=1_000)
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args()
+    adapters, nodes = (1_000, 100) if args.quick else (args.adapters, args.nodes)
+
+    cluster = LocalCluster("loraplex-scale")
+    cluster.down()
+    started = time.monotonic()
+    cluster.up(nodes=nodes)
+    install_crds(str(cluster.kubeconfig))
+    print(f"cluster_up_seconds={time.monotonic() - started:.1f} nodes={nodes}", flush=True)
+    with tempfile.TemporaryDirectory() as scratch, contextlib.closing(cluster.api_client()) as api:
+        core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+        core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+        operator = OperatorProcess(cluster.kubeconfig, NAMESPACE, Path(scratch) / "operator.log").start()
+        try:
+            spec = {
+                "model": {"uri": "/models/bench"},
+                "replicas": {"min": nodes},
+                "engine": {"maxLoras": 8, "maxCpuLoras": 64},
+            }
+            body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "BaseModel", "metadata": {"name": "bench"}}
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, NAMESPACE, "basemodels", {**body, "spec": spec}
+            )
+            fleet_started = time.monotonic()
+            wait_until(lambda: _workers_ready(api, nodes), args.timeout, f"{nodes} workers ready", interval=2)
+            print(f"fleet_ready_seconds={time.monotonic() - fleet_started:.1f} workers={nodes}", flush=True)
+            writes_before = writes_by_group(cluster.kubeconfig)
+
+            apply_started = time.monotonic()
+
+            def create(index: int) -> None:
+                custom.create_namespaced_custom_object(
+                    GROUP, VERSION, NAMESPACE, "loraadapters", adapter(index)
+                )
+
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                list(pool.map(create, range(adapters)))
+            apply_seconds = time.monotonic() - apply_started
+            print(f"bulk_apply_seconds={apply_seconds:.1f} adapters={adapters}", flush=True)
+            wait_until(
+                lambda: placed_count(custom) == adapters, args.timeout, "every adapter placed", interval=2
+            )
+            placed_seconds = time.monotonic() - apply_started
+            time.sleep(5)  # let trailing writes land before counting
+            writes = writes_by_group(cluster.kubeconfig) - writes_before - adapters
+            rss = peak_rss_mb(operator.process.pid) if operator.process else 0.0
+        finally:
+            operator.stop()
+    cluster.down()
+    print(f"placed_vs_bulk_apply={placed_seconds / apply_seconds:.2f}")
+    print(f"writes_per_adapter={writes / adapters:.2f}")
+    print(
+        f"all_placed_seconds={placed_seconds:.1f} operator_peak_rss_mb={rss:.0f} api_writes={writes:.0f} "
+        f"adapters={adapters} nodes={nodes}"
+    )
+    return 0
+
+
+def _workers_ready(api: client.ApiClient, count: int) -> bool:
+    try:
+        statefulset = client.AppsV1Api(api).read_namespaced_stateful_set("bench-worker", NAMESPACE)
+    except client.exceptions.ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return statefulset.status is not None and (statefulset.status.ready_replicas or 0) >= count
+
+
+if __name__ == "__main__":
+    sys.exit(main())
