@@ -19,9 +19,10 @@ from loraplex.api import GROUP, VERSION
 from loraplex.api.adapter import LoRAAdapterSpec
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.operator import metrics
-from loraplex.operator.adapter_status import INVALID_REASONS, AdapterCheck, check_adapter, plan_adapter_status
+from loraplex.operator.adapter_status import AdapterCheck, check_adapter, plan_adapter_status
 from loraplex.operator.conditions import condition
 from loraplex.operator.fleet_status import status_changed
+from loraplex.operator.observe import index_essentials
 
 BaseKey = tuple[str, str]
 
@@ -37,7 +38,7 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
 
     @kopf.index(GROUP, VERSION, "loraadapters", id="adapters_by_base", registry=registry)
     def adapters_by_base(body: kopf.Body, spec: kopf.Spec, namespace: str | None, **_: Any) -> dict[Any, Any]:
-        return {(str(namespace), spec.get("baseModel", "")): dict(body)}
+        return {(str(namespace), spec.get("baseModel", "")): index_essentials(body)}
 
     @kopf.on.resume(GROUP, VERSION, "loraadapters", id="check", registry=registry)
     @kopf.on.create(GROUP, VERSION, "loraadapters", id="check", registry=registry)
@@ -54,8 +55,8 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
         adapter = _parse(spec)
         base = _base_model(kwargs["base_models"], (str(namespace), adapter.base_model))
         verdict = check_adapter(str(namespace), adapter, base)
-        if _owned_by_placement(verdict, dict(status)):
-            return
+        if verdict.placeable:
+            return  # its BaseModel's placement loop writes it within a pass (one write, not two)
         planned = plan_adapter_status(verdict, adapter, int(meta.get("generation", 0)), dict(status), _now())
         if status_changed(dict(status), planned):
             patch.status.update(planned)
@@ -90,8 +91,8 @@ def _recheck(custom: client.CustomObjectsApi, body: Mapping[str, Any], base: Bas
     meta, current = body["metadata"], dict(body.get("status") or {})
     adapter = _parse(body["spec"])
     verdict = check_adapter(meta["namespace"], adapter, base)
-    if _owned_by_placement(verdict, current):
-        return
+    if verdict.placeable:
+        return  # the placement loop writes it
     planned = plan_adapter_status(verdict, adapter, int(meta.get("generation", 0)), current, _now())
     if status_changed(current, planned):
         custom.patch_namespaced_custom_object_status(
@@ -110,12 +111,6 @@ def workers_holding(placements: Iterable[Mapping[str, Any]], adapter: str) -> li
         if adapter in wanted | held:
             holding.append(body["spec"]["worker"])
     return sorted(holding)
-
-
-def _owned_by_placement(verdict: AdapterCheck, status: Mapping[str, Any]) -> bool:
-    """A valid adapter that already has a status is the placement loop's to report."""
-    ready = condition(status.get("conditions", []), "Ready")
-    return verdict.placeable and ready is not None and ready.get("reason") not in INVALID_REASONS
 
 
 def _warn_when_newly_invalid(

@@ -16,9 +16,6 @@ from loraplex.api.adapter import LoRAAdapterSpec
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.operator.conditions import ConditionUpdate, merge_conditions
 
-# Ready=False reasons that only a change of the adapter or its BaseModel can clear.
-INVALID_REASONS = frozenset({"UnknownBaseModel", "RankTooHigh"})
-
 
 @dataclass(frozen=True)
 class AdapterCheck:

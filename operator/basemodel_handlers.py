@@ -33,7 +33,7 @@ from loraplex.operator.fleet import (
     plan_fleet,
 )
 from loraplex.operator.fleet_status import WorkerPod, plan_base_model_status, status_changed
-from loraplex.operator.observe import fleet_observation, worker_pod
+from loraplex.operator.observe import fleet_observation, index_essentials, worker_pod
 from loraplex.operator.settings import OperatorSettings
 
 WORKER_LABELS = {**MANAGED_BY, COMPONENT_LABEL: "worker"}
@@ -44,7 +44,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, applie
 
     @kopf.index("apps", "v1", "statefulsets", labels=WORKER_LABELS, id="worker_sets", registry=registry)
     def worker_sets(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
-        return {(str(namespace), labels[BASE_MODEL_LABEL]): dict(body)}
+        return {(str(namespace), labels[BASE_MODEL_LABEL]): index_essentials(body)}
 
     @kopf.index("", "v1", "pods", labels=WORKER_LABELS, id="worker_pods", registry=registry)
     def worker_pods(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:

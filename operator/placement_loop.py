@@ -28,6 +28,7 @@ from loraplex.operator.adapter_status import check_adapter
 from loraplex.operator.apply import Applier
 from loraplex.operator.fleet import BASE_MODEL_LABEL, COMPONENT_LABEL, MANAGED_BY, BaseModelRef
 from loraplex.operator.fleet_status import status_changed
+from loraplex.operator.observe import index_essentials
 from loraplex.operator.placement import Adapter, Worker
 from loraplex.operator.placement_sync import FleetSnapshot, PlacementSync
 from loraplex.operator.settings import OperatorSettings
@@ -61,7 +62,7 @@ def register(
     def worker_placements(
         body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any
     ) -> dict[Any, Any]:
-        return {(str(namespace), spec.get("baseModel", "")): dict(body)}
+        return {(str(namespace), spec.get("baseModel", "")): index_essentials(body)}
 
     @kopf.daemon(GROUP, VERSION, "basemodels", id="placement", cancellation_timeout=10, registry=registry)
     def place_adapters(
