@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 from kubernetes import client
@@ -136,8 +136,6 @@ class LocalCluster:
         if stray:
             raise ClusterError(f"processes still running after teardown: {stray}")
         if self.state_dir.exists():
-            import shutil
-
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def status(self) -> ClusterStatus:
@@ -231,7 +229,7 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def wait_processes_gone(pids: Iterator[int] | Any, timeout: float) -> None:
+def wait_processes_gone(pids: Iterable[int], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     pending = list(pids)
     while pending and time.monotonic() < deadline:

@@ -1,8 +1,8 @@
 """`loraplex dev ...`: the local fleet on a real local control plane.
 
 `dev up` is the main job of the README: a control plane of real Kubernetes
-binaries, simulated GPU nodes, and the loraplex CRDs installed, ready for
-`kubectl apply -f examples/`.
+binaries, simulated GPU nodes, the loraplex CRDs, and the operator running as
+a background process, ready for `kubectl apply -f examples/`.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def _fleet_up(args: argparse.Namespace) -> int:
     else:
         kubeconfig = cluster.up(args.nodes, GpuNodeShape(gpus=args.gpus_per_node))
     crd_install.install_crds(str(kubeconfig))
-    print("Installed the loraplex CRDs (basemodels, loraadapters, trainingjobs)")
+    print("Installed the loraplex CRDs (basemodels, loraadapters, trainingjobs, workerplacements)")
     if args.kind:
         print("Run the operator against it yourself: KUBECONFIG=... loraplex operator")
     else:

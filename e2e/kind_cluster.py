@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -95,6 +96,4 @@ def down(name: str) -> None:
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.killpg(int(pid_file.read_text()), signal.SIGTERM)
     subprocess.run([str(ensure_kind()), "delete", "cluster", "--name", name], check=False)
-    import shutil
-
     shutil.rmtree(state, ignore_errors=True)
