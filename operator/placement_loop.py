@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +43,7 @@ def register(
     registry: kopf.OperatorRegistry, settings: OperatorSettings, api: client.ApiClient, applier: Applier
 ) -> None:
     custom = client.CustomObjectsApi(api)
+    writers = ThreadPoolExecutor(max_workers=settings.status_writers, thread_name_prefix="status-writer")
 
     @kopf.index("", "v1", "nodes", id="node_zones", registry=registry)
     def node_zones(name: str, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
@@ -89,7 +91,9 @@ def register(
             writes = applier.apply_all(plan_worker_placements(ref, sorted(workers), result.placement, specs))
             for gone in sorted({p["spec"]["worker"] for p in placements} - workers.keys()):
                 writes += applier.delete(API_VERSION, "WorkerPlacement", gone, str(namespace))
-            statuses = _write_adapter_statuses(custom, str(namespace), adapters, result.placement, placements)
+            statuses = _write_adapter_statuses(
+                custom, writers, str(namespace), adapters, result.placement, placements
+            )
             metrics.PLANNER_SECONDS.observe(time.monotonic() - started)
             _record(name, result.placement, len(result.missing), result.moved)
             if result.moved or writes or statuses:
@@ -171,22 +175,30 @@ def _reports(placements: list[Mapping[str, Any]]) -> dict[str, WorkerReport]:
 
 def _write_adapter_statuses(
     custom: client.CustomObjectsApi,
+    writers: ThreadPoolExecutor,
     namespace: str,
     adapters: Mapping[str, tuple[Adapter, LoRAAdapterSpec, Mapping[str, Any]]],
     placement: Mapping[str, Mapping[str, str]],
     placements: list[Mapping[str, Any]],
 ) -> int:
-    reports, now, written = _reports(placements), datetime.now(UTC), 0
+    """Write the statuses that changed, several at once: after a bulk apply that is every adapter."""
+    reports, now = _reports(placements), datetime.now(UTC)
+    changed = []
     for name, (_, spec, body) in sorted(adapters.items()):
         current = dict(body.get("status") or {})
+        generation = int(body["metadata"].get("generation", 0))
         planned = plan_placed_adapter_status(
-            name, spec, int(body["metadata"].get("generation", 0)), sorted(placement.get(name, {})), reports,
-            current, now,
-        )  # fmt: skip
+            name, spec, generation, sorted(placement.get(name, {})), reports, current, now
+        )
         if status_changed(current, planned):
-            custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, "loraadapters", name, {"status": planned}
-            )
-            metrics.API_WRITES.labels("LoRAAdapter", "patch-status").inc()
-            written += 1
-    return written
+            changed.append((name, planned))
+
+    def write(item: tuple[str, dict[str, Any]]) -> None:
+        name, planned = item
+        custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, "loraadapters", name, {"status": planned}
+        )
+        metrics.API_WRITES.labels("LoRAAdapter", "patch-status").inc()
+
+    list(writers.map(write, changed))
+    return len(changed)

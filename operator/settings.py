@@ -26,6 +26,7 @@ class OperatorSettings:
     placement_interval_seconds: float = 1.0
     max_rebalance_moves: int = 64
     disk_slots: int = 1024
+    status_writers: int = 8
     field_manager: str = "loraplex-operator"
     extra_labels: Mapping[str, str] = field(default_factory=dict)
 
