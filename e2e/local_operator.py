@@ -11,10 +11,9 @@ import contextlib
 import os
 import signal
 import sys
-import urllib.request
 
 from loraplex.e2e.cluster import LocalCluster, process_alive, wait_processes_gone
-from loraplex.e2e.operator_process import free_port
+from loraplex.e2e.operator_process import free_port, healthz_ok
 from loraplex.e2e.waiting import wait_until
 
 
@@ -73,9 +72,4 @@ class LocalOperator:
     def _healthy(self, pid: int) -> bool:
         if not process_alive(pid):
             raise RuntimeError(f"operator exited; see {self.log_file}")
-        try:
-            url = f"http://127.0.0.1:{self.ports()[1]}/healthz"
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
+        return healthz_ok(self.ports()[1])

@@ -19,6 +19,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def healthz_ok(port: int) -> bool:
+    """Whether an operator answers its liveness endpoint on this port."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 class OperatorProcess:
     """One operator replica: its own ports, log file and peering priority."""
 
@@ -79,10 +88,4 @@ class OperatorProcess:
     def _healthy(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
             raise RuntimeError(f"operator exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.health_port}/healthz", timeout=2
-            ) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
+        return healthz_ok(self.health_port)

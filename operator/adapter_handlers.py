@@ -52,16 +52,12 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
         patch: kopf.Patch,
         **kwargs: Any,
     ) -> None:
-        adapter = _parse(spec)
-        base = _base_model(kwargs["base_models"], (str(namespace), adapter.base_model))
-        verdict = check_adapter(str(namespace), adapter, base)
-        if verdict.placeable:
-            return  # its BaseModel's placement loop writes it within a pass (one write, not two)
-        planned = plan_adapter_status(verdict, adapter, int(meta.get("generation", 0)), dict(status), _now())
-        if status_changed(dict(status), planned):
+        base = _base_model(kwargs["base_models"], (str(namespace), spec.get("baseModel", "")))
+        verdict, planned = _judge(str(namespace), spec, base, int(meta.get("generation", 0)), dict(status))
+        metrics.RECONCILES.labels("LoRAAdapter", "ok" if verdict.placeable else "invalid").inc()
+        if planned is not None:
             patch.status.update(planned)
         _warn_when_newly_invalid(body, dict(status), verdict)
-        metrics.RECONCILES.labels("LoRAAdapter", "ok" if verdict.placeable else "invalid").inc()
 
     @kopf.on.delete(GROUP, VERSION, "loraadapters", id="unload", registry=registry)
     def unload_everywhere(spec: kopf.Spec, name: str, namespace: str | None, **kwargs: Any) -> None:
@@ -89,17 +85,33 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
 
 def _recheck(custom: client.CustomObjectsApi, body: Mapping[str, Any], base: BaseModelSpec | None) -> None:
     meta, current = body["metadata"], dict(body.get("status") or {})
-    adapter = _parse(body["spec"])
-    verdict = check_adapter(meta["namespace"], adapter, base)
-    if verdict.placeable:
-        return  # the placement loop writes it
-    planned = plan_adapter_status(verdict, adapter, int(meta.get("generation", 0)), current, _now())
-    if status_changed(current, planned):
+    verdict, planned = _judge(meta["namespace"], body["spec"], base, int(meta.get("generation", 0)), current)
+    if planned is not None:
         custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, meta["namespace"], "loraadapters", meta["name"], {"status": planned}
         )
         metrics.API_WRITES.labels("LoRAAdapter", "patch-status").inc()
-        _warn_when_newly_invalid(body, current, verdict)
+    _warn_when_newly_invalid(body, current, verdict)
+
+
+def _judge(
+    namespace: str,
+    spec: Mapping[str, Any],
+    base: BaseModelSpec | None,
+    generation: int,
+    current: dict[str, Any],
+) -> tuple[AdapterCheck, dict[str, Any] | None]:
+    """The verdict on an adapter, and the status to write (None: nothing to write here).
+
+    A valid adapter's status is its BaseModel's placement loop's to write, within a pass:
+    writing `WaitingForPlacement` first would cost one more write per adapter.
+    """
+    adapter = _parse(spec)
+    verdict = check_adapter(namespace, adapter, base)
+    if verdict.placeable:
+        return verdict, None
+    planned = plan_adapter_status(verdict, adapter, generation, current, _now())
+    return verdict, planned if status_changed(current, planned) else None
 
 
 def workers_holding(placements: Iterable[Mapping[str, Any]], adapter: str) -> list[str]:

@@ -15,6 +15,7 @@ from kubernetes import client
 from loraplex.api import GROUP, VERSION
 from loraplex.e2e.binaries import cached_binaries, ensure_helm
 from loraplex.e2e.cluster import LocalCluster
+from loraplex.e2e.objects import create_object
 from loraplex.e2e.operator_process import OperatorProcess
 from loraplex.e2e.service_account import service_account_kubeconfig
 from loraplex.e2e.waiting import wait_until
@@ -34,13 +35,6 @@ def render(namespace: str, *sets: str) -> list[dict[str, Any]]:
     rendered = helm("template", "loraplex", str(CHART), "--namespace", namespace, *flags)
     assert rendered.returncode == 0, rendered.stderr
     return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
-
-
-def create(
-    custom: client.CustomObjectsApi, namespace: str, plural: str, kind: str, name: str, spec: Any
-) -> None:
-    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec}
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
 
 
 def test_chart_lints() -> None:
@@ -120,8 +114,8 @@ def test_operator_works_with_only_the_charts_rbac(
             "source": {"uri": "s3://adapters/big/", "sha256": "c" * 64},
             "rank": 16,
         }
-        create(custom, namespace, "basemodels", "BaseModel", "tiny", base)
-        create(custom, namespace, "loraadapters", "LoRAAdapter", "big", adapter)
+        create_object(kube, namespace, "basemodels", "BaseModel", "tiny", base)
+        create_object(kube, namespace, "loraadapters", "LoRAAdapter", "big", adapter)
 
         def ready(plural: str, name: str, reason: str) -> bool:
             body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
 from loraplex.api import GROUP, VERSION
-from loraplex.e2e.cluster import LocalCluster
+from loraplex.e2e.objects import create_object
 from loraplex.e2e.operator_process import OperatorProcess
 from loraplex.e2e.waiting import wait_until
 
@@ -18,27 +16,13 @@ pytestmark = pytest.mark.cluster
 DIGEST = "b" * 64
 
 
-@pytest.fixture
-def operator(
-    local_cluster: LocalCluster, kube: Any, namespace: str, tmp_path: Path
-) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(local_cluster.kubeconfig, namespace, tmp_path / "operator.log").start()
-    yield process
-    process.stop()
-
-
-def create(kube: Any, namespace: str, plural: str, kind: str, name: str, spec: dict[str, Any]) -> None:
-    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec}
-    client.CustomObjectsApi(kube).create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
-
-
 def base_model(kube: Any, namespace: str, max_rank: int) -> None:
     spec = {"model": {"uri": "/m"}, "engine": {"maxLoraRank": max_rank}}
-    create(kube, namespace, "basemodels", "BaseModel", "llama-8b", spec)
+    create_object(kube, namespace, "basemodels", "BaseModel", "llama-8b", spec)
 
 
 def adapter(kube: Any, namespace: str, rank: int = 32) -> None:
-    create(kube, namespace, "loraadapters", "LoRAAdapter", "sql-gen", {
+    create_object(kube, namespace, "loraadapters", "LoRAAdapter", "sql-gen", {
         "baseModel": "llama-8b", "source": {"uri": "s3://adapters/sql-gen/", "sha256": DIGEST}, "rank": rank,
     })  # fmt: skip
 
@@ -87,6 +71,7 @@ def test_adapter_above_the_rank_limit_is_refused_until_the_limit_rises(
     status = wait_until(lambda: ready_reason(kube, namespace, "RankTooHigh"), 30, "RankTooHigh")
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert "maxLoraRank 16" in ready["message"]
+    assert operator.metrics().get('loraplex_reconciles_total{kind="LoRAAdapter",result="invalid"}') == 1
     client.CustomObjectsApi(kube).patch_namespaced_custom_object(
         GROUP, VERSION, namespace, "basemodels", "llama-8b", {"spec": {"engine": {"maxLoraRank": 32}}}
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,27 +12,16 @@ from kubernetes.client.exceptions import ApiException
 
 from loraplex.api import GROUP, VERSION
 from loraplex.e2e.cluster import LocalCluster
+from loraplex.e2e.objects import create_object
 from loraplex.e2e.operator_process import OperatorProcess
 from loraplex.e2e.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture
-def operator(local_cluster: LocalCluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    """The operator watching the test's namespace; it creates its own KopfPeering there."""
-    process = OperatorProcess(local_cluster.kubeconfig, namespace, tmp_path / "operator.log").start()
-    yield process
-    process.stop()
-
-
 def create_base_model(kube: Any, namespace: str, name: str, **spec: Any) -> None:
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "BaseModel", "metadata": {"name": name},
-        "spec": {"model": {"uri": f"/models/{name}"}, **spec},
-    }  # fmt: skip
-    client.CustomObjectsApi(kube).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, "basemodels", body
+    create_object(
+        kube, namespace, "basemodels", "BaseModel", name, {"model": {"uri": f"/models/{name}"}, **spec}
     )
 
 

@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
 from loraplex.api import GROUP, VERSION
-from loraplex.e2e.cluster import LocalCluster
+from loraplex.e2e.objects import create_object
 from loraplex.e2e.operator_process import OperatorProcess
 from loraplex.e2e.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def operator(local_cluster: LocalCluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(local_cluster.kubeconfig, namespace, tmp_path / "operator.log").start()
-    yield process
-    process.stop()
-
-
-def create(kube: Any, namespace: str, plural: str, kind: str, name: str, spec: dict[str, Any]) -> None:
-    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec}
-    client.CustomObjectsApi(kube).create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
 
 
 def adapter_spec(name: str, **extra: Any) -> dict[str, Any]:
@@ -59,10 +45,10 @@ def placed(kube: Any, namespace: str, workers: set[str]) -> dict[str, dict[str, 
 def test_adapters_are_placed_in_tiers_and_wait_for_agents(
     kube: Any, namespace: str, operator: OperatorProcess
 ) -> None:
-    create(kube, namespace, "basemodels", "BaseModel", "tiny", {
+    create_object(kube, namespace, "basemodels", "BaseModel", "tiny", {
         "model": {"uri": "/models/tiny"}, "replicas": {"min": 3}, "engine": {"maxLoras": 1, "maxCpuLoras": 2},
     })  # fmt: skip
-    create(
+    create_object(
         kube,
         namespace,
         "loraadapters",
@@ -71,7 +57,7 @@ def test_adapters_are_placed_in_tiers_and_wait_for_agents(
         adapter_spec("sql", replicas=2, policy="Pinned"),
     )
     for name in ("chat", "code", "docs", "math"):
-        create(kube, namespace, "loraadapters", "LoRAAdapter", name, adapter_spec(name))
+        create_object(kube, namespace, "loraadapters", "LoRAAdapter", name, adapter_spec(name))
     workers = {f"tiny-worker-{i}" for i in range(3)}
     held = wait_until(lambda: placed(kube, namespace, workers), 60, "every adapter copy placed")
     assert set(held["sql"].values()) == {"GPU"}  # pinned: GPU slots on two distinct workers
@@ -93,12 +79,12 @@ def test_adapters_are_placed_in_tiers_and_wait_for_agents(
 
 
 def test_losing_a_worker_re_places_its_copies(kube: Any, namespace: str, operator: OperatorProcess) -> None:
-    create(kube, namespace, "basemodels", "BaseModel", "tiny", {
+    create_object(kube, namespace, "basemodels", "BaseModel", "tiny", {
         "model": {"uri": "/models/tiny"}, "replicas": {"min": 3}, "engine": {"maxLoras": 2, "maxCpuLoras": 4},
     })  # fmt: skip
-    create(kube, namespace, "loraadapters", "LoRAAdapter", "sql", adapter_spec("sql", replicas=2))
+    create_object(kube, namespace, "loraadapters", "LoRAAdapter", "sql", adapter_spec("sql", replicas=2))
     for name in ("chat", "code", "docs", "math"):
-        create(kube, namespace, "loraadapters", "LoRAAdapter", name, adapter_spec(name))
+        create_object(kube, namespace, "loraadapters", "LoRAAdapter", name, adapter_spec(name))
     before = wait_until(lambda: placed(kube, namespace, {f"tiny-worker-{i}" for i in range(3)}), 60, "placed")
     client.CustomObjectsApi(kube).patch_namespaced_custom_object(
         GROUP, VERSION, namespace, "basemodels", "tiny", {"spec": {"replicas": {"min": 2}}}
@@ -113,7 +99,7 @@ def test_losing_a_worker_re_places_its_copies(kube: Any, namespace: str, operato
 def test_deleting_an_adapter_unloads_it_everywhere_first(
     kube: Any, namespace: str, operator: OperatorProcess
 ) -> None:
-    create(
+    create_object(
         kube,
         namespace,
         "basemodels",
@@ -121,7 +107,7 @@ def test_deleting_an_adapter_unloads_it_everywhere_first(
         "tiny",
         {"model": {"uri": "/models/tiny"}, "replicas": {"min": 2}},
     )
-    create(kube, namespace, "loraadapters", "LoRAAdapter", "chat", adapter_spec("chat", replicas=2))
+    create_object(kube, namespace, "loraadapters", "LoRAAdapter", "chat", adapter_spec("chat", replicas=2))
     wait_until(lambda: len(placements(kube, namespace).get("chat", {})) == 2, 60, "chat placed twice")
     custom = client.CustomObjectsApi(kube)
     body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "loraadapters", "chat")
