@@ -60,6 +60,7 @@ def test_adapters_are_placed_in_tiers_and_wait_for_agents(
         create_object(kube, namespace, "loraadapters", "LoRAAdapter", name, adapter_spec(name))
     workers = {f"tiny-worker-{i}" for i in range(3)}
     held = wait_until(lambda: placed(kube, namespace, workers), 60, "every adapter copy placed")
+    assert operator.metrics().get('loraplex_reconciles_total{kind="LoRAAdapter",result="ok"}') == len(WANTED)
     assert set(held["sql"].values()) == {"GPU"}  # pinned: GPU slots on two distinct workers
     gpu_copies = [w for where in held.values() for w, tier in where.items() if tier == "GPU"]
     assert len(gpu_copies) <= 3  # one GPU slot per worker (maxLoras 1)
