@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from loraplex.cli import main
-from loraplex.e2e.cluster import LocalCluster, process_alive
+from loraplex.e2e.cluster import LocalCluster, process_alive, wait_processes_gone
 
 pytestmark = pytest.mark.cluster
 
@@ -47,6 +47,7 @@ def test_up_recovers_from_a_killed_control_plane() -> None:
         cluster.up(nodes=1)
         apiserver = cluster.status().pids["kube-apiserver"]
         os.kill(apiserver, signal.SIGKILL)
+        wait_processes_gone([apiserver], timeout=10)  # SIGKILL is delivered asynchronously
         assert not cluster.status().running
         cluster.up(nodes=1)
         assert cluster.status().running
