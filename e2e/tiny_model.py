@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def _build_tokenizer(dest: Path) -> None:
     from tokenizers import decoders
 
     tokenizer.decoder = decoders.ByteLevel()
-    wrapped = PreTrainedTokenizerFast(
+    wrapped = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
     )
     wrapped.chat_template = (
@@ -86,11 +87,11 @@ def _build_model(dest: Path, vocab_size: int) -> None:
         eos_token_id=2,
         tie_word_embeddings=False,
     )
-    model = LlamaForCausalLM(config)
-    model.to(torch.bfloat16).save_pretrained(dest, safe_serialization=True)
+    model = LlamaForCausalLM(config)  # type: ignore[no-untyped-call]
+    model.to(torch.bfloat16).save_pretrained(dest, safe_serialization=True)  # type: ignore[arg-type]
 
 
-def _locked_build(dest: Path, build: object) -> Path:
+def _locked_build(dest: Path, build: Callable[[Path], None]) -> Path:
     """Build `dest` once across processes: a lock, a temporary sibling, an atomic rename."""
     if dest.is_dir():
         return dest
@@ -101,7 +102,7 @@ def _locked_build(dest: Path, build: object) -> Path:
             return dest
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         try:
-            build(tmp)  # type: ignore[operator]
+            build(tmp)
             tmp.rename(dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -143,7 +144,9 @@ def lora_adapter(
             for param_name, param in peft_model.named_parameters():
                 if "lora_" in param_name:
                     param.mul_(4.0)  # big enough that greedy outputs differ per adapter
-        peft_model.save_pretrained(tmp, safe_serialization=True)
+        peft_model.save_pretrained(str(tmp), safe_serialization=True)
 
-    path = _locked_build((root or cache_root()) / "adapters" / f"{MODEL_VERSION}-{name}-s{seed}-r{rank}", build)
+    path = _locked_build(
+        (root or cache_root()) / "adapters" / f"{MODEL_VERSION}-{name}-s{seed}-r{rank}", build
+    )
     return AdapterFiles(name=name, path=path, sha256=tree_digest(path), rank=rank)

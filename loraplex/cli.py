@@ -19,7 +19,6 @@ Handler = Callable[[argparse.Namespace], int]
 # plainly rather than pretending to run.
 _PENDING = {
     "router": "the adapter-affinity OpenAI-compatible router of one BaseModel",
-    "agent": "the worker agent that fetches, caches and loads adapters into vLLM",
     "trainer": "the LoRA trainer that fine-tunes adapters on a shared base model",
 }
 
@@ -100,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in _PENDING.items():
         sub = commands.add_parser(name, help=f"Run {what}.", description=f"Run {what}.")
         sub.set_defaults(handler=_pending(name))
+
+    from loraplex.worker.agent import main as agent_main
+
+    agent_main.configure(
+        commands.add_parser(
+            "agent",
+            help="Run the worker agent that fetches, caches and loads adapters into vLLM.",
+            description="Run the worker agent beside vLLM (docs/agent.md).",
+        )
+    )
 
     operator = commands.add_parser(
         "operator",

@@ -1,0 +1,401 @@
+"""The agent: converges vLLM and the disk cache to what the operator wants, and reports it.
+
+Level-based. The wanted set comes from the worker's WorkerPlacement spec (or a
+file, for local use); each pass plans with `residency.plan_convergence` from
+the wanted set and what the agent holds, then unloads, fetches and loads. What
+the agent holds is re-read from vLLM's `/v1/models` every few seconds, so a
+restarted vLLM (which forgets its adapters) is noticed and refilled, and a
+restarted agent adopts the adapters vLLM still has (their paths name their
+revision in the content-addressed disk cache). Nothing is unloaded before the
+wanted set is known, so an agent restart never empties a warm worker.
+
+On-demand loads (`ensure`, used by the router for catalog adapters and for
+named adapters held only on disk) share one load per adapter among concurrent
+callers; a failed revision is not retried before its backoff ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from loraplex.worker.agent.disk_cache import DiskCache
+from loraplex.worker.agent.fetch import Fetcher, FetchError
+from loraplex.worker.agent.metrics import AgentMetrics
+from loraplex.worker.agent.residency import (
+    LoadFailure,
+    RegisteredAdapter,
+    Slots,
+    Tier,
+    WantedAdapter,
+    backing_off,
+    plan_convergence,
+    plan_report,
+    protected_revisions,
+)
+from loraplex.worker.agent.sources import InvalidSource, catalog_uri
+from loraplex.worker.agent.vllm_client import VllmClient, VllmError
+
+log = logging.getLogger("loraplex.agent")
+FIRST_BACKOFF = 5.0
+MAX_BACKOFF = 300.0
+
+
+class EnsureError(Exception):
+    """An on-demand load that cannot be served: `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, reason: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Ensured:
+    name: str
+    tier: Tier
+    load_seconds: float
+
+
+class Agent:
+    def __init__(
+        self,
+        *,
+        worker: str,
+        vllm: VllmClient,
+        fetcher: Fetcher,
+        cache: DiskCache,
+        slots: Slots,
+        catalog_template: str | None = None,
+        metrics: AgentMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_report: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+    ) -> None:
+        self.worker = worker
+        self.vllm = vllm
+        self.fetcher = fetcher
+        self.cache = cache
+        self.slots = slots
+        self.catalog_template = catalog_template
+        self.metrics = metrics or AgentMetrics()
+        self.clock = clock
+        self.on_report = on_report
+        self.wanted: list[WantedAdapter] | None = None  # None until the first wanted set arrives
+        self.generation: int | None = None
+        self.registered: dict[str, RegisteredAdapter] = {}
+        self.failures: dict[str, LoadFailure] = {}
+        self._attempts: dict[tuple[str, str | None], int] = {}
+        self.load_seconds: dict[str, float] = {}
+        self.engine_ready = False
+        self._engine_lock = asyncio.Lock()
+        self._inflight: dict[str, asyncio.Future[Ensured]] = {}
+        self._wake = asyncio.Event()
+        self._last_report: dict[str, Any] | None = None
+        self.metrics.disk_budget.set(cache.budget_bytes)
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def set_wanted(self, wanted: list[WantedAdapter], generation: int | None = None) -> None:
+        self.wanted = wanted
+        self.generation = generation
+        self._wake.set()
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def run(self, resync_interval: float = 2.0) -> None:
+        """Resync with vLLM and converge whenever woken, and at least every `resync_interval`."""
+        while True:
+            try:
+                await self.resync()
+                if self.engine_ready and self.wanted is not None:
+                    await self.converge()
+                await self.publish()
+            except Exception:
+                log.exception("Failed a convergence pass of worker %s", self.worker)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=resync_interval)
+
+    async def resync(self) -> None:
+        """Check the residency record against vLLM's own list of adapters."""
+        try:
+            engine = {a.name: a.path for a in await self.vllm.adapters()}
+        except (aiohttp.ClientError, TimeoutError, VllmError):
+            if self.engine_ready:
+                log.warning("Lost vLLM of worker %s", self.worker)
+            self.engine_ready = False
+            return
+        if not self.engine_ready:
+            log.info("Reached vLLM of worker %s adapters=%d", self.worker, len(engine))
+        self.engine_ready = True
+        async with self._engine_lock:
+            for name in list(self.registered):
+                if name not in engine:
+                    log.warning("Found adapter %s gone from vLLM on worker %s; reloading", name, self.worker)
+                    self.registered.pop(name)
+            for name, path in engine.items():
+                if name in self.registered:
+                    continue
+                revision = self.cache.revision_of(path)
+                if revision is None:
+                    log.warning("Unloaded adapter %s of unknown origin from worker %s", name, self.worker)
+                    await self.vllm.unload(name)
+                    continue
+                wanted = {w.name for w in self.wanted or []}
+                self.registered[name] = RegisteredAdapter(
+                    name, revision, on_demand=name not in wanted, last_used=self.clock()
+                )
+
+    async def converge(self) -> None:
+        assert self.wanted is not None
+        wanted = self.wanted
+        now = self.clock()
+        plan = plan_convergence(
+            wanted, self.registered, self.cache.revisions(), self.failures, self.slots, now
+        )
+        if plan.empty:
+            self._evict_disk()
+            return
+        async with self._engine_lock:
+            for name in plan.unload:
+                await self._unload(name)
+        fetch_started = self.clock()
+        results = await asyncio.gather(*(self._fetch(f.name, f.uri, f.sha256) for f in plan.fetch))
+        fetch_seconds = {
+            f.sha256: self.clock() - fetch_started for f, ok in zip(plan.fetch, results, strict=True) if ok
+        }
+        for fetched, ok in zip(plan.fetch, results, strict=True):
+            if ok and not any(load.sha256 == fetched.sha256 for load in plan.load):
+                self.metrics.loads.labels("Disk").inc()
+        tiers = {w.name: w.tier for w in wanted}
+        async with self._engine_lock:
+            for load in plan.load:
+                if not self.cache.has(load.sha256):
+                    continue
+                started = self.clock()
+                if await self._load(load.name, load.sha256, inplace=load.inplace, warm=load.warm):
+                    seconds = self.clock() - started + fetch_seconds.get(load.sha256, 0.0)
+                    self._record_load(load.name, tiers.get(load.name, "CPU"), seconds)
+        self._evict_disk()
+
+    # -- on demand ----------------------------------------------------------------------------
+
+    async def ensure(self, name: str) -> Ensured:
+        """Make `name` servable on this worker now (a catalog adapter or a named one on disk)."""
+        current = self.registered.get(name)
+        if current is not None:
+            self.registered[name] = _touched(current, self.clock())
+            return Ensured(name, self._tier_of(name), 0.0)
+        pending = self._inflight.get(name)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_future()
+            self._inflight[name] = pending
+            task = asyncio.ensure_future(self._ensure_once(name))
+            task.add_done_callback(lambda t: _settle(pending, t, self._inflight, name))
+        return await asyncio.shield(pending)
+
+    async def _ensure_once(self, name: str) -> Ensured:
+        if not self.engine_ready:
+            raise EnsureError(503, "EngineNotReady", f"vLLM on worker {self.worker} is not ready", 1.0)
+        started = self.clock()
+        uri, sha256, catalog = await self._resolve(name)
+        if backing_off(self.failures, name, sha256, started):
+            failure = self.failures[name]
+            raise EnsureError(
+                503,
+                failure.reason,
+                f"adapter {name} failed to load: {failure.message}",
+                failure.retry_at - started,
+            )
+        if not await self._fetch(name, uri, sha256):
+            failure = self.failures[name]
+            raise EnsureError(
+                _status_of(failure.reason), failure.reason, failure.message, failure.retry_at - started
+            )
+        async with self._engine_lock:
+            current = self.registered.get(name)
+            fresh = current is not None and current.sha256 == sha256
+            loaded = fresh or await self._load(
+                name, sha256, inplace=current is not None, warm=False, on_demand=True, catalog=catalog
+            )
+        if not loaded:
+            failure = self.failures[name]
+            raise EnsureError(
+                _status_of(failure.reason), failure.reason, failure.message, failure.retry_at - started
+            )
+        seconds = self.clock() - started
+        self._record_load(name, "CPU", seconds)
+        self._wake.set()  # let the next pass drop on-demand adapters beyond the free slots
+        return Ensured(name, "CPU", seconds)
+
+    async def _resolve(self, name: str) -> tuple[str, str, bool]:
+        for want in self.wanted or []:
+            if want.name == name:
+                return want.uri, want.sha256, False
+        if self.catalog_template is None:
+            raise EnsureError(
+                404, "AdapterNotFound", f"adapter {name} is not placed on this worker and there is no catalog"
+            )
+        try:
+            uri = catalog_uri(self.catalog_template, name)
+        except InvalidSource as error:
+            raise EnsureError(400, "InvalidAdapterName", str(error)) from error
+        try:
+            return uri, await self.fetcher.read_digest(uri), True
+        except FetchError as error:
+            self.metrics.fetch_failures.labels(error.reason).inc()
+            if error.reason in ("SourceNotFound", "DigestMissing"):
+                raise EnsureError(
+                    404, "AdapterNotFound", f"adapter {name} is not in the catalog: {error.message}"
+                ) from error
+            raise EnsureError(_status_of(error.reason), error.reason, error.message) from error
+
+    # -- steps --------------------------------------------------------------------------------
+
+    async def _fetch(self, name: str, uri: str, sha256: str) -> bool:
+        try:
+            await self.fetcher.fetch(uri, sha256)
+        except FetchError as error:
+            self._fail(name, sha256, error.reason, error.message)
+            return False
+        return True
+
+    async def _load(
+        self,
+        name: str,
+        sha256: str,
+        *,
+        inplace: bool,
+        warm: bool,
+        on_demand: bool = False,
+        catalog: bool = False,
+    ) -> bool:
+        path = str(self.cache.path(sha256))
+        try:
+            await self.vllm.load(name, path, inplace=inplace)
+            if warm:
+                await self.vllm.warm(name)
+        except VllmError as error:
+            self._fail(name, sha256, "LoadFailed", error.message)
+            return False
+        self.cache.touch(sha256)
+        self.registered[name] = RegisteredAdapter(name, sha256, on_demand, catalog, self.clock())
+        self.failures.pop(name, None)
+        self._attempts.pop((name, sha256), None)
+        log.info(
+            "Loaded adapter %s on worker %s revision=%s inplace=%s", name, self.worker, sha256[:12], inplace
+        )
+        return True
+
+    async def _unload(self, name: str) -> None:
+        tier = self._tier_of(name)
+        await self.vllm.unload(name)
+        self.registered.pop(name, None)
+        self.metrics.evictions.labels(tier).inc()
+        log.info("Unloaded adapter %s from worker %s", name, self.worker)
+
+    def _fail(self, name: str, sha256: str | None, reason: str, message: str) -> None:
+        attempts = self._attempts.get((name, sha256), 0) + 1
+        self._attempts[(name, sha256)] = attempts
+        backoff = min(FIRST_BACKOFF * 2 ** (attempts - 1), MAX_BACKOFF)
+        self.failures[name] = LoadFailure(name, sha256, reason, message, self.clock() + backoff)
+        self.metrics.fetch_failures.labels(reason).inc()
+        log.warning(
+            "Failed to load adapter %s on worker %s reason=%s: %s", name, self.worker, reason, message
+        )
+
+    def _record_load(self, name: str, tier: Tier, seconds: float) -> None:
+        self.load_seconds[name] = seconds
+        self.metrics.loads.labels(tier).inc()
+        self.metrics.load_seconds.labels(tier).observe(seconds)
+
+    def _evict_disk(self) -> None:
+        protected = protected_revisions(self.wanted or [], self.registered)
+        self.cache.evict(protected, on_evict=lambda _sha, _size: self.metrics.evictions.labels("Disk").inc())
+
+    def _tier_of(self, name: str) -> Tier:
+        for want in self.wanted or []:
+            if want.name == name and want.tier == "GPU":
+                return "GPU"
+        return "CPU"
+
+    # -- reporting ----------------------------------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        """The residency report: what the agent holds per tier, and what failed (camelCase, as in status)."""
+        wanted = self.wanted or []
+        held = plan_report(wanted, self.registered, self.cache.revisions(), self.slots)
+        adapters = []
+        bytes_by_tier = {"GPU": 0, "CPU": 0, "Disk": 0}
+        count_by_tier = {"GPU": 0, "CPU": 0, "Disk": 0}
+        for entry in held:
+            size = self.cache.size(entry.sha256)
+            bytes_by_tier[entry.tier] += size or 0
+            count_by_tier[entry.tier] += 1
+            item: dict[str, Any] = {"name": entry.name, "sha256": entry.sha256, "tier": entry.tier}
+            if size is not None:
+                item["bytes"] = size
+            if entry.name in self.load_seconds:
+                item["loadSeconds"] = round(self.load_seconds[entry.name], 4)
+            if entry.catalog:
+                item["catalog"] = True
+            adapters.append(item)
+        for tier in bytes_by_tier:
+            self.metrics.cache_bytes.labels(tier).set(
+                bytes_by_tier[tier] if tier != "Disk" else self.cache.used_bytes
+            )
+            self.metrics.adapters.labels(tier).set(count_by_tier[tier])
+        wanted_names = {w.name for w in wanted}
+        held_wanted = sum(1 for entry in held if entry.name in wanted_names)
+        return {
+            "worker": self.worker,
+            "engineReady": self.engine_ready,
+            "adapters": adapters,
+            "failures": [
+                {"name": f.name, "reason": f.reason, "message": f.message[:1024]}
+                for f in sorted(self.failures.values(), key=lambda f: f.name)
+            ],
+            "gpuSlots": self.slots.gpu,
+            "cpuSlots": self.slots.cpu,
+            "held": f"{held_wanted}/{len(wanted)}",
+            "observedGeneration": self.generation,
+        }
+
+    async def publish(self) -> None:
+        report = self.report()
+        if report != self._last_report and self.on_report is not None:
+            await self.on_report(report)
+        self._last_report = report
+
+
+def _touched(adapter: RegisteredAdapter, now: float) -> RegisteredAdapter:
+    return RegisteredAdapter(adapter.name, adapter.sha256, adapter.on_demand, adapter.catalog, now)
+
+
+def _status_of(reason: str) -> int:
+    return {"DigestMismatch": 422, "UnsafeArchive": 422, "InvalidArchive": 422, "LoadFailed": 422}.get(
+        reason, 503
+    )
+
+
+def _settle(
+    future: asyncio.Future[Ensured], task: asyncio.Future[Ensured], inflight: dict[str, Any], name: str
+) -> None:
+    inflight.pop(name, None)
+    if future.done():
+        return
+    if task.cancelled():
+        future.cancel()
+    elif (error := task.exception()) is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(task.result())

@@ -1,0 +1,71 @@
+"""The agent's HTTP endpoint: residency report, on-demand loads, health and metrics.
+
+- `GET /v1/residency`: what the worker holds per tier, bytes, last load
+  latency, failures (the shape of WorkerPlacement status; read by the router).
+- `POST /v1/adapters/ensure` with `{"name": ...}`: make an adapter servable
+  now (catalog adapters, named adapters held on disk). 200 `{name, tier,
+  loadSeconds}`; errors in OpenAI's shape: 404 unknown adapter, 422 refused
+  files (`code` is the reason, e.g. DigestMismatch), 503 with `Retry-After`
+  while a failed load backs off or vLLM is not ready.
+- `GET /healthz`, `GET /metrics`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from loraplex.worker.agent.agent import Agent, EnsureError
+
+AGENT_KEY: web.AppKey[Agent] = web.AppKey("agent", Agent)
+MAX_BODY = 64 * 1024
+
+
+def error_response(status: int, code: str, message: str, retry_after: float | None = None) -> web.Response:
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after else None
+    body = {"error": {"message": message, "type": code, "param": None, "code": code}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+async def residency(request: web.Request) -> web.Response:
+    return web.json_response(request.app[AGENT_KEY].report())
+
+
+async def ensure(request: web.Request) -> web.Response:
+    try:
+        body: Any = json.loads(await request.read())
+    except ValueError:
+        return error_response(400, "InvalidRequest", 'the body must be JSON: {"name": "<adapter>"}')
+    name = body.get("name") if isinstance(body, dict) else None
+    if not isinstance(name, str) or not name:
+        return error_response(400, "InvalidRequest", "missing field 'name' (the adapter to load)")
+    try:
+        ensured = await request.app[AGENT_KEY].ensure(name)
+    except EnsureError as error:
+        return error_response(error.status, error.reason, error.message, error.retry_after)
+    return web.json_response(
+        {"name": ensured.name, "tier": ensured.tier, "loadSeconds": round(ensured.load_seconds, 4)}
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True, "engineReady": request.app[AGENT_KEY].engine_ready})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[AGENT_KEY].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def make_app(agent: Agent) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
+    app[AGENT_KEY] = agent
+    app.router.add_get("/v1/residency", residency)
+    app.router.add_post("/v1/adapters/ensure", ensure)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,196 @@
+"""Where the agent learns what to hold, and where it reports what it holds.
+
+In a cluster: the worker's own WorkerPlacement (named after the pod), watched
+by name, and its `status` subresource, written only when the report changed
+(and at most every `min_interval` seconds: bursts of loads coalesce into one
+write). For local use and tests: a YAML/JSON file with the same `adapters`
+list as a WorkerPlacement spec, re-read when it changes, and no status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import yaml
+
+from loraplex.operator.conditions import ConditionUpdate, merge_conditions
+from loraplex.worker.agent.residency import WantedAdapter
+
+log = logging.getLogger("loraplex.agent")
+GROUP, VERSION, PLURAL = "loraplex.dev", "v1alpha1", "workerplacements"
+WantedCallback = Callable[[list[WantedAdapter], int | None], None]
+
+
+def wanted_from_spec(spec: dict[str, Any]) -> list[WantedAdapter]:
+    return [
+        WantedAdapter(
+            name=item["name"],
+            uri=item["uri"],
+            sha256=item["sha256"],
+            tier=item.get("tier", "CPU"),
+            pinned=bool(item.get("pinned", False)),
+        )
+        for item in spec.get("adapters", [])
+    ]
+
+
+class FileSource:
+    """Wanted adapters from a file (`adapters: [...]`), polled for changes."""
+
+    def __init__(self, path: Path, on_wanted: WantedCallback, interval: float = 1.0) -> None:
+        self.path = path
+        self.on_wanted = on_wanted
+        self.interval = interval
+        self._seen: float | None = None
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(FileNotFoundError):
+                mtime = self.path.stat().st_mtime
+                if mtime != self._seen:
+                    self._seen = mtime
+                    spec = yaml.safe_load(self.path.read_text()) or {}
+                    self.on_wanted(wanted_from_spec(spec), None)
+            await asyncio.sleep(self.interval)
+
+
+class WorkerPlacementSource:
+    """Watches one WorkerPlacement by name and writes its status."""
+
+    def __init__(
+        self,
+        api: Any,
+        namespace: str,
+        name: str,
+        on_wanted: WantedCallback,
+        *,
+        min_interval: float = 0.5,
+    ) -> None:
+        from kubernetes import client
+
+        self.custom = client.CustomObjectsApi(api)
+        self.namespace = namespace
+        self.name = name
+        self.on_wanted = on_wanted
+        self.min_interval = min_interval
+        self._conditions: list[dict[str, Any]] = []
+        self._written: dict[str, Any] | None = None
+        self._pending: dict[str, Any] | None = None
+        self._changed = asyncio.Event()
+        self._stop = threading.Event()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def deliver(wanted: list[WantedAdapter], generation: int | None) -> None:
+            loop.call_soon_threadsafe(self.on_wanted, wanted, generation)
+
+        watcher = threading.Thread(target=self._watch, args=(deliver,), name="placement-watch", daemon=True)
+        watcher.start()
+        try:
+            await self._write_loop()
+        finally:
+            self._stop.set()
+
+    def _watch(self, deliver: WantedCallback) -> None:
+        from kubernetes import watch
+        from kubernetes.client.exceptions import ApiException
+
+        selector = f"metadata.name={self.name}"
+        while not self._stop.is_set():
+            try:
+                listing = cast(
+                    dict[str, Any],
+                    self.custom.list_namespaced_custom_object(
+                        GROUP, VERSION, self.namespace, PLURAL, field_selector=selector
+                    ),
+                )
+                items = listing.get("items", [])
+                self._deliver(items[0] if items else None, deliver)
+                stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
+                    self.custom.list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    self.namespace,
+                    PLURAL,
+                    field_selector=selector,
+                    resource_version=listing["metadata"]["resourceVersion"],
+                    timeout_seconds=60,
+                )
+                for event in stream:
+                    obj = event["object"]
+                    self._deliver(None if event["type"] == "DELETED" else obj, deliver)
+                    if self._stop.is_set():
+                        return
+            except ApiException as error:
+                log.warning(
+                    "Failed to watch WorkerPlacement %s/%s: %s", self.namespace, self.name, error.reason
+                )
+                self._stop.wait(1.0)
+            except Exception:
+                log.exception("Failed to watch WorkerPlacement %s/%s", self.namespace, self.name)
+                self._stop.wait(1.0)
+
+    @staticmethod
+    def _deliver(obj: dict[str, Any] | None, deliver: WantedCallback) -> None:
+        if obj is None:
+            deliver([], None)
+            return
+        deliver(wanted_from_spec(obj.get("spec", {})), obj["metadata"].get("generation"))
+
+    async def report(self, report: dict[str, Any]) -> None:
+        """Queue a report for the status; the write loop coalesces and sends it."""
+        self._pending = report
+        self._changed.set()
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            report = self._pending
+            if report is not None and report != self._written:
+                try:
+                    await asyncio.to_thread(self._write, report)
+                    self._written = report
+                except Exception as error:
+                    log.warning("Failed to write status of WorkerPlacement %s: %s", self.name, error)
+                    self._changed.set()
+            await asyncio.sleep(self.min_interval)
+
+    def _write(self, report: dict[str, Any]) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        generation = report.get("observedGeneration")
+        if generation is None:
+            return  # no WorkerPlacement yet: nothing to write on
+        self._conditions = merge_conditions(
+            self._conditions, [ready_condition(report)], generation, datetime.now(UTC)
+        )
+        status = {key: value for key, value in report.items() if key not in ("worker", "engineReady")}
+        status["conditions"] = self._conditions
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, self.namespace, PLURAL, self.name, {"status": status}
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+
+def ready_condition(report: dict[str, Any]) -> ConditionUpdate:
+    if not report.get("engineReady"):
+        return ConditionUpdate("Ready", "False", "EngineNotReady", "vLLM is not answering yet")
+    held, _, wanted = str(report.get("held", "0/0")).partition("/")
+    if report.get("failures"):
+        names = ", ".join(f["name"] for f in report["failures"][:5])
+        return ConditionUpdate("Ready", "False", "LoadFailed", f"held {held} of {wanted}; failed: {names}")
+    if held != wanted:
+        return ConditionUpdate("Ready", "False", "Loading", f"held {held} of {wanted} adapters")
+    return ConditionUpdate("Ready", "True", "Converged", f"holds all {wanted} adapters")
