@@ -1,0 +1,138 @@
+"""The trainer's settings: one typed object, read once at start.
+
+A trainer process fine-tunes one or several adapters of one base model. Each
+adapter is an `AdapterJob`, whose `dataset`, `lora`, `training` and
+`checkpoint` fields are the TrainingJob spec's own models (camelCase on the
+wire), so an operator builds a trainer config by copying those fields of each
+admitted TrainingJob verbatim and adding where the base model, checkpoints and
+outputs live. Files are YAML or JSON; `TrainerConfig.load` reads either.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Literal
+from urllib.parse import unquote, urlparse
+
+import yaml
+from pydantic import Field, model_validator
+
+from loraplex.api.common import ApiModel, LabelName
+from loraplex.api.trainingjob import CheckpointSettings, Dataset, LoraHyperparameters, TrainingSettings
+
+Device = Literal["auto", "cpu", "cuda"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class ConfigError(ValueError):
+    """The trainer's config is unusable; the message names the field."""
+
+
+def local_path(uri: str, field: str) -> Path:
+    """The local path of a `file:///...` URI (or of a bare absolute path)."""
+    if uri.startswith("/"):
+        return Path(uri)
+    parsed = urlparse(uri)
+    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+        raise ConfigError(
+            f"{field}: {uri!r} is not a local file:// URI; the trainer reads and writes local paths "
+            "(mount pvc:// volumes into the pod and pass file:// paths)"
+        )
+    return Path(unquote(parsed.path))
+
+
+class AdapterJob(ApiModel):
+    """One adapter to train: its data, its shape, how long, where its results go."""
+
+    name: LabelName = Field(description="Unique within the trainer; names its checkpoint folder.")
+    dataset: Dataset
+    lora: LoraHyperparameters = Field(default_factory=LoraHyperparameters)
+    training: TrainingSettings
+    checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
+    output_uri: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="file:// folder; the adapter is published into <outputUri>/<sha256>/.",
+    )
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> AdapterJob:
+        if (self.training.steps is None) == (self.training.epochs is None):
+            raise ValueError(f"adapter {self.name}: set exactly one of training.steps and training.epochs")
+        return self
+
+    def total_steps(self, examples: int) -> int:
+        """Optimizer steps for this adapter, given how many examples its dataset has."""
+        if self.training.steps is not None:
+            return self.training.steps
+        assert self.training.epochs is not None
+        return max(1, math.ceil(self.training.epochs * examples / self.training.batch_size))
+
+
+class TrainerConfig(ApiModel):
+    """Everything one trainer process needs."""
+
+    base_model: str = Field(
+        min_length=1, description="Local folder (or file:// URI) of the base model: weights, config, tokenizer."
+    )
+    checkpoint_uri: str = Field(
+        min_length=1, description="file:// folder; each adapter checkpoints under <checkpointUri>/<name>/."
+    )
+    adapters: list[AdapterJob] = Field(min_length=1, max_length=256)
+    device: Device = "auto"
+    dtype: DType = Field(default="auto", description="The frozen base's dtype; auto: bfloat16 on GPU, else float32.")
+    threads: int | None = Field(default=None, ge=1, le=1024, description="torch CPU threads (default: torch's).")
+    max_grad_norm: float | None = Field(default=1.0, gt=0, description="Per-adapter gradient clipping.")
+    keep_checkpoints: int = Field(default=2, ge=1, le=100, description="Checkpoints kept per adapter.")
+    progress_every_steps: int = Field(default=10, ge=1, description="Emit a progress event every N steps.")
+    grace_period_seconds: float = Field(
+        default=25.0, gt=0, description="After SIGTERM, the time the final checkpoint must fit in."
+    )
+    result_path: str | None = Field(
+        default=None,
+        description="Also write the final summary (JSON) here, e.g. /dev/termination-log for the operator.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> TrainerConfig:
+        names = [job.name for job in self.adapters]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"adapters: names must be unique, repeated: {', '.join(duplicates)}")
+        return self
+
+    @property
+    def base_model_path(self) -> Path:
+        return local_path(self.base_model, "baseModel")
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return local_path(self.checkpoint_uri, "checkpointUri")
+
+    @classmethod
+    def load(cls, path: Path) -> TrainerConfig:
+        """Read a YAML or JSON config file; a bad file raises ConfigError naming the field."""
+        try:
+            text = path.read_text()
+        except OSError as error:
+            raise ConfigError(f"cannot read config {path}: {error.strerror}") from error
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as error:
+            raise ConfigError(f"config {path} is not valid YAML/JSON: {error}") from error
+        return cls.parse(data)
+
+    @classmethod
+    def parse(cls, data: object) -> TrainerConfig:
+        from pydantic import ValidationError
+
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in item['loc']) or '<root>'}: {item['msg']}"
+                for item in error.errors()
+            )
+            raise ConfigError(f"invalid trainer config: {problems}") from error

@@ -1,0 +1,29 @@
+"""Why an adapter's training failed, as one CamelCase reason a TrainingJob's status can carry.
+
+A failure is permanent for that adapter: running the same config again fails
+the same way, so the operator marks the job `Failed` with this reason and does
+not restart it. Nothing is published for a failed adapter. Preemption is not a
+failure (see `main.EXIT_PREEMPTED`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Reason = Literal[
+    "DatasetNotFound",
+    "DatasetInvalid",
+    "BaseModelNotFound",
+    "NonFiniteLoss",
+    "CheckpointMismatch",
+    "ConfigInvalid",
+]
+
+
+class TrainingFailure(Exception):
+    """A permanent failure of one adapter (or of every adapter, for base-model trouble)."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason: Reason = reason
+        self.message = message

@@ -1,0 +1,74 @@
+"""`loraplex trainer`: run one trainer process from a config file, with SIGTERM handling.
+
+Exit codes (the operator reads them from the pod; docs/trainer.md):
+
+- 0  every adapter was published;
+- 2  the config file is missing or invalid (nothing ran);
+- 3  at least one adapter failed for good (its `failed` event names the reason);
+- 75 stopped by SIGTERM/SIGINT after checkpointing every unfinished adapter:
+     run the same config again to resume (EX_TEMPFAIL);
+- 1  anything unexpected (a crash: retry with back-off; the last checkpoints stand).
+
+On SIGTERM the current step finishes, every unfinished adapter writes its
+checkpoint, and the process exits 75, all within `gracePeriodSeconds` as long
+as one step plus one checkpoint fit in it. A second signal, or the grace period
+running out first, exits at once with 75 (the last periodic checkpoints stand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from loraplex.worker.trainer.config import ConfigError, TrainerConfig
+from loraplex.worker.trainer.progress import Event, JsonLines
+from loraplex.worker.trainer.training import EXIT_PREEMPTED, StopFlag, Trainer
+
+EXIT_CONFIG = 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, required=True, help="Trainer config (YAML or JSON).")
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (overrides the config's `threads`)."
+    )
+
+
+def install_stop_handlers(stop: StopFlag, grace_seconds: float) -> None:
+    """SIGTERM/SIGINT ask for a checkpoint and a clean stop; a watchdog enforces the grace period."""
+
+    def hard_exit() -> None:
+        JsonLines(sys.stdout)(Event("finished", exit_code=EXIT_PREEMPTED,
+                                    message="grace period ran out before the final checkpoint"))
+        os._exit(EXIT_PREEMPTED)
+
+    def handler(signum: int, _: FrameType | None) -> None:
+        if stop.requested:
+            hard_exit()
+        stop.request()
+        timer = threading.Timer(grace_seconds, hard_exit)
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = TrainerConfig.load(args.config)
+        if args.threads:
+            config = config.model_copy(update={"threads": args.threads})
+    except ConfigError as error:
+        print(json.dumps({"event": "failed", "reason": "ConfigInvalid", "message": str(error)}), flush=True)
+        return EXIT_CONFIG
+    stop = StopFlag()
+    install_stop_handlers(stop, config.grace_period_seconds)
+    result = Trainer(config, JsonLines(sys.stdout), stop).run()
+    return result.exit_code

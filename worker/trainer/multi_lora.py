@@ -1,0 +1,275 @@
+"""Several LoRA adapters on one frozen base model, trained in one batched forward pass.
+
+Each targeted `nn.Linear` of the base is wrapped in a `MultiLoraLinear`. A
+combined batch holds each adapter's rows one group after another; a shared
+`Routing` says which adapter owns which rows. For every wrapped layer the
+adapters' A matrices are stacked along the rank axis, so the whole batch costs
+two extra matrix products however many adapters share it:
+
+    h   = dropout_per_row(x) @ concat(A_1..A_n)^T        (rows x sum of ranks)
+    h  *= mask                                            (a row keeps only its own adapter's columns,
+                                                           times that adapter's alpha / rank)
+    out = base(x) + h @ concat(B_1..B_n)^T
+
+which is peft's `base(x) + B(A(dropout(x))) * alpha / r` for every row, with
+different ranks, alphas, dropouts and target modules per adapter. Gradients
+reach only the adapter that owns a row, so each adapter's parameters and
+AdamW state are its own and adapters can join or leave between steps.
+
+Randomness is per adapter (its initial weights from its seed, its dropout
+masks from its own generator), so an adapter's run does not depend on which
+other adapters share the base.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from loraplex.api.trainingjob import LoraHyperparameters
+from loraplex.worker.trainer.data import IGNORE, Example
+from loraplex.worker.trainer.failures import TrainingFailure
+
+
+def _matches(path: str, target: str) -> bool:
+    """peft's rule for a target module name: the whole path, or its last dotted parts."""
+    return path == target or path.endswith("." + target)
+
+
+@dataclass(eq=False)
+class AdapterWeights:
+    """One adapter's LoRA matrices (float32, trainable) and its dropout generator."""
+
+    name: str
+    lora: LoraHyperparameters
+    lora_a: dict[str, nn.Parameter]  # module path -> (rank, in_features)
+    lora_b: dict[str, nn.Parameter]  # module path -> (out_features, rank)
+    generator: torch.Generator
+    uid: int = field(default=0)
+
+    @property
+    def rank(self) -> int:
+        return self.lora.rank
+
+    @property
+    def scaling(self) -> float:
+        return self.lora.alpha / self.lora.rank
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for path in sorted(self.lora_a) for p in (self.lora_a[path], self.lora_b[path])]
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Weights keyed `<module path>.lora_A.weight` / `.lora_B.weight` (peft's names, less the prefix)."""
+        out: dict[str, Tensor] = {}
+        for path in sorted(self.lora_a):
+            out[f"{path}.lora_A.weight"] = self.lora_a[path].detach()
+            out[f"{path}.lora_B.weight"] = self.lora_b[path].detach()
+        return out
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        expected = set(self.state_dict())
+        if set(state) != expected:
+            raise TrainingFailure(
+                "CheckpointMismatch", f"adapter {self.name}: checkpoint tensors differ from the adapter's modules"
+            )
+        for path in self.lora_a:
+            self.lora_a[path].copy_(state[f"{path}.lora_A.weight"])
+            self.lora_b[path].copy_(state[f"{path}.lora_B.weight"])
+
+
+class Routing:
+    """Which adapter owns which rows of the batch now going through the model."""
+
+    def __init__(self) -> None:
+        self.adapters: list[AdapterWeights] = []
+        self.rows: list[int] = []
+        self.training = False
+        self._masks: dict[tuple[int, ...], Tensor] = {}
+
+    def set(self, adapters: Sequence[AdapterWeights], rows: Sequence[int], training: bool) -> None:
+        self.adapters, self.rows, self.training = list(adapters), list(rows), training
+        self._masks = {}
+
+    def mask(self, present: tuple[int, ...], device: torch.device) -> Tensor:
+        """(rows, 1, sum of ranks): each row's own adapter's columns hold its scaling, the rest 0.
+
+        `present` lists, in column order, the indexes into `adapters` of those that
+        have LoRA matrices in the layer asking.
+        """
+        cached = self._masks.get(present)
+        if cached is None:
+            ranks = [self.adapters[i].rank for i in present]
+            mask = torch.zeros(sum(self.rows), sum(ranks))
+            starts = [0, *torch.tensor(self.rows).cumsum(0).tolist()]
+            column = 0
+            for index, rank in zip(present, ranks, strict=True):
+                rows = slice(starts[index], starts[index + 1])
+                mask[rows, column : column + rank] = self.adapters[index].scaling
+                column += rank
+            cached = self._masks[present] = mask.unsqueeze(1).to(device)
+        return cached
+
+
+class MultiLoraLinear(nn.Module):
+    """A frozen `nn.Linear` plus the LoRA deltas of whichever adapters the routing names."""
+
+    def __init__(self, base: nn.Linear, path: str, routing: Routing) -> None:
+        super().__init__()
+        self.base = base
+        self.path = path
+        self.routing = routing
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.base(x)
+        routing = self.routing
+        present = tuple(i for i, w in enumerate(routing.adapters) if self.path in w.lora_a)
+        if not present:
+            return out
+        adapters = [routing.adapters[i] for i in present]
+        lora_x = x.to(torch.float32)
+        if routing.training and any(w.lora.dropout > 0 for w in routing.adapters):
+            lora_x = lora_x * self._dropout_mask(lora_x)
+        a = torch.cat([w.lora_a[self.path] for w in adapters]) if len(adapters) > 1 else adapters[0].lora_a[self.path]
+        b = (
+            torch.cat([w.lora_b[self.path] for w in adapters], dim=1)
+            if len(adapters) > 1
+            else adapters[0].lora_b[self.path]
+        )
+        hidden = F.linear(lora_x, a) * routing.mask(present, x.device)
+        return out + F.linear(hidden, b).to(out.dtype)
+
+    def _dropout_mask(self, x: Tensor) -> Tensor:
+        """Per-row inverted-dropout masks, each adapter's rows drawn from its own generator."""
+        parts = []
+        for weights, rows in zip(self.routing.adapters, self.routing.rows, strict=True):
+            shape = (rows, *x.shape[1:])
+            p = weights.lora.dropout
+            if p > 0 and self.path in weights.lora_a:
+                keep = torch.empty(shape, device=x.device).bernoulli_(1 - p, generator=weights.generator)
+                parts.append(keep / (1 - p))
+            else:
+                parts.append(torch.ones(shape, device=x.device))
+        return torch.cat(parts)
+
+
+@dataclass(frozen=True)
+class BatchLosses:
+    """Per adapter (in batch order): mean loss over its trained tokens, and how many tokens."""
+
+    losses: list[Tensor]
+    trained_tokens: list[int]
+    input_tokens: list[int]
+
+
+class MultiLoraModel:
+    """A frozen causal LM with any number of LoRA adapters trained side by side."""
+
+    def __init__(self, model: Any, device: torch.device) -> None:
+        self.model = model
+        self.device = device
+        self.routing = Routing()
+        self.layers: dict[str, MultiLoraLinear] = {}
+        self._next_uid = 0
+        model.requires_grad_(False)
+        model.eval()  # the base's own dropout stays off; LoRA dropout follows routing.training
+        self._linears = {path: module for path, module in model.named_modules() if isinstance(module, nn.Linear)}
+        self.pad_token_id = int(getattr(model.config, "pad_token_id", None) or 0)
+
+    def _wrap(self, path: str) -> MultiLoraLinear:
+        layer = self.layers.get(path)
+        if layer is None:
+            parent_path, _, child = path.rpartition(".")
+            parent = self.model.get_submodule(parent_path) if parent_path else self.model
+            layer = MultiLoraLinear(self._linears[path], path, self.routing)
+            setattr(parent, child, layer)
+            self.layers[path] = layer
+        return layer
+
+    def target_paths(self, lora: LoraHyperparameters) -> list[str]:
+        paths = sorted(p for p in self._linears if any(_matches(p, t) for t in lora.target_modules))
+        unmatched = [t for t in lora.target_modules if not any(_matches(p, t) for p in self._linears)]
+        if unmatched:
+            raise TrainingFailure(
+                "ConfigInvalid",
+                f"lora.targetModules {unmatched} match no linear layer of the base model",
+            )
+        return paths
+
+    def new_adapter(self, name: str, lora: LoraHyperparameters, seed: int) -> AdapterWeights:
+        """Fresh weights as peft makes them: A ~ kaiming-uniform(a=sqrt 5), B = 0; drawn from `seed`."""
+        init = torch.Generator().manual_seed(seed)
+        lora_a: dict[str, nn.Parameter] = {}
+        lora_b: dict[str, nn.Parameter] = {}
+        for path in self.target_paths(lora):
+            base = self._linears[path]
+            bound = 1 / math.sqrt(base.in_features)
+            a = torch.empty(lora.rank, base.in_features).uniform_(-bound, bound, generator=init)
+            lora_a[path] = nn.Parameter(a.to(self.device))
+            lora_b[path] = nn.Parameter(torch.zeros(base.out_features, lora.rank, device=self.device))
+            self._wrap(path)
+        generator = torch.Generator(device=self.device).manual_seed(seed + 1)
+        self._next_uid += 1
+        return AdapterWeights(name, lora, lora_a, lora_b, generator, uid=self._next_uid)
+
+    def collate(self, groups: Sequence[Sequence[Example]]) -> tuple[Tensor, Tensor, Tensor]:
+        """Right-padded input ids, attention mask and labels for all groups, in order."""
+        rows = [example for group in groups for example in group]
+        width = max(len(example.input_ids) for example in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        for row, example in enumerate(rows):
+            n = len(example.input_ids)
+            ids[row, :n] = torch.tensor(example.input_ids)
+            attention[row, :n] = 1
+            labels[row, :n] = torch.tensor(example.labels)
+        return ids.to(self.device), attention.to(self.device), labels.to(self.device)
+
+    def logits(
+        self, adapters: Sequence[AdapterWeights | None], groups: Sequence[Sequence[Example]], training: bool
+    ) -> tuple[Tensor, Tensor]:
+        """Logits of the combined batch (and its labels); `None` runs a group on the bare base."""
+        ids, attention, labels = self.collate(groups)
+        present = [(w, len(g)) for w, g in zip(adapters, groups, strict=True)]
+        # A bare-base group is routed to no adapter: give it a stand-in that has no layers.
+        routed = [w if w is not None else _NO_ADAPTER for w, _ in present]
+        self.routing.set(routed, [n for _, n in present], training)
+        try:
+            out = self.model(input_ids=ids, attention_mask=attention, use_cache=False)
+        finally:
+            self.routing.set([], [], False)
+        return out.logits, labels
+
+    def losses(
+        self, adapters: Sequence[AdapterWeights], groups: Sequence[Sequence[Example]], training: bool = True
+    ) -> BatchLosses:
+        """Each adapter's mean next-token loss over its own rows' trained tokens."""
+        logits, labels = self.logits(adapters, groups, training)
+        shifted = labels[:, 1:]
+        per_token = F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), shifted.flatten(), ignore_index=IGNORE, reduction="none"
+        ).view(shifted.shape)
+        per_row = per_token.sum(dim=1)
+        counts = (shifted != IGNORE).sum(dim=1)
+        losses, trained, inputs = [], [], []
+        start = 0
+        for group in groups:
+            end = start + len(group)
+            count = int(counts[start:end].sum())
+            losses.append(per_row[start:end].sum() / max(count, 1))
+            trained.append(count)
+            inputs.append(sum(len(example.input_ids) for example in group))
+            start = end
+        return BatchLosses(losses, trained, inputs)
+
+
+_NO_ADAPTER = AdapterWeights(
+    name="", lora=LoraHyperparameters(), lora_a={}, lora_b={}, generator=torch.Generator(), uid=-1
+)

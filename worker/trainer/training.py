@@ -1,0 +1,394 @@
+"""The training loop: several adapters, one frozen base, one combined batch per step.
+
+`Trainer.run()` loads the tokenizer and every adapter's data first (so a
+missing dataset fails in seconds, before the base model is read), loads the
+base once, restores each adapter from its last checkpoint when there is one,
+and then steps all unfinished adapters together: one forward and one backward
+pass through the shared base per step, each adapter's AdamW stepping only its
+own parameters. An adapter that reaches its last step is published at once
+and leaves the batch; the others go on. A stop request (SIGTERM, see main.py)
+is honoured between steps: every unfinished adapter checkpoints and the run
+ends `Preempted`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from loraplex.worker.trainer import checkpoint
+from loraplex.worker.trainer.config import AdapterJob, ConfigError, TrainerConfig, local_path
+from loraplex.worker.trainer.data import BatchStream, LoadedDataset, Tokenizer, load_dataset
+from loraplex.worker.trainer.failures import Reason, TrainingFailure
+from loraplex.worker.trainer.multi_lora import AdapterWeights, MultiLoraModel
+from loraplex.worker.trainer.progress import Event, JsonLines, ProgressSink
+from loraplex.worker.trainer.publish import publish
+
+# Exit codes of a trainer process (main.py returns them; docs/trainer.md lists them).
+EXIT_SUCCEEDED = 0
+EXIT_FAILED = 3  # at least one adapter failed permanently (reasons in the events / result)
+EXIT_PREEMPTED = 75  # stopped on request after checkpointing; run the same config again to resume
+
+RESULT = "result.json"
+
+Phase = Literal["Succeeded", "Failed", "Preempted"]
+
+
+class StopFlag:
+    """Set from a signal handler; the loop checks it between steps."""
+
+    def __init__(self) -> None:
+        self.requested_at: float | None = None
+
+    def request(self) -> None:
+        if self.requested_at is None:
+            self.requested_at = time.monotonic()
+
+    @property
+    def requested(self) -> bool:
+        return self.requested_at is not None
+
+
+@dataclass(frozen=True)
+class AdapterResult:
+    name: str
+    phase: Phase
+    step: int = 0
+    total_steps: int | None = None
+    uri: str | None = None
+    sha256: str | None = None
+    reason: Reason | None = None
+    message: str | None = None
+    checkpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainerResult:
+    adapters: list[AdapterResult]
+    steps: int  # combined steps this process ran
+    seconds: float  # wall time of run(), start-up included
+
+    @property
+    def exit_code(self) -> int:
+        phases = {a.phase for a in self.adapters}
+        if "Preempted" in phases:
+            return EXIT_PREEMPTED
+        return EXIT_FAILED if "Failed" in phases else EXIT_SUCCEEDED
+
+    def by_name(self) -> dict[str, AdapterResult]:
+        return {a.name: a for a in self.adapters}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "exitCode": self.exit_code,
+            "adapters": [
+                {_camel(k): v for k, v in asdict(a).items() if v is not None} for a in self.adapters
+            ],
+        }
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+@dataclass(eq=False)
+class AdapterRun:
+    """One adapter in flight."""
+
+    job: AdapterJob
+    data: LoadedDataset
+    folder: Path
+    fingerprint: str
+    total_steps: int
+    weights: AdapterWeights | None = None
+    optimizer: torch.optim.AdamW | None = None
+    stream: BatchStream | None = None
+    step: int = 0
+    checkpointed_step: int = 0
+    loss_sum: float = 0.0
+    loss_steps: int = 0
+    tokens: int = 0
+    last_loss: float | None = None
+    window_start: float = field(default_factory=time.monotonic)
+
+
+def resolve_device(config: TrainerConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+def resolve_dtype(config: TrainerConfig, device: torch.device) -> torch.dtype:
+    if config.dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.dtype]
+
+
+def fingerprint(job: AdapterJob, data: LoadedDataset, base_config: bytes) -> str:
+    """What a checkpoint must have been made from to be resumed: settings, data, base config."""
+    settings = {
+        "lora": job.lora.model_dump(mode="json"),
+        "training": job.training.model_dump(mode="json"),
+        "dataset": job.dataset.model_dump(mode="json"),
+        "data": data.sha256,
+        "base": hashlib.sha256(base_config).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+class Trainer:
+    """Trains the adapters of one TrainerConfig; `run()` does the whole job once."""
+
+    def __init__(self, config: TrainerConfig, sink: ProgressSink | None = None, stop: StopFlag | None = None):
+        self.config = config
+        self.sink: ProgressSink = sink or JsonLines()
+        self.stop = stop or StopFlag()
+        self.device = resolve_device(config)
+        self.dtype = resolve_dtype(config, self.device)
+        self.model: MultiLoraModel | None = None
+        self.results: dict[str, AdapterResult] = {}
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def _fail(self, name: str, failure: TrainingFailure, step: int = 0, total: int | None = None) -> None:
+        self.results[name] = AdapterResult(
+            name, "Failed", step=step, total_steps=total, reason=failure.reason, message=failure.message
+        )
+        self.sink(Event("failed", name, step=step, total_steps=total, reason=failure.reason, message=failure.message))
+
+    def _already_done(self, job: AdapterJob, folder: Path) -> bool:
+        """A previous attempt published this adapter (or failed it for good): report that again."""
+        path = folder / RESULT
+        if not path.is_file():
+            return False
+        saved = json.loads(path.read_text())
+        result = AdapterResult(**saved)
+        if result.phase == "Succeeded" and not (result.uri and local_path(result.uri, "uri").is_dir()):
+            return False  # the published folder is gone: train again
+        self.results[job.name] = result
+        if result.phase == "Succeeded":
+            self.sink(Event("published", job.name, step=result.step, total_steps=result.total_steps,
+                            uri=result.uri, sha256=result.sha256))
+        else:
+            self.sink(Event("failed", job.name, step=result.step, total_steps=result.total_steps,
+                            reason=result.reason, message=result.message))
+        return True
+
+    def _load_tokenizer(self, base: Path) -> Tokenizer:
+        from transformers import AutoTokenizer
+
+        if not (base / "config.json").is_file():
+            raise TrainingFailure("BaseModelNotFound", f"no model (config.json) at {base}")
+        tokenizer: Tokenizer = AutoTokenizer.from_pretrained(base)
+        return tokenizer
+
+    def _load_base(self, base: Path) -> MultiLoraModel:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=self.dtype)
+        return MultiLoraModel(model.to(self.device), self.device)
+
+    def _prepare(self) -> list[AdapterRun]:
+        config = self.config
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        try:
+            root = config.checkpoint_root
+            base = config.base_model_path
+        except ConfigError as error:
+            for job in config.adapters:
+                self._fail(job.name, TrainingFailure("ConfigInvalid", str(error)))
+            return []
+        pending = [job for job in config.adapters if not self._already_done(job, root / job.name)]
+        if not pending:
+            return []
+        try:
+            tokenizer = self._load_tokenizer(base)
+        except TrainingFailure as failure:
+            for job in pending:
+                self._fail(job.name, failure)
+            return []
+        base_config = (base / "config.json").read_bytes()
+        runs: list[AdapterRun] = []
+        for job in pending:
+            try:
+                output = local_path(job.output_uri, f"adapters[{job.name}].outputUri")
+                data = load_dataset(job.dataset, tokenizer, job.training.max_sequence_length)
+            except ConfigError as error:
+                self._fail(job.name, TrainingFailure("ConfigInvalid", str(error)))
+                continue
+            except TrainingFailure as failure:
+                self._fail(job.name, failure)
+                continue
+            del output
+            runs.append(
+                AdapterRun(job, data, root / job.name, fingerprint(job, data, base_config),
+                           job.total_steps(len(data.examples)))
+            )
+        if not runs:
+            return []
+        self.model = self._load_base(base)
+        ready = []
+        for run in runs:
+            try:
+                self._start(run)
+            except TrainingFailure as failure:
+                self._fail(run.job.name, failure, run.step, run.total_steps)
+                continue
+            ready.append(run)
+        return ready
+
+    def _start(self, run: AdapterRun) -> None:
+        """Fresh weights, or the adapter's last checkpoint when there is one."""
+        assert self.model is not None
+        job = run.job
+        run.weights = self.model.new_adapter(job.name, job.lora, job.training.seed)
+        run.optimizer = torch.optim.AdamW(
+            run.weights.parameters(), lr=job.training.learning_rate, weight_decay=0.0
+        )
+        position = 0
+        found = checkpoint.latest(run.folder)
+        if found is not None:
+            saved = checkpoint.load(found, self.device)
+            if saved.state.fingerprint != run.fingerprint:
+                raise TrainingFailure(
+                    "CheckpointMismatch",
+                    f"{found} was made with other settings, data or base model; "
+                    "give the changed job a new checkpoint folder",
+                )
+            run.weights.load_state_dict(saved.weights)
+            run.optimizer.load_state_dict(saved.optimizer)
+            run.weights.generator.set_state(saved.generator)
+            run.step = run.checkpointed_step = saved.state.step
+            position = saved.state.position
+            run.last_loss = saved.state.loss
+        run.stream = BatchStream(run.data.examples, job.training.batch_size, job.training.seed, position)
+        self.sink(Event("started", job.name, step=run.step, total_steps=run.total_steps,
+                        uri=found.as_uri() if found else None,
+                        message=f"resumed from step {run.step}" if found else "started from scratch"))
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, *, max_steps: int | None = None, checkpoint_on_stop: bool = True) -> TrainerResult:
+        """Train until every adapter is done, the stop flag is set, or `max_steps` combined steps ran.
+
+        `max_steps` with `checkpoint_on_stop=False` simulates a hard kill (tests); with it
+        True, a preemption that was given its grace period.
+        """
+        started = time.monotonic()
+        active = self._prepare()
+        steps = 0
+        for run in active:
+            run.window_start = time.monotonic()
+        while active:
+            if self.stop.requested or (max_steps is not None and steps >= max_steps):
+                self._stop(active, checkpoint_on_stop)
+                active = []
+                break
+            active = self._step(active)
+            steps += 1
+        result = TrainerResult([self.results[job.name] for job in self.config.adapters], steps,
+                               time.monotonic() - started)
+        self.sink(Event("finished", exit_code=result.exit_code,
+                        message=f"{steps} steps in {result.seconds:.1f}s"))
+        if self.config.result_path:
+            Path(self.config.result_path).write_text(json.dumps(result.to_json()) + "\n")
+        return result
+
+    def _step(self, active: list[AdapterRun]) -> list[AdapterRun]:
+        """One combined step; returns the adapters still in flight."""
+        assert self.model is not None
+        batches = [run.stream.next_batch() for run in active]  # type: ignore[union-attr]
+        weights = [run.weights for run in active]
+        out = self.model.losses(weights, batches)  # type: ignore[arg-type]
+        values = torch.stack([loss.detach() for loss in out.losses]).tolist()
+        finite = [math.isfinite(v) for v in values]
+        kept = [loss for loss, ok in zip(out.losses, finite, strict=True) if ok]
+        if kept:
+            torch.stack(kept).sum().backward()
+        still: list[AdapterRun] = []
+        for run, value, ok, tokens in zip(active, values, finite, out.input_tokens, strict=True):
+            if ok and self.config.max_grad_norm is not None:
+                norm = torch.nn.utils.clip_grad_norm_(run.weights.parameters(), self.config.max_grad_norm)  # type: ignore[union-attr]
+                ok = bool(torch.isfinite(norm))
+            if not ok:
+                run.optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+                self._fail(run.job.name, TrainingFailure(
+                    "NonFiniteLoss", f"loss {value} at step {run.step + 1}; nothing was published"),
+                    run.step, run.total_steps)
+                self._record(run.folder, self.results[run.job.name])
+                continue
+            run.optimizer.step()  # type: ignore[union-attr]
+            run.optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+            run.step += 1
+            run.loss_sum += value
+            run.loss_steps += 1
+            run.last_loss = value
+            run.tokens += tokens
+            if run.step >= run.total_steps:
+                self._report(run)
+                self._publish(run)
+                continue
+            if run.step % self.config.progress_every_steps == 0:
+                self._report(run)
+            if run.step % run.job.checkpoint.interval_steps == 0:
+                self._checkpoint(run)
+            still.append(run)
+        return still
+
+    def _report(self, run: AdapterRun) -> None:
+        now = time.monotonic()
+        elapsed = max(now - run.window_start, 1e-9)
+        loss = run.loss_sum / run.loss_steps if run.loss_steps else run.last_loss
+        self.sink(Event("progress", run.job.name, step=run.step, total_steps=run.total_steps,
+                        loss=round(loss, 6) if loss is not None else None,
+                        tokens_per_second=round(run.tokens / elapsed, 1)))
+        run.loss_sum, run.loss_steps, run.tokens, run.window_start = 0.0, 0, 0, now
+
+    def _checkpoint(self, run: AdapterRun) -> Path:
+        assert run.weights is not None and run.optimizer is not None and run.stream is not None
+        state = checkpoint.CheckpointState(
+            step=run.step, total_steps=run.total_steps, position=run.stream.position,
+            fingerprint=run.fingerprint, loss=run.last_loss,
+        )
+        path = checkpoint.save(run.folder, state, run.weights.state_dict(), run.optimizer.state_dict(),
+                               run.weights.generator.get_state(), self.config.keep_checkpoints)
+        run.checkpointed_step = run.step
+        self.sink(Event("checkpoint", run.job.name, step=run.step, total_steps=run.total_steps, uri=path.as_uri()))
+        return path
+
+    def _publish(self, run: AdapterRun) -> None:
+        assert run.weights is not None
+        output = local_path(run.job.output_uri, "outputUri")
+        published = publish(output, run.weights.state_dict(), run.job.lora, str(self.config.base_model_path))
+        result = AdapterResult(run.job.name, "Succeeded", step=run.step, total_steps=run.total_steps,
+                               uri=published.uri, sha256=published.sha256)
+        self._record(run.folder, result)
+        self.results[run.job.name] = result
+        self.sink(Event("published", run.job.name, step=run.step, total_steps=run.total_steps,
+                        uri=published.uri, sha256=published.sha256))
+
+    def _record(self, folder: Path, result: AdapterResult) -> None:
+        checkpoint.write_atomic(folder / RESULT, json.dumps(asdict(result), indent=2) + "\n")
+
+    def _stop(self, active: list[AdapterRun], save: bool) -> None:
+        for run in active:
+            path = None
+            if save and run.step > run.checkpointed_step:
+                path = self._checkpoint(run)
+            elif run.checkpointed_step:
+                path = run.folder / checkpoint.step_name(run.checkpointed_step)
+            self.results[run.job.name] = AdapterResult(
+                run.job.name, "Preempted", step=run.checkpointed_step if not save else run.step,
+                total_steps=run.total_steps, checkpoint=path.as_uri() if path else None,
+            )
+            self.sink(Event("preempted", run.job.name, step=self.results[run.job.name].step,
+                            total_steps=run.total_steps, uri=path.as_uri() if path else None))
