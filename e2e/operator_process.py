@@ -73,14 +73,9 @@ class OperatorProcess:
 
     def metrics(self) -> dict[str, float]:
         """The loraplex_ samples of /metrics, keyed by 'name{labels}'."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        samples = {}
-        for line in text.splitlines():
-            if line.startswith("loraplex_"):
-                key, _, value = line.rpartition(" ")
-                samples[key] = float(value)
-        return samples
+        from loraplex.e2e.worker_processes import prometheus_samples
+
+        return prometheus_samples(f"http://127.0.0.1:{self.metrics_port}/metrics", "loraplex_")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -178,6 +179,8 @@ class Agent:
                 self.metrics.loads.labels("Disk").inc()
         tiers = {w.name: w.tier for w in wanted}
         async with self._engine_lock:
+            for name in plan.warm:
+                await self._warm(name)
             for load in plan.load:
                 if not self.cache.has(load.sha256):
                     continue
@@ -193,8 +196,8 @@ class Agent:
         """Make `name` servable on this worker now (a catalog adapter or a named one on disk)."""
         current = self.registered.get(name)
         if current is not None:
-            self.registered[name] = _touched(current, self.clock())
-            return Ensured(name, self._tier_of(name), 0.0)
+            self.registered[name] = dataclasses.replace(current, last_used=self.clock())
+            return Ensured(name, "GPU" if current.warm else "CPU", 0.0)
         pending = self._inflight.get(name)
         if pending is None:
             pending = asyncio.get_running_loop().create_future()
@@ -288,7 +291,7 @@ class Agent:
             self._fail(name, sha256, "LoadFailed", error.message)
             return False
         self.cache.touch(sha256)
-        self.registered[name] = RegisteredAdapter(name, sha256, on_demand, catalog, self.clock())
+        self.registered[name] = RegisteredAdapter(name, sha256, on_demand, catalog, self.clock(), warm)
         self.failures.pop(name, None)
         self._attempts.pop((name, sha256), None)
         log.info(
@@ -296,8 +299,20 @@ class Agent:
         )
         return True
 
+    async def _warm(self, name: str) -> None:
+        current = self.registered.get(name)
+        if current is None:
+            return
+        try:
+            await self.vllm.warm(name)
+        except VllmError as error:
+            log.warning("Failed to warm adapter %s on worker %s: %s", name, self.worker, error.message)
+            return
+        self.registered[name] = dataclasses.replace(current, warm=True)
+
     async def _unload(self, name: str) -> None:
-        tier = self._tier_of(name)
+        current = self.registered.get(name)
+        tier = "GPU" if current is not None and current.warm else "CPU"
         await self.vllm.unload(name)
         self.registered.pop(name, None)
         self.metrics.evictions.labels(tier).inc()
@@ -321,12 +336,6 @@ class Agent:
     def _evict_disk(self) -> None:
         protected = protected_revisions(self.wanted or [], self.registered)
         self.cache.evict(protected, on_evict=lambda _sha, _size: self.metrics.evictions.labels("Disk").inc())
-
-    def _tier_of(self, name: str) -> Tier:
-        for want in self.wanted or []:
-            if want.name == name and want.tier == "GPU":
-                return "GPU"
-        return "CPU"
 
     # -- reporting ----------------------------------------------------------------------------
 
@@ -375,10 +384,6 @@ class Agent:
         if report != self._last_report and self.on_report is not None:
             await self.on_report(report)
         self._last_report = report
-
-
-def _touched(adapter: RegisteredAdapter, now: float) -> RegisteredAdapter:
-    return RegisteredAdapter(adapter.name, adapter.sha256, adapter.on_demand, adapter.catalog, now)
 
 
 def _status_of(reason: str) -> int:

