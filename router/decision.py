@@ -1,0 +1,143 @@
+"""The routing decision: which worker serves a request for an adapter.
+
+In order, among healthy workers whose load stays within the bound
+(no worker above ceil((1 + epsilon) x the mean load) once the request is placed):
+
+1. a worker holding the adapter in a GPU slot, the least loaded of them (hit "gpu");
+2. else one holding it in CPU memory, the least loaded (hit "cpu");
+3. else one of the adapter's first ranked workers by rendezvous hashing: hit
+   "disk" if it has the adapter on local disk, else "miss" (the caller has the
+   worker's agent load it first). How many of the ranking it may use, k, is 1
+   for a cold adapter and grows with its decayed request rate, one worker per
+   `hot_rate` requests per second up to `max_spread`, so a hot adapter spreads
+   over more workers and shrinks back as it cools. An adapter seen more than
+   once lately may use at least `miss_candidates` ranked workers; one seen for
+   the first time goes to its first (affinity, and an even spread of the
+   tail). Among those: one with fewer than `gpu_slots` adapters in flight
+   first (vLLM would make a new adapter wait), then the one whose load pushes
+   the coldest adapter out of a GPU slot (a free slot is coldest), then the
+   least loaded, then the better ranked;
+4. else the next of its ranked workers within the bound, in rank order;
+5. else the least-loaded healthy worker (every worker is at the bound).
+
+Steps 1-4 cost O(1) in the number of adapters (index reads) and O(holders +
+max(max_spread, miss_candidates) x gpu_slots) in workers; only step 5 and requests for the base model scan the
+workers. Pure: no I/O, no clock (`now` is passed in), no randomness.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from loraplex.router.rates import AdapterRates
+from loraplex.router.table import Tier, WorkerState, WorkerTable
+
+Hit = Literal["gpu", "cpu", "disk", "miss"]
+_HIT: dict[Tier | None, Hit] = {"GPU": "gpu", "CPU": "cpu", "Disk": "disk", None: "miss"}
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """Knobs of the routing policy (LORAPLEX_ROUTER_* settings)."""
+
+    epsilon: float = 0.5
+    max_spread: int = 8
+    hot_rate: float = 5.0
+    half_life: float = 10.0
+    miss_candidates: int = 4
+
+    def spread(self, rate: float) -> int:
+        """How many ranked workers an adapter with this request rate may use."""
+        return max(1, min(self.max_spread, math.ceil(rate / self.hot_rate)))
+
+
+@dataclass(frozen=True)
+class Decision:
+    worker: str
+    hit: Hit
+    spread: int = 1
+
+
+class Router:
+    """Decides per request; keeps the per-adapter rates that make hot adapters spread."""
+
+    def __init__(self, table: WorkerTable, config: RoutingConfig | None = None) -> None:
+        self.table = table
+        self.config = config if config is not None else RoutingConfig()
+        if self.config.max_spread > table.rendezvous.depth:
+            raise ValueError("max_spread must not exceed the rendezvous depth")
+        self.rates = AdapterRates(half_life=self.config.half_life)
+
+    def decide(
+        self, adapter: str, now: float, exclude: Collection[str] = (), count: bool = True
+    ) -> Decision | None:
+        """The worker for one request for `adapter` (None when no healthy worker is left).
+
+        `exclude` names workers not to use (a retry after a failure there); `count=False` does not
+        count the request towards the adapter's rate (a retry of one already counted).
+        """
+        table = self.table
+        rate = self.rates.observe(adapter, now) if count else self.rates.rate(adapter, now)
+        spread = self.config.spread(rate)
+        cap = table.capacity(self.config.epsilon)
+        workers = table.workers
+        holders = table.holders(adapter)
+        if holders:
+            for tier in ("GPU", "CPU"):
+                best: str | None = None
+                best_load = cap  # within the bound: load + 1 <= cap
+                for name, held in holders.items():
+                    if held != tier or name in exclude:
+                        continue
+                    state = workers[name]
+                    if state.healthy and state.load < best_load:
+                        best, best_load = name, state.load
+                if best is not None:
+                    return Decision(best, _HIT[tier], spread)
+        ranking = table.rendezvous.ranking(adapter)
+        best = None
+        best_key: tuple[bool, float, int, int] | None = None
+        recurring = rate > 1.5 * self.rates.per_request  # seen before, recently
+        width = max(spread, self.config.miss_candidates if recurring else 1)
+        for rank, name in enumerate(ranking[:width]):
+            state = workers[name]
+            if not state.healthy or state.load >= cap or name in exclude:
+                continue
+            key = (state.slots_busy, self._victim_heat(state, now), state.load, rank)
+            if best_key is None or key < best_key:
+                best, best_key = name, key
+        if best is None:
+            for name in ranking:
+                state = workers[name]
+                if state.healthy and state.load < cap and name not in exclude:
+                    best = name
+                    break
+        if best is None:
+            best = least_loaded(table, exclude)
+            if best is None:
+                return None
+        return Decision(best, _HIT[holders.get(best)], spread)
+
+    def decide_base(self, exclude: Collection[str] = ()) -> Decision | None:
+        """A request for the base model: every worker serves it; the least loaded does."""
+        best = least_loaded(self.table, exclude)
+        return None if best is None else Decision(best, "gpu")
+
+    def _victim_heat(self, state: WorkerState, now: float) -> float:
+        """How hot the adapter a load on this worker would push out of GPU is (0: a slot is free)."""
+        if len(state.gpu) < state.gpu_slots or not state.gpu:
+            return 0.0
+        rate = self.rates.rate
+        return min(rate(adapter, now) for adapter in state.gpu)
+
+
+def least_loaded(table: WorkerTable, exclude: Collection[str] = ()) -> str | None:
+    """The healthy worker with the lowest load (ties: the first by name). O(workers)."""
+    candidates: Iterable[tuple[int, str]] = (
+        (s.load, s.name) for s in table.workers.values() if s.healthy and s.name not in exclude
+    )
+    found = min(candidates, default=None)
+    return None if found is None else found[1]

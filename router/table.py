@@ -1,0 +1,204 @@
+"""The router's worker table: health, load and residency of every worker, indexed per adapter.
+
+What the live sources report (the agents' residency, vLLM's running and waiting
+requests, which workers answer) lands here through a few small methods, and
+every one of them costs O(what changed): the adapter -> holders index and the
+fleet's total load are kept up to date incrementally, so a routing decision
+reads them in O(1) in the number of adapters, whatever the catalog's size.
+
+A worker's load is the larger of the requests this router has outstanding on
+it and what its vLLM last reported (running + waiting), so other router
+replicas' traffic counts too, and this router's own requests count at once.
+
+Pure data: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from loraplex.router.rendezvous import Rendezvous
+
+Tier = Literal["GPU", "CPU", "Disk"]
+TIERS: tuple[Tier, ...] = ("GPU", "CPU", "Disk")
+
+
+@dataclass
+class WorkerState:
+    """One worker as the router sees it."""
+
+    name: str
+    healthy: bool = True
+    inflight: int = 0
+    reported: int = 0
+    gpu_slots: int = 0
+    cpu_slots: int = 0
+    holds: dict[str, Tier] = field(default_factory=dict)
+    gpu: set[str] = field(default_factory=set)  # the adapters of `holds` in GPU slots
+    active: dict[str, int] = field(default_factory=dict)  # adapter -> this router's requests in flight
+
+    @property
+    def slots_busy(self) -> bool:
+        """Requests of `gpu_slots` distinct adapters are in flight: one more adapter would wait."""
+        return 0 < self.gpu_slots <= len(self.active)
+
+    @property
+    def load(self) -> int:
+        return max(self.inflight, self.reported)
+
+
+class WorkerTable:
+    """Workers, their load and health, and the adapter -> {worker: tier} index."""
+
+    def __init__(self, rendezvous: Rendezvous | None = None) -> None:
+        self.rendezvous = rendezvous if rendezvous is not None else Rendezvous()
+        self.workers: dict[str, WorkerState] = {}
+        self._holders: dict[str, dict[str, Tier]] = {}
+        self._named: dict[str, int] = {}  # adapter -> number of workers whose placement names it
+        self._named_by: dict[str, frozenset[str]] = {}
+        self.total_load = 0  # over healthy workers
+        self.healthy_count = 0
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def add_worker(self, name: str, healthy: bool = True) -> WorkerState:
+        state = self.workers.get(name)
+        if state is None:
+            state = self.workers[name] = WorkerState(name, healthy=False)
+            self.rendezvous.add(name)
+            self.set_healthy(name, healthy)
+        return state
+
+    def remove_worker(self, name: str) -> None:
+        state = self.workers.get(name)
+        if state is None:
+            return
+        self.set_healthy(name, False)
+        self.set_residency(name, {})
+        self.set_wanted(name, ())
+        del self.workers[name]
+        self.rendezvous.remove(name)
+
+    def set_healthy(self, name: str, healthy: bool) -> None:
+        state = self.workers[name]
+        if state.healthy == healthy:
+            return
+        sign = 1 if healthy else -1
+        state.healthy = healthy
+        self.healthy_count += sign
+        self.total_load += sign * state.load
+
+    def _set_load(self, state: WorkerState, inflight: int, reported: int) -> None:
+        before = state.load
+        state.inflight, state.reported = inflight, reported
+        if state.healthy:
+            self.total_load += state.load - before
+
+    def set_reported_load(self, name: str, running_and_waiting: int) -> None:
+        state = self.workers[name]
+        self._set_load(state, state.inflight, max(0, running_and_waiting))
+
+    def begin(self, name: str, adapter: str | None = None) -> None:
+        """One more request of this router (for `adapter`; None: the base model) is outstanding there."""
+        state = self.workers[name]
+        self._set_load(state, state.inflight + 1, state.reported)
+        if adapter is not None:
+            state.active[adapter] = state.active.get(adapter, 0) + 1
+
+    def end(self, name: str, adapter: str | None = None) -> None:
+        """A request `begin` counted has finished (a no-op for a worker removed since)."""
+        state = self.workers.get(name)
+        if state is None:
+            return
+        self._set_load(state, max(0, state.inflight - 1), state.reported)
+        if adapter is not None and adapter in state.active:
+            left = state.active[adapter] - 1
+            if left:
+                state.active[adapter] = left
+            else:
+                del state.active[adapter]
+
+    def capacity(self, epsilon: float) -> int:
+        """The most requests a healthy worker may have with one more placed: ceil((1+eps) x mean)."""
+        if self.healthy_count == 0:
+            return 0
+        return math.ceil((1 + epsilon) * (self.total_load + 1) / self.healthy_count)
+
+    # -- residency -----------------------------------------------------------------------------
+
+    def set_residency(
+        self,
+        name: str,
+        holds: Mapping[str, Tier],
+        gpu_slots: int | None = None,
+        cpu_slots: int | None = None,
+    ) -> None:
+        """What the worker holds now, per tier (its agent's report); updates the index by the diff."""
+        state = self.workers[name]
+        if gpu_slots is not None:
+            state.gpu_slots = gpu_slots
+        if cpu_slots is not None:
+            state.cpu_slots = cpu_slots
+        old = state.holds
+        for adapter in [a for a in old if a not in holds]:
+            self.set_tier(name, adapter, None)
+        for adapter, tier in holds.items():
+            if old.get(adapter) != tier:
+                self.set_tier(name, adapter, tier)
+
+    def set_tier(self, name: str, adapter: str, tier: Tier | None) -> None:
+        """One adapter moved on one worker (None: it no longer holds it). O(1)."""
+        state = self.workers[name]
+        if tier is None:
+            if state.holds.pop(adapter, None) is None:
+                return
+            state.gpu.discard(adapter)
+            holders = self._holders[adapter]
+            del holders[name]
+            if not holders:
+                del self._holders[adapter]
+            return
+        state.holds[adapter] = tier
+        if tier == "GPU":
+            state.gpu.add(adapter)
+        else:
+            state.gpu.discard(adapter)
+        self._holders.setdefault(adapter, {})[name] = tier
+
+    def holders(self, adapter: str) -> Mapping[str, Tier]:
+        """Workers holding the adapter, with the tier each holds it in (empty when none)."""
+        return self._holders.get(adapter, _EMPTY)
+
+    def resident_adapters(self) -> Iterable[str]:
+        return self._holders.keys()
+
+    # -- named adapters (the head: LoRAAdapter objects) -----------------------------------------
+
+    def set_wanted(self, name: str, adapters: Iterable[str]) -> None:
+        """The named adapters the worker's placement asks for (spec.adapters of its WorkerPlacement)."""
+        new = frozenset(adapters)
+        old = self._named_by.get(name, frozenset())
+        for adapter in old - new:
+            count = self._named[adapter] - 1
+            if count:
+                self._named[adapter] = count
+            else:
+                del self._named[adapter]
+        for adapter in new - old:
+            self._named[adapter] = self._named.get(adapter, 0) + 1
+        if new:
+            self._named_by[name] = new
+        else:
+            self._named_by.pop(name, None)
+
+    def is_named(self, adapter: str) -> bool:
+        return adapter in self._named
+
+    def named_adapters(self) -> Iterable[str]:
+        return self._named.keys()
+
+
+_EMPTY: Mapping[str, Tier] = {}
