@@ -36,15 +36,18 @@ def http_json(
     request = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read() or b"null")
+            return response.status, _parsed(response.read())
     except urllib.error.HTTPError as error:
-        raw = error.read()
-        try:
-            return error.code, json.loads(raw or b"null")
-        except ValueError:
-            return error.code, raw.decode(errors="replace")
+        return error.code, _parsed(error.read())
     except OSError as error:
         return 0, str(error)
+
+
+def _parsed(raw: bytes) -> Any:
+    try:
+        return json.loads(raw or b"null")
+    except ValueError:
+        return raw.decode(errors="replace")
 
 
 def prometheus_samples(url: str, prefix: str) -> dict[str, float]:

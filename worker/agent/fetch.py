@@ -287,6 +287,11 @@ def _unpack(archive: Path, dest: Path) -> None:
     dest.mkdir(parents=True)
     try:
         with tarfile.open(archive, mode="r:*") as tar:
+            for member in tar.getmembers():
+                if member.name.startswith("/") or ".." in Path(member.name).parts:
+                    raise FetchError(
+                        "UnsafeArchive", f"refused the archive: member {member.name!r} escapes it"
+                    )
             tar.extractall(dest, filter="data")
     except tarfile.FilterError as error:
         raise FetchError("UnsafeArchive", f"refused the archive: {error}") from error
