@@ -1,0 +1,177 @@
+"""Cluster mode: the residency table and the worker pods, watched with the official Kubernetes client.
+
+Two watches in the router's namespace, both on the label
+`loraplex.dev/base-model=<base>`: WorkerPlacements (`status.adapters` is what
+each worker's agent holds, per tier; `spec.adapters` names the head adapters)
+and the worker pods of the `<base>-worker` StatefulSet (their IP gives the vLLM
+and agent endpoints, their Ready condition whether they serve). Each watch runs
+in a thread (the client is synchronous), lists first, then watches from the
+list's resourceVersion, and lists again when the watch expires (410 Gone).
+Every event is handed to the event loop, which alone touches the state.
+
+RBAC: get, list and watch on `workerplacements.loraplex.dev` and on pods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from loraplex.router.state import FleetState, agent_report_slots, parse_residency
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "loraplex.dev", "v1alpha1", "workerplacements"
+BASE_MODEL_LABEL = "loraplex.dev/base-model"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+
+
+def apply_placement(state: FleetState, event: str, obj: Mapping[str, Any], base_model: str) -> None:
+    """One WorkerPlacement event into the state (pure but for the state it updates)."""
+    spec = obj.get("spec") or {}
+    if spec.get("baseModel", base_model) != base_model:
+        return
+    worker = spec.get("worker") or (obj.get("metadata") or {}).get("name")
+    if not worker:
+        return
+    if event == "DELETED":
+        state.report_residency(worker, [], named=())
+        return
+    status = obj.get("status") or {}
+    gpu, cpu = agent_report_slots(status)
+    named = [a["name"] for a in spec.get("adapters") or [] if isinstance(a, Mapping) and "name" in a]
+    state.report_residency(worker, parse_residency(status.get("adapters") or []), gpu, cpu, named=named)
+
+
+def apply_pod(
+    state: FleetState, event: str, pod: Mapping[str, Any], vllm_port: int, agent_port: int, now: float
+) -> None:
+    """One worker pod event into the state: its endpoints and readiness, or its removal."""
+    metadata = pod.get("metadata") or {}
+    name = metadata.get("name")
+    if not name:
+        return
+    status = pod.get("status") or {}
+    ip = status.get("podIP")
+    if event == "DELETED" or metadata.get("deletionTimestamp") or not ip:
+        if name in state.endpoints:
+            log.info(
+                "Removed worker %s from routing (pod %s)", name, "deleted" if event == "DELETED" else "gone"
+            )
+        state.remove_worker(name)
+        return
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
+    )
+    state.upsert_worker(name, f"http://{ip}:{vllm_port}", f"http://{ip}:{agent_port}", ready, now)
+
+
+class KubeSource:
+    """Runs both watches; `run()` returns when `stop()` is called."""
+
+    def __init__(
+        self,
+        state: FleetState,
+        namespace: str,
+        base_model: str,
+        vllm_port: int = 8000,
+        agent_port: int = 8080,
+        api_client: Any = None,
+        kubeconfig: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.state = state
+        self.namespace = namespace
+        self.base_model = base_model
+        self.vllm_port = vllm_port
+        self.agent_port = agent_port
+        self.api_client = api_client
+        self.kubeconfig = kubeconfig
+        self.clock = clock
+        self._stop = threading.Event()
+        self._listed: set[str] = set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        from kubernetes import client
+
+        from loraplex.kube import api_client
+
+        if self.api_client is None:
+            self.api_client = api_client(self.kubeconfig)
+        loop = asyncio.get_running_loop()
+        custom = client.CustomObjectsApi(self.api_client)
+        core = client.CoreV1Api(self.api_client)
+        selector = f"{BASE_MODEL_LABEL}={self.base_model}"
+
+        def placements(kind: str, obj: Any) -> None:
+            apply_placement(self.state, kind, obj, self.base_model)
+
+        def pods(kind: str, obj: Any) -> None:
+            apply_pod(self.state, kind, obj, self.vllm_port, self.agent_port, self.clock())
+
+        def list_placements(**kw: Any) -> Any:
+            return custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, **kw)
+
+        def list_pods(**kw: Any) -> Any:
+            return core.list_namespaced_pod(self.namespace, **kw)
+
+        await asyncio.gather(
+            asyncio.to_thread(self._watch, "placements", list_placements, selector, placements, loop),
+            asyncio.to_thread(
+                self._watch, "pods", list_pods, f"{selector},{COMPONENT_LABEL}=worker", pods, loop
+            ),
+        )
+
+    def _watch(
+        self,
+        what: str,
+        list_fn: Callable[..., Any],
+        selector: str,
+        handle: Callable[[str, Any], None],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        from kubernetes import watch
+        from kubernetes.client.exceptions import ApiException
+
+        serialize = self.api_client.sanitize_for_serialization
+        while not self._stop.is_set():
+            try:
+                listing = serialize(list_fn(label_selector=selector))
+                items = listing.get("items") or []
+                loop.call_soon_threadsafe(self._relisted, what, items, handle)
+                version = (listing.get("metadata") or {}).get("resourceVersion")
+                stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
+                    list_fn, label_selector=selector, resource_version=version, timeout_seconds=60
+                )
+                for event in stream:
+                    if self._stop.is_set():
+                        return
+                    if event.get("type") == "ERROR":
+                        break
+                    obj = serialize(event["object"])
+                    loop.call_soon_threadsafe(handle, event["type"], obj)
+            except ApiException as error:
+                if error.status != 410:
+                    log.warning("Watch of %s failed (%s); listing again in 1 s", what, error.reason)
+                    self._stop.wait(1.0)
+            except Exception as error:  # the API server restarting, a dropped connection
+                log.warning("Watch of %s broke (%s); listing again in 1 s", what, error)
+                self._stop.wait(1.0)
+
+    def _relisted(self, what: str, items: list[Any], handle: Callable[[str, Any], None]) -> None:
+        if what == "pods":
+            present = {(i.get("metadata") or {}).get("name") for i in items}
+            for name in [n for n in self.state.endpoints if n not in present]:
+                self.state.remove_worker(name)
+        for item in items:
+            handle("ADDED", item)
+        self._listed.add(what)
+        if self._listed >= {"pods", "placements"}:
+            self.state.synced = True

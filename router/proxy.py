@@ -1,0 +1,357 @@
+"""The router's HTTP front: an OpenAI-compatible proxy that routes each request by its adapter.
+
+`POST /v1/completions` and `/v1/chat/completions`: the body's `model` names an
+adapter (or the base model). The decision (loraplex.router.decision) picks a
+worker; when that worker does not hold the adapter in memory its agent is asked
+to load it (`POST /v1/adapters/ensure`) first; then the body goes to the
+worker's vLLM unchanged, with the worker's API key. Streaming responses are
+passed through chunk by chunk as they arrive.
+
+Failures: a worker that cannot be reached, answers 5xx, or breaks before the
+first byte of its answer reached the client, is taken out of rotation and the
+request is retried once on another worker; when that fails too the client gets
+502 (503 when no worker is left). Once bytes have reached the client the
+status is sent, so a stream that breaks ends with an error event (code 502).
+A client that disconnects cancels the handler and with it the upstream
+request. Errors are in OpenAI's shape; unknown adapters get 404, bad bodies
+400, bodies over the limit 413.
+
+`GET /v1/models` (the base model and the adapters served), `/healthz`
+(200 once the state source has synced), `/metrics`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from loraplex.router.decision import Decision, Router
+from loraplex.router.errors import error_response, sse_error
+from loraplex.router.metrics import BASE, CATALOG, RouterMetrics
+from loraplex.router.settings import RouterSettings
+from loraplex.router.state import FleetState
+
+log = logging.getLogger(__name__)
+
+ADAPTER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+@dataclass
+class Proxy:
+    """Everything a request handler needs."""
+
+    settings: RouterSettings
+    state: FleetState
+    router: Router
+    metrics: RouterMetrics
+    session: aiohttp.ClientSession
+    clock: Callable[[], float] = time.monotonic
+
+
+PROXY_KEY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
+
+
+class _Retryable(Exception):
+    """The worker failed before anything reached the client: try another one."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class _Refused(Exception):
+    """An answer to give the client as it is (the agent refused the adapter, ...)."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        super().__init__()
+        self.response = response
+
+
+def make_app(proxy: Proxy) -> web.Application:
+    # Bodies are read by hand up to the limit (to answer 413 in OpenAI's shape), so aiohttp's own
+    # limit only needs to stay out of the way.
+    app = web.Application(client_max_size=proxy.settings.max_body_bytes + 1)
+    app[PROXY_KEY] = proxy
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/chat/completions", completions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    proxy = request.app[PROXY_KEY]
+    started = time.perf_counter()
+    response: web.StreamResponse | None = None
+    label: str | None = None
+    try:
+        response, label = await _completions(proxy, request)
+        return response
+    finally:
+        status = response.status if response is not None else 499  # 499: the client went away
+        proxy.metrics.responses.labels(str(status)).inc()
+        if label is not None:
+            proxy.metrics.adapter_requests.labels(label).inc()
+            proxy.metrics.adapter_latency_seconds.labels(label).observe(time.perf_counter() - started)
+
+
+async def _completions(proxy: Proxy, request: web.Request) -> tuple[web.StreamResponse, str | None]:
+    limit = proxy.settings.max_body_bytes
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        return (
+            error_response(
+                413, f"The request body is larger than the limit of {limit} bytes.", "body_too_large"
+            ),
+            None,
+        )
+    try:
+        payload: Any = json.loads(body)
+    except ValueError as error:
+        return error_response(400, f"The request body is not valid JSON: {error}.", "invalid_json"), None
+    if not isinstance(payload, dict):
+        return error_response(400, "The request body must be a JSON object.", "invalid_json"), None
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        return error_response(
+            400, "The request needs a 'model' (an adapter or the base model).", None, "model"
+        ), None
+    base = proxy.settings.base_name
+    adapter = None if model == base else model
+    if adapter is not None and (len(adapter) > 253 or not ADAPTER_NAME.match(adapter)):
+        return _unknown_model(model), None
+    label = BASE if adapter is None else adapter if proxy.state.table.is_named(adapter) else CATALOG
+    stream = payload.get("stream") is True
+    try:
+        return await _route(proxy, request, body, adapter, stream), label
+    except _Refused as refused:
+        return refused.response, label
+
+
+def _unknown_model(model: str) -> web.Response:
+    return error_response(404, f"The model '{model}' does not exist.", "model_not_found", "model")
+
+
+async def _route(
+    proxy: Proxy, request: web.Request, body: bytes, adapter: str | None, stream: bool
+) -> web.StreamResponse:
+    tried: list[str] = []
+    failure = ""
+    for attempt in range(2):
+        decision = _decide(proxy, adapter, tried, first=attempt == 0)
+        if decision is None:
+            if failure:
+                return error_response(502, f"The request failed on two workers; the last: {failure}", 502)
+            return error_response(
+                503, "No worker is available to serve this request; try again shortly.", 503
+            )
+        worker = decision.worker
+        try:
+            if adapter is not None and decision.hit in ("disk", "miss"):
+                await _ensure(proxy, worker, adapter)
+            return await _forward(proxy, request, worker, body, adapter, stream)
+        except _Retryable as error:
+            failure = str(error)
+            tried.append(worker)
+            proxy.state.report_failure(worker, proxy.clock())
+            proxy.metrics.retries.labels(error.reason).inc()
+            log.warning(
+                "Request failed on worker %s (%s)%s", worker, failure, "; retrying" if not attempt else ""
+            )
+    return error_response(502, f"The request failed on two workers; the last: {failure}", 502)
+
+
+def _decide(proxy: Proxy, adapter: str | None, tried: list[str], first: bool) -> Decision | None:
+    start = time.perf_counter()
+    if adapter is None:
+        decision = proxy.router.decide_base(exclude=tried)
+    else:
+        decision = proxy.router.decide(adapter, proxy.clock(), exclude=tried, count=first)
+    proxy.metrics.decision_seconds.observe(time.perf_counter() - start)
+    if decision is not None and first:
+        proxy.metrics.requests.labels(decision.hit).inc()
+    return decision
+
+
+async def _ensure(proxy: Proxy, worker: str, adapter: str) -> None:
+    """Have the worker's agent make the adapter servable; raise _Refused / _Retryable when it cannot."""
+    endpoints = proxy.state.endpoints.get(worker)
+    if endpoints is None:
+        raise _Retryable("connect", f"worker {worker} is gone")
+    timeout = aiohttp.ClientTimeout(
+        total=proxy.settings.ensure_timeout_seconds, connect=proxy.settings.connect_timeout_seconds
+    )
+    try:
+        async with proxy.session.post(
+            f"{endpoints.agent_url}/v1/adapters/ensure", json={"name": adapter}, timeout=timeout
+        ) as answer:
+            data: Any = await answer.json(content_type=None)
+            status = answer.status
+            retry_after = answer.headers.get("Retry-After")
+    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        proxy.metrics.ensures.labels("unreachable").inc()
+        raise _Retryable(
+            "connect", f"the agent of worker {worker} did not answer ({_describe(error)})"
+        ) from error
+    problem = data.get("error") if isinstance(data, dict) else None
+    message = problem.get("message") if isinstance(problem, dict) else None
+    code = problem.get("code") if isinstance(problem, dict) else None
+    if status == 200:
+        proxy.metrics.ensures.labels("loaded").inc()
+        tier = data.get("tier") if isinstance(data, dict) else None
+        if tier in ("GPU", "CPU"):
+            proxy.state.table.set_tier(worker, adapter, tier)
+        return
+    if status == 404:
+        proxy.metrics.ensures.labels("unknown").inc()
+        raise _Refused(_unknown_model(adapter))
+    if status == 422:
+        proxy.metrics.ensures.labels("refused").inc()
+        raise _Refused(
+            error_response(502, f"The adapter '{adapter}' could not be loaded: {message or 'refused'}.", code)
+        )
+    if status == 503:
+        proxy.metrics.ensures.labels("backing_off").inc()
+        raise _Refused(
+            error_response(
+                503,
+                f"The adapter '{adapter}' is not available right now: {message or 'loading failed'}.",
+                code or 503,
+                retry_after=retry_after,
+            )
+        )
+    proxy.metrics.ensures.labels("error").inc()
+    raise _Retryable("status", f"the agent of worker {worker} answered {status}: {message}")
+
+
+async def _forward(
+    proxy: Proxy, request: web.Request, worker: str, body: bytes, adapter: str | None, stream: bool
+) -> web.StreamResponse:
+    endpoints = proxy.state.endpoints.get(worker)
+    if endpoints is None:
+        raise _Retryable("connect", f"worker {worker} is gone")
+    headers = {"Content-Type": "application/json"}
+    if proxy.settings.api_key:
+        headers["Authorization"] = f"Bearer {proxy.settings.api_key}"
+    timeout = aiohttp.ClientTimeout(total=None, connect=proxy.settings.connect_timeout_seconds)
+    table = proxy.state.table
+    table.begin(worker, adapter)
+    gauge = proxy.metrics.inflight.labels(worker)
+    gauge.inc()
+    sent = time.perf_counter()
+    try:
+        async with proxy.session.post(
+            f"{endpoints.vllm_url}{request.path}", data=body, headers=headers, timeout=timeout
+        ) as upstream:
+            if upstream.status >= 500:
+                detail = (await upstream.text())[:200]
+                raise _Retryable("status", f"worker {worker} answered {upstream.status}: {detail}")
+            if upstream.status == 404 and adapter is not None:
+                # Not loaded there after all (the residency we had was stale): forget it, retry elsewhere.
+                table.set_tier(worker, adapter, None)
+                raise _Retryable("not_loaded", f"worker {worker} does not have adapter {adapter} loaded")
+            chunks = upstream.content.iter_any()
+            try:
+                first = await anext(chunks, b"")
+            except (aiohttp.ClientError, TimeoutError) as error:
+                raise _Retryable("stream", f"worker {worker} broke off ({_describe(error)})") from error
+            proxy.metrics.ttft_seconds.observe(time.perf_counter() - sent)
+            if not stream or upstream.status != 200:
+                rest = await _read_rest(chunks, worker)
+                answer = web.Response(status=upstream.status, body=first + rest)
+                answer.content_type = upstream.content_type
+                return answer
+            return await _stream(proxy, request, upstream, first, chunks, worker)
+    except (aiohttp.ClientError, TimeoutError) as error:
+        raise _Retryable("connect", f"worker {worker} could not be reached ({_describe(error)})") from error
+    finally:
+        proxy.metrics.latency_seconds.observe(time.perf_counter() - sent)
+        table.end(worker, adapter)
+        gauge.dec()
+
+
+async def _read_rest(chunks: AsyncIterator[bytes], worker: str) -> bytes:
+    parts = []
+    try:
+        async for chunk in chunks:
+            parts.append(chunk)
+    except (aiohttp.ClientError, TimeoutError) as error:
+        raise _Retryable("stream", f"worker {worker} broke off ({_describe(error)})") from error
+    return b"".join(parts)
+
+
+async def _stream(
+    proxy: Proxy,
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    first: bytes,
+    chunks: AsyncIterator[bytes],
+    worker: str,
+) -> web.StreamResponse:
+    response = web.StreamResponse(status=upstream.status)
+    response.content_type = upstream.content_type
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    await response.prepare(request)
+    try:
+        await response.write(first)
+        while True:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except (aiohttp.ClientError, TimeoutError) as error:
+                why = _describe(error)
+                log.warning("Stream from worker %s broke off mid-way (%s)", worker, why)
+                proxy.state.report_failure(worker, proxy.clock())
+                message = f"Worker {worker} broke off the stream ({why}); the response is incomplete."
+                await response.write(sse_error(message, 502, 502))
+                break
+            await response.write(chunk)
+        await response.write_eof()
+    except ConnectionResetError:  # the client went away: leaving closes the upstream request
+        log.info("Client went away while streaming from worker %s", worker)
+    return response
+
+
+def _describe(error: BaseException) -> str:
+    return str(error) or type(error).__name__
+
+
+async def models(request: web.Request) -> web.Response:
+    proxy = request.app[PROXY_KEY]
+    base = proxy.settings.base_name
+    data = [
+        {"id": base, "object": "model", "created": 0, "owned_by": "loraplex", "root": base, "parent": None}
+    ]
+    data += [
+        {"id": name, "object": "model", "created": 0, "owned_by": "loraplex", "root": name, "parent": base}
+        for name in proxy.state.adapters_served()
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    state = request.app[PROXY_KEY].state
+    body = {"synced": state.synced, "workers": len(state.table.workers), "healthy": state.table.healthy_count}
+    return web.json_response(body, status=200 if state.synced else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    proxy = request.app[PROXY_KEY]
+    table = proxy.state.table
+    proxy.metrics.workers.labels("healthy").set(table.healthy_count)
+    proxy.metrics.workers.labels("unhealthy").set(len(table.workers) - table.healthy_count)
+    return web.Response(
+        body=generate_latest(proxy.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )

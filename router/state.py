@@ -1,0 +1,138 @@
+"""The live state the router routes on, and the small interface its sources feed it through.
+
+Sources (the WorkerPlacement and pod watches, or in static mode the agents'
+`/v1/residency`; the vLLM load poller) call `upsert_worker`, `remove_worker`,
+`report_residency`, `report_load` and `report_unreachable`; tests call the same
+methods directly. The proxy reads the worker table and the endpoints and
+reports a failed call with `report_failure`.
+
+Health, with staleness bounded: a worker is healthy when its source says it
+is ready, its vLLM answered a load poll within `stale_after` seconds, and no
+request failed on it since that answer. So a worker that stops answering is
+out after at most `stale_after` seconds, and at once when a request fails there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from loraplex.router.table import TIERS, Tier, WorkerTable
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    vllm_url: str
+    agent_url: str
+
+
+@dataclass
+class _Health:
+    ready: bool = False
+    last_ok: float | None = None
+    failed_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Resident:
+    """One entry of a residency report."""
+
+    name: str
+    tier: Tier
+    catalog: bool = False
+
+
+def parse_residency(adapters: Iterable[Mapping[str, Any]]) -> list[Resident]:
+    """Entries of WorkerPlacement `status.adapters` or of the agent's `/v1/residency` (camelCase)."""
+    return [
+        Resident(str(a["name"]), a["tier"], bool(a.get("catalog", False)))
+        for a in adapters
+        if isinstance(a, Mapping) and "name" in a and a.get("tier") in TIERS
+    ]
+
+
+class FleetState:
+    """Workers, their endpoints and health, over the routing table."""
+
+    def __init__(self, table: WorkerTable, stale_after: float = 2.0) -> None:
+        self.table = table
+        self.stale_after = stale_after
+        self.endpoints: dict[str, Endpoints] = {}
+        self._health: dict[str, _Health] = {}
+        self.synced = False  # the source has reported the whole fleet once
+
+    def upsert_worker(self, name: str, vllm_url: str, agent_url: str, ready: bool, now: float) -> None:
+        self.endpoints[name] = Endpoints(vllm_url.rstrip("/"), agent_url.rstrip("/"))
+        self.table.add_worker(name, healthy=False)
+        self._health.setdefault(name, _Health()).ready = ready
+        self._refresh(name, now)
+
+    def remove_worker(self, name: str) -> None:
+        self.endpoints.pop(name, None)
+        self._health.pop(name, None)
+        self.table.remove_worker(name)
+
+    def report_residency(
+        self,
+        name: str,
+        adapters: Iterable[Resident],
+        gpu_slots: int | None = None,
+        cpu_slots: int | None = None,
+        named: Iterable[str] | None = None,
+    ) -> None:
+        """What the worker holds; `named` are the named adapters its placement lists (None: those of
+        the report that did not come through the catalog)."""
+        if name not in self.table.workers:
+            self.table.add_worker(name, healthy=False)
+            self._health.setdefault(name, _Health())
+        entries = list(adapters)
+        self.table.set_residency(name, {a.name: a.tier for a in entries}, gpu_slots, cpu_slots)
+        self.table.set_wanted(
+            name, named if named is not None else (a.name for a in entries if not a.catalog)
+        )
+
+    def report_load(self, name: str, running_and_waiting: int, now: float) -> None:
+        if name not in self.table.workers:
+            return
+        self.table.set_reported_load(name, running_and_waiting)
+        health = self._health[name]
+        health.last_ok = now
+        health.failed_at = None
+        self._refresh(name, now)
+
+    def report_unreachable(self, name: str, now: float) -> None:
+        """A load poll got no answer: out of rotation until one does."""
+        if name in self._health:
+            self._health[name].last_ok = None
+            self._refresh(name, now)
+
+    def report_failure(self, name: str, now: float) -> None:
+        """A request failed on the worker: out of rotation until its next good load poll."""
+        if name in self._health:
+            self._health[name].failed_at = now
+            self._refresh(name, now)
+
+    def refresh(self, now: float) -> None:
+        """Take out workers whose last good poll is older than `stale_after`."""
+        for name in self._health:
+            self._refresh(name, now)
+
+    def _refresh(self, name: str, now: float) -> None:
+        health = self._health[name]
+        healthy = (
+            health.ready
+            and health.failed_at is None
+            and health.last_ok is not None
+            and now - health.last_ok <= self.stale_after
+        )
+        self.table.set_healthy(name, healthy)
+
+    def adapters_served(self) -> list[str]:
+        """Named adapters and whatever any worker holds, sorted."""
+        return sorted(set(self.table.named_adapters()) | set(self.table.resident_adapters()))
+
+
+def agent_report_slots(report: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    gpu, cpu = report.get("gpuSlots"), report.get("cpuSlots")
+    return (gpu if isinstance(gpu, int) else None, cpu if isinstance(cpu, int) else None)

@@ -1,0 +1,189 @@
+"""Fixtures for the router's proxy tests: in-process fake workers (a vLLM and an agent each) and a router.
+
+The fakes speak just enough of vLLM's OpenAI API (completions and chat, plain
+and streamed as server-sent events, /metrics) and of the agent's API (ensure,
+residency) to test the router's client code; tests with the real vLLM CPU
+engine live in tests/engine/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from loraplex.router.decision import Router
+from loraplex.router.metrics import RouterMetrics
+from loraplex.router.proxy import Proxy, make_app
+from loraplex.router.rendezvous import Rendezvous
+from loraplex.router.settings import RouterSettings
+from loraplex.router.state import FleetState, Resident
+from loraplex.router.table import Tier, WorkerTable
+
+API_KEY = "test-vllm-key"
+BASE = "tiny-llama"
+
+
+def _chunk(request_path: str, model: str, text: str, finish: str | None) -> dict[str, Any]:
+    if request_path.endswith("/chat/completions"):
+        choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": finish}
+        return {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": model, "choices": [choice]}
+    choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+    return {"id": "c1", "object": "text_completion", "created": 0, "model": model, "choices": [choice]}
+
+
+def _sse(data: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(data)}\n\n".encode()
+
+
+@dataclass
+class FakeWorker:
+    """A worker's vLLM and agent, with knobs for the failure a test needs."""
+
+    name: str
+    mode: str = "ok"  # ok | fail | break (stream breaks after the first chunk)
+    gated: bool = False  # hold the stream after the first chunk until `release` is set
+    known: set[str] = field(default_factory=lambda: {"sql-gen", "chat-bot", "tail-1"})
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    auth: list[str | None] = field(default_factory=list)
+    ensured: list[str] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    first_sent: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    vllm: TestServer | None = None
+    agent: TestServer | None = None
+
+    async def completion(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.calls.append(body)
+        self.auth.append(request.headers.get("Authorization"))
+        if self.mode == "fail":
+            error = {"message": "engine died", "type": "InternalServerError", "param": None, "code": 500}
+            return web.json_response({"error": error}, status=500)
+        model = body["model"]
+        if not body.get("stream"):
+            text = f"served by {self.name}"
+            if request.path.endswith("/chat/completions"):
+                message = {"role": "assistant", "content": text}
+                choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": "stop"}
+                obj = "chat.completion"
+            else:
+                choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
+                obj = "text_completion"
+            usage = {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}
+            return web.json_response(
+                {"id": "x", "object": obj, "created": 0, "model": model, "choices": [choice], "usage": usage}
+            )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            await response.write(_sse(_chunk(request.path, model, f"Hello from {self.name}", None)))
+            self.first_sent.set()
+            if self.mode == "break":
+                assert request.transport is not None
+                request.transport.close()
+                return response
+            if self.gated:
+                await self.release.wait()
+            await response.write(_sse(_chunk(request.path, model, " and goodbye", "stop")))
+            await response.write(b"data: [DONE]\n\n")
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return response
+
+    async def metrics(self, _: web.Request) -> web.Response:
+        return web.Response(text='vllm:num_requests_running{model_name="x"} 1.0\nvllm:num_requests_waiting 2.0\n')
+
+    async def ensure(self, request: web.Request) -> web.Response:
+        name = (await request.json())["name"]
+        self.ensured.append(name)
+        if name not in self.known:
+            error = {"message": f"no adapter {name}", "type": "NotFound", "param": None, "code": "NotFound"}
+            return web.json_response({"error": error}, status=404)
+        return web.json_response({"name": name, "tier": "GPU", "loadSeconds": 0.01})
+
+    async def residency(self, _: web.Request) -> web.Response:
+        adapters = [{"name": "sql-gen", "tier": "GPU"}, {"name": "tail-1", "tier": "CPU", "catalog": True}]
+        report = {"worker": self.name, "adapters": adapters, "failures": [], "gpuSlots": 4, "cpuSlots": 12}
+        return web.json_response(report)
+
+    async def start(self) -> None:
+        vllm = web.Application()
+        vllm.router.add_post("/v1/completions", self.completion)
+        vllm.router.add_post("/v1/chat/completions", self.completion)
+        vllm.router.add_get("/metrics", self.metrics)
+        agent = web.Application()
+        agent.router.add_post("/v1/adapters/ensure", self.ensure)
+        agent.router.add_get("/v1/residency", self.residency)
+        self.vllm, self.agent = TestServer(vllm), TestServer(agent)
+        await self.vllm.start_server()
+        await self.agent.start_server()
+
+    @property
+    def vllm_url(self) -> str:
+        assert self.vllm is not None
+        return str(self.vllm.make_url("")).rstrip("/")
+
+    @property
+    def agent_url(self) -> str:
+        assert self.agent is not None
+        return str(self.agent.make_url("")).rstrip("/")
+
+
+@dataclass
+class Fleet:
+    """Two fake workers behind a real router (its app on a test server)."""
+
+    workers: dict[str, FakeWorker]
+    state: FleetState
+    proxy: Proxy
+    server: TestServer
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    def hold(self, worker: str, adapter: str, tier: Tier = "GPU", catalog: bool = False) -> None:
+        """The worker's agent reports `adapter` in `tier` (besides what it held)."""
+        held = [Resident(a, t) for a, t in self.state.table.workers[worker].holds.items()]
+        self.state.report_residency(worker, [*held, Resident(adapter, tier, catalog)])
+
+    async def metrics_text(self) -> str:
+        async with aiohttp.ClientSession() as session, session.get(f"{self.url}/metrics") as response:
+            return await response.text()
+
+
+@pytest.fixture
+async def fleet() -> AsyncIterator[Fleet]:
+    workers = {name: FakeWorker(name) for name in ("worker-0", "worker-1")}
+    for worker in workers.values():
+        await worker.start()
+    table = WorkerTable(Rendezvous(seed=0))
+    state = FleetState(table, stale_after=3600)
+    now = time.monotonic()
+    for worker in workers.values():
+        state.upsert_worker(worker.name, worker.vllm_url, worker.agent_url, True, now)
+        state.report_load(worker.name, 0, now)
+    state.synced = True
+    settings = RouterSettings(base_model=BASE, api_key=API_KEY, max_body_bytes=4096)
+    async with aiohttp.ClientSession() as session:
+        proxy = Proxy(settings, state, Router(table, settings.routing), RouterMetrics(BASE), session)
+        server = TestServer(make_app(proxy))
+        await server.start_server()
+        try:
+            yield Fleet(workers, state, proxy, server)
+        finally:
+            await server.close()
+            for worker in workers.values():
+                assert worker.vllm is not None and worker.agent is not None
+                await worker.vllm.close()
+                await worker.agent.close()

@@ -1,0 +1,217 @@
+"""The router's HTTP front against in-process fake workers: routing, streaming, errors, retries, metrics.
+
+`fleet` (conftest.py) is two fake workers, worker-0 and worker-1, behind a real router app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+API_KEY = "test-vllm-key"
+DEADLINE = 10.0
+
+
+def client(fleet: Any) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{fleet.url}/v1", api_key="client-key", max_retries=0)
+
+
+async def post(fleet: Any, path: str, body: bytes | dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{fleet.url}{path}", data=data, headers={"Content-Type": "application/json"}) as response,
+    ):
+        return response.status, await response.json()
+
+
+async def test_streamed_chunks_reach_the_client_before_the_worker_finishes(fleet: Any) -> None:
+    fleet.hold("worker-1", "sql-gen")
+    worker = fleet.workers["worker-1"]
+    worker.gated = True
+    async with client(fleet) as api:
+        stream = await api.chat.completions.create(
+            model="sql-gen", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        chunks = aiter(stream)
+        first = await asyncio.wait_for(anext(chunks), DEADLINE)
+        assert first.choices[0].delta.content == "Hello from worker-1"
+        assert not worker.release.is_set()  # the worker is still holding the rest back
+        worker.release.set()
+        rest = [chunk.choices[0].delta.content async for chunk in chunks]
+    assert rest == [" and goodbye"]
+    assert worker.auth == [f"Bearer {API_KEY}"]
+    assert fleet.workers["worker-0"].calls == []
+
+
+async def test_completions_go_to_the_worker_holding_the_adapter_in_gpu(fleet: Any) -> None:
+    fleet.hold("worker-0", "chat-bot")
+    async with client(fleet) as api:
+        completion = await api.completions.create(model="chat-bot", prompt="x", max_tokens=3)
+    assert completion.choices[0].text == "served by worker-0"
+    assert fleet.workers["worker-0"].ensured == []  # held in GPU: no load asked for
+
+
+async def test_a_miss_asks_the_chosen_workers_agent_to_load_the_adapter_first(fleet: Any) -> None:
+    async with client(fleet) as api:
+        completion = await api.completions.create(model="tail-1", prompt="x", max_tokens=3)
+    served_by = completion.choices[0].text.removeprefix("served by ")
+    assert fleet.workers[served_by].ensured == ["tail-1"]
+    assert fleet.state.table.holders("tail-1") == {served_by: "GPU"}
+
+
+async def test_unknown_adapter_is_404_in_openais_shape(fleet: Any) -> None:
+    async with client(fleet) as api:
+        with pytest.raises(openai.NotFoundError) as caught:
+            await api.completions.create(model="no-such-adapter", prompt="x")
+    assert caught.value.status_code == 404
+    body: Any = caught.value.body
+    assert body["code"] == "model_not_found"
+    assert "no-such-adapter" in body["message"]
+    assert {"message", "type", "param", "code"} <= body.keys()
+
+
+async def test_a_model_name_no_adapter_can_have_is_404_without_asking_an_agent(fleet: Any) -> None:
+    status, body = await post(fleet, "/v1/completions", {"model": "Not An Adapter!", "prompt": "x"})
+    assert status == 404
+    assert body["error"]["code"] == "model_not_found"
+    assert all(not w.ensured for w in fleet.workers.values())
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"{not json", None),
+        (b"[1, 2]", None),
+        (json.dumps({"prompt": "no model"}).encode(), "model"),
+        (json.dumps({"model": 7, "prompt": "x"}).encode(), "model"),
+    ],
+)
+async def test_malformed_json_or_missing_model_is_400(fleet: Any, body: bytes, param: str | None) -> None:
+    status, answer = await post(fleet, "/v1/chat/completions", body)
+    assert status == 400
+    assert answer["error"]["type"] == "invalid_request_error"
+    assert answer["error"]["param"] == param
+    assert all(not w.calls for w in fleet.workers.values())
+
+
+async def test_a_body_over_the_limit_is_413(fleet: Any) -> None:
+    status, answer = await post(fleet, "/v1/completions", {"model": "sql-gen", "prompt": "x" * 5000})
+    assert status == 413
+    assert "4096 bytes" in answer["error"]["message"]
+
+
+async def test_a_failing_worker_is_retried_once_on_another_before_anything_is_streamed(fleet: Any) -> None:
+    fleet.hold("worker-0", "sql-gen")
+    fleet.workers["worker-0"].mode = "fail"
+    async with client(fleet) as api:
+        stream = await api.completions.create(model="sql-gen", prompt="x", stream=True)
+        texts = [chunk.choices[0].text async for chunk in stream]
+    assert texts == ["Hello from worker-1", " and goodbye"]
+    assert len(fleet.workers["worker-0"].calls) == 1
+    assert fleet.workers["worker-1"].ensured == ["sql-gen"]  # not held there: loaded first
+    assert not fleet.state.table.workers["worker-0"].healthy  # out of rotation until a good poll
+    assert 'loraplex_router_retries_total{reason="status"} 1.0' in await fleet.metrics_text()
+
+
+async def test_when_both_workers_fail_the_client_gets_502(fleet: Any) -> None:
+    for worker in fleet.workers.values():
+        worker.mode = "fail"
+    status, answer = await post(fleet, "/v1/completions", {"model": "sql-gen", "prompt": "x"})
+    assert status == 502
+    assert "failed on two workers" in answer["error"]["message"]
+    assert sum(len(w.calls) for w in fleet.workers.values()) == 2
+
+
+async def test_with_no_healthy_worker_the_client_gets_503(fleet: Any) -> None:
+    for name in fleet.workers:
+        fleet.state.report_unreachable(name, 0.0)
+    status, answer = await post(fleet, "/v1/completions", {"model": "sql-gen", "prompt": "x"})
+    assert status == 503
+    assert answer["error"]["type"] == "service_unavailable"
+
+
+async def test_a_stream_that_breaks_mid_way_ends_with_a_502_error_event_and_no_retry(fleet: Any) -> None:
+    fleet.hold("worker-0", "sql-gen")
+    fleet.workers["worker-0"].mode = "break"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{fleet.url}/v1/completions", json={"model": "sql-gen", "prompt": "x", "stream": True}
+        ) as response,
+    ):
+        assert response.status == 200
+        text = (await response.read()).decode()
+    events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+    assert events[0]["choices"][0]["text"] == "Hello from worker-0"
+    assert events[-1]["error"]["code"] == 502
+    assert "incomplete" in events[-1]["error"]["message"]
+    assert fleet.workers["worker-1"].calls == []
+
+
+async def test_a_client_that_disconnects_cancels_the_upstream_request(fleet: Any) -> None:
+    fleet.hold("worker-1", "sql-gen")
+    worker = fleet.workers["worker-1"]
+    worker.gated = True
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(
+            f"{fleet.url}/v1/chat/completions",
+            json={"model": "sql-gen", "messages": [], "stream": True},
+        )
+        await asyncio.wait_for(response.content.readline(), DEADLINE)
+        response.close()  # the client goes away mid-stream
+    await asyncio.wait_for(worker.cancelled.wait(), DEADLINE)
+    assert not worker.release.is_set()
+
+
+async def test_the_base_model_is_served_by_any_worker(fleet: Any) -> None:
+    async with client(fleet) as api:
+        completion = await api.completions.create(model="tiny-llama", prompt="x", max_tokens=3)
+    assert completion.choices[0].text.startswith("served by worker-")
+    assert all(not w.ensured for w in fleet.workers.values())
+
+
+async def test_models_lists_the_base_and_the_adapters_served(fleet: Any) -> None:
+    fleet.hold("worker-0", "sql-gen")
+    fleet.hold("worker-1", "tail-1", "CPU", catalog=True)
+    async with client(fleet) as api:
+        models = await api.models.list()
+    listed = {m.id: m for m in models.data}
+    assert set(listed) == {"tiny-llama", "sql-gen", "tail-1"}
+
+
+async def test_metrics_count_tiers_and_keep_catalog_adapters_in_one_series(fleet: Any) -> None:
+    fleet.hold("worker-0", "sql-gen")  # named (not from the catalog)
+    async with client(fleet) as api:
+        await api.completions.create(model="sql-gen", prompt="x")
+        await api.completions.create(model="tail-1", prompt="x")
+    text = await fleet.metrics_text()
+    assert 'loraplex_router_requests_total{tier="gpu"} 1.0' in text
+    assert 'loraplex_router_requests_total{tier="miss"} 1.0' in text
+    assert 'loraplex_router_adapter_requests_total{adapter="sql-gen"} 1.0' in text
+    assert 'loraplex_router_adapter_requests_total{adapter="_catalog"} 1.0' in text
+    assert 'adapter="tail-1"' not in text
+    for family in (
+        "loraplex_router_decision_seconds_bucket",
+        "loraplex_router_upstream_time_to_first_token_seconds_bucket",
+        "loraplex_router_upstream_latency_seconds_bucket",
+        'loraplex_router_inflight_requests{worker="worker-0"}',
+        'loraplex_router_responses_total{status="200"} 2.0',
+        "loraplex_build_info",
+    ):
+        assert family in text
+
+
+async def test_healthz_is_ready_once_the_state_has_synced(fleet: Any) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{fleet.url}/healthz") as response:
+            assert response.status == 200
+            assert (await response.json())["healthy"] == 2
+        fleet.state.synced = False
+        async with session.get(f"{fleet.url}/healthz") as response:
+            assert response.status == 503
