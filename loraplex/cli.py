@@ -19,7 +19,6 @@ Handler = Callable[[argparse.Namespace], int]
 # plainly rather than pretending to run.
 _PENDING = {
     "router": "the adapter-affinity OpenAI-compatible router of one BaseModel",
-    "trainer": "the LoRA trainer that fine-tunes adapters on a shared base model",
 }
 
 
@@ -46,6 +45,12 @@ def _operator(args: argparse.Namespace) -> int:
     }
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     return run(settings)
+
+
+def _trainer(args: argparse.Namespace) -> int:
+    from loraplex.worker.trainer.main import run
+
+    return run(args.config, threads=args.threads)
 
 
 def _crds_generate(args: argparse.Namespace) -> int:
@@ -109,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
             description="Run the worker agent beside vLLM (docs/agent.md).",
         )
     )
+
+    trainer = commands.add_parser(
+        "trainer",
+        help="Run the LoRA trainer: one or several adapters fine-tuned on one shared base model.",
+        description="Run the LoRA trainer (docs/trainer.md). Progress goes to stdout as JSON lines.",
+    )
+    trainer.add_argument("--config", type=Path, required=True, help="Trainer config (YAML or JSON).")
+    trainer.add_argument("--threads", type=int, help="torch CPU threads (overrides the config).")
+    trainer.set_defaults(handler=_trainer)
 
     operator = commands.add_parser(
         "operator",

@@ -75,15 +75,20 @@ class TrainerConfig(ApiModel):
     """Everything one trainer process needs."""
 
     base_model: str = Field(
-        min_length=1, description="Local folder (or file:// URI) of the base model: weights, config, tokenizer."
+        min_length=1,
+        description="Local folder (or file:// URI) of the base model: weights, config, tokenizer.",
     )
     checkpoint_uri: str = Field(
         min_length=1, description="file:// folder; each adapter checkpoints under <checkpointUri>/<name>/."
     )
     adapters: list[AdapterJob] = Field(min_length=1, max_length=256)
     device: Device = "auto"
-    dtype: DType = Field(default="auto", description="The frozen base's dtype; auto: bfloat16 on GPU, else float32.")
-    threads: int | None = Field(default=None, ge=1, le=1024, description="torch CPU threads (default: torch's).")
+    dtype: DType = Field(
+        default="auto", description="The frozen base's dtype; auto: bfloat16 on GPU, else float32."
+    )
+    threads: int | None = Field(
+        default=None, ge=1, le=1024, description="torch CPU threads (default: torch's)."
+    )
     max_grad_norm: float | None = Field(default=1.0, gt=0, description="Per-adapter gradient clipping.")
     keep_checkpoints: int = Field(default=2, ge=1, le=100, description="Checkpoints kept per adapter.")
     progress_every_steps: int = Field(default=10, ge=1, description="Emit a progress event every N steps.")

@@ -3,11 +3,11 @@
 Exit codes (the operator reads them from the pod; docs/trainer.md):
 
 - 0  every adapter was published;
+- 1  anything unexpected (a crash: retry with back-off; the last checkpoints stand);
 - 2  the config file is missing or invalid (nothing ran);
 - 3  at least one adapter failed for good (its `failed` event names the reason);
 - 75 stopped by SIGTERM/SIGINT after checkpointing every unfinished adapter:
-     run the same config again to resume (EX_TEMPFAIL);
-- 1  anything unexpected (a crash: retry with back-off; the last checkpoints stand).
+     run the same config again to resume (EX_TEMPFAIL).
 
 On SIGTERM the current step finishes, every unfinished adapter writes its
 checkpoint, and the process exits 75, all within `gracePeriodSeconds` as long
@@ -17,8 +17,6 @@ running out first, exits at once with 75 (the last periodic checkpoints stand).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import signal
 import sys
@@ -27,25 +25,18 @@ from pathlib import Path
 from types import FrameType
 
 from loraplex.worker.trainer.config import ConfigError, TrainerConfig
+from loraplex.worker.trainer.failures import EXIT_CONFIG, EXIT_PREEMPTED
 from loraplex.worker.trainer.progress import Event, JsonLines
-from loraplex.worker.trainer.training import EXIT_PREEMPTED, StopFlag, Trainer
-
-EXIT_CONFIG = 2
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, required=True, help="Trainer config (YAML or JSON).")
-    parser.add_argument(
-        "--threads", type=int, help="torch CPU threads (overrides the config's `threads`)."
-    )
+from loraplex.worker.trainer.training import StopFlag, Trainer
 
 
 def install_stop_handlers(stop: StopFlag, grace_seconds: float) -> None:
     """SIGTERM/SIGINT ask for a checkpoint and a clean stop; a watchdog enforces the grace period."""
 
     def hard_exit() -> None:
-        JsonLines(sys.stdout)(Event("finished", exit_code=EXIT_PREEMPTED,
-                                    message="grace period ran out before the final checkpoint"))
+        JsonLines(sys.stdout)(
+            Event("finished", exit_code=EXIT_PREEMPTED, message="stopped before the final checkpoint")
+        )
         os._exit(EXIT_PREEMPTED)
 
     def handler(signum: int, _: FrameType | None) -> None:
@@ -60,15 +51,17 @@ def install_stop_handlers(stop: StopFlag, grace_seconds: float) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(config_path: Path, threads: int | None = None) -> int:
+    """Run the trainer that `config_path` describes; returns the process exit code."""
     try:
-        config = TrainerConfig.load(args.config)
-        if args.threads:
-            config = config.model_copy(update={"threads": args.threads})
+        config = TrainerConfig.load(config_path)
+        if threads:
+            config = config.model_copy(update={"threads": threads})
     except ConfigError as error:
-        print(json.dumps({"event": "failed", "reason": "ConfigInvalid", "message": str(error)}), flush=True)
+        JsonLines(sys.stdout)(
+            Event("failed", reason="ConfigInvalid", message=str(error), exit_code=EXIT_CONFIG)
+        )
         return EXIT_CONFIG
     stop = StopFlag()
     install_stop_handlers(stop, config.grace_period_seconds)
-    result = Trainer(config, JsonLines(sys.stdout), stop).run()
-    return result.exit_code
+    return Trainer(config, JsonLines(sys.stdout), stop).run().exit_code

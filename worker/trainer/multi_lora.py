@@ -77,7 +77,8 @@ class AdapterWeights:
         expected = set(self.state_dict())
         if set(state) != expected:
             raise TrainingFailure(
-                "CheckpointMismatch", f"adapter {self.name}: checkpoint tensors differ from the adapter's modules"
+                "CheckpointMismatch",
+                f"adapter {self.name}: checkpoint tensors differ from the adapter's modules",
             )
         for path in self.lora_a:
             self.lora_a[path].copy_(state[f"{path}.lora_A.weight"])
@@ -136,7 +137,11 @@ class MultiLoraLinear(nn.Module):
         lora_x = x.to(torch.float32)
         if routing.training and any(w.lora.dropout > 0 for w in routing.adapters):
             lora_x = lora_x * self._dropout_mask(lora_x)
-        a = torch.cat([w.lora_a[self.path] for w in adapters]) if len(adapters) > 1 else adapters[0].lora_a[self.path]
+        a = (
+            torch.cat([w.lora_a[self.path] for w in adapters])
+            if len(adapters) > 1
+            else adapters[0].lora_a[self.path]
+        )
         b = (
             torch.cat([w.lora_b[self.path] for w in adapters], dim=1)
             if len(adapters) > 1
@@ -179,7 +184,9 @@ class MultiLoraModel:
         self._next_uid = 0
         model.requires_grad_(False)
         model.eval()  # the base's own dropout stays off; LoRA dropout follows routing.training
-        self._linears = {path: module for path, module in model.named_modules() if isinstance(module, nn.Linear)}
+        self._linears = {
+            path: module for path, module in model.named_modules() if isinstance(module, nn.Linear)
+        }
         self.pad_token_id = int(getattr(model.config, "pad_token_id", None) or 0)
 
     def _wrap(self, path: str) -> MultiLoraLinear:

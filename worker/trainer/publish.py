@@ -13,6 +13,7 @@ and a new revision never overwrites one that workers may still be serving.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -43,23 +44,31 @@ def peft_state_dict(weights: dict[str, Tensor]) -> dict[str, Tensor]:
     return {PEFT_PREFIX + key: value.detach().to("cpu").contiguous() for key, value in weights.items()}
 
 
-def write_peft_adapter(dest: Path, weights: dict[str, Tensor], lora: LoraHyperparameters, base_model: str) -> None:
+def write_peft_adapter(
+    dest: Path, weights: dict[str, Tensor], lora: LoraHyperparameters, base_model: str
+) -> None:
     from peft import LoraConfig
 
     config = LoraConfig(
         r=lora.rank,
-        lora_alpha=lora.alpha,
+        lora_alpha=int(lora.alpha) if lora.alpha.is_integer() else lora.alpha,  # type: ignore[arg-type]
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
         bias="none",
         task_type="CAUSAL_LM",
+        inference_mode=True,
         base_model_name_or_path=base_model,
     )
-    config.save_pretrained(str(dest))
+    # peft keeps target_modules as a set; sort it (and the keys) so the digest is reproducible.
+    fields = config.to_dict()  # type: ignore[no-untyped-call]
+    fields = {k: sorted(v) if isinstance(v, set) else v for k, v in fields.items()}
+    (dest / "adapter_config.json").write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
     save_file(peft_state_dict(weights), dest / "adapter_model.safetensors", metadata={"format": "pt"})
 
 
-def publish(output: Path, weights: dict[str, Tensor], lora: LoraHyperparameters, base_model: str) -> Published:
+def publish(
+    output: Path, weights: dict[str, Tensor], lora: LoraHyperparameters, base_model: str
+) -> Published:
     """Write the adapter into `output/<sha256>/` atomically; publishing the same files twice is a no-op."""
     output.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=output))

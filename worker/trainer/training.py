@@ -26,15 +26,16 @@ import torch
 from loraplex.worker.trainer import checkpoint
 from loraplex.worker.trainer.config import AdapterJob, ConfigError, TrainerConfig, local_path
 from loraplex.worker.trainer.data import BatchStream, LoadedDataset, Tokenizer, load_dataset
-from loraplex.worker.trainer.failures import Reason, TrainingFailure
+from loraplex.worker.trainer.failures import (
+    EXIT_FAILED,
+    EXIT_PREEMPTED,
+    EXIT_SUCCEEDED,
+    Reason,
+    TrainingFailure,
+)
 from loraplex.worker.trainer.multi_lora import AdapterWeights, MultiLoraModel
 from loraplex.worker.trainer.progress import Event, JsonLines, ProgressSink
 from loraplex.worker.trainer.publish import publish
-
-# Exit codes of a trainer process (main.py returns them; docs/trainer.md lists them).
-EXIT_SUCCEEDED = 0
-EXIT_FAILED = 3  # at least one adapter failed permanently (reasons in the events / result)
-EXIT_PREEMPTED = 75  # stopped on request after checkpointing; run the same config again to resume
 
 RESULT = "result.json"
 
@@ -99,18 +100,28 @@ def _camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
-@dataclass(eq=False)
-class AdapterRun:
-    """One adapter in flight."""
+@dataclass(frozen=True)
+class Prepared:
+    """An adapter whose data is loaded, before the base model is."""
 
     job: AdapterJob
     data: LoadedDataset
     folder: Path
     fingerprint: str
     total_steps: int
-    weights: AdapterWeights | None = None
-    optimizer: torch.optim.AdamW | None = None
-    stream: BatchStream | None = None
+
+
+@dataclass(eq=False)
+class AdapterRun:
+    """One adapter in flight."""
+
+    job: AdapterJob
+    folder: Path
+    fingerprint: str
+    total_steps: int
+    weights: AdapterWeights
+    optimizer: torch.optim.AdamW
+    stream: BatchStream
     step: int = 0
     checkpointed_step: int = 0
     loss_sum: float = 0.0
@@ -162,7 +173,11 @@ class Trainer:
         self.results[name] = AdapterResult(
             name, "Failed", step=step, total_steps=total, reason=failure.reason, message=failure.message
         )
-        self.sink(Event("failed", name, step=step, total_steps=total, reason=failure.reason, message=failure.message))
+        self.sink(
+            Event(
+                "failed", name, step=step, total_steps=total, reason=failure.reason, message=failure.message
+            )
+        )
 
     def _already_done(self, job: AdapterJob, folder: Path) -> bool:
         """A previous attempt published this adapter (or failed it for good): report that again."""
@@ -175,11 +190,27 @@ class Trainer:
             return False  # the published folder is gone: train again
         self.results[job.name] = result
         if result.phase == "Succeeded":
-            self.sink(Event("published", job.name, step=result.step, total_steps=result.total_steps,
-                            uri=result.uri, sha256=result.sha256))
+            self.sink(
+                Event(
+                    "published",
+                    job.name,
+                    step=result.step,
+                    total_steps=result.total_steps,
+                    uri=result.uri,
+                    sha256=result.sha256,
+                )
+            )
         else:
-            self.sink(Event("failed", job.name, step=result.step, total_steps=result.total_steps,
-                            reason=result.reason, message=result.message))
+            self.sink(
+                Event(
+                    "failed",
+                    job.name,
+                    step=result.step,
+                    total_steps=result.total_steps,
+                    reason=result.reason,
+                    message=result.message,
+                )
+            )
         return True
 
     def _load_tokenizer(self, base: Path) -> Tokenizer:
@@ -192,8 +223,10 @@ class Trainer:
 
     def _load_base(self, base: Path) -> MultiLoraModel:
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
 
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=self.dtype)
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=self.dtype)
         return MultiLoraModel(model.to(self.device), self.device)
 
     def _prepare(self) -> list[AdapterRun]:
@@ -217,7 +250,7 @@ class Trainer:
                 self._fail(job.name, failure)
             return []
         base_config = (base / "config.json").read_bytes()
-        runs: list[AdapterRun] = []
+        runs: list[Prepared] = []
         for job in pending:
             try:
                 output = local_path(job.output_uri, f"adapters[{job.name}].outputUri")
@@ -230,31 +263,34 @@ class Trainer:
                 continue
             del output
             runs.append(
-                AdapterRun(job, data, root / job.name, fingerprint(job, data, base_config),
-                           job.total_steps(len(data.examples)))
+                Prepared(
+                    job,
+                    data,
+                    root / job.name,
+                    fingerprint(job, data, base_config),
+                    job.total_steps(len(data.examples)),
+                )
             )
         if not runs:
             return []
         self.model = self._load_base(base)
         ready = []
-        for run in runs:
+        for prepared in runs:
             try:
-                self._start(run)
+                ready.append(self._start(self.model, prepared))
             except TrainingFailure as failure:
-                self._fail(run.job.name, failure, run.step, run.total_steps)
-                continue
-            ready.append(run)
+                self._fail(prepared.job.name, failure, 0, prepared.total_steps)
         return ready
 
-    def _start(self, run: AdapterRun) -> None:
+    def _start(self, model: MultiLoraModel, prepared: Prepared) -> AdapterRun:
         """Fresh weights, or the adapter's last checkpoint when there is one."""
-        assert self.model is not None
-        job = run.job
-        run.weights = self.model.new_adapter(job.name, job.lora, job.training.seed)
-        run.optimizer = torch.optim.AdamW(
-            run.weights.parameters(), lr=job.training.learning_rate, weight_decay=0.0
+        job = prepared.job
+        weights = model.new_adapter(job.name, job.lora, job.training.seed)
+        optimizer = torch.optim.AdamW(weights.parameters(), lr=job.training.learning_rate, weight_decay=0.0)
+        stream = BatchStream(prepared.data.examples, job.training.batch_size, job.training.seed)
+        run = AdapterRun(
+            job, prepared.folder, prepared.fingerprint, prepared.total_steps, weights, optimizer, stream
         )
-        position = 0
         found = checkpoint.latest(run.folder)
         if found is not None:
             saved = checkpoint.load(found, self.device)
@@ -264,16 +300,23 @@ class Trainer:
                     f"{found} was made with other settings, data or base model; "
                     "give the changed job a new checkpoint folder",
                 )
-            run.weights.load_state_dict(saved.weights)
-            run.optimizer.load_state_dict(saved.optimizer)
-            run.weights.generator.set_state(saved.generator)
+            weights.load_state_dict(saved.weights)
+            optimizer.load_state_dict(saved.optimizer)
+            weights.generator.set_state(saved.generator)
             run.step = run.checkpointed_step = saved.state.step
-            position = saved.state.position
+            stream.position = saved.state.position
             run.last_loss = saved.state.loss
-        run.stream = BatchStream(run.data.examples, job.training.batch_size, job.training.seed, position)
-        self.sink(Event("started", job.name, step=run.step, total_steps=run.total_steps,
-                        uri=found.as_uri() if found else None,
-                        message=f"resumed from step {run.step}" if found else "started from scratch"))
+        self.sink(
+            Event(
+                "started",
+                job.name,
+                step=run.step,
+                total_steps=run.total_steps,
+                uri=found.as_uri() if found else None,
+                message=f"resumed from step {run.step}" if found else "started from scratch",
+            )
+        )
+        return run
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -295,10 +338,12 @@ class Trainer:
                 break
             active = self._step(active)
             steps += 1
-        result = TrainerResult([self.results[job.name] for job in self.config.adapters], steps,
-                               time.monotonic() - started)
-        self.sink(Event("finished", exit_code=result.exit_code,
-                        message=f"{steps} steps in {result.seconds:.1f}s"))
+        result = TrainerResult(
+            [self.results[job.name] for job in self.config.adapters], steps, time.monotonic() - started
+        )
+        self.sink(
+            Event("finished", exit_code=result.exit_code, message=f"{steps} steps in {result.seconds:.1f}s")
+        )
         if self.config.result_path:
             Path(self.config.result_path).write_text(json.dumps(result.to_json()) + "\n")
         return result
@@ -306,28 +351,33 @@ class Trainer:
     def _step(self, active: list[AdapterRun]) -> list[AdapterRun]:
         """One combined step; returns the adapters still in flight."""
         assert self.model is not None
-        batches = [run.stream.next_batch() for run in active]  # type: ignore[union-attr]
+        batches = [run.stream.next_batch() for run in active]
         weights = [run.weights for run in active]
-        out = self.model.losses(weights, batches)  # type: ignore[arg-type]
+        out = self.model.losses(weights, batches)
         values = torch.stack([loss.detach() for loss in out.losses]).tolist()
         finite = [math.isfinite(v) for v in values]
         kept = [loss for loss, ok in zip(out.losses, finite, strict=True) if ok]
         if kept:
-            torch.stack(kept).sum().backward()
+            torch.autograd.backward(torch.stack(kept).sum())
         still: list[AdapterRun] = []
         for run, value, ok, tokens in zip(active, values, finite, out.input_tokens, strict=True):
             if ok and self.config.max_grad_norm is not None:
-                norm = torch.nn.utils.clip_grad_norm_(run.weights.parameters(), self.config.max_grad_norm)  # type: ignore[union-attr]
+                norm = torch.nn.utils.clip_grad_norm_(run.weights.parameters(), self.config.max_grad_norm)
                 ok = bool(torch.isfinite(norm))
             if not ok:
-                run.optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
-                self._fail(run.job.name, TrainingFailure(
-                    "NonFiniteLoss", f"loss {value} at step {run.step + 1}; nothing was published"),
-                    run.step, run.total_steps)
+                run.optimizer.zero_grad(set_to_none=True)
+                self._fail(
+                    run.job.name,
+                    TrainingFailure(
+                        "NonFiniteLoss", f"loss {value} at step {run.step + 1}; nothing was published"
+                    ),
+                    run.step,
+                    run.total_steps,
+                )
                 self._record(run.folder, self.results[run.job.name])
                 continue
-            run.optimizer.step()  # type: ignore[union-attr]
-            run.optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
             run.step += 1
             run.loss_sum += value
             run.loss_steps += 1
@@ -348,33 +398,63 @@ class Trainer:
         now = time.monotonic()
         elapsed = max(now - run.window_start, 1e-9)
         loss = run.loss_sum / run.loss_steps if run.loss_steps else run.last_loss
-        self.sink(Event("progress", run.job.name, step=run.step, total_steps=run.total_steps,
-                        loss=round(loss, 6) if loss is not None else None,
-                        tokens_per_second=round(run.tokens / elapsed, 1)))
+        self.sink(
+            Event(
+                "progress",
+                run.job.name,
+                step=run.step,
+                total_steps=run.total_steps,
+                loss=round(loss, 6) if loss is not None else None,
+                tokens_per_second=round(run.tokens / elapsed, 1),
+            )
+        )
         run.loss_sum, run.loss_steps, run.tokens, run.window_start = 0.0, 0, 0, now
 
     def _checkpoint(self, run: AdapterRun) -> Path:
-        assert run.weights is not None and run.optimizer is not None and run.stream is not None
         state = checkpoint.CheckpointState(
-            step=run.step, total_steps=run.total_steps, position=run.stream.position,
-            fingerprint=run.fingerprint, loss=run.last_loss,
+            step=run.step,
+            total_steps=run.total_steps,
+            position=run.stream.position,
+            fingerprint=run.fingerprint,
+            loss=run.last_loss,
         )
-        path = checkpoint.save(run.folder, state, run.weights.state_dict(), run.optimizer.state_dict(),
-                               run.weights.generator.get_state(), self.config.keep_checkpoints)
+        path = checkpoint.save(
+            run.folder,
+            state,
+            run.weights.state_dict(),
+            run.optimizer.state_dict(),
+            run.weights.generator.get_state(),
+            self.config.keep_checkpoints,
+        )
         run.checkpointed_step = run.step
-        self.sink(Event("checkpoint", run.job.name, step=run.step, total_steps=run.total_steps, uri=path.as_uri()))
+        self.sink(
+            Event("checkpoint", run.job.name, step=run.step, total_steps=run.total_steps, uri=path.as_uri())
+        )
         return path
 
     def _publish(self, run: AdapterRun) -> None:
-        assert run.weights is not None
         output = local_path(run.job.output_uri, "outputUri")
         published = publish(output, run.weights.state_dict(), run.job.lora, str(self.config.base_model_path))
-        result = AdapterResult(run.job.name, "Succeeded", step=run.step, total_steps=run.total_steps,
-                               uri=published.uri, sha256=published.sha256)
+        result = AdapterResult(
+            run.job.name,
+            "Succeeded",
+            step=run.step,
+            total_steps=run.total_steps,
+            uri=published.uri,
+            sha256=published.sha256,
+        )
         self._record(run.folder, result)
         self.results[run.job.name] = result
-        self.sink(Event("published", run.job.name, step=run.step, total_steps=run.total_steps,
-                        uri=published.uri, sha256=published.sha256))
+        self.sink(
+            Event(
+                "published",
+                run.job.name,
+                step=run.step,
+                total_steps=run.total_steps,
+                uri=published.uri,
+                sha256=published.sha256,
+            )
+        )
 
     def _record(self, folder: Path, result: AdapterResult) -> None:
         checkpoint.write_atomic(folder / RESULT, json.dumps(asdict(result), indent=2) + "\n")
@@ -387,8 +467,18 @@ class Trainer:
             elif run.checkpointed_step:
                 path = run.folder / checkpoint.step_name(run.checkpointed_step)
             self.results[run.job.name] = AdapterResult(
-                run.job.name, "Preempted", step=run.checkpointed_step if not save else run.step,
-                total_steps=run.total_steps, checkpoint=path.as_uri() if path else None,
+                run.job.name,
+                "Preempted",
+                step=run.checkpointed_step if not save else run.step,
+                total_steps=run.total_steps,
+                checkpoint=path.as_uri() if path else None,
             )
-            self.sink(Event("preempted", run.job.name, step=self.results[run.job.name].step,
-                            total_steps=run.total_steps, uri=path.as_uri() if path else None))
+            self.sink(
+                Event(
+                    "preempted",
+                    run.job.name,
+                    step=self.results[run.job.name].step,
+                    total_steps=run.total_steps,
+                    uri=path.as_uri() if path else None,
+                )
+            )

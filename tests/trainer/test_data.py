@@ -1,0 +1,32 @@
+"""Datasets: tokenising with the prompt masked, and batches that a position alone reproduces."""
+
+from __future__ import annotations
+
+from loraplex.worker.trainer.data import IGNORE, BatchStream, Example, Record, tokenise
+
+
+class _Tokenizer:
+    bos_token_id = 1
+    eos_token_id = 2
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [10 + len(word) for word in text.split()]
+
+
+def test_prompt_tokens_carry_no_loss_and_completion_ends_with_eos() -> None:
+    example = tokenise(Record("ab c", "dddd e"), _Tokenizer(), max_length=64)
+    assert example.input_ids == (1, 12, 11, 14, 11, 2)
+    assert example.labels == (IGNORE, IGNORE, IGNORE, 14, 11, 2)
+    assert tokenise(Record("ab c", "dddd e"), _Tokenizer(), max_length=4).input_ids == (1, 12, 11, 14)
+
+
+def test_a_stream_restarted_at_its_position_gives_the_same_batches() -> None:
+    examples = [Example((i,), (i,)) for i in range(7)]
+    whole = BatchStream(examples, batch_size=3, seed=4)
+    batches = [whole.next_batch() for _ in range(6)]  # crosses epoch boundaries
+    resumed = BatchStream(examples, batch_size=3, seed=4, position=9)
+    assert [resumed.next_batch() for _ in range(3)] == batches[3:]
+    # Every epoch is a permutation of all examples, and epochs differ.
+    flat = [e.input_ids[0] for batch in batches for e in batch]
+    assert sorted(flat[:7]) == sorted(flat[7:14]) == list(range(7))
+    assert flat[:7] != flat[7:14]
