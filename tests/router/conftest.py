@@ -35,9 +35,11 @@ BASE = "tiny-llama"
 def _chunk(request_path: str, model: str, text: str, finish: str | None) -> dict[str, Any]:
     if request_path.endswith("/chat/completions"):
         choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": finish}
-        return {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": model, "choices": [choice]}
-    choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
-    return {"id": "c1", "object": "text_completion", "created": 0, "model": model, "choices": [choice]}
+        kind = "chat.completion.chunk"
+    else:
+        choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+        kind = "text_completion"
+    return {"id": "c1", "object": kind, "created": 0, "model": model, "choices": [choice]}
 
 
 def _sse(data: dict[str, Any]) -> bytes:
@@ -101,7 +103,8 @@ class FakeWorker:
         return response
 
     async def metrics(self, _: web.Request) -> web.Response:
-        return web.Response(text='vllm:num_requests_running{model_name="x"} 1.0\nvllm:num_requests_waiting 2.0\n')
+        running = 'vllm:num_requests_running{model_name="x"} 1.0\n'
+        return web.Response(text=running + "vllm:num_requests_waiting 2.0\n")
 
     async def ensure(self, request: web.Request) -> web.Response:
         name = (await request.json())["name"]
@@ -184,6 +187,7 @@ async def fleet() -> AsyncIterator[Fleet]:
         finally:
             await server.close()
             for worker in workers.values():
-                assert worker.vllm is not None and worker.agent is not None
+                assert worker.vllm is not None
+                assert worker.agent is not None
                 await worker.vllm.close()
                 await worker.agent.close()

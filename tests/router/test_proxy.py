@@ -23,9 +23,10 @@ def client(fleet: Any) -> openai.AsyncOpenAI:
 
 async def post(fleet: Any, path: str, body: bytes | dict[str, Any]) -> tuple[int, dict[str, Any]]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
     async with (
         aiohttp.ClientSession() as session,
-        session.post(f"{fleet.url}{path}", data=data, headers={"Content-Type": "application/json"}) as response,
+        session.post(f"{fleet.url}{path}", data=data, headers=headers) as response,
     ):
         return response.status, await response.json()
 

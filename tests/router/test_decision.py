@@ -1,0 +1,118 @@
+"""The routing decision's behaviours that need a scenario: hot spread, cooling, the index, the ranking."""
+
+from __future__ import annotations
+
+import pytest
+
+from loraplex.router.decision import Router, RoutingConfig
+from loraplex.router.rates import AdapterRates
+from loraplex.router.rendezvous import Rendezvous
+from loraplex.router.table import WorkerTable
+
+
+def table_of(count: int, seed: int = 0) -> WorkerTable:
+    table = WorkerTable(Rendezvous(seed=seed))
+    for i in range(count):
+        table.add_worker(f"worker-{i}")
+        table.set_residency(f"worker-{i}", {}, gpu_slots=4, cpu_slots=8)
+    return table
+
+
+def test_a_steady_rate_converges_to_itself_and_decays_by_half_each_half_life() -> None:
+    rates = AdapterRates(half_life=10.0)
+    for tick in range(2000):
+        rates.observe("a", tick * 0.1)  # 10 requests per second
+    assert rates.rate("a", 199.9) == pytest.approx(10.0, rel=0.05)
+    assert rates.rate("a", 209.9) == pytest.approx(5.0, rel=0.05)
+
+
+def test_rates_forget_the_least_recently_seen_adapter_first() -> None:
+    rates = AdapterRates(capacity=2)
+    for when, adapter in enumerate(("a", "b", "a", "c")):
+        rates.observe(adapter, float(when))
+    assert len(rates) == 2
+    assert rates.rate("b", 4.0) == 0.0
+    assert rates.rate("a", 4.0) > 0.0
+
+
+def test_a_hot_adapter_spreads_over_more_workers_and_shrinks_back_when_it_cools() -> None:
+    table = table_of(16)
+    router = Router(table, RoutingConfig(hot_rate=5.0, half_life=2.0, max_spread=8))
+    now = 0.0
+    spread = []
+    for _ in range(400):  # 40 requests per second
+        now += 0.025
+        decision = router.decide("hot", now)
+        assert decision is not None
+        spread.append(decision.spread)
+    assert spread[0] == 1
+    assert spread[-1] == 8
+    cooled = router.decide("hot", now + 30.0)
+    assert cooled is not None
+    assert cooled.spread == 1
+
+
+def test_spilled_requests_of_a_hot_adapter_land_on_its_ranked_workers() -> None:
+    table = table_of(16)
+    router = Router(table, RoutingConfig(hot_rate=5.0, max_spread=4))
+    for i in range(200):
+        router.rates.observe("hot", i * 0.01)
+    ranking = table.rendezvous.ranking("hot")
+    for name in table.workers:
+        if name not in ranking[:4]:
+            table.set_reported_load(name, 6)  # busy elsewhere: the bound leaves room on the ranked four
+    chosen = set()
+    for _ in range(8):  # nothing resident; every choice stays in flight
+        decision = router.decide("hot", 2.0)
+        assert decision is not None
+        table.begin(decision.worker, "hot")
+        chosen.add(decision.worker)
+    assert chosen == set(ranking[:4])
+
+
+def test_the_holder_index_follows_residency_reports_by_their_difference() -> None:
+    table = table_of(2)
+    table.set_residency("worker-0", {"a": "GPU", "b": "CPU"})
+    table.set_residency("worker-1", {"a": "Disk"})
+    assert table.holders("a") == {"worker-0": "GPU", "worker-1": "Disk"}
+    table.set_residency("worker-0", {"b": "GPU"})
+    assert table.holders("a") == {"worker-1": "Disk"}
+    assert table.holders("b") == {"worker-0": "GPU"}
+    table.remove_worker("worker-1")
+    assert table.holders("a") == {}
+    assert list(table.resident_adapters()) == ["b"]
+
+
+def test_the_load_bound_sends_requests_past_a_busy_gpu_holder() -> None:
+    table = table_of(4)
+    table.set_residency("worker-0", {"a": "GPU"})
+    table.set_residency("worker-1", {"a": "CPU"})
+    table.set_reported_load("worker-0", 10)  # mean 2.75, bound ceil(1.5 x 3.75) = 6
+    decision = Router(table).decide("a", 0.0)
+    assert decision is not None
+    assert (decision.worker, decision.hit) == ("worker-1", "cpu")
+
+
+def test_an_adapter_in_flight_on_all_gpu_slots_makes_a_miss_go_elsewhere() -> None:
+    table = table_of(4)
+    router = Router(table, RoutingConfig(miss_candidates=4))
+    router.rates.observe("new", 0.0)
+    router.rates.observe("new", 0.1)  # seen before: may use several ranked workers
+    first = table.rendezvous.ranking("new")[0]
+    for adapter in ("w", "x", "y", "z"):  # four distinct adapters in flight = its 4 GPU slots
+        table.begin(first, adapter)
+    decision = router.decide("new", 0.2)
+    assert decision is not None
+    assert decision.worker != first
+
+
+def test_incremental_ranking_updates_equal_a_fresh_ranking() -> None:
+    grown = Rendezvous(seed=3, buckets=64)
+    grown.set_workers([f"w{i}" for i in range(10)])
+    grown.warm()
+    grown.add("w10")
+    grown.remove("w4")
+    fresh = Rendezvous(seed=3, buckets=64)
+    fresh.set_workers([*(f"w{i}" for i in range(11) if i != 4)])
+    for i in range(500):
+        assert grown.ranking(f"a{i}") == fresh.ranking(f"a{i}")

@@ -1,0 +1,123 @@
+"""The router's live state: vLLM load parsing, liveness with bounded staleness, and its two sources."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from loraplex.router.kube_source import apply_placement, apply_pod
+from loraplex.router.load import LoadPoller, parse_load
+from loraplex.router.rendezvous import Rendezvous
+from loraplex.router.settings import StaticWorker
+from loraplex.router.state import FleetState
+from loraplex.router.static_source import StaticSource
+from loraplex.router.table import WorkerTable
+
+
+def new_state(stale_after: float = 2.0) -> FleetState:
+    return FleetState(WorkerTable(Rendezvous()), stale_after=stale_after)
+
+
+def test_load_is_running_plus_waiting_over_every_label_set() -> None:
+    text = "\n".join(
+        [
+            "# HELP vllm:num_requests_running Number of requests running.",
+            'vllm:num_requests_running{engine="0",model_name="m"} 3.0',
+            'vllm:num_requests_running{engine="1",model_name="m"} 1.0',
+            'vllm:num_requests_waiting{model_name="m"} 2.0',
+            'vllm:num_requests_waiting_by_reason{reason="x"} 9.0',
+            'vllm:lora_requests_info{running_lora_adapters="a"} 1.7e9',
+        ]
+    )
+    assert parse_load(text) == 6
+
+
+def test_a_worker_serves_only_while_its_polls_are_fresh_and_nothing_failed_there() -> None:
+    state = new_state(stale_after=2.0)
+    state.upsert_worker("w", "http://v", "http://a", ready=True, now=0.0)
+    assert not state.table.workers["w"].healthy  # no answer yet
+    state.report_load("w", 4, now=1.0)
+    assert state.table.workers["w"].healthy
+    assert state.table.total_load == 4
+    state.refresh(now=3.5)
+    assert not state.table.workers["w"].healthy  # stale
+    assert state.table.total_load == 0
+    state.report_load("w", 1, now=4.0)
+    state.report_failure("w", now=4.1)
+    assert not state.table.workers["w"].healthy  # a request failed there
+    state.report_load("w", 1, now=4.5)
+    assert state.table.workers["w"].healthy
+
+
+async def test_the_load_poller_takes_out_a_worker_whose_vllm_stops_answering(fleet: Any) -> None:
+    state = fleet.state
+    async with aiohttp.ClientSession() as session:
+        poller = LoadPoller(state, session, interval=0.1)
+        await poller.poll_once()
+        assert state.table.workers["worker-0"].reported == 3
+        assert state.table.workers["worker-0"].healthy
+        await fleet.workers["worker-0"].vllm.close()
+        await poller.poll_once()
+    assert not state.table.workers["worker-0"].healthy
+    assert state.table.workers["worker-1"].healthy
+
+
+async def test_static_mode_reads_residency_and_slots_from_the_agents(fleet: Any) -> None:
+    state = new_state()
+    workers = [StaticWorker(w.name, w.vllm_url, w.agent_url) for w in fleet.workers.values()]
+    async with aiohttp.ClientSession() as session:
+        await StaticSource(state, session, workers).poll_once()
+    assert state.table.holders("sql-gen") == {"worker-0": "GPU", "worker-1": "GPU"}
+    assert state.table.holders("tail-1") == {"worker-0": "CPU", "worker-1": "CPU"}
+    assert state.table.workers["worker-0"].gpu_slots == 4
+    assert state.table.is_named("sql-gen")
+    assert not state.table.is_named("tail-1")  # came through the catalog
+
+
+def placement(worker: str, status: dict[str, Any], wanted: list[str], base: str = "llama") -> dict[str, Any]:
+    return {
+        "metadata": {"name": worker},
+        "spec": {"baseModel": base, "worker": worker, "adapters": [{"name": n} for n in wanted]},
+        "status": status,
+    }
+
+
+def test_workerplacement_events_set_residency_and_named_adapters() -> None:
+    state = new_state()
+    status = {
+        "adapters": [
+            {"name": "sql-gen", "tier": "GPU", "sha256": "0" * 64},
+            {"name": "user-7", "tier": "Disk", "catalog": True},
+        ],
+        "gpuSlots": 4,
+        "cpuSlots": 12,
+    }
+    apply_placement(state, "ADDED", placement("llama-worker-0", status, ["sql-gen", "chat"]), "llama")
+    assert state.table.holders("sql-gen") == {"llama-worker-0": "GPU"}
+    assert state.table.holders("user-7") == {"llama-worker-0": "Disk"}
+    assert state.table.is_named("chat")
+    assert not state.table.is_named("user-7")
+    apply_placement(state, "ADDED", placement("other-worker-0", status, ["x"], base="other"), "llama")
+    assert "other-worker-0" not in state.table.workers
+    apply_placement(state, "DELETED", placement("llama-worker-0", status, []), "llama")
+    assert state.table.holders("sql-gen") == {}
+    assert not state.table.is_named("chat")
+
+
+def test_pod_events_give_endpoints_and_readiness_and_remove_deleted_workers() -> None:
+    state = new_state()
+    pod = {
+        "metadata": {"name": "llama-worker-0"},
+        "status": {"podIP": "10.0.0.7", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    apply_pod(state, "ADDED", pod, 8000, 8080, now=0.0)
+    assert state.endpoints["llama-worker-0"].vllm_url == "http://10.0.0.7:8000"
+    assert state.endpoints["llama-worker-0"].agent_url == "http://10.0.0.7:8080"
+    state.report_load("llama-worker-0", 0, now=0.5)
+    assert state.table.workers["llama-worker-0"].healthy
+    pod["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    apply_pod(state, "MODIFIED", pod, 8000, 8080, now=1.0)
+    assert not state.table.workers["llama-worker-0"].healthy
+    apply_pod(state, "DELETED", pod, 8000, 8080, now=2.0)
+    assert "llama-worker-0" not in state.table.workers
