@@ -29,11 +29,7 @@ def worlds(draw: st.DrawFn, min_workers: int = 1) -> World:
     healthy = tuple(draw(st.booleans()) for _ in workers)
     loads = tuple(draw(st.integers(0, 20)) for _ in workers)
     holds = tuple(
-        tuple(
-            draw(
-                st.dictionaries(st.sampled_from(ADAPTERS), st.sampled_from(TIERS), max_size=6)
-            ).items()
-        )
+        tuple(draw(st.dictionaries(st.sampled_from(ADAPTERS), st.sampled_from(TIERS), max_size=6)).items())
         for _ in workers
     )
     return World(workers, healthy, loads, holds)
@@ -41,7 +37,8 @@ def worlds(draw: st.DrawFn, min_workers: int = 1) -> World:
 
 def build(world: World, seed: int = 0) -> WorkerTable:
     table = WorkerTable(Rendezvous(seed=seed))
-    for name, healthy, load, holds in zip(world.workers, world.healthy, world.loads, world.holds, strict=True):
+    rows = zip(world.workers, world.healthy, world.loads, world.holds, strict=True)
+    for name, healthy, load, holds in rows:
         table.add_worker(name, healthy)
         table.set_reported_load(name, load)
         table.set_residency(name, dict(holds), gpu_slots=4, cpu_slots=8)
