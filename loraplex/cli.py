@@ -15,21 +15,6 @@ from loraplex import __version__
 
 Handler = Callable[[argparse.Namespace], int]
 
-# Deployables that later work items build; until then the command says so
-# plainly rather than pretending to run.
-_PENDING = {
-    "router": "the adapter-affinity OpenAI-compatible router of one BaseModel",
-}
-
-
-def _pending(name: str) -> Handler:
-    def run(_: argparse.Namespace) -> int:
-        print(f"loraplex {name}: not built yet in this version ({_PENDING[name]})", file=sys.stderr)
-        return 2
-
-    return run
-
-
 def _operator(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -101,9 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"loraplex {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for name, what in _PENDING.items():
-        sub = commands.add_parser(name, help=f"Run {what}.", description=f"Run {what}.")
-        sub.set_defaults(handler=_pending(name))
+    from loraplex.router import main as router_main
+
+    router_main.configure(
+        commands.add_parser(
+            "router",
+            help="Run the adapter-affinity OpenAI-compatible router of one BaseModel.",
+            description="Run the router of one BaseModel (docs/router.md).",
+        )
+    )
 
     from loraplex.worker.agent import main as agent_main
 
