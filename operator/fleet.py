@@ -77,6 +77,8 @@ def selector(ref: BaseModelRef, component: str) -> dict[str, str]:
 def plan_fleet(ref: BaseModelRef, spec: BaseModelSpec, settings: OperatorSettings) -> list[Manifest]:
     """Every object of the fleet except the generated API key Secret (see `api_key_secret`)."""
     return [
+        *(owned_by(ref, service_account(ref, component)) for component in ("worker", "router")),
+        *(owned_by(ref, role_binding(ref, component)) for component in ("worker", "router")),
         owned_by(ref, worker_statefulset(ref, spec, settings)),
         owned_by(ref, workers_service(ref)),
         owned_by(ref, router_deployment(ref, spec, settings)),
@@ -128,6 +130,56 @@ def _api_key_env(ref: BaseModelRef, spec: BaseModelSpec, variable: str) -> Manif
     return {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
+def agent_args(ref: BaseModelRef, spec: BaseModelSpec) -> list[str]:
+    engine = spec.engine
+    args = [
+        "agent",
+        "--base-model", ref.name,
+        "--vllm-url", f"http://127.0.0.1:{VLLM_PORT}",
+        "--cache-dir", ADAPTER_CACHE,
+        "--port", str(AGENT_PORT),
+        "--max-loras", str(engine.max_loras),
+        "--max-cpu-loras", str(engine.max_cpu_loras),
+    ]  # fmt: skip
+    if spec.adapter_catalog is not None:
+        args += ["--catalog-template", spec.adapter_catalog.uri_template]
+    return args
+
+
+def _store_credentials(spec: BaseModelSpec) -> Manifest:
+    """The adapter store's credentials (AWS_* keys for S3) from the BaseModel's Secret, if it names one."""
+    ref = spec.adapter_store_secret_ref
+    return {"envFrom": [{"secretRef": {"name": ref.name}}]} if ref is not None else {}
+
+
+def service_account(ref: BaseModelRef, component: str) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": f"{ref.name}-{component}",
+            "namespace": ref.namespace,
+            "labels": labels(ref, component),
+        },
+    }
+
+
+def role_binding(ref: BaseModelRef, component: str) -> Manifest:
+    """Binds a component's ServiceAccount to its ClusterRole from the chart (loraplex-worker / -router)."""
+    name = f"{ref.name}-{component}"
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": name, "namespace": ref.namespace, "labels": labels(ref, component)},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": f"loraplex-{component}",
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ref.namespace}],
+    }
+
+
 def worker_statefulset(ref: BaseModelRef, spec: BaseModelSpec, settings: OperatorSettings) -> Manifest:
     model_path, volumes, mounts = model_location(spec)
     resources = spec.resources
@@ -156,21 +208,13 @@ def worker_statefulset(ref: BaseModelRef, spec: BaseModelSpec, settings: Operato
     agent = {
         "name": "agent",
         "image": settings.image,
-        "args": [
-            "agent",
-            "--base-model",
-            ref.name,
-            "--vllm-url",
-            f"http://127.0.0.1:{VLLM_PORT}",
-            "--cache-dir",
-            ADAPTER_CACHE,
-            "--port",
-            str(AGENT_PORT),
-        ],
+        "args": agent_args(ref, spec),
         "env": [
             _api_key_env(ref, spec, "LORAPLEX_VLLM_API_KEY"),
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         ],
+        **_store_credentials(spec),
         "ports": [{"name": "agent", "containerPort": AGENT_PORT}],
         "volumeMounts": [cache_mount],
     }
@@ -182,9 +226,11 @@ def worker_statefulset(ref: BaseModelRef, spec: BaseModelSpec, settings: Operato
                 "image": settings.image,
                 "args": ["agent", "fetch-model", "--uri", spec.model.uri, "--dest", MODEL_MOUNT],
                 "volumeMounts": mounts,
+                **_store_credentials(spec),
             }
         )
     pod_spec: Manifest = {
+        "serviceAccountName": worker_name(ref),
         "containers": [vllm, agent],
         "volumes": [*volumes, {"name": "adapter-cache", "emptyDir": {}}],
         "nodeSelector": dict(spec.node_selector),
@@ -267,7 +313,10 @@ def router_deployment(ref: BaseModelRef, spec: BaseModelSpec, settings: Operator
         "spec": {
             "replicas": settings.router_replicas,
             "selector": {"matchLabels": selector(ref, "router")},
-            "template": {"metadata": {"labels": labels(ref, "router")}, "spec": {"containers": [container]}},
+            "template": {
+                "metadata": {"labels": labels(ref, "router")},
+                "spec": {"serviceAccountName": f"{ref.name}-router", "containers": [container]},
+            },
         },
     }
 

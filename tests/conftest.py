@@ -12,12 +12,15 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from loraplex.e2e.cluster import LocalCluster
 from loraplex.e2e.crd_install import install_crds
+from loraplex.e2e.tiny_model import AdapterFiles, lora_adapter, tiny_llama
+from loraplex.e2e.worker_processes import VllmProcess
 
 TEST_CLUSTER = os.environ.get("LORAPLEX_TEST_CLUSTER", "loraplex-test")
 GPU_NODES = 4
@@ -50,3 +53,28 @@ def namespace(kube: Any) -> Iterator[str]:
     core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     yield name
     core.delete_namespace(name)
+
+
+# The real vLLM engine on its CPU backend: one server per session (30-60 s to
+# start on 2 cores) serving the tiny Llama, started only when a test asks.
+
+
+@pytest.fixture(scope="session")
+def base_model() -> Path:
+    return tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def adapters(base_model: Path) -> dict[str, AdapterFiles]:
+    return {f"a{i}": lora_adapter(f"a{i}", seed=i + 1, base=base_model) for i in range(5)}
+
+
+@pytest.fixture(scope="session")
+def vllm(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmProcess]:
+    process = VllmProcess(
+        base_model, tmp_path_factory.mktemp("vllm") / "vllm.log", max_loras=2, max_cpu_loras=4
+    )
+    try:
+        yield process.start()
+    finally:
+        process.stop()

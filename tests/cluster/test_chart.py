@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 
 from loraplex.api import GROUP, VERSION
-from loraplex.e2e.binaries import cached_binaries, ensure_helm
+from loraplex.e2e.chart import CHART, chart_applied, helm, render
 from loraplex.e2e.cluster import LocalCluster
 from loraplex.e2e.objects import create_object
 from loraplex.e2e.operator_process import OperatorProcess
@@ -21,20 +18,6 @@ from loraplex.e2e.service_account import service_account_kubeconfig
 from loraplex.e2e.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
-CHART = Path(__file__).resolve().parents[2] / "charts" / "loraplex"
-
-
-def helm(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(ensure_helm()), *args], capture_output=True, text=True, check=False, timeout=120
-    )
-
-
-def render(namespace: str, *sets: str) -> list[dict[str, Any]]:
-    flags = [arg for value in sets for arg in ("--set", value)]
-    rendered = helm("template", "loraplex", str(CHART), "--namespace", namespace, *flags)
-    assert rendered.returncode == 0, rendered.stderr
-    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
 
 
 def test_chart_lints() -> None:
@@ -80,23 +63,8 @@ def test_operator_rbac_never_reads_secrets_or_writes_crds() -> None:
 
 @pytest.fixture
 def chart_rbac(local_cluster: LocalCluster, namespace: str) -> Iterator[None]:
-    """The chart (CRDs already installed) applied to the test namespace, cluster roles removed afterwards."""
-    docs = render(namespace, "crds.enabled=false", "operator.replicas=1")
-    binaries = cached_binaries()
-    assert binaries is not None
-    applied = subprocess.run(
-        [str(binaries.kubectl), "--kubeconfig", str(local_cluster.kubeconfig), "apply", "-f", "-"],
-        input=yaml.safe_dump_all(docs), capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert applied.returncode == 0, applied.stderr
-    yield
-    with contextlib.closing(local_cluster.api_client()) as api:
-        rbac = client.RbacAuthorizationV1Api(api)
-        for doc in docs:
-            if doc["kind"] == "ClusterRole":
-                rbac.delete_cluster_role(doc["metadata"]["name"])
-            elif doc["kind"] == "ClusterRoleBinding":
-                rbac.delete_cluster_role_binding(doc["metadata"]["name"])
+    with chart_applied(local_cluster, namespace):
+        yield
 
 
 def test_operator_works_with_only_the_charts_rbac(

@@ -1,7 +1,6 @@
-"""Fixtures for tests with the real vLLM engine on its CPU backend.
+"""Fixtures for tests of the agent with the real vLLM engine (the `vllm` fixture is in tests/conftest.py).
 
-One vLLM server per session (it takes about 30-60 s to start on 2 cores)
-serving the tiny Llama; each test starts its own agent with its own disk cache,
+Each test starts its own agent with its own disk cache,
 which on start unloads whatever earlier tests left registered (adapters of
 unknown origin), so tests do not see each other's adapters.
 """
@@ -15,29 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from loraplex.e2e.tiny_model import AdapterFiles, lora_adapter, tiny_llama
+from loraplex.e2e.tiny_model import AdapterFiles
 from loraplex.e2e.worker_processes import AgentProcess, VllmProcess
-
-
-@pytest.fixture(scope="session")
-def base_model() -> Path:
-    return tiny_llama()
-
-
-@pytest.fixture(scope="session")
-def adapters(base_model: Path) -> dict[str, AdapterFiles]:
-    return {f"a{i}": lora_adapter(f"a{i}", seed=i + 1, base=base_model) for i in range(5)}
-
-
-@pytest.fixture(scope="session")
-def vllm(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmProcess]:
-    process = VllmProcess(
-        base_model, tmp_path_factory.mktemp("vllm") / "vllm.log", max_loras=2, max_cpu_loras=4
-    )
-    try:
-        yield process.start()
-    finally:
-        process.stop()
 
 
 def wanted_entry(adapter: AdapterFiles, tier: str = "CPU", name: str | None = None) -> dict[str, Any]:

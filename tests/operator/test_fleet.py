@@ -33,7 +33,8 @@ def containers(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def test_fleet_has_workers_services_router_and_policy_all_owned_by_the_base_model() -> None:
     manifests = plan_fleet(REF, spec(), SETTINGS)
     assert sorted(m["kind"] for m in manifests) == [
-        "Deployment", "NetworkPolicy", "Service", "Service", "StatefulSet",
+        "Deployment", "NetworkPolicy", "RoleBinding", "RoleBinding", "Service", "Service",
+        "ServiceAccount", "ServiceAccount", "StatefulSet",
     ]  # fmt: skip
     for manifest in manifests:
         owner = manifest["metadata"]["ownerReferences"][0]
@@ -44,6 +45,30 @@ def test_fleet_has_workers_services_router_and_policy_all_owned_by_the_base_mode
             True,
         )
         assert manifest["metadata"]["namespace"] == "serving"
+
+
+def test_agent_follows_its_worker_placement_with_the_engine_slots_catalog_and_store_keys() -> None:
+    model = spec(
+        engine={"maxLoras": 6, "maxCpuLoras": 24},
+        adapterCatalog={"uriTemplate": "s3://adapters/users/{adapter}"},
+        adapterStoreSecretRef={"name": "store-keys"},
+    )
+    manifests = plan_fleet(REF, model, SETTINGS)
+    agent = containers(manifests)["agent"]
+    args = agent["args"]
+    assert args[args.index("--max-loras") + 1] == "6"
+    assert args[args.index("--max-cpu-loras") + 1] == "24"
+    assert args[args.index("--catalog-template") + 1] == "s3://adapters/users/{adapter}"
+    assert {e["name"] for e in agent["env"]} >= {"POD_NAME", "POD_NAMESPACE", "LORAPLEX_VLLM_API_KEY"}
+    assert agent["envFrom"] == [{"secretRef": {"name": "store-keys"}}]
+    pod = by_kind(manifests)["StatefulSet"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "llama-8b-worker"
+    bindings = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "RoleBinding"}
+    assert bindings["llama-8b-worker"]["roleRef"]["name"] == "loraplex-worker"
+    assert bindings["llama-8b-worker"]["subjects"] == [
+        {"kind": "ServiceAccount", "name": "llama-8b-worker", "namespace": "serving"}
+    ]
+    assert bindings["llama-8b-router"]["roleRef"]["name"] == "loraplex-router"
 
 
 def test_vllm_gets_the_engine_settings_and_runtime_lora_loading() -> None:

@@ -1,0 +1,130 @@
+"""The whole loop on the real control plane with a real agent and a real vLLM CPU engine.
+
+The operator places LoRAAdapters on the BaseModel's (KWOK-simulated) worker
+pod and writes its WorkerPlacement; a real `loraplex agent`, acting as that
+pod with the worker ServiceAccount the operator made (bound to the chart's
+loraplex-worker ClusterRole), loads the adapters into a real vLLM and reports
+them; the operator turns the report into `Ready`. Deleting an adapter unloads
+it before the object goes; a corrupted adapter shows the agent's reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from loraplex.api import GROUP, VERSION
+from loraplex.e2e.chart import chart_applied
+from loraplex.e2e.cluster import LocalCluster
+from loraplex.e2e.objects import create_object
+from loraplex.e2e.operator_process import OperatorProcess
+from loraplex.e2e.service_account import service_account_kubeconfig
+from loraplex.e2e.tiny_model import AdapterFiles
+from loraplex.e2e.waiting import wait_until
+from loraplex.e2e.worker_processes import AgentProcess, VllmProcess
+
+pytestmark = [pytest.mark.cluster, pytest.mark.engine]
+WORKER = "tiny-worker-0"
+
+
+@pytest.fixture
+def chart_rbac(local_cluster: LocalCluster, namespace: str) -> Iterator[None]:
+    with chart_applied(local_cluster, namespace):
+        yield
+
+
+def adapter_status(kube: Any, namespace: str, name: str) -> dict[str, Any]:
+    try:
+        body = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "loraadapters", name
+        )
+    except client.exceptions.ApiException as error:
+        if error.status == 404:
+            return {"gone": True}
+        raise
+    status: dict[str, Any] = body.get("status", {})
+    return status
+
+
+def ready(status: dict[str, Any]) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+
+
+def when_ready(kube: Any, namespace: str, name: str, field: str, value: str) -> dict[str, Any] | None:
+    """The adapter's status once its Ready condition has `field` == `value`."""
+    status = adapter_status(kube, namespace, name)
+    return status if ready(status).get(field) == value else None
+
+
+def create_adapter(
+    kube: Any, namespace: str, name: str, files: AdapterFiles, sha256: str | None = None
+) -> None:
+    create_object(kube, namespace, "loraadapters", "LoRAAdapter", name, {
+        "baseModel": "tiny", "rank": files.rank, "replicas": 1,
+        "source": {"uri": f"file://{files.path}", "sha256": sha256 or files.sha256},
+    })  # fmt: skip
+
+
+def test_adapters_become_ready_on_a_real_worker_and_unload_on_delete(
+    local_cluster: LocalCluster,
+    kube: Any,
+    namespace: str,
+    chart_rbac: None,
+    operator: OperatorProcess,
+    vllm: VllmProcess,
+    adapters: dict[str, AdapterFiles],
+    tmp_path: Path,
+) -> None:
+    create_object(kube, namespace, "basemodels", "BaseModel", "tiny", {
+        "model": {"uri": "/models/tiny"}, "replicas": {"min": 1},
+        "engine": {"maxLoras": vllm.max_loras, "maxCpuLoras": vllm.max_cpu_loras, "maxLoraRank": 16},
+    })  # fmt: skip
+    core = client.CoreV1Api(kube)
+    by_name = "metadata.name=tiny-worker"
+    wait_until(lambda: core.list_namespaced_service_account(namespace, field_selector=by_name).items, 30,
+               "the worker ServiceAccount")  # fmt: skip
+    worker_kubeconfig = service_account_kubeconfig(
+        local_cluster.kubeconfig, namespace, "tiny-worker", tmp_path / "worker-kubeconfig.yaml"
+    )
+    agent = AgentProcess(
+        vllm, tmp_path / "cache", tmp_path / "agent.log",
+        worker=WORKER, namespace=namespace, kubeconfig=worker_kubeconfig,
+    ).start()  # fmt: skip
+    try:
+        create_adapter(kube, namespace, "sql", adapters["a0"])
+        create_adapter(kube, namespace, "chat", adapters["a1"])
+        create_adapter(kube, namespace, "broken", adapters["a2"], sha256=adapters["a3"].sha256)
+
+        for name in ("sql", "chat"):
+            status = wait_until(lambda name=name: when_ready(kube, namespace, name, "status", "True"), 120,
+                                f"{name} Ready")  # fmt: skip
+            assert status["placements"] == [{"worker": WORKER, "tier": "GPU"}]
+            assert status["copies"] == "1/1"
+        assert vllm.adapters() == {"sql", "chat"}
+        assert len({vllm.text("sql"), vllm.text("chat"), vllm.text("base")}) == 3
+
+        broken = wait_until(lambda: when_ready(kube, namespace, "broken", "reason", "DigestMismatch"), 120,
+                            "broken refused with the agent's reason")  # fmt: skip
+        assert ready(broken)["status"] == "False"
+        assert adapters["a3"].sha256 in ready(broken)["message"]
+
+        placement = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "workerplacements", WORKER
+        )
+        assert {a["name"] for a in placement["status"]["adapters"]} == {"sql", "chat"}
+        assert ready(placement["status"])["reason"] == "LoadFailed"
+
+        client.CustomObjectsApi(kube).delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, "loraadapters", "sql"
+        )
+        wait_until(
+            lambda: adapter_status(kube, namespace, "sql").get("gone"), 60, "sql deleted after unloading"
+        )
+        assert "sql" not in vllm.adapters()
+        assert "Forbidden" not in agent.log()
+    finally:
+        agent.stop()
