@@ -15,6 +15,7 @@ from loraplex import __version__
 
 Handler = Callable[[argparse.Namespace], int]
 
+
 def _operator(args: argparse.Namespace) -> int:
     import dataclasses
 
