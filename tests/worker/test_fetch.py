@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from loraplex.e2e.adapter_store import AdapterStore
 from loraplex.worker.agent.disk_cache import DiskCache
 from loraplex.worker.agent.fetch import Fetcher, FetchError, RetryPolicy
 from loraplex.worker.digest import tree_digest
@@ -70,11 +71,6 @@ async def store() -> AsyncIterator[Store]:
     await runner.cleanup()
 
 
-def https_fetcher(cache: DiskCache) -> Fetcher:
-    """The fetcher with https:// mapped onto the loopback store (tests have no TLS certificates)."""
-    return Fetcher(cache, retry=FAST)
-
-
 async def test_a_local_directory_is_copied_and_verified(tmp_path: Path) -> None:
     source = adapter_dir(tmp_path / "src")
     cache = DiskCache(tmp_path / "cache", 1 << 20)
@@ -117,18 +113,29 @@ async def test_a_digest_mismatch_is_refused_and_nothing_is_cached(tmp_path: Path
     assert list((tmp_path / "cache" / "staging").iterdir()) == []
 
 
-async def test_an_http_tar_archive_is_unpacked_and_verified(tmp_path: Path, store: Store) -> None:
-    files = {"adapter_config.json": b"{}", "adapter_model.safetensors": b"w" * 500}
-    store.objects["/a.tar.gz"] = tar_bytes(files, compress=True)
-    expected = adapter_dir(tmp_path / "expected")
-    (expected / "adapter_config.json").write_bytes(b"{}")
-    (expected / "adapter_model.safetensors").write_bytes(b"w" * 500)
-    cache = DiskCache(tmp_path / "cache", 1 << 20)
-    fetcher = Fetcher(cache, retry=FAST)
-    path = await fetcher._with_retries(
-        lambda: fetcher._fetch_once(_http(store, "/a.tar.gz"), tree_digest(expected))
-    )
-    assert tree_digest(path) == tree_digest(expected)
+def test_an_https_archive_and_its_catalog_digest_are_fetched_with_tls(tmp_path: Path) -> None:
+    source = adapter_dir(tmp_path / "src")
+    store = AdapterStore(tmp_path / "store").start()
+    try:
+        digest = store.publish("sql", source)
+        cache = DiskCache(tmp_path / "cache", 1 << 20)
+
+        async def fetch() -> tuple[str, Path]:
+            fetcher = Fetcher(cache, retry=FAST, ssl_context=store.ssl_context())
+            return await fetcher.read_digest(store.uri("sql")), await fetcher.fetch(store.uri("sql"), digest)
+
+        published, path = asyncio.run(fetch())
+        assert published == digest
+        assert tree_digest(path) == digest
+
+        async def untrusted() -> None:
+            await Fetcher(DiskCache(tmp_path / "other", 1 << 20), retry=FAST).fetch(store.uri("sql"), digest)
+
+        with pytest.raises(FetchError) as caught:  # the store's CA is not in the system trust store
+            asyncio.run(untrusted())
+        assert caught.value.reason == "SourceUnreachable"
+    finally:
+        store.stop()
 
 
 async def test_transient_errors_are_retried_with_backoff_and_404_is_not(tmp_path: Path, store: Store) -> None:
@@ -186,6 +193,7 @@ async def test_concurrent_fetches_are_bounded(tmp_path: Path) -> None:
 
 
 def _http(store: Store, path: str):  # type: ignore[no-untyped-def]
+    """The scripted plain-HTTP store as a source (the TLS path is covered with the HTTPS store above)."""
     from loraplex.worker.agent.sources import Source
 
     return Source("https", store.url + path)

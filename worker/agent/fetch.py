@@ -17,6 +17,7 @@ import contextlib
 import os
 import random
 import shutil
+import ssl
 import tarfile
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class Fetcher:
         retry: RetryPolicy | None = None,
         s3_client_factory: Callable[[], Any] | None = None,
         http_timeout: float = 300.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.cache = cache
         self.pvc_root = pvc_root
@@ -68,6 +70,8 @@ class Fetcher:
         self._s3_client_factory = s3_client_factory or s3_client_from_env
         self._s3: Any = None
         self._http_timeout = aiohttp.ClientTimeout(total=http_timeout)
+        # None: the system's trust store (SSL_CERT_FILE / SSL_CERT_DIR are honoured).
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
 
     async def fetch(self, uri: str, sha256: str) -> Path:
         """Bring revision `sha256` from `uri` into the disk cache and return its path."""
@@ -167,7 +171,7 @@ class Fetcher:
         try:
             async with (
                 aiohttp.ClientSession(timeout=self._http_timeout) as session,
-                session.get(url) as response,
+                session.get(url, ssl=self._ssl) as response,
             ):
                 if response.status in (404, 410):
                     raise FetchError(missing_reason, f"{url} answered {response.status}")
