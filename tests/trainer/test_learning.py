@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from loraplex.worker.trainer.config import TrainerConfig
 from loraplex.worker.trainer.data import Example, Record, tokenise
-from loraplex.worker.trainer.multi_lora import MultiLoraModel
+from loraplex.worker.trainer.multi_lora import Kernel, MultiLoraModel
 from loraplex.worker.trainer.progress import Recorder
 from loraplex.worker.trainer.publish import PEFT_PREFIX
 from loraplex.worker.trainer.training import Trainer
@@ -90,8 +91,13 @@ def test_concurrent_adapters_each_learn_their_own_data(
     assert (progress[-1].tokens_per_second or 0) > 0
 
 
+@pytest.mark.parametrize("kernel", ["stacked", "segments"])
 def test_published_adapter_loads_in_peft_with_the_trainers_logits(
-    tmp_path: Path, base_model: Path, dataset: Callable[..., Path], make_config: Callable[..., TrainerConfig]
+    tmp_path: Path,
+    base_model: Path,
+    dataset: Callable[..., Path],
+    make_config: Callable[..., TrainerConfig],
+    kernel: Kernel,
 ) -> None:
     out = tmp_path / "out"
     config = make_config(
@@ -111,7 +117,7 @@ def test_published_adapter_loads_in_peft_with_the_trainers_logits(
     from transformers import AutoModelForCausalLM
 
     model = MultiLoraModel(
-        AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32), torch.device("cpu")
+        AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32), torch.device("cpu"), kernel
     )
     examples = _examples(base_model, as_records(records("sql", 2, seed=5) + records("greet", 1, seed=5)))
     adapters = []

@@ -86,6 +86,9 @@ class TrainerConfig(ApiModel):
     dtype: DType = Field(
         default="auto", description="The frozen base's dtype; auto: bfloat16 on GPU, else float32."
     )
+    lora_kernel: Literal["auto", "stacked", "segments"] = Field(
+        default="auto", description="How the LoRA products run (multi_lora.py); auto: stacked on GPU."
+    )
     threads: int | None = Field(
         default=None, ge=1, le=1024, description="torch CPU threads (default: torch's)."
     )

@@ -2,23 +2,29 @@
 
 Each targeted `nn.Linear` of the base is wrapped in a `MultiLoraLinear`. A
 combined batch holds each adapter's rows one group after another; a shared
-`Routing` says which adapter owns which rows. For every wrapped layer the
-adapters' A matrices are stacked along the rank axis, so the whole batch costs
-two extra matrix products however many adapters share it:
+`Routing` says which adapter owns which rows. The base's own product runs once
+over the whole batch. The LoRA part runs in one of two ways:
 
-    h   = dropout_per_row(x) @ concat(A_1..A_n)^T        (rows x sum of ranks)
-    h  *= mask                                            (a row keeps only its own adapter's columns,
-                                                           times that adapter's alpha / rank)
-    out = base(x) + h @ concat(B_1..B_n)^T
+- `stacked` (the default on GPUs): the adapters' A and B matrices are stacked
+  along the rank axis, so the whole batch costs two extra products however
+  many adapters share it:
 
-which is peft's `base(x) + B(A(dropout(x))) * alpha / r` for every row, with
+      h   = dropout_per_row(x) @ concat(A_1..A_n)^T     (rows x sum of ranks)
+      h  *= mask               (a row keeps only its own adapter's columns, times its alpha / rank)
+      out = base(x) + h @ concat(B_1..B_n)^T
+
+- `segments` (the default on CPUs): two small products per adapter over its
+  own rows; n times fewer LoRA flops, 2n operations instead of 2.
+
+Both are peft's `base(x) + B(A(dropout(x))) * alpha / r` for every row, with
 different ranks, alphas, dropouts and target modules per adapter. Gradients
 reach only the adapter that owns a row, so each adapter's parameters and
 AdamW state are its own and adapters can join or leave between steps.
 
 Randomness is per adapter (its initial weights from its seed, its dropout
 masks from its own generator), so an adapter's run does not depend on which
-other adapters share the base.
+other adapters share the base, up to float rounding (padding widths and
+product shapes change with the company).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +41,8 @@ from torch import Tensor, nn
 from loraplex.api.trainingjob import LoraHyperparameters
 from loraplex.worker.trainer.data import IGNORE, Example
 from loraplex.worker.trainer.failures import TrainingFailure
+
+Kernel = Literal["stacked", "segments"]
 
 
 def _matches(path: str, target: str) -> bool:
@@ -92,6 +100,7 @@ class Routing:
         self.adapters: list[AdapterWeights] = []
         self.rows: list[int] = []
         self.training = False
+        self.kernel: Kernel = "stacked"
         self._masks: dict[tuple[int, ...], Tensor] = {}
 
     def set(self, adapters: Sequence[AdapterWeights], rows: Sequence[int], training: bool) -> None:
@@ -133,22 +142,37 @@ class MultiLoraLinear(nn.Module):
         present = tuple(i for i, w in enumerate(routing.adapters) if self.path in w.lora_a)
         if not present:
             return out
-        adapters = [routing.adapters[i] for i in present]
         lora_x = x.to(torch.float32)
         if routing.training and any(w.lora.dropout > 0 for w in routing.adapters):
             lora_x = lora_x * self._dropout_mask(lora_x)
-        a = (
-            torch.cat([w.lora_a[self.path] for w in adapters])
-            if len(adapters) > 1
-            else adapters[0].lora_a[self.path]
-        )
-        b = (
-            torch.cat([w.lora_b[self.path] for w in adapters], dim=1)
-            if len(adapters) > 1
-            else adapters[0].lora_b[self.path]
-        )
-        hidden = F.linear(lora_x, a) * routing.mask(present, x.device)
-        return out + F.linear(hidden, b).to(out.dtype)
+        delta = self._segments(lora_x) if routing.kernel == "segments" else self._stacked(lora_x, present)
+        return out + delta.to(out.dtype)
+
+    def _stacked(self, x: Tensor, present: tuple[int, ...]) -> Tensor:
+        """Two products for the whole batch over the adapters' A and B stacked along the rank."""
+        adapters = [self.routing.adapters[i] for i in present]
+        a: Tensor
+        b: Tensor
+        if len(adapters) == 1:
+            a, b = adapters[0].lora_a[self.path], adapters[0].lora_b[self.path]
+        else:
+            a = torch.cat([w.lora_a[self.path] for w in adapters])
+            b = torch.cat([w.lora_b[self.path] for w in adapters], dim=1)
+        return F.linear(F.linear(x, a) * self.routing.mask(present, x.device), b)
+
+    def _segments(self, x: Tensor) -> Tensor:
+        """Two products per adapter over its own rows: fewer flops, more (smaller) operations."""
+        parts = []
+        start = 0
+        for weights, rows in zip(self.routing.adapters, self.routing.rows, strict=True):
+            part = x[start : start + rows]
+            start += rows
+            if self.path in weights.lora_a:
+                hidden = F.linear(part, weights.lora_a[self.path])
+                parts.append(F.linear(hidden, weights.lora_b[self.path]) * weights.scaling)
+            else:
+                parts.append(part.new_zeros((*part.shape[:-1], self.base.out_features)))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _dropout_mask(self, x: Tensor) -> Tensor:
         """Per-row inverted-dropout masks, each adapter's rows drawn from its own generator."""
@@ -176,10 +200,12 @@ class BatchLosses:
 class MultiLoraModel:
     """A frozen causal LM with any number of LoRA adapters trained side by side."""
 
-    def __init__(self, model: Any, device: torch.device) -> None:
+    def __init__(self, model: Any, device: torch.device, kernel: Kernel | None = None) -> None:
         self.model = model
         self.device = device
         self.routing = Routing()
+        # Stacked: fewest operations (GPUs, where launches cost most). Segments: fewest flops (CPUs).
+        self.routing.kernel = kernel or ("stacked" if device.type == "cuda" else "segments")
         self.layers: dict[str, MultiLoraLinear] = {}
         self._next_uid = 0
         model.requires_grad_(False)

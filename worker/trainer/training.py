@@ -227,7 +227,8 @@ class Trainer:
 
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=self.dtype)
-        return MultiLoraModel(model.to(self.device), self.device)
+        kernel = None if self.config.lora_kernel == "auto" else self.config.lora_kernel
+        return MultiLoraModel(model.to(self.device), self.device, kernel)
 
     def _prepare(self) -> list[AdapterRun]:
         config = self.config
