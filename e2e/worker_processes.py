@@ -178,8 +178,10 @@ class AgentProcess(_Child):
         disk_budget_bytes: int = 1 << 30,
         catalog_template: str | None = None,
         port: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         super().__init__(log_path)
+        self.env = env or {}
         self.vllm = vllm
         self.cache_dir = cache_dir
         self.worker = worker
@@ -210,7 +212,7 @@ class AgentProcess(_Child):
             argv += ["--kubeconfig", str(self.kubeconfig)]
         if self.catalog_template is not None:
             argv += ["--catalog-template", self.catalog_template]
-        self._spawn(argv, {"LORAPLEX_VLLM_API_KEY": self.vllm.api_key, "PYTHONUNBUFFERED": "1"})
+        self._spawn(argv, {"LORAPLEX_VLLM_API_KEY": self.vllm.api_key, "PYTHONUNBUFFERED": "1", **self.env})
         wait_until(self.ready, timeout, f"agent on port {self.port} engine-ready")
         return self
 
