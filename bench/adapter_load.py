@@ -15,6 +15,11 @@ Baseline, measured in the same run: the same one-token completion with an
 adapter already active in a GPU slot; each tier is also printed as a ratio to
 it. The last line is exactly
 `cpu_tier_load_ms_p50=<ms> disk_tier_load_ms_p50=<ms> store_tier_load_ms_p50=<ms>`.
+
+With `--gpu` (on a machine with CUDA; no vLLM needed) it instead times the
+host-to-GPU load of a rank-16 adapter shaped for Llama-3-8B (about 84 MB in
+bf16): reading the safetensors file and copying each tensor, and one pinned
+bulk copy, both against the PCIe 5.0 x16 floor (64 GB/s).
 """
 
 from __future__ import annotations
@@ -45,10 +50,68 @@ def p50(samples: list[float]) -> float:
     return statistics.median(samples)
 
 
+# A rank-16 LoRA on every projection of a Llama-3-8B shape (32 layers, hidden 4096, 8 KV heads of 128,
+# MLP 14336), in bf16: about 84 MB, what one 8B adapter moves from host to GPU when it takes a slot.
+LLAMA_8B = {"layers": 32, "hidden": 4096, "kv": 1024, "mlp": 14336}
+PCIE_GEN5_X16_BYTES_PER_S = 64e9
+
+
+def gpu_adapter_load(repeats: int) -> None:
+    """Host-to-GPU load of an 8B-shaped rank-16 adapter, against the PCIe floor (needs torch with CUDA)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shapes = {"q": (LLAMA_8B["hidden"], LLAMA_8B["hidden"]), "k": (LLAMA_8B["hidden"], LLAMA_8B["kv"]),
+              "v": (LLAMA_8B["hidden"], LLAMA_8B["kv"]), "o": (LLAMA_8B["hidden"], LLAMA_8B["hidden"]),
+              "gate": (LLAMA_8B["hidden"], LLAMA_8B["mlp"]), "up": (LLAMA_8B["hidden"], LLAMA_8B["mlp"]),
+              "down": (LLAMA_8B["mlp"], LLAMA_8B["hidden"])}  # fmt: skip
+    rank = 16
+    tensors = {}
+    for layer in range(LLAMA_8B["layers"]):
+        for module, (fan_in, fan_out) in shapes.items():
+            key = f"base_model.model.model.layers.{layer}.{module}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, fan_in, dtype=torch.bfloat16)
+            tensors[f"{key}.lora_B.weight"] = torch.randn(fan_out, rank, dtype=torch.bfloat16)
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    path = Path(tempfile.mkdtemp()) / "adapter_model.safetensors"
+    save_file(tensors, str(path))
+    device = torch.device("cuda")
+
+    def file_to_gpu() -> None:  # what a runtime load does: read the file, copy each tensor to the GPU
+        loaded = load_file(str(path))
+        for tensor in loaded.values():
+            tensor.to(device, non_blocking=False)
+        torch.cuda.synchronize()
+
+    flat = torch.empty(size, dtype=torch.uint8).pin_memory()
+    target = torch.empty(size, dtype=torch.uint8, device=device)
+
+    def pinned_copy() -> None:  # the best the bus allows: one pinned buffer, one copy
+        target.copy_(flat, non_blocking=True)
+        torch.cuda.synchronize()
+
+    file_to_gpu()
+    pinned_copy()
+    load = p50([timed(file_to_gpu) for _ in range(repeats)])
+    bulk = p50([timed(pinned_copy) for _ in range(repeats)])
+    floor = size / PCIE_GEN5_X16_BYTES_PER_S * 1000
+    print(f"gpu={torch.cuda.get_device_name()} adapter_bytes={size} rank={rank} shape=llama-3-8b")
+    print(f"gpu_pcie_floor_ms={floor:.2f} (64 GB/s, PCIe 5.0 x16)")
+    print(f"gpu_pinned_copy_ms_p50={bulk:.2f} pinned_copy_vs_floor={bulk / floor:.2f}x "
+          f"pinned_gb_per_s={size / bulk / 1e6:.1f}")  # fmt: skip
+    print(f"gpu_file_to_gpu_load_ms_p50={load:.2f} file_load_vs_floor={load / floor:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Fewer samples (about a minute after start-up).")
+    parser.add_argument(
+        "--gpu", action="store_true", help="Only the host-to-GPU load of an 8B-shaped adapter (needs CUDA)."
+    )
     args = parser.parse_args()
+    if args.gpu:
+        gpu_adapter_load(repeats=10 if args.quick else 50)
+        return
     samples = 8 if args.quick else 30
     work = Path(tempfile.mkdtemp(prefix="loraplex-bench-load-"))
     base = tiny_llama()
