@@ -236,3 +236,35 @@ class AgentProcess(_Child):
 
     def metrics(self) -> dict[str, float]:
         return prometheus_samples(f"{self.url}/metrics", "loraplex_agent_")
+
+
+class RouterProcess(_Child):
+    """`loraplex router` in static mode in front of real workers (vLLM + agent pairs)."""
+
+    name = "router"
+
+    def __init__(self, workers: dict[str, AgentProcess], log_path: Path, *, base_model: str = "tiny") -> None:
+        super().__init__(log_path)
+        self.workers = workers
+        self.base_model = base_model
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> RouterProcess:
+        first = next(iter(self.workers.values()))
+        argv = [
+            sys.executable, "-m", "loraplex.cli", "router",
+            "--base-model", self.base_model, "--served-model-name", first.vllm.served_name,
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--workers", *(f"{name}={agent.vllm.url},{agent.url}" for name, agent in self.workers.items()),
+        ]  # fmt: skip
+        self._spawn(argv, {"LORAPLEX_VLLM_API_KEY": first.vllm.api_key, "PYTHONUNBUFFERED": "1"})
+        wait_until(lambda: self.running() and http_json(f"{self.url}/healthz", timeout=2)[0] == 200, timeout,
+                   f"router on port {self.port} healthy")  # fmt: skip
+        return self
+
+    def metrics(self) -> dict[str, float]:
+        return prometheus_samples(f"{self.url}/metrics", "loraplex_router_")

@@ -1,0 +1,127 @@
+"""The router in front of two real CPU vLLM workers (each with its agent), called with the openai client.
+
+Worker w0 is asked to hold `sql`, worker w1 `chat`; both agents can load any
+adapter of a local catalog on demand. The last test kills w1's vLLM mid-test:
+requests for `chat` then land on w0, which loads it from the catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from loraplex.e2e.tiny_model import AdapterFiles
+from loraplex.e2e.waiting import wait_until
+from loraplex.e2e.worker_processes import AgentProcess, RouterProcess, VllmProcess, http_json
+from tests.engine.conftest import wanted_entry, write_wanted
+
+pytestmark = pytest.mark.engine
+
+
+class Fleet:
+    def __init__(self, vllms: dict[str, VllmProcess], agents: dict[str, AgentProcess], router: RouterProcess):
+        self.vllms = vllms
+        self.agents = agents
+        self.router = router
+        self.client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    vllm: VllmProcess,
+    base_model: Path,
+    adapters: dict[str, AdapterFiles],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Fleet]:
+    work = tmp_path_factory.mktemp("router-fleet")
+    catalog = work / "catalog"
+    catalog.mkdir()
+    for name, files in (("sql", adapters["a0"]), ("chat", adapters["a1"]), ("user-7", adapters["a2"])):
+        (catalog / name).symlink_to(files.path, target_is_directory=True)
+        (catalog / f"{name}.sha256").write_text(files.sha256)
+    second = VllmProcess(base_model, work / "vllm-w1.log", max_loras=2, max_cpu_loras=4).start()
+    vllms = {"w0": vllm, "w1": second}
+    agents = {}
+    for name, held in (("w0", ("sql", adapters["a0"])), ("w1", ("chat", adapters["a1"]))):
+        wanted = work / f"{name}-wanted.yaml"
+        write_wanted(wanted, [wanted_entry(held[1], "GPU", name=held[0])])
+        agents[name] = AgentProcess(
+            vllms[name], work / f"{name}-cache", work / f"{name}-agent.log", worker=name, wanted_file=wanted,
+            catalog_template=f"file://{catalog}/{{adapter}}",
+        ).start()  # fmt: skip
+        wait_until(
+            lambda agent=agents[name], held=held: agent.held() == {held[0]: "GPU"}, 60, f"{name} ready"
+        )
+    router = RouterProcess(agents, work / "router.log").start()
+    try:
+        yield Fleet(vllms, agents, router)
+    finally:
+        router.stop()
+        for agent in agents.values():
+            agent.stop()
+        second.stop()
+
+
+def test_completions_reach_the_worker_that_holds_the_adapter(fleet: Fleet) -> None:
+    for adapter, worker in (("sql", "w0"), ("chat", "w1")):
+        answer = fleet.client.completions.create(
+            model=adapter, prompt="the quick", max_tokens=8, temperature=0
+        )
+        assert answer.choices[0].text == fleet.vllms[worker].text(adapter)
+    metrics = fleet.router.metrics()
+    assert metrics['loraplex_router_requests_total{tier="gpu"}'] >= 2
+    models = {m.id for m in fleet.client.models.list()}
+    assert {"base", "sql", "chat"} <= models
+
+
+def test_chat_streams_chunk_by_chunk_and_matches_the_whole_answer(fleet: Fleet) -> None:
+    messages = [{"role": "user", "content": "hello world"}]
+    whole = fleet.client.chat.completions.create(
+        model="chat", messages=messages, max_tokens=12, temperature=0
+    )
+    stream = fleet.client.chat.completions.create(
+        model="chat", messages=messages, max_tokens=12, temperature=0, stream=True
+    )
+    chunks = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert len([c for c in chunks if c]) > 1
+    assert "".join(chunks) == whole.choices[0].message.content
+
+
+def test_errors_come_in_openais_shape(fleet: Fleet) -> None:
+    with pytest.raises(openai.NotFoundError) as missing:
+        fleet.client.completions.create(model="no-such-adapter", prompt="x", max_tokens=1)
+    assert "no-such-adapter" in str(missing.value)
+    request = urllib.request.Request(
+        f"{fleet.router.url}/v1/completions", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as malformed:
+        urllib.request.urlopen(request, timeout=10)
+    assert malformed.value.code == 400
+    assert "error" in json.loads(malformed.value.read())
+    status, body = http_json(f"{fleet.router.url}/v1/completions", {"prompt": "x"})
+    assert status == 400, body
+
+
+def test_a_catalog_adapter_is_loaded_on_first_request(fleet: Fleet) -> None:
+    answer = fleet.client.completions.create(model="user-7", prompt="the quick", max_tokens=8, temperature=0)
+    holders = [name for name, agent in fleet.agents.items() if "user-7" in agent.held()]
+    assert len(holders) == 1
+    assert answer.choices[0].text == fleet.vllms[holders[0]].text("user-7")
+    assert fleet.router.metrics()['loraplex_router_requests_total{tier="miss"}'] >= 1
+
+
+def test_a_killed_worker_is_routed_around(fleet: Fleet) -> None:
+    expected = fleet.vllms["w1"].text("chat")
+    fleet.vllms["w1"].stop(signal.SIGKILL)
+    answers = [
+        fleet.client.completions.create(model="chat", prompt="the quick", max_tokens=8, temperature=0)
+        for _ in range(3)
+    ]
+    assert {a.choices[0].text for a in answers} == {expected}
+    assert "chat" in fleet.agents["w0"].held()
