@@ -295,6 +295,8 @@ def router_deployment(ref: BaseModelRef, spec: BaseModelSpec, settings: Operator
             "router",
             "--base-model",
             ref.name,
+            "--served-model-name",
+            spec.model.served_name or ref.name,
             "--namespace",
             ref.namespace,
             "--workers-service",

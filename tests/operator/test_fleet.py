@@ -150,3 +150,12 @@ def test_replicas_get_distinct_peering_priorities() -> None:
     priorities = {default_priority(f"loraplex-operator-{i}") for i in range(50)}
     assert len(priorities) == 50
     assert OperatorSettings.from_env({"POD_NAME": "a"}).peering_priority == default_priority("a")
+
+
+def test_router_knows_the_name_clients_use_for_the_base_model() -> None:
+    named = spec(model={"uri": "pvc://models/llama/8b", "servedName": "meta-llama/Llama-3-8B"})
+    for model, expected in ((spec(), "llama-8b"), (named, "meta-llama/Llama-3-8B")):
+        router = by_kind(plan_fleet(REF, model, SETTINGS))["Deployment"]["spec"]["template"]["spec"]
+        args = router["containers"][0]["args"]
+        assert args[args.index("--served-model-name") + 1] == expected
+        assert router["serviceAccountName"] == "llama-8b-router"
