@@ -150,3 +150,19 @@ def test_catalog_adapters_load_on_demand_once_for_concurrent_callers(
     status, body = agent.ensure("user-8")  # backing off: answered at once, nothing fetched again
     assert status == 503, body
     assert agent.metrics()['loraplex_agent_fetch_failures_total{reason="DigestMismatch"}'] == 1
+
+
+def test_adapters_come_back_after_vllm_restarts(
+    vllm: VllmProcess, adapters: dict[str, AdapterFiles], start_agent: AgentFactory
+) -> None:
+    agent = start_agent([wanted_entry(adapters["a0"], "GPU"), wanted_entry(adapters["a1"], "CPU")])
+    wait_held(agent, {"a0": "GPU", "a1": "CPU"})
+    before = vllm.text("a0")
+
+    vllm.stop()
+    vllm.start()  # same port, empty: vLLM forgets runtime-loaded adapters
+
+    wait_until(lambda: vllm.adapters() == {"a0", "a1"}, 120, "the agent reloading what vLLM forgot")
+    wait_held(agent, {"a0": "GPU", "a1": "CPU"})
+    assert vllm.text("a0") == before
+    assert agent.metrics()['loraplex_agent_adapter_loads_total{tier="GPU"}'] == 2
