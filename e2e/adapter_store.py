@@ -22,10 +22,10 @@ from loraplex.worker.digest import tree_digest
 
 
 class AdapterStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, port: int = 0) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
-        self.port = 0
+        self.port = port
         self.ca_file = root.parent / f"{root.name}-ca.pem"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -49,6 +49,7 @@ class AdapterStore:
         """Pack `directory` as `<name>.tar` (and its digest); return the digest."""
         digest = tree_digest(directory)
         archive = self.root / f"{name}.tar"
+        archive.parent.mkdir(parents=True, exist_ok=True)
         with tarfile.open(archive.with_suffix(".tmp"), "w") as tar:
             for path in sorted(directory.rglob("*")):
                 if path.is_file() and not path.is_symlink():
@@ -78,20 +79,27 @@ class AdapterStore:
             app.router.add_static("/", self.root)
             self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=server_context)
+            site = web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=server_context)
             await site.start()
             self.port = self._runner.addresses[0][1]
             ready.set()
 
+        failure: list[BaseException] = []
+
         def run() -> None:
             self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(serve())
+            try:
+                self._loop.run_until_complete(serve())
+            except OSError as error:  # the port is taken
+                failure.append(error)
+                ready.set()
+                return
             self._loop.run_forever()
 
         self._thread = threading.Thread(target=run, name="adapter-store", daemon=True)
         self._thread.start()
-        if not ready.wait(30):
-            raise RuntimeError("the adapter store did not start")
+        if not ready.wait(30) or failure:
+            raise RuntimeError(f"the adapter store did not start on port {self.port}: {failure}")
         return self
 
     def stop(self) -> None:

@@ -16,6 +16,7 @@ from loraplex.e2e.binaries import cached_binaries, ensure_binaries, ensure_helm
 from loraplex.e2e.cluster import ClusterError, LocalCluster
 from loraplex.e2e.gpu_nodes import GpuNodeShape
 from loraplex.e2e.local_operator import LocalOperator
+from loraplex.e2e.local_workers import LocalWorkers
 
 
 def run(action: str, args: argparse.Namespace) -> int:
@@ -39,6 +40,7 @@ def _cluster_down(args: argparse.Namespace) -> int:
     if kind_cluster.exists(args.name):
         kind_cluster.down(args.name)
     cluster = LocalCluster(args.name)
+    LocalWorkers(cluster).stop()
     LocalOperator(cluster).stop()
     cluster.down()
     print(f"Stopped cluster {args.name}")
@@ -56,6 +58,8 @@ def _cluster_status(args: argparse.Namespace) -> int:
         print(f"  {component}: pid {pid}")
     operator_pid = LocalOperator(LocalCluster(args.name)).pid()
     print(f"  loraplex-operator: {'pid ' + str(operator_pid) if operator_pid else 'not running'}")
+    workers_pid = LocalWorkers(LocalCluster(args.name)).pid()
+    print(f"  loraplex-workers: {'pid ' + str(workers_pid) if workers_pid else 'not running'}")
     return 0
 
 
@@ -82,6 +86,13 @@ def _fleet_up(args: argparse.Namespace) -> int:
         print(
             f"Started the loraplex operator pid={pid} metrics=:{operator.ports()[0]} log={operator.log_file}"
         )
+        if not args.no_workers:
+            workers = LocalWorkers(cluster)
+            pid = workers.start()
+            print(
+                f"Started the local worker runner pid={pid} log={workers.log_file}: real vLLM + agent behind "
+                "each worker pod, a real router behind each router pod, adapters on https://localhost:8443"
+            )
     _print_usage(str(kubeconfig))
     return 0
 
@@ -94,7 +105,11 @@ def _print_usage(kubeconfig: str) -> None:
         f"  export KUBECONFIG={kubeconfig}\n"
         f"  alias kubectl={kubectl}\n"
         "  kubectl get nodes\n"
-        "  kubectl apply -f examples/ && kubectl get bm,lora,tj\n"
+        "  kubectl apply -f examples/ && kubectl wait --for=condition=Ready lora --all --timeout=5m\n"
+        "  ROUTER=$(kubectl get pod -l app.kubernetes.io/component=router \\\n"
+        "    -o jsonpath='{.items[0].status.podIP}')\n"
+        "  curl -s http://$ROUTER:8000/v1/completions -H 'Content-Type: application/json' \\\n"
+        '    -d \'{"model": "sql-gen", "prompt": "select", "max_tokens": 8}\'\n'
     )
 
 

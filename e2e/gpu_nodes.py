@@ -28,6 +28,12 @@ def node_name(cluster: str, index: int) -> str:
     return f"{cluster}-gpu-{index}"
 
 
+def pod_cidr(index: int) -> str:
+    if not 0 <= index < 254:
+        raise ValueError("at most 254 simulated GPU nodes (one loopback /24 each)")
+    return f"127.1.{index + 1}.0/24"
+
+
 def gpu_node(cluster: str, index: int, shape: GpuNodeShape) -> dict[str, Any]:
     """A Node manifest for one simulated GPU node, spread round-robin over zones."""
     name = node_name(cluster, index)
@@ -54,7 +60,9 @@ def gpu_node(cluster: str, index: int, shape: GpuNodeShape) -> dict[str, Any]:
                 "loraplex.dev/gpu-node": "true",
             },
         },
-        "spec": {},
+        # Pods on this node get loopback addresses (KWOK hands them out from the node's podCIDR), so a
+        # real process can stand behind a simulated pod: the local fleet binds vLLM to the pod's IP.
+        "spec": {"podCIDR": pod_cidr(index), "podCIDRs": [pod_cidr(index)]},
         "status": {
             "allocatable": resources,
             "capacity": resources,

@@ -66,7 +66,13 @@ class S3Server:
             self.process = subprocess.Popen(
                 [str(server), "-H", "127.0.0.1", "-p", str(self.port)], stdout=log, stderr=subprocess.STDOUT
             )
-        wait_until(lambda: http_json(f"{self.endpoint}/moto-api/", timeout=2)[0] == 200, 60, "moto S3 server")
+        try:
+            wait_until(
+                lambda: http_json(f"{self.endpoint}/moto-api/", timeout=2)[0] == 200, 60, "moto S3 server"
+            )
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:

@@ -145,8 +145,16 @@ def lora_adapter(
                 if "lora_" in param_name:
                     param.mul_(4.0)  # big enough that greedy outputs differ per adapter
         peft_model.save_pretrained(str(tmp), safe_serialization=True)
+        # Name the base by its version, not its path, and drop peft's model card, so that the same seed
+        # gives the same files (and digest) on every machine: the examples pin these digests.
+        config_path = tmp / "adapter_config.json"
+        config = json.loads(config_path.read_text())
+        config["base_model_name_or_path"] = MODEL_VERSION
+        config["target_modules"] = sorted(config["target_modules"])  # peft keeps a set: order varies
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (tmp / "README.md").unlink(missing_ok=True)
 
     path = _locked_build(
-        (root or cache_root()) / "adapters" / f"{MODEL_VERSION}-{name}-s{seed}-r{rank}", build
+        (root or cache_root()) / "adapters" / f"{MODEL_VERSION}-{name}-s{seed}-r{rank}-v2", build
     )
     return AdapterFiles(name=name, path=path, sha256=tree_digest(path), rank=rank)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +110,10 @@ class VllmProcess(_Child):
         max_cpu_loras: int = 4,
         max_lora_rank: int = 16,
         port: int | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         super().__init__(log_path)
+        self.host = host
         self.model = model
         self.served_name = served_name
         self.api_key = api_key
@@ -121,13 +124,13 @@ class VllmProcess(_Child):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = VLLM_STARTUP_SECONDS) -> VllmProcess:
         argv = [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(self.model), "--served-model-name", self.served_name,
-            "--host", "127.0.0.1", "--port", str(self.port),
+            "--host", self.host, "--port", str(self.port),
             "--enable-lora", "--max-loras", str(self.max_loras), "--max-cpu-loras", str(self.max_cpu_loras),
             "--max-lora-rank", str(self.max_lora_rank), "--max-model-len", "256", "--dtype", "bfloat16",
         ]  # fmt: skip
@@ -179,8 +182,10 @@ class AgentProcess(_Child):
         catalog_template: str | None = None,
         port: int | None = None,
         env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         super().__init__(log_path)
+        self.host = host
         self.env = env or {}
         self.vllm = vllm
         self.cache_dir = cache_dir
@@ -194,13 +199,13 @@ class AgentProcess(_Child):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 60.0) -> AgentProcess:
         argv = [
             sys.executable, "-m", "loraplex.cli", "agent",
             "--worker", self.worker, "--vllm-url", self.vllm.url, "--cache-dir", str(self.cache_dir),
-            "--host", "127.0.0.1", "--port", str(self.port),
+            "--host", self.host, "--port", str(self.port),
             "--max-loras", str(self.vllm.max_loras), "--max-cpu-loras", str(self.vllm.max_cpu_loras),
             "--disk-budget-bytes", str(self.disk_budget_bytes),
         ]  # fmt: skip
@@ -238,30 +243,57 @@ class AgentProcess(_Child):
         return prometheus_samples(f"{self.url}/metrics", "loraplex_agent_")
 
 
+@dataclass(frozen=True)
+class RouterCluster:
+    """Cluster mode for a router: follow the BaseModel's WorkerPlacements and worker pods."""
+
+    namespace: str
+    workers_service: str
+    kubeconfig: Path
+
+
 class RouterProcess(_Child):
-    """`loraplex router` in static mode in front of real workers (vLLM + agent pairs)."""
+    """`loraplex router` in front of real workers: static (`workers`) or following a cluster."""
 
     name = "router"
 
-    def __init__(self, workers: dict[str, AgentProcess], log_path: Path, *, base_model: str = "tiny") -> None:
+    def __init__(
+        self,
+        log_path: Path,
+        *,
+        base_model: str = "tiny",
+        served_name: str = "base",
+        api_key: str = "test-key",
+        workers: dict[str, AgentProcess] | None = None,
+        cluster: RouterCluster | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+    ) -> None:
         super().__init__(log_path)
-        self.workers = workers
+        self.workers = workers or {}
+        self.cluster = cluster
         self.base_model = base_model
-        self.port = free_port()
+        self.served_name = served_name
+        self.api_key = api_key
+        self.host = host
+        self.port = port or free_port()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 60.0) -> RouterProcess:
-        first = next(iter(self.workers.values()))
         argv = [
             sys.executable, "-m", "loraplex.cli", "router",
-            "--base-model", self.base_model, "--served-model-name", first.vllm.served_name,
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--workers", *(f"{name}={agent.vllm.url},{agent.url}" for name, agent in self.workers.items()),
+            "--base-model", self.base_model, "--served-model-name", self.served_name,
+            "--host", self.host, "--port", str(self.port),
         ]  # fmt: skip
-        self._spawn(argv, {"LORAPLEX_VLLM_API_KEY": first.vllm.api_key, "PYTHONUNBUFFERED": "1"})
+        if self.workers:
+            argv += ["--workers", *(f"{n}={a.vllm.url},{a.url}" for n, a in self.workers.items())]
+        if self.cluster is not None:
+            argv += ["--namespace", self.cluster.namespace, "--workers-service", self.cluster.workers_service]
+            argv += ["--kubeconfig", str(self.cluster.kubeconfig)]
+        self._spawn(argv, {"LORAPLEX_VLLM_API_KEY": self.api_key, "PYTHONUNBUFFERED": "1"})
         wait_until(lambda: self.running() and http_json(f"{self.url}/healthz", timeout=2)[0] == 200, timeout,
                    f"router on port {self.port} healthy")  # fmt: skip
         return self

@@ -176,11 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
         _add_cluster_flags(sub, action)
         sub.set_defaults(handler=_dev(f"cluster-{action}"))
     for action, help_text in (
-        ("up", "Start the local fleet: control plane, GPU nodes, and the loraplex CRDs."),
+        ("up", "Start the local fleet: control plane, GPU nodes, CRDs, operator, real CPU workers."),
         ("down", "Stop the local fleet."),
     ):
         sub = dev_commands.add_parser(action, help=help_text, description=help_text)
         _add_cluster_flags(sub, action)
+        if action == "up":
+            sub.add_argument(
+                "--no-workers",
+                action="store_true",
+                help="Do not start real vLLM, agent and router processes behind the simulated pods.",
+            )
         sub.set_defaults(handler=_dev(action))
     return parser
 

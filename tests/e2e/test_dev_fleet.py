@@ -1,4 +1,9 @@
-"""`loraplex dev up` (the README's main command): apply the examples and the fleet comes up."""
+"""`loraplex dev up` (the README's main command): apply the examples and the adapters answer completions.
+
+The local fleet runs a real vLLM (CPU backend) and agent behind each
+simulated worker pod and a real router behind the router pod, each bound to
+its pod's loopback IP; the example adapters come from the fleet's HTTPS store.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from kubernetes import client
 
@@ -15,20 +21,25 @@ from loraplex.cli import main
 from loraplex.e2e.binaries import cached_binaries
 from loraplex.e2e.cluster import LocalCluster, process_alive
 from loraplex.e2e.local_operator import LocalOperator
+from loraplex.e2e.local_workers import LocalWorkers
 from loraplex.e2e.waiting import wait_until
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.engine]
 
 NAME = "loraplex-devfleet"
 ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_ADAPTERS = ("sql-gen", "support-bot", "summarizer-de", "code-review")
 
 
-def test_dev_up_serves_the_examples_and_dev_down_stops_everything() -> None:
+def test_dev_up_serves_the_examples_through_real_workers_and_dev_down_stops_everything() -> None:
     cluster = LocalCluster(NAME)
+    children: list[int] = []
     try:
         assert main(["dev", "up", "--name", NAME, "--nodes", "3"]) == 0
         operator_pid = LocalOperator(cluster).pid()
+        workers_pid = LocalWorkers(cluster).pid()
         assert operator_pid is not None
+        assert workers_pid is not None
         binaries = cached_binaries()
         assert binaries is not None
         kubectl = [str(binaries.kubectl), "--kubeconfig", str(cluster.kubeconfig)]
@@ -37,21 +48,52 @@ def test_dev_up_serves_the_examples_and_dev_down_stops_everything() -> None:
         )
         assert applied.returncode == 0, applied.stderr
         with contextlib.closing(cluster.api_client()) as api:
-            status = wait_until(lambda: _ready_status(api), 60, "example BaseModel llama-8b Ready")
-        assert status["workers"] == "2/2"
+            status = wait_until(
+                lambda: _ready(api, "basemodels", "tiny-llama"), 60, "BaseModel tiny-llama Ready"
+            )
+            assert status["workers"] == "2/2"
+            for name in EXAMPLE_ADAPTERS:
+                wait_until(lambda name=name: _ready(api, "loraadapters", name), 300, f"adapter {name} Ready")
+            assert _ready(api, "loraadapters", "sql-gen")["copies"] == "2/2"
+            router_ip = _router_ip(api)
+
+        caller = openai.OpenAI(base_url=f"http://{router_ip}:8000/v1", api_key="unused", max_retries=0)
+        texts = {
+            model: caller.completions.create(model=model, prompt="select", max_tokens=8, temperature=0)
+            .choices[0]
+            .text
+            for model in ("tiny-llama", "sql-gen", "support-bot", "user-2")
+        }
+        assert len(set(texts.values())) == 4, (
+            texts
+        )  # each adapter (and the catalog's user-2) answers its own way
+        with pytest.raises(openai.NotFoundError):
+            caller.completions.create(model="no-such-adapter", prompt="select", max_tokens=1)
+
+        children = LocalWorkers(cluster).child_pids()
+        assert len(children) == 5  # two vLLMs, two agents, one router
         pids = cluster.status().pids
         assert main(["dev", "up", "--name", NAME, "--nodes", "3"]) == 0  # idempotent: same processes
         assert LocalOperator(cluster).pid() == operator_pid
+        assert LocalWorkers(cluster).pid() == workers_pid
     finally:
         assert main(["dev", "down", "--name", NAME]) == 0
     assert not process_alive(operator_pid)
-    assert not any(process_alive(pid) for pid in pids.values())
+    assert not process_alive(workers_pid)
+    assert not any(process_alive(pid) for pid in [*pids.values(), *children])
 
 
-def _ready_status(api: Any) -> dict[str, Any] | None:
-    body = client.CustomObjectsApi(api).get_namespaced_custom_object(
-        GROUP, VERSION, "default", "basemodels", "llama-8b"
-    )
+def _ready(api: Any, plural: str, name: str) -> dict[str, Any] | None:
+    body = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, "default", plural, name)
     status: dict[str, Any] = body.get("status", {})
     ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
     return status if ready.get("status") == "True" else None
+
+
+def _router_ip(api: Any) -> str:
+    pods = client.CoreV1Api(api).list_namespaced_pod(
+        "default", label_selector="app.kubernetes.io/component=router"
+    )
+    ip = pods.items[0].status.pod_ip if pods.items else None
+    assert ip, "the router pod has no IP"
+    return str(ip)

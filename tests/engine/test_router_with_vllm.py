@@ -58,7 +58,7 @@ def fleet(
         wait_until(
             lambda agent=agents[name], held=held: agent.held() == {held[0]: "GPU"}, 60, f"{name} ready"
         )
-    router = RouterProcess(agents, work / "router.log").start()
+    router = RouterProcess(work / "router.log", api_key=vllm.api_key, workers=agents).start()
     try:
         yield Fleet(vllms, agents, router)
     finally:
