@@ -22,7 +22,7 @@ test: lint binaries
 
 ## make unit: only the tests that need no cluster
 unit: venv
-	$(BIN)/pytest -m "not cluster"
+	$(BIN)/pytest -m "not cluster and not engine"
 
 lint: venv
 	$(BIN)/ruff check .
