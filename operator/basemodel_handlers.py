@@ -118,15 +118,16 @@ def _parse_spec(spec: Mapping[str, Any]) -> BaseModelSpec:
 
 @dataclass(frozen=True)
 class FleetIndexes:
-    """The kopf indexes of worker StatefulSets and pods, keyed by (namespace, BaseModel name)."""
+    """The kopf indexes of worker StatefulSets, pods and WorkerPlacements, keyed by (namespace, BaseModel)."""
 
     worker_sets: kopf.Index[tuple[str, str], dict[str, Any]]
     worker_pods: kopf.Index[tuple[str, str], WorkerPod]
+    worker_placements: kopf.Index[tuple[str, str], dict[str, Any]]
 
     @classmethod
     def of(cls, kwargs: Mapping[str, Any]) -> FleetIndexes:
         """kopf passes each index as a keyword argument named after its function."""
-        return cls(kwargs["worker_sets"], kwargs["worker_pods"])
+        return cls(kwargs["worker_sets"], kwargs["worker_pods"], kwargs["worker_placements"])
 
 
 def _write_status(
@@ -138,7 +139,9 @@ def _write_status(
     key: tuple[str, str],
 ) -> None:
     sets = list(indexes.worker_sets.get(key, []))
-    observation = fleet_observation(sets[0] if sets else None, indexes.worker_pods.get(key, []))
+    observation = fleet_observation(
+        sets[0] if sets else None, indexes.worker_pods.get(key, []), indexes.worker_placements.get(key, [])
+    )
     current = dict(status)
     planned = plan_base_model_status(model, int(meta.get("generation", 0)), observation, current, _now())
     metrics.WORKERS.labels(key[1], "desired").set(desired_workers(model))

@@ -39,6 +39,8 @@ class FleetObservation:
     current_revision: str | None = None
     update_revision: str | None = None
     pods: Sequence[WorkerPod] = field(default_factory=tuple)
+    gpu_used: int = 0  # adapters the agents report in GPU slots, over all workers
+    cpu_used: int = 0  # ... and in CPU slots (vLLM's CPU cache holds the GPU ones too)
 
 
 def plan_base_model_status(
@@ -63,8 +65,7 @@ def plan_base_model_status(
     ]
     gpu_total = ready * spec.engine.max_loras
     cpu_total = ready * spec.engine.max_cpu_loras
-    slots = previous.get("slots") or {}
-    gpu_used = min(int(slots.get("gpuUsed", 0)), gpu_total)
+    gpu_used = min(observed.gpu_used, gpu_total)
     return {
         "observedGeneration": generation,
         "conditions": merge_conditions(previous.get("conditions", []), updates, generation, now),
@@ -75,7 +76,7 @@ def plan_base_model_status(
             "gpuTotal": gpu_total,
             "gpuUsed": gpu_used,
             "cpuTotal": cpu_total,
-            "cpuUsed": min(int(slots.get("cpuUsed", 0)), cpu_total),
+            "cpuUsed": min(observed.gpu_used + observed.cpu_used, cpu_total),
         },
         "slotsSummary": f"{gpu_used}/{gpu_total}",
     }

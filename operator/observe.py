@@ -34,11 +34,24 @@ def worker_pod(body: Mapping[str, Any]) -> WorkerPod:
     )
 
 
-def fleet_observation(statefulset: Mapping[str, Any] | None, pods: Iterable[WorkerPod]) -> FleetObservation:
+def slots_used(placements: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
+    """(GPU, CPU) slots in use over the workers, as their agents report them in WorkerPlacement status."""
+    tiers = [a.get("tier") for p in placements for a in (p.get("status") or {}).get("adapters", [])]
+    return tiers.count("GPU"), tiers.count("CPU")
+
+
+def fleet_observation(
+    statefulset: Mapping[str, Any] | None,
+    pods: Iterable[WorkerPod],
+    placements: Iterable[Mapping[str, Any]] = (),
+) -> FleetObservation:
+    gpu_used, cpu_used = slots_used(placements)
     if statefulset is None:
-        return FleetObservation(pods=tuple(pods))
+        return FleetObservation(pods=tuple(pods), gpu_used=gpu_used, cpu_used=cpu_used)
     status = statefulset.get("status", {}) or {}
     return FleetObservation(
+        gpu_used=gpu_used,
+        cpu_used=cpu_used,
         statefulset_found=True,
         observed_generation=int(status.get("observedGeneration", 0)),
         generation=int(statefulset["metadata"].get("generation", 0)),

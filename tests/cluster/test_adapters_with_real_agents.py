@@ -105,6 +105,17 @@ def test_adapters_become_ready_on_a_real_worker_and_unload_on_delete(
             assert status["placements"] == [{"worker": WORKER, "tier": "GPU"}]
             assert status["copies"] == "1/1"
         assert vllm.adapters() == {"sql", "chat"}
+        custom = client.CustomObjectsApi(kube)
+        wait_until(
+            lambda: (
+                custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "basemodels", "tiny")
+                .get("status", {})
+                .get("slotsSummary")
+                == "2/2"
+            ),
+            30,
+            "the BaseModel counting the GPU slots the agent reports",
+        )
         assert len({vllm.text("sql"), vllm.text("chat"), vllm.text("base")}) == 3
 
         broken = wait_until(lambda: when_ready(kube, namespace, "broken", "reason", "DigestMismatch"), 120,

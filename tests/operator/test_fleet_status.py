@@ -10,6 +10,7 @@ import pytest
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.operator.conditions import ConditionUpdate, condition, merge_conditions
 from loraplex.operator.fleet_status import FleetObservation, WorkerPod, plan_base_model_status, status_changed
+from loraplex.operator.observe import slots_used
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 SPEC = BaseModelSpec.model_validate(
@@ -74,6 +75,18 @@ def test_counts_and_summaries_for_printer_columns() -> None:
     status = plan_base_model_status(SPEC, 3, settled(ready_replicas=1), {}, NOW)
     assert (status["workers"], status["slotsSummary"], status["observedGeneration"]) == ("1/2", "0/4", 3)
     assert status["slots"]["gpuTotal"] == 4
+
+
+def test_slots_in_use_come_from_what_the_agents_report() -> None:
+    placements = [
+        {"status": {"adapters": [{"name": "a", "tier": "GPU"}, {"name": "b", "tier": "CPU"}]}},
+        {"status": {"adapters": [{"name": "a", "tier": "GPU"}, {"name": "c", "tier": "Disk"}]}},
+        {"spec": {"adapters": [{"name": "d", "tier": "GPU"}]}},  # wanted, not yet reported: not in use
+    ]
+    assert slots_used(placements) == (2, 1)
+    status = plan_base_model_status(SPEC, 1, settled(gpu_used=2, cpu_used=1), {}, NOW)
+    assert status["slotsSummary"] == "2/8"
+    assert status["slots"] == {"gpuTotal": 8, "gpuUsed": 2, "cpuTotal": 32, "cpuUsed": 3}
 
 
 def test_replanning_an_unchanged_fleet_writes_nothing() -> None:
