@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import logging
 import os
 import signal
@@ -31,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loraplex.e2e import daemon
 from loraplex.e2e.adapter_store import AdapterStore
-from loraplex.e2e.cluster import LocalCluster, process_alive, wait_processes_gone
+from loraplex.e2e.cluster import LocalCluster, process_alive
 from loraplex.e2e.tiny_model import lora_adapter, tiny_llama
 from loraplex.e2e.waiting import wait_until
 from loraplex.e2e.worker_processes import (
@@ -276,10 +276,7 @@ class LocalWorkers:
         self.log_file = cluster.state_dir / "loraplex-workers.log"
 
     def pid(self) -> int | None:
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(self.pid_file.read_text())
-            return pid if process_alive(pid) else None
-        return None
+        return daemon.running_pid(self.pid_file)
 
     def start(self) -> int:
         running = self.pid()
@@ -287,16 +284,7 @@ class LocalWorkers:
             return running
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         command = [sys.executable, "-m", "loraplex.e2e.local_workers", "--cluster", self.cluster.name]
-        pid = os.posix_spawn(
-            sys.executable, command, env,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_OPEN, 1, str(self.log_file), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
-                (os.POSIX_SPAWN_DUP2, 1, 2),
-            ],
-            setsid=True,
-        )  # fmt: skip
-        self.pid_file.write_text(str(pid))
+        pid = daemon.spawn(command, env, self.log_file, self.pid_file)
         wait_until(lambda: self._serving(pid), 300, "the local worker runner serving the example adapters")
         return pid
 
@@ -315,15 +303,7 @@ class LocalWorkers:
             return False
 
     def stop(self, timeout: float = 60.0) -> None:
-        pid = self.pid()
-        if pid is not None:
-            os.kill(pid, signal.SIGTERM)
-            wait_processes_gone([pid], timeout)
-            if process_alive(pid):
-                os.killpg(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-        self.pid_file.unlink(missing_ok=True)
+        daemon.stop(self.pid_file, timeout)
 
     def child_pids(self) -> list[int]:
         """The pids of the vLLM, agent and router processes the runner has started."""
