@@ -169,14 +169,12 @@ class Agent:
         async with self._engine_lock:
             for name in plan.unload:
                 await self._unload(name)
-        fetch_started = self.clock()
         results = await asyncio.gather(*(self._fetch(f.name, f.uri, f.sha256) for f in plan.fetch))
         fetch_seconds = {
-            f.sha256: self.clock() - fetch_started for f, ok in zip(plan.fetch, results, strict=True) if ok
+            f.sha256: took for f, took in zip(plan.fetch, results, strict=True) if took is not None
         }
-        for fetched, ok in zip(plan.fetch, results, strict=True):
-            if ok and not any(load.sha256 == fetched.sha256 for load in plan.load):
-                self.metrics.loads.labels("Disk").inc()
+        loading = {load.sha256 for load in plan.load}
+        self.metrics.loads.labels("Disk").inc(len(fetch_seconds.keys() - loading))  # fetched for disk only
         tiers = {w.name: w.tier for w in wanted}
         async with self._engine_lock:
             for name in plan.warm:
@@ -219,7 +217,7 @@ class Agent:
                 f"adapter {name} failed to load: {failure.message}",
                 failure.retry_at - started,
             )
-        if not await self._fetch(name, uri, sha256):
+        if await self._fetch(name, uri, sha256) is None:
             failure = self.failures[name]
             raise EnsureError(
                 _status_of(failure.reason), failure.reason, failure.message, failure.retry_at - started
@@ -264,13 +262,15 @@ class Agent:
 
     # -- steps --------------------------------------------------------------------------------
 
-    async def _fetch(self, name: str, uri: str, sha256: str) -> bool:
+    async def _fetch(self, name: str, uri: str, sha256: str) -> float | None:
+        """Seconds the fetch took, or None when it failed (the failure is recorded)."""
+        started = self.clock()
         try:
             await self.fetcher.fetch(uri, sha256)
         except FetchError as error:
             self._fail(name, sha256, error.reason, error.message)
-            return False
-        return True
+            return None
+        return self.clock() - started
 
     async def _load(
         self,

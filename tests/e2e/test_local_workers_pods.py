@@ -1,0 +1,56 @@
+"""What the local fleet runs behind a pod, read from the pod spec the operator wrote (no cluster needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loraplex.api.basemodel import BaseModelSpec
+from loraplex.e2e.local_workers import RouterPod, WorkerPod, pod_processes
+from loraplex.operator.fleet import BaseModelRef, router_deployment, worker_statefulset
+from loraplex.operator.settings import OperatorSettings
+
+REF = BaseModelRef("tiny-llama", "demo", "uid-1")
+SPEC = BaseModelSpec.model_validate(
+    {
+        "model": {"uri": "/models/tiny", "servedName": "tiny"},
+        "engine": {"maxLoras": 2, "maxCpuLoras": 4, "maxLoraRank": 16},
+        "adapterCatalog": {"uriTemplate": "https://localhost:8443/catalog/{adapter}.tar"},
+    }
+)
+
+
+def pod_from(
+    template: dict[str, Any], name: str, phase: str = "Running", ip: str | None = "127.1.1.1"
+) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "demo", "uid": f"uid-{name}", **template["metadata"]},
+        "spec": template["spec"],
+        "status": {"phase": phase, **({"podIP": ip} if ip else {})},
+    }
+
+
+def test_a_running_worker_pod_gets_vllm_and_agent_with_its_own_settings() -> None:
+    template = worker_statefulset(REF, SPEC, OperatorSettings())["spec"]["template"]
+    assert pod_processes(pod_from(template, "tiny-llama-worker-0")) == WorkerPod(
+        name="tiny-llama-worker-0", namespace="demo", ip="127.1.1.1", served_name="tiny",
+        max_loras=2, max_cpu_loras=4, max_lora_rank=16,
+        api_key_secret=("tiny-llama-vllm-api-key", "api-key"),
+        catalog_template="https://localhost:8443/catalog/{adapter}.tar",
+    )  # fmt: skip
+
+
+def test_a_router_pod_gets_a_router_following_the_cluster() -> None:
+    template = router_deployment(REF, SPEC, OperatorSettings())["spec"]["template"]
+    target = pod_processes(pod_from(template, "tiny-llama-router-abc"))
+    assert isinstance(target, RouterPod)
+    assert (target.base_model, target.served_name, target.workers_service) == (
+        "tiny-llama",
+        "tiny",
+        "tiny-llama-workers",
+    )
+
+
+def test_pods_not_running_or_without_an_ip_get_nothing() -> None:
+    template = worker_statefulset(REF, SPEC, OperatorSettings())["spec"]["template"]
+    assert pod_processes(pod_from(template, "w", phase="Pending")) is None
+    assert pod_processes(pod_from(template, "w", ip=None)) is None
