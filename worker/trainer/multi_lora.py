@@ -101,19 +101,20 @@ class Routing:
         self.rows: list[int] = []
         self.training = False
         self.kernel: Kernel = "stacked"
-        self._masks: dict[tuple[int, ...], Tensor] = {}
+        self._masks: dict[tuple[int | str, ...], Tensor] = {}
 
     def set(self, adapters: Sequence[AdapterWeights], rows: Sequence[int], training: bool) -> None:
         self.adapters, self.rows, self.training = list(adapters), list(rows), training
         self._masks = {}
 
-    def mask(self, present: tuple[int, ...], device: torch.device) -> Tensor:
+    def mask(self, present: tuple[int, ...], like: Tensor) -> Tensor:
         """(rows, 1, sum of ranks): each row's own adapter's columns hold its scaling, the rest 0.
 
         `present` lists, in column order, the indexes into `adapters` of those that
         have LoRA matrices in the layer asking.
         """
-        cached = self._masks.get(present)
+        key: tuple[int | str, ...] = (*present, str(like.dtype))
+        cached = self._masks.get(key)
         if cached is None:
             ranks = [self.adapters[i].rank for i in present]
             mask = torch.zeros(sum(self.rows), sum(ranks))
@@ -123,7 +124,7 @@ class Routing:
                 rows = slice(starts[index], starts[index + 1])
                 mask[rows, column : column + rank] = self.adapters[index].scaling
                 column += rank
-            cached = self._masks[present] = mask.unsqueeze(1).to(device)
+            cached = self._masks[key] = mask.unsqueeze(1).to(like.device, like.dtype)
         return cached
 
 
@@ -142,7 +143,10 @@ class MultiLoraLinear(nn.Module):
         present = tuple(i for i, w in enumerate(routing.adapters) if self.path in w.lora_a)
         if not present:
             return out
-        lora_x = x.to(torch.float32)
+        # LoRA weights are float32. Under a float32 base the LoRA products run in float32, as
+        # peft runs them; under a 16-bit base they run in its dtype, as under autocast, which
+        # halves the activations kept for the backward pass.
+        lora_x = x if x.dtype in (torch.bfloat16, torch.float16) else x.to(torch.float32)
         if routing.training and any(w.lora.dropout > 0 for w in routing.adapters):
             lora_x = lora_x * self._dropout_mask(lora_x)
         delta = self._segments(lora_x) if routing.kernel == "segments" else self._stacked(lora_x, present)
@@ -158,7 +162,8 @@ class MultiLoraLinear(nn.Module):
         else:
             a = torch.cat([w.lora_a[self.path] for w in adapters])
             b = torch.cat([w.lora_b[self.path] for w in adapters], dim=1)
-        return F.linear(F.linear(x, a) * self.routing.mask(present, x.device), b)
+        hidden = F.linear(x, a.to(x.dtype)) * self.routing.mask(present, x)
+        return F.linear(hidden, b.to(x.dtype))
 
     def _segments(self, x: Tensor) -> Tensor:
         """Two products per adapter over its own rows: fewer flops, more (smaller) operations."""
@@ -168,8 +173,8 @@ class MultiLoraLinear(nn.Module):
             part = x[start : start + rows]
             start += rows
             if self.path in weights.lora_a:
-                hidden = F.linear(part, weights.lora_a[self.path])
-                parts.append(F.linear(hidden, weights.lora_b[self.path]) * weights.scaling)
+                hidden = F.linear(part, weights.lora_a[self.path].to(x.dtype))
+                parts.append(F.linear(hidden, weights.lora_b[self.path].to(x.dtype)) * weights.scaling)
             else:
                 parts.append(part.new_zeros((*part.shape[:-1], self.base.out_features)))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -181,10 +186,11 @@ class MultiLoraLinear(nn.Module):
             shape = (rows, *x.shape[1:])
             p = weights.lora.dropout
             if p > 0 and self.path in weights.lora_a:
-                keep = torch.empty(shape, device=x.device).bernoulli_(1 - p, generator=weights.generator)
+                keep = torch.empty(shape, device=x.device, dtype=x.dtype)
+                keep.bernoulli_(1 - p, generator=weights.generator)
                 parts.append(keep / (1 - p))
             else:
-                parts.append(torch.ones(shape, device=x.device))
+                parts.append(torch.ones(shape, device=x.device, dtype=x.dtype))
         return torch.cat(parts)
 
 
@@ -251,8 +257,11 @@ class MultiLoraModel:
         self._next_uid += 1
         return AdapterWeights(name, lora, lora_a, lora_b, generator, uid=self._next_uid)
 
-    def collate(self, groups: Sequence[Sequence[Example]]) -> tuple[Tensor, Tensor, Tensor]:
-        """Right-padded input ids, attention mask and labels for all groups, in order."""
+    def collate(self, groups: Sequence[Sequence[Example]]) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Right-padded input ids, attention mask and labels for all groups, in order.
+
+        The mask is None when no row is padded, so attention takes its plain causal path.
+        """
         rows = [example for group in groups for example in group]
         width = max(len(example.input_ids) for example in rows)
         ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
@@ -263,7 +272,9 @@ class MultiLoraModel:
             ids[row, :n] = torch.tensor(example.input_ids)
             attention[row, :n] = 1
             labels[row, :n] = torch.tensor(example.labels)
-        return ids.to(self.device), attention.to(self.device), labels.to(self.device)
+        padded = any(len(example.input_ids) < width for example in rows)
+        mask = attention.to(self.device) if padded else None
+        return ids.to(self.device), mask, labels.to(self.device)
 
     def logits(
         self, adapters: Sequence[AdapterWeights | None], groups: Sequence[Sequence[Example]], training: bool

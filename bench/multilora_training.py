@@ -1,0 +1,226 @@
+"""Benchmark: N LoRA adapters trained concurrently in one trainer against N single-adapter jobs in a row.
+
+For each N in 1, 2, 4, 8 it runs, in the same run, on the same data, steps and
+hyperparameters:
+
+- concurrent: one `loraplex trainer` process with N adapters (one base load,
+  one combined batch per step through the shared base);
+- sequential: N `loraplex trainer` processes one after another, one adapter
+  each; every one pays its own start-up (Python and torch imports, reading the
+  base model, moving it to the device) as separate Kubernetes jobs would.
+  Adapter i's single-adapter job is the same job whatever N is, so each runs
+  once and the baseline for N is the sum of jobs 0..N-1.
+
+Each run is a real subprocess of the real command (`python -m loraplex.cli
+trainer --config ...`), timed from spawn to exit: start-up, training,
+checkpoints (one, mid-run) and publishing included. It prints adapters
+finished per hour for both and their ratio, plus the training-only ratio
+(from each process's first `started` event to its exit), which shows how much
+of the gain is batching and how much is start-up paid once instead of N
+times. The last line is `ratio_at_8=<concurrent / sequential adapters per hour at N=8>`.
+
+--quick: the tiny 2-layer Llama (loraplex.e2e.tiny_model) on CPU. Without it
+(or with --model), a random Llama of a larger shape is built here (never
+downloaded) and saved once under the cache, so each job reads it from disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loraplex.e2e.tiny_model import CORPUS, cache_root, tiny_llama
+
+# Larger shapes for GPU runs: (hidden, intermediate, layers, heads, kv heads, vocab).
+SHAPES = {
+    "tiny": None,
+    "small": (1024, 2816, 12, 16, 4, 32000),  # ~0.3B parameters
+    "1b": (2048, 5632, 22, 32, 4, 32000),  # TinyLlama-1.1B's shape
+}
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    wall: float  # spawn to exit
+    startup: float  # spawn to the first `started` event
+    steps: int
+
+
+def build_base(shape: str) -> Path:
+    """The base model's folder: the tiny Llama, or a random Llama of a larger shape (cached)."""
+    tiny = tiny_llama()
+    if SHAPES[shape] is None:
+        return tiny
+    dest = cache_root() / f"bench-llama-{shape}"
+    if dest.is_dir():
+        return dest
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    hidden, intermediate, layers, heads, kv_heads, vocab = SHAPES[shape]  # type: ignore[misc]
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=4096,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    tmp = Path(tempfile.mkdtemp(prefix=".bench-", dir=dest.parent))
+    model.save_pretrained(tmp, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny).save_pretrained(tmp)  # ids stay below the tiny vocabulary
+    tmp.rename(dest)
+    return dest
+
+
+def write_dataset(path: Path, seed: int, examples: int, words: int) -> None:
+    """Text examples of `words` corpus words each (long enough to fill --seq-len)."""
+    vocabulary = CORPUS.split()
+    rng = random.Random(seed)
+    with path.open("w") as handle:
+        for _ in range(examples):
+            handle.write(json.dumps({"text": " ".join(rng.choice(vocabulary) for _ in range(words))}) + "\n")
+
+
+def adapter_job(index: int, data: Path, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "name": f"adapter-{index}",
+        "dataset": {"uri": (data / f"{index}.jsonl").as_uri()},
+        "lora": {"rank": 16, "alpha": 32, "dropout": 0.05, "targetModules": TARGETS},
+        "training": {
+            "steps": args.steps,
+            "batchSize": args.batch_size,
+            "learningRate": 1e-4,
+            "maxSequenceLength": args.seq_len,
+            "seed": index,
+        },
+        "checkpoint": {"intervalSteps": max(1, args.steps // 2)},
+        "outputUri": (run_dir / "out" / f"adapter-{index}").as_uri(),
+    }
+
+
+def run_trainer(base: Path, jobs: list[dict[str, Any]], run_dir: Path, args: argparse.Namespace) -> Timing:
+    """One trainer process, timed from spawn to exit."""
+    run_dir.mkdir(parents=True)
+    config = {
+        "baseModel": str(base),
+        "checkpointUri": (run_dir / "checkpoints").as_uri(),
+        "adapters": jobs,
+        "progressEverySteps": args.steps,
+        "device": args.device,
+        **({"threads": args.threads} if args.threads else {}),
+    }
+    path = run_dir / "job.json"
+    path.write_text(json.dumps(config))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    started = None
+    steps = 0
+    with subprocess.Popen(
+        [sys.executable, "-m", "loraplex.cli", "trainer", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            event = json.loads(line)
+            if event["event"] == "started" and started is None:
+                started = time.perf_counter()
+            elif event["event"] == "finished":
+                steps = int(event["message"].split()[0])
+        code = process.wait()
+    wall = time.perf_counter() - start
+    if code != 0:
+        raise SystemExit(f"trainer exited {code} in {run_dir}")
+    for job in jobs:  # each output must be a published adapter
+        out = Path(job["outputUri"].removeprefix("file://"))
+        assert any(out.iterdir()), f"nothing published for {job['name']}"
+    return Timing(wall, (started or start) - start, steps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="Tiny model on CPU (a few minutes).")
+    parser.add_argument(
+        "--model", choices=sorted(SHAPES), help="Base model shape (default: tiny with --quick)."
+    )
+    parser.add_argument("--counts", default="1,2,4,8", help="Adapter counts N (default: 1,2,4,8).")
+    parser.add_argument("--steps", type=int, help="Optimizer steps per adapter.")
+    parser.add_argument("--batch-size", type=int, help="Examples per adapter per step.")
+    parser.add_argument("--seq-len", type=int, help="Tokens per example.")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=int, help="torch CPU threads per trainer.")
+    parser.add_argument("--keep", action="store_true", help="Keep the work folder.")
+    args = parser.parse_args()
+    shape = args.model or ("tiny" if args.quick else "1b")
+    defaults = {"tiny": (100, 8, 64), "small": (100, 8, 256), "1b": (100, 8, 256)}[shape]
+    args.steps = args.steps or defaults[0]
+    args.batch_size = args.batch_size or defaults[1]
+    args.seq_len = args.seq_len or defaults[2]
+    counts = [int(n) for n in args.counts.split(",")]
+
+    base = build_base(shape)
+    work = Path(tempfile.mkdtemp(prefix="loraplex-bench-training-"))
+    data = work / "data"
+    data.mkdir()
+    for index in range(max(counts)):
+        write_dataset(data / f"{index}.jsonl", index, examples=256, words=args.seq_len)
+    print(
+        f"model={shape} steps={args.steps} batch_size={args.batch_size} seq_len={args.seq_len} "
+        f"device={args.device} lora_rank=16 targets={','.join(TARGETS)}",
+        flush=True,
+    )
+    ratio = 0.0
+    singles: list[Timing] = []  # single-adapter job i, run once; the baseline for N is jobs 0..N-1 in a row
+    try:
+        for n in counts:
+            jobs = [adapter_job(i, data, work / f"n{n}-concurrent", args) for i in range(n)]
+            concurrent = run_trainer(base, jobs, work / f"n{n}-concurrent", args)
+            for i in range(len(singles), n):
+                run_dir = work / f"single-{i}"
+                singles.append(run_trainer(base, [adapter_job(i, data, run_dir, args)], run_dir, args))
+            sequential = singles[:n]
+            seq_wall = sum(t.wall for t in sequential)
+            seq_train = sum(t.wall - t.startup for t in sequential)
+            conc_rate = n / concurrent.wall * 3600
+            seq_rate = n / seq_wall * 3600
+            ratio = conc_rate / seq_rate
+            train_ratio = seq_train / (concurrent.wall - concurrent.startup)
+            print(
+                f"n={n} concurrent_adapters_per_hour={conc_rate:.0f} "
+                f"sequential_adapters_per_hour={seq_rate:.0f} ratio={ratio:.2f} "
+                f"train_only_ratio={train_ratio:.2f} "
+                f"concurrent_s={concurrent.wall:.1f} (startup {concurrent.startup:.1f}) "
+                f"sequential_s={seq_wall:.1f} (startup {sum(t.startup for t in sequential):.1f})",
+                flush=True,
+            )
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"ratio_at_{counts[-1]}={ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
