@@ -21,9 +21,9 @@ SPECS: dict[str, type[Any]] = {
 }
 
 
-def _examples() -> list[dict[str, Any]]:
+def _examples(folder: str = "production") -> list[dict[str, Any]]:
     docs = []
-    for path in sorted((ROOT / "examples").glob("*.yaml")):
+    for path in sorted((ROOT / "examples" / folder).glob("*.yaml")):
         docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
     return docs
 
@@ -35,14 +35,17 @@ def test_examples_hold_every_kind() -> None:
     assert kinds.count("TrainingJob") >= 1
 
 
-@pytest.mark.parametrize("doc", _examples(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+@pytest.mark.parametrize(
+    "doc", _examples() + _examples("."), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}"
+)
 def test_example_spec_parses(doc: dict[str, Any]) -> None:
     spec = SPECS[doc["kind"]].model_validate(doc["spec"])
     assert spec.model_dump(by_alias=True, exclude_unset=True) == doc["spec"]
 
 
-def test_example_adapters_name_the_example_base_model() -> None:
-    docs = _examples()
+@pytest.mark.parametrize("folder", ["production", "."])
+def test_example_adapters_name_the_example_base_model(folder: str) -> None:
+    docs = _examples(folder)
     base = next(d["metadata"]["name"] for d in docs if d["kind"] == "BaseModel")
     assert {d["spec"]["baseModel"] for d in docs if d["kind"] != "BaseModel"} == {base}
 

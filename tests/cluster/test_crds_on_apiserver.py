@@ -16,6 +16,8 @@ from loraplex.e2e.cluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
+# Shaped for a real cluster: every kind, and the llama-8b names the assertions use.
+PRODUCTION_EXAMPLES = ROOT / "examples" / "production"
 
 
 def kubectl(cluster: LocalCluster, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -41,7 +43,7 @@ def test_crd_is_established_with_its_names(kube: Any, kind: crd.Kind) -> None:
 
 
 def test_examples_apply_cleanly_with_kubectl(local_cluster: LocalCluster, namespace: str) -> None:
-    applied = kubectl(local_cluster, "apply", "-n", namespace, "-f", str(ROOT / "examples"))
+    applied = kubectl(local_cluster, "apply", "-n", namespace, "-f", str(PRODUCTION_EXAMPLES))
     assert applied.returncode == 0, applied.stderr
     listed = kubectl(local_cluster, "get", "bm,lora,tj", "-n", namespace, "-o", "name")
     assert listed.returncode == 0, listed.stderr
@@ -52,14 +54,14 @@ def test_examples_apply_cleanly_with_kubectl(local_cluster: LocalCluster, namesp
 
 
 def test_category_lists_every_kind(local_cluster: LocalCluster, namespace: str) -> None:
-    kubectl(local_cluster, "apply", "-n", namespace, "-f", str(ROOT / "examples")).check_returncode()
+    kubectl(local_cluster, "apply", "-n", namespace, "-f", str(PRODUCTION_EXAMPLES)).check_returncode()
     listed = kubectl(local_cluster, "get", "loraplex", "-n", namespace, "-o", "name")
     kinds = {name.split("/")[0] for name in listed.stdout.split()}
     assert kinds == {f"{kind}.{GROUP}" for kind in ("basemodel", "loraadapter", "trainingjob")}
 
 
 def test_printer_columns_show_base_phase_copies_and_age(local_cluster: LocalCluster, namespace: str) -> None:
-    kubectl(local_cluster, "apply", "-n", namespace, "-f", str(ROOT / "examples")).check_returncode()
+    kubectl(local_cluster, "apply", "-n", namespace, "-f", str(PRODUCTION_EXAMPLES)).check_returncode()
     table = kubectl(local_cluster, "get", "lora", "-n", namespace)
     header = table.stdout.splitlines()[0].split()
     assert header == ["NAME", "BASE", "PHASE", "COPIES", "READY", "REASON", "AGE"]
@@ -96,7 +98,7 @@ def test_status_is_a_subresource(kube: Any, namespace: str) -> None:
     custom = client.CustomObjectsApi(kube)
     doc = next(
         d
-        for d in yaml.safe_load_all((ROOT / "examples" / "10-adapters.yaml").read_text())
+        for d in yaml.safe_load_all((PRODUCTION_EXAMPLES / "10-adapters.yaml").read_text())
         if d["metadata"]["name"] == "sql-gen"
     )
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "loraadapters", doc)
