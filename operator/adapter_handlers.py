@@ -1,5 +1,9 @@
 """kopf handlers for LoRAAdapter: check each adapter against its BaseModel and report it.
 
+Deleting an adapter unloads it everywhere first: the `loraplex.dev/unload`
+finalizer stays until no WorkerPlacement wants or holds it; the BaseModel's
+placement loop (which notices the unloads) or the adapter's own events remove it.
+
 Adapters are re-checked when they change, and when their BaseModel's spec
 changes or the BaseModel appears or goes: an index of adapters by BaseModel
 keeps that proportional to the adapters of the one BaseModel that changed.
@@ -25,12 +29,15 @@ from loraplex.operator.fleet_status import status_changed
 from loraplex.operator.observe import index_essentials
 
 BaseKey = tuple[str, str]
+# Held on every adapter until no worker wants or holds it: deleting an adapter unloads it first.
+UNLOAD_FINALIZER = f"{GROUP}/unload"
 
 
 def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
     """Attach the LoRAAdapter handlers and the indexes they read to `registry`."""
     custom = client.CustomObjectsApi(api)
     seen_generations: dict[BaseKey, int] = {}
+    judged: dict[str, int] = {}  # adapter uid -> the generation last judged
 
     @kopf.index(GROUP, VERSION, "basemodels", id="base_models", registry=registry)
     def base_models(spec: kopf.Spec, name: str, namespace: str | None, **_: Any) -> dict[Any, Any]:
@@ -40,34 +47,44 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
     def adapters_by_base(body: kopf.Body, spec: kopf.Spec, namespace: str | None, **_: Any) -> dict[Any, Any]:
         return {(str(namespace), spec.get("baseModel", "")): index_essentials(body)}
 
-    @kopf.on.resume(GROUP, VERSION, "loraadapters", id="check", registry=registry)
-    @kopf.on.create(GROUP, VERSION, "loraadapters", id="check", registry=registry)
-    @kopf.on.update(GROUP, VERSION, "loraadapters", field="spec", id="check", registry=registry)
+    @kopf.on.event(GROUP, VERSION, "loraadapters", id="check", registry=registry)
     def check(
+        type: str | None,
         body: kopf.Body,
         spec: kopf.Spec,
+        name: str,
         namespace: str | None,
         meta: kopf.Meta,
         status: kopf.Status,
         patch: kopf.Patch,
         **kwargs: Any,
     ) -> None:
-        base = _base_model(kwargs["base_models"], (str(namespace), spec.get("baseModel", "")))
-        verdict, planned = _judge(str(namespace), spec, base, int(meta.get("generation", 0)), dict(status))
+        """Judge the adapter on every event (level-based; it writes only what changed).
+
+        An event handler, not a create/update one: kopf then keeps no last-handled annotation
+        on each adapter, which at 10,000 adapters is 10,000 writes saved.
+        """
+        uid, generation = str(meta.get("uid")), int(meta.get("generation", 0))
+        if type == "DELETED":
+            judged.pop(uid, None)
+            return
+        key = (str(namespace), spec.get("baseModel", ""))
+        finalizers = list(meta.get("finalizers", []))
+        if meta.get("deletionTimestamp"):
+            if not workers_holding(kwargs["worker_placements"].get(key, []), name):
+                release(patch, finalizers)
+            return
+        if judged.get(uid) == generation and UNLOAD_FINALIZER in finalizers:
+            return  # a status write or a resync: the spec was judged (BaseModel changes: recheck-adapters)
+        judged[uid] = generation
+        base = _base_model(kwargs["base_models"], key)
+        verdict, planned = _judge(str(namespace), spec, base, generation, dict(status))
         metrics.RECONCILES.labels("LoRAAdapter", "ok" if verdict.placeable else "invalid").inc()
         if planned is not None:
             patch.status.update(planned)
+        if UNLOAD_FINALIZER not in finalizers:
+            patch.metadata["finalizers"] = [*finalizers, UNLOAD_FINALIZER]
         _warn_when_newly_invalid(body, dict(status), verdict)
-
-    @kopf.on.delete(GROUP, VERSION, "loraadapters", id="unload", registry=registry)
-    def unload_everywhere(spec: kopf.Spec, name: str, namespace: str | None, **kwargs: Any) -> None:
-        """Hold the object (finalizer) until no worker wants or holds the adapter any more."""
-        key = (str(namespace), spec.get("baseModel", ""))
-        holding = workers_holding(kwargs["worker_placements"].get(key, []), name)
-        if holding:
-            raise kopf.TemporaryError(
-                f"Waiting for {len(holding)} worker(s) to unload it: {holding[:5]}", delay=2
-            )
 
     @kopf.on.event(GROUP, VERSION, "basemodels", id="recheck-adapters", registry=registry)
     def recheck_adapters(
@@ -83,8 +100,37 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
             _recheck(custom, adapter_body, base)
 
 
+def release(patch: kopf.Patch, finalizers: list[str]) -> None:
+    """Let a deleted adapter go: no worker wants or holds it any more."""
+    if UNLOAD_FINALIZER in finalizers:
+        patch.metadata["finalizers"] = [f for f in finalizers if f != UNLOAD_FINALIZER]
+
+
+def release_unloaded(
+    custom: client.CustomObjectsApi, bodies: Iterable[Mapping[str, Any]], placements: list[Mapping[str, Any]]
+) -> int:
+    """Remove the finalizer of deleted adapters that no worker wants or holds; return the writes."""
+    writes = 0
+    for body in bodies:
+        meta = body["metadata"]
+        finalizers = list(meta.get("finalizers", []))
+        if not meta.get("deletionTimestamp") or UNLOAD_FINALIZER not in finalizers:
+            continue
+        if workers_holding(placements, meta["name"]):
+            continue
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, meta["namespace"], "loraadapters", meta["name"],
+            {"metadata": {"finalizers": [f for f in finalizers if f != UNLOAD_FINALIZER]}},
+        )  # fmt: skip
+        metrics.API_WRITES.labels("LoRAAdapter", "patch").inc()
+        writes += 1
+    return writes
+
+
 def _recheck(custom: client.CustomObjectsApi, body: Mapping[str, Any], base: BaseModelSpec | None) -> None:
     meta, current = body["metadata"], dict(body.get("status") or {})
+    if meta.get("deletionTimestamp"):
+        return  # the placement loop (or, without a BaseModel, the adapter's own events) lets it go
     verdict, planned = _judge(meta["namespace"], body["spec"], base, int(meta.get("generation", 0)), current)
     if planned is not None:
         custom.patch_namespaced_custom_object_status(

@@ -7,7 +7,7 @@ from typing import Any
 
 from loraplex.operator.fleet_status import FleetObservation, WorkerPod
 
-KEPT_METADATA = ("name", "namespace", "uid", "generation", "deletionTimestamp")
+KEPT_METADATA = ("name", "namespace", "uid", "generation", "deletionTimestamp", "finalizers")
 
 
 def index_essentials(body: Mapping[str, Any]) -> dict[str, Any]:

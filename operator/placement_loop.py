@@ -24,6 +24,7 @@ from loraplex.api import API_VERSION, GROUP, VERSION
 from loraplex.api.adapter import LoRAAdapterSpec
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.operator import metrics
+from loraplex.operator.adapter_handlers import release_unloaded
 from loraplex.operator.adapter_residency import Resident, WorkerReport, plan_placed_adapter_status
 from loraplex.operator.adapter_status import check_adapter
 from loraplex.operator.apply import Applier
@@ -95,6 +96,7 @@ def register(
             statuses = _write_adapter_statuses(
                 custom, writers, str(namespace), adapters, result.placement, placements
             )
+            writes += release_unloaded(custom, kwargs["adapters_by_base"].get(key, []), placements)
             metrics.PLANNER_SECONDS.observe(time.monotonic() - started)
             _record(name, result.placement, len(result.missing), result.moved)
             if result.moved or writes or statuses:

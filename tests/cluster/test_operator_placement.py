@@ -112,7 +112,7 @@ def test_deleting_an_adapter_unloads_it_everywhere_first(
     wait_until(lambda: len(placements(kube, namespace).get("chat", {})) == 2, 60, "chat placed twice")
     custom = client.CustomObjectsApi(kube)
     body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "loraadapters", "chat")
-    assert f"{GROUP}/finalizer" in body["metadata"]["finalizers"]
+    assert body["metadata"]["finalizers"] == [f"{GROUP}/unload"]
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "loraadapters", "chat")
 
     def gone() -> bool:
