@@ -31,8 +31,8 @@ class ConfigError(ValueError):
 
 
 def local_path(uri: str, field: str) -> Path:
-    """The local path of a `file:///...` URI (or of a bare absolute path)."""
-    if uri.startswith("/"):
+    """The local path of a `file:///...` URI (or of a plain path)."""
+    if "://" not in uri:
         return Path(uri)
     parsed = urlparse(uri)
     if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):

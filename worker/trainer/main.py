@@ -30,13 +30,11 @@ from loraplex.worker.trainer.progress import Event, JsonLines
 from loraplex.worker.trainer.training import StopFlag, Trainer
 
 
-def install_stop_handlers(stop: StopFlag, grace_seconds: float) -> None:
+def install_stop_handlers(stop: StopFlag, grace_seconds: float, sink: JsonLines) -> None:
     """SIGTERM/SIGINT ask for a checkpoint and a clean stop; a watchdog enforces the grace period."""
 
     def hard_exit() -> None:
-        JsonLines(sys.stdout)(
-            Event("finished", exit_code=EXIT_PREEMPTED, message="stopped before the final checkpoint")
-        )
+        sink(Event("finished", exit_code=EXIT_PREEMPTED, message="stopped before the final checkpoint"))
         os._exit(EXIT_PREEMPTED)
 
     def handler(signum: int, _: FrameType | None) -> None:
@@ -63,5 +61,6 @@ def run(config_path: Path, threads: int | None = None) -> int:
         )
         return EXIT_CONFIG
     stop = StopFlag()
-    install_stop_handlers(stop, config.grace_period_seconds)
-    return Trainer(config, JsonLines(sys.stdout), stop).run().exit_code
+    sink = JsonLines(sys.stdout)
+    install_stop_handlers(stop, config.grace_period_seconds, sink)
+    return Trainer(config, sink, stop).run().exit_code

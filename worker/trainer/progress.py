@@ -55,7 +55,7 @@ class JsonLines:
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a second SIGTERM may write from the main thread mid-line
 
     def __call__(self, event: Event) -> None:
         line = json.dumps(event.to_json(), separators=(",", ":"))
