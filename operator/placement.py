@@ -316,11 +316,21 @@ class Planner:
             copies = current.get(adapter.key)
             if not copies:
                 continue
-            # The i-th fastest live copy is right if it sits in the i-th fastest tier the adapter is due.
+            # The i-th fastest live copy is right if it sits in the i-th fastest tier the adapter is due. A
+            # copy faster than the tier due next is one an earlier plan put there for want of a slower slot:
+            # it must not take a due tier from its siblings, or re-planning that plan's own output would hand
+            # their slots to other adapters. It stays out of the matching (pass two may still reuse it).
             live = sorted((tier, worker) for worker, tier in copies.items() if worker in self._workers)
-            for (tier, worker), due in zip(live, desired, strict=False):
-                if tier == due and self._has_free(worker, tier):
+            due = iter(desired)
+            tier_due = next(due, None)
+            for tier, worker in live:
+                if tier_due is None:
+                    break
+                if tier < tier_due:
+                    continue
+                if tier == tier_due and self._has_free(worker, tier):
                     self._occupy(adapter.key, worker, tier)
+                tier_due = next(due, None)
 
     def _place_ranked(
         self, order: list[Adapter], bounds: tuple[int, int, int], current: PlacementView, moves: list[Move]

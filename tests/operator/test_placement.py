@@ -102,6 +102,32 @@ def test_replanning_its_own_output_moves_nothing() -> None:
     assert second.placement == first.placement
 
 
+def test_replanning_keeps_siblings_of_a_copy_that_fell_back_to_a_faster_tier() -> None:
+    # Found by hypothesis: a6 is due [CPU, Disk] but the fleet has no Disk, so the first plan keeps its CPU
+    # copy on w1 and puts the other copy in GPU on w3. Re-planning used to line that GPU copy up against the
+    # CPU tier due, drop the valid CPU copy on w1 and hand its slot to a5, which then moved.
+    workers = [
+        Worker("w0", "n0", "z0", 0, 0, 0, healthy=False),
+        Worker("w1", "n0", "z0", 1, 3, 0),
+        Worker("w2", "n0", "z0", 0, 0, 0, healthy=False),
+        Worker("w3", "n0", "z0", 3, 2, 0),
+    ]
+    adapters = [
+        Adapter("ns/a0", replicas=0),
+        Adapter("ns/a2", replicas=2),
+        Adapter("ns/a3", replicas=2),
+        Adapter("ns/a4", replicas=1),
+        Adapter("ns/a1", replicas=1),
+        Adapter("ns/a5", replicas=2),
+        Adapter("ns/a6", replicas=2),
+    ]
+    first = plan(workers, adapters, {"ns/a6": {"w0": Tier.GPU, "w1": Tier.CPU}})
+    assert dict(first.placement["ns/a6"]) == {"w1": Tier.CPU, "w3": Tier.GPU}
+    again = plan(workers, adapters, first.placement)
+    assert again.moves == []
+    assert again.placement == first.placement
+
+
 def test_replan_lifts_a_copy_in_place_and_drops_copies_on_absent_workers() -> None:
     workers = fleet(3)
     current = {"ns/a": {"w1": Tier.DISK, "gone": Tier.GPU}, "ns/old": {"w2": Tier.DISK}}
