@@ -16,11 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from loraplex.e2e.cluster import LocalCluster
 from loraplex.e2e.crd_install import install_crds
 from loraplex.e2e.tiny_model import AdapterFiles, lora_adapter, tiny_llama
 from loraplex.e2e.worker_processes import VllmProcess
+
+# Property tests explore the same examples on every run (CI must not flip on a new random draw);
+# HYPOTHESIS_PROFILE=explore searches afresh each run, for hunting bugs by hand.
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 TEST_CLUSTER = os.environ.get("LORAPLEX_TEST_CLUSTER", "loraplex-test")
 GPU_NODES = 4
