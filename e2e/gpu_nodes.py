@@ -29,9 +29,11 @@ def node_name(cluster: str, index: int) -> str:
 
 
 def pod_cidr(index: int) -> str:
-    if not 0 <= index < 254:
-        raise ValueError("at most 254 simulated GPU nodes (one loopback /24 each)")
-    return f"127.1.{index + 1}.0/24"
+    """A loopback /24 of its own for node `index` (127.1.1.0/24, ...), clear of 127.0.0.0/16."""
+    if not 0 <= index < 254 * 256:
+        raise ValueError("too many simulated GPU nodes for one loopback /24 each")
+    number = index + 257  # from 127.1.1.0/24 on
+    return f"127.{number // 256}.{number % 256}.0/24"
 
 
 def gpu_node(cluster: str, index: int, shape: GpuNodeShape) -> dict[str, Any]:
