@@ -37,6 +37,13 @@ KWOKCTL_CONFIG = {
     "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
     "options": {"bindAddress": "127.0.0.1"},
 }
+# KWOK's default stages, except that simulated trainer pods are not completed at once (see the file).
+KWOK_STAGES = Path(__file__).with_name("kwok_stages.yaml")
+
+
+def kwokctl_config() -> str:
+    """The kwokctl config file: options plus the stages KWOK plays kubelet by."""
+    return yaml.safe_dump(KWOKCTL_CONFIG) + "---\n" + KWOK_STAGES.read_text()
 
 
 class ClusterError(RuntimeError):
@@ -71,7 +78,7 @@ class LocalCluster:
     def up(self, nodes: int = 4, shape: GpuNodeShape | None = None, timeout: float = 120.0) -> Path:
         """Start the control plane (or keep the running one) and ensure `nodes` GPU nodes exist."""
         binaries = ensure_binaries(self.log)
-        if self.status().running:
+        if self.status().running and not self._config_changed():
             self.log(f"Found cluster {self.name} already running")
         else:
             self._create(binaries, timeout)
@@ -79,14 +86,26 @@ class LocalCluster:
         self.ensure_gpu_nodes(nodes, shape or GpuNodeShape())
         return self.kubeconfig
 
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / f"{self.name}.kwokctl.yaml"
+
+    def _config_changed(self) -> bool:
+        """Whether the running cluster was made from another kwokctl config (then it is remade)."""
+        path = self.config_path
+        changed = not path.is_file() or path.read_text() != kwokctl_config()
+        if changed:
+            self.log(f"Recreating cluster {self.name}: its KWOK config changed")
+        return changed
+
     def _create(self, binaries: Binaries, timeout: float) -> None:
         if self.state_dir.exists():
             self.log(f"Removed stale state of cluster {self.name}")
             self.down()
         started = time.monotonic()
-        config = self.workdir / f"{self.name}.kwokctl.yaml"
+        config = self.config_path
         config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(yaml.safe_dump(KWOKCTL_CONFIG))
+        config.write_text(kwokctl_config())
         self._kwokctl(
             binaries,
             [
