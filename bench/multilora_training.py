@@ -197,6 +197,10 @@ def main() -> None:
     args.seq_len = args.seq_len or defaults[2]
     counts = [int(n) for n in args.counts.split(",")]
     repeat = args.repeat or (2 if args.quick else 1)
+    if args.quick and not args.threads:
+        # On a small shared CPU, torch's OpenMP threads stall each other whenever another process
+        # takes a core (10x slower steps, seen here); one thread per trainer keeps timings sane.
+        args.threads = 1
 
     base = build_base(shape)
     work = Path(tempfile.mkdtemp(prefix="loraplex-bench-training-"))
@@ -206,7 +210,8 @@ def main() -> None:
         write_dataset(data / f"{index}.jsonl", index, examples=256, words=args.seq_len)
     print(
         f"model={shape} steps={args.steps} batch_size={args.batch_size} seq_len={args.seq_len} "
-        f"device={args.device} lora_rank=16 targets={','.join(TARGETS)} repeat={repeat}",
+        f"device={args.device} threads={args.threads or 'default'} lora_rank=16 "
+        f"targets={','.join(TARGETS)} repeat={repeat}",
         flush=True,
     )
     ratio = 0.0
