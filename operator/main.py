@@ -17,7 +17,7 @@ from prometheus_client import start_http_server
 
 from loraplex.api import GROUP
 from loraplex.kube import api_client
-from loraplex.operator import adapter_handlers, basemodel_handlers, placement_loop
+from loraplex.operator import adapter_handlers, basemodel_handlers, placement_loop, training_handlers
 from loraplex.operator.apply import Applier
 from loraplex.operator.peering import ensure_peering_objects
 from loraplex.operator.settings import OperatorSettings
@@ -40,7 +40,7 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
 
 
 # Handlers that run on every watch event or every few seconds: their success is not news.
-ROUTINE_HANDLERS = ("fleet-status", "recheck-adapters")
+ROUTINE_HANDLERS = ("fleet-status", "recheck-adapters", "training", "training-created")
 
 
 class _QuietRoutine(logging.Filter):
@@ -69,6 +69,7 @@ def run(settings: OperatorSettings) -> int:
         basemodel_handlers.register(registry, settings, applier)
         adapter_handlers.register(registry, api)
         placement_loop.register(registry, settings, api, applier)
+        training_handlers.register(registry, settings, api, applier)
         asyncio.run(
             kopf.operator(
                 registry=registry,

@@ -42,3 +42,18 @@ ADAPTERS_PENDING = Gauge(
 PLACEMENT_MOVES = Counter(
     "loraplex_placement_moves_total", "Adapter copies the planner moved", ["base_model"]
 )
+TRAINING_JOBS = Gauge(
+    "loraplex_training_jobs",
+    "TrainingJobs by phase (Queued, Running, Preempted, Succeeded, Failed)",
+    ["phase"],
+)
+TRAINING_ADMISSIONS = Counter(
+    "loraplex_training_admissions_total", "Trainer attempts the operator admitted onto a node"
+)
+TRAINING_PREEMPTIONS = Counter(
+    "loraplex_training_preemptions_total", "Trainer attempts preempted (serving took the GPUs back)"
+)
+TRAINING_PASS_SECONDS = Histogram(
+    "loraplex_training_pass_duration_seconds", "Time one training admission pass took",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+)  # fmt: skip

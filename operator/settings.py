@@ -28,6 +28,10 @@ class OperatorSettings:
     disk_slots: int = 1024
     status_writers: int = 8
     field_manager: str = "loraplex-operator"
+    training_store: str = "pvc://loraplex-store"  # where checkpoints and trained adapters go
+    trainer_priority_class: str = "loraplex-trainer"
+    training_interval_seconds: float = 1.0
+    training_max_attempts: int = 6  # attempts of a crashing trainer before the job fails
     extra_labels: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -44,6 +48,14 @@ class OperatorSettings:
             router_replicas=int(environ.get("LORAPLEX_ROUTER_REPLICAS", cls.router_replicas)),
             status_interval_seconds=float(
                 environ.get("LORAPLEX_STATUS_INTERVAL", cls.status_interval_seconds)
+            ),
+            training_store=environ.get("LORAPLEX_TRAINING_STORE", cls.training_store),
+            trainer_priority_class=environ.get("LORAPLEX_TRAINER_PRIORITY_CLASS", cls.trainer_priority_class),
+            training_interval_seconds=float(
+                environ.get("LORAPLEX_TRAINING_INTERVAL", cls.training_interval_seconds)
+            ),
+            training_max_attempts=int(
+                environ.get("LORAPLEX_TRAINING_MAX_ATTEMPTS", cls.training_max_attempts)
             ),
         )
 

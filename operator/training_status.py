@@ -1,0 +1,392 @@
+"""A TrainingJob's phase machine: from what its attempt's Job and pod show to the status and next step.
+
+Pure: the caller passes the parsed spec, the BaseModel (or None), the current
+status, a view of the current attempt's Job and pod, the node the admission
+planner gave it (if any), and `now`. It returns the status to write and what
+to do: create the attempt's Job, publish the trained adapter, post an Event.
+
+Phases: `Queued` (valid, waiting for GPUs or for Kueue) -> `Running` (an
+attempt is admitted to a node; its pod may still be starting) ->
+`Succeeded` | `Failed`; `Preempted` when serving took the GPUs back (the pod
+had the `DisruptionTarget` condition, the trainer exited 75 after its final
+checkpoint, or the pod vanished without an exit code): the next pass re-queues
+it with `attempts + 1` and the next attempt resumes from the same checkpoint
+folder. A trainer crash (exit 1) re-queues the same way until
+`maxAttempts`; a bad config (exit 2) or a permanent trainer failure (exit 3
+with the trainer's reason, e.g. `NonFiniteLoss`, `DatasetNotFound`) fails the
+job and nothing is published. An unknown base model or a rank above the
+BaseModel's `engine.maxLoraRank` fails the job before anything runs; those two
+are re-checked on every pass, so fixing the cause re-queues the job.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from loraplex.api.basemodel import BaseModelSpec
+from loraplex.api.trainingjob import TrainingJobSpec
+from loraplex.operator.conditions import ConditionUpdate, merge_conditions, timestamp
+
+EXIT_PREEMPTED = 75
+EXIT_CONFIG = 2
+EXIT_FAILED = 3
+VALIDATION_REASONS = ("UnknownBaseModel", "RankTooHigh")
+TERMINAL = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class PodView:
+    """The trainer pod of an attempt, as the pod index saw it last."""
+
+    name: str
+    node: str | None
+    phase: str
+    disrupted: bool = False  # condition DisruptionTarget=True (preempted, evicted, node going away)
+    exit_code: int | None = None
+    message: str | None = None  # the container's termination message: the trainer's result JSON
+    deleting: bool = False
+
+
+@dataclass(frozen=True)
+class JobView:
+    """The batch/v1 Job of an attempt."""
+
+    name: str
+    node: str | None  # its kubernetes.io/hostname node selector
+    suspended: bool = False
+    complete: bool = False
+    failed: bool = False
+    failure_reason: str = ""
+    failure_message: str = ""
+    pods: tuple[PodView, ...] = ()
+
+
+@dataclass(frozen=True)
+class Result:
+    """What the trainer published for the job's adapter."""
+
+    uri: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Step:
+    status: dict[str, Any]
+    create_attempt: int | None = None  # create this attempt's Job (and ConfigMap)
+    node: str | None = None  # on this node (None with create_attempt: suspended, for Kueue)
+    publish: Result | None = None
+    events: tuple[Event, ...] = field(default_factory=tuple)
+
+
+def validate(namespace: str, spec: TrainingJobSpec, base: BaseModelSpec | None) -> tuple[str, str] | None:
+    """(reason, message) when the job cannot run as written; None when it can."""
+    if base is None:
+        return (
+            "UnknownBaseModel",
+            f"spec.baseModel: no BaseModel {namespace}/{spec.base_model}; create it or fix the name",
+        )
+    if spec.lora.rank > base.engine.max_lora_rank:
+        return (
+            "RankTooHigh",
+            f"spec.lora.rank {spec.lora.rank} is above BaseModel {spec.base_model}'s engine.maxLoraRank "
+            f"{base.engine.max_lora_rank}; lower the rank or raise maxLoraRank",
+        )
+    return None
+
+
+def parse_result(message: str | None, adapter: str) -> tuple[int | None, dict[str, Any] | None]:
+    """The trainer's summary (`resultPath`): its exit code and the entry for `adapter`."""
+    if not message:
+        return None, None
+    try:
+        summary = json.loads(message)
+    except ValueError:
+        return None, None
+    if not isinstance(summary, dict):
+        return None, None
+    entries = [a for a in summary.get("adapters", []) if isinstance(a, dict) and a.get("name") == adapter]
+    code = summary.get("exitCode")
+    return (code if isinstance(code, int) else None), (entries[0] if entries else None)
+
+
+def _last_pod(job: JobView) -> PodView | None:
+    return job.pods[-1] if job.pods else None
+
+
+def plan_training(
+    *,
+    namespace: str,
+    name: str,
+    generation: int,
+    spec: TrainingJobSpec,
+    base: BaseModelSpec | None,
+    status: Mapping[str, Any],
+    job: JobView | None,
+    admitted_node: str | None,
+    max_attempts: int,
+    now: datetime,
+) -> Step:
+    """The status this job should have now and the one action that gets it there."""
+    current = dict(status)
+    phase = current.get("phase")
+    attempts = int(current.get("attempts") or 0)
+    reason = _ready_reason(current)
+    fresh_spec = current.get("observedGeneration") != generation
+    active = job is not None and not (job.complete or job.failed)
+
+    if fresh_spec and not active:  # a changed spec starts afresh (a running attempt finishes first)
+        if job is not None:
+            attempts += 1  # the finished attempt's Job keeps its name
+        phase, reason = None, None
+        current.pop("completionTime", None)
+        current["observedGeneration"] = generation
+        job = None
+    if phase in TERMINAL and reason not in VALIDATION_REASONS:
+        return Step(current)
+
+    if not active:
+        problem = validate(namespace, spec, base)
+        if problem is not None and job is None:
+            return _failed(current, generation, now, *problem, attempts=attempts)
+        if phase == "Failed":  # the BaseModel it lacked is there now, or allows the rank
+            current.pop("completionTime", None)
+            phase = None
+
+    if job is not None:
+        return _follow(current, name, generation, spec, job, attempts, max_attempts, now)
+
+    if phase == "Running" and (current.get("placement") or {}).get("node"):
+        node = current["placement"]["node"]  # admitted earlier; its Job is missing: make it again
+        return Step(_running(current, generation, now, attempts, node), attempts, node)
+    if phase == "Preempted":
+        message = "re-queued after preemption; the next attempt resumes from the last checkpoint"
+        return Step(_queued(current, generation, now, attempts, "Requeued", message))
+    if spec.queue_name:
+        queued = _queued(
+            current,
+            generation,
+            now,
+            attempts,
+            "WaitingForKueue",
+            f"suspended Job in LocalQueue {spec.queue_name}",
+        )
+        return Step(queued, attempts, None)
+    if admitted_node is not None:
+        step = Step(
+            _running(current, generation, now, attempts, admitted_node),
+            attempts,
+            admitted_node,
+            events=(Event("Normal", "Admitted", f"Admitted attempt {attempts} on node {admitted_node}"),),
+        )
+        return step
+    gpus = spec.resources.gpu
+    message = f"waiting for {gpus} free GPU{'s' if gpus != 1 else ''} that serving does not need"
+    return Step(_queued(current, generation, now, attempts, "WaitingForCapacity", message))
+
+
+def _follow(
+    current: dict[str, Any],
+    name: str,
+    generation: int,
+    spec: TrainingJobSpec,
+    job: JobView,
+    attempts: int,
+    max_attempts: int,
+    now: datetime,
+) -> Step:
+    """The status from the current attempt's Job and pod."""
+    pod = _last_pod(job)
+    code, entry = parse_result(pod.message if pod else None, name)
+    exit_code = pod.exit_code if pod and pod.exit_code is not None else code
+    succeeded = job.complete or (pod is not None and pod.phase == "Succeeded")
+    if succeeded:
+        if entry and entry.get("uri") and entry.get("sha256"):
+            result = Result(str(entry["uri"]), str(entry["sha256"]))
+            done = _with(
+                current,
+                generation,
+                now,
+                phase="Succeeded",
+                status="True",
+                reason="Succeeded",
+                message=f"published revision {result.sha256[:12]} to LoRAAdapter {spec.output.adapter_name}",
+                attempts=attempts,
+            )
+            done["adapterRevision"] = result.sha256
+            done.setdefault("completionTime", timestamp(now))
+            return Step(done, publish=result)
+        return _failed(
+            current, generation, now, "ResultMissing",
+            "the trainer exited 0 without a result for this adapter in its termination message",
+            attempts=attempts,
+        )  # fmt: skip
+    preempted = (
+        (pod is not None and (pod.disrupted or exit_code == EXIT_PREEMPTED))
+        or "DisruptionTarget" in job.failure_message
+        or (job.failed and (pod is None or (exit_code is None and pod.phase != "Succeeded")))
+    )
+    if job.failed or (pod is not None and pod.phase == "Failed"):
+        if preempted:
+            node = (current.get("placement") or {}).get("node") or job.node
+            message = (
+                f"attempt {attempts} was preempted on node {node}; re-queued to resume from its checkpoint"
+            )
+            step_status = _with(
+                current, generation, now, phase="Preempted", status="False", reason="Preempted",
+                message=message, attempts=attempts + 1,
+            )  # fmt: skip
+            step_status["placement"] = None
+            return Step(step_status, events=(Event("Warning", "Preempted", message),))
+        if exit_code == EXIT_CONFIG:
+            detail = (entry or {}).get("message") or "the trainer refused its config"
+            return _failed(current, generation, now, "ConfigInvalid", str(detail), attempts=attempts)
+        if exit_code == EXIT_FAILED:
+            why = str((entry or {}).get("reason") or "TrainingFailed")
+            detail = str((entry or {}).get("message") or "the trainer failed this adapter for good")
+            return _failed(current, generation, now, why, detail, attempts=attempts)
+        if attempts + 1 >= max_attempts:
+            return _failed(
+                current, generation, now, "RetryLimitExceeded",
+                f"the trainer crashed (exit code {exit_code}) in {attempts + 1} attempts; see the pod logs",
+                attempts=attempts,
+            )  # fmt: skip
+        message = f"attempt {attempts} crashed (exit code {exit_code}); re-queued"
+        crashed = _with(
+            current, generation, now, phase="Queued", status="False", reason="Crashed", message=message,
+            attempts=attempts + 1,
+        )  # fmt: skip
+        crashed["placement"] = None
+        return Step(crashed, events=(Event("Warning", "Crashed", message),))
+    if job.suspended:
+        return Step(
+            _queued(current, generation, now, attempts, "WaitingForKueue", f"Job {job.name} is suspended")
+        )
+    node = (pod.node if pod else None) or job.node or (current.get("placement") or {}).get("node")
+    running = _running(current, generation, now, attempts, node)
+    if pod is not None:
+        running["placement"] = {"node": node, "pod": pod.name}
+        if pod.phase == "Running":
+            running.setdefault("startTime", timestamp(now))
+            running["conditions"] = merge_conditions(
+                current.get("conditions", []),
+                _conditions("False", "Training", f"pod {pod.name} is training on node {node}", "Running"),
+                generation,
+                now,
+            )
+    return Step(running)
+
+
+def _ready_reason(status: Mapping[str, Any]) -> str | None:
+    for c in status.get("conditions", []) or []:
+        if c.get("type") == "Ready":
+            return str(c.get("reason"))
+    return None
+
+
+def _conditions(
+    ready: Literal["True", "False"], reason: str, message: str, phase: str
+) -> list[ConditionUpdate]:
+    in_flight: Literal["True", "False"] = "True" if phase in ("Queued", "Running", "Preempted") else "False"
+    stalled: Literal["True", "False"] = "True" if phase == "Failed" else "False"
+    return [
+        ConditionUpdate("Ready", ready, reason, message),
+        ConditionUpdate("Reconciling", in_flight, reason, message),
+        ConditionUpdate("Stalled", stalled, reason, message),
+    ]
+
+
+def _with(
+    current: Mapping[str, Any],
+    generation: int,
+    now: datetime,
+    *,
+    phase: str,
+    status: Literal["True", "False"],
+    reason: str,
+    message: str,
+    attempts: int,
+) -> dict[str, Any]:
+    planned = dict(current)
+    planned["phase"] = phase
+    planned["attempts"] = attempts
+    planned["observedGeneration"] = generation
+    planned["conditions"] = merge_conditions(
+        current.get("conditions", []), _conditions(status, reason, message, phase), generation, now
+    )
+    return planned
+
+
+def _queued(
+    current: Mapping[str, Any], generation: int, now: datetime, attempts: int, reason: str, message: str
+) -> dict[str, Any]:
+    planned = _with(
+        current,
+        generation,
+        now,
+        phase="Queued",
+        status="False",
+        reason=reason,
+        message=message,
+        attempts=attempts,
+    )
+    planned["placement"] = None
+    return planned
+
+
+def _running(
+    current: Mapping[str, Any], generation: int, now: datetime, attempts: int, node: str | None
+) -> dict[str, Any]:
+    before = _ready_reason(current)
+    reason = "Training" if before == "Training" else "Starting"
+    message = f"attempt {attempts} admitted on node {node}" if node else f"attempt {attempts} admitted"
+    if reason == "Training":
+        message = next(
+            (str(c.get("message")) for c in current.get("conditions", []) if c.get("type") == "Ready"),
+            message,
+        )
+    planned = _with(
+        current,
+        generation,
+        now,
+        phase="Running",
+        status="False",
+        reason=reason,
+        message=message,
+        attempts=attempts,
+    )
+    placement = dict(current.get("placement") or {})
+    placement["node"] = node
+    planned["placement"] = placement
+    planned["checkpointUri"] = current.get("checkpointUri")
+    return planned
+
+
+def _failed(
+    current: Mapping[str, Any], generation: int, now: datetime, reason: str, message: str, *, attempts: int
+) -> Step:
+    planned = _with(
+        current,
+        generation,
+        now,
+        phase="Failed",
+        status="False",
+        reason=reason,
+        message=message,
+        attempts=attempts,
+    )
+    planned["placement"] = None
+    planned.setdefault("completionTime", timestamp(now))
+    before = _ready_reason(current)
+    events = () if before == reason else (Event("Warning", reason, message),)
+    return Step(planned, events=events)

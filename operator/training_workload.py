@@ -1,0 +1,347 @@
+"""Builds what one attempt of a TrainingJob runs: pure functions of the spec, the BaseModel and settings.
+
+An attempt is a batch/v1 Job (one pod, `backoffLimit: 0`, owned by the
+TrainingJob) running `loraplex trainer --config /etc/loraplex/trainer.yaml`
+from a ConfigMap of the same name, at the low `loraplex-trainer`
+PriorityClass so the scheduler preempts it when serving needs the GPUs. The
+trainer config follows worker/trainer/config.py: the job's dataset, lora,
+training and checkpoint settings copied as they are, the base model where the
+pod mounts it, and checkpoints and outputs in the training store
+(`LORAPLEX_TRAINING_STORE`), under a folder per TrainingJob uid and
+generation so every attempt of one spec resumes the same checkpoint.
+
+Operator-admitted attempts are pinned to their node
+(`kubernetes.io/hostname`); attempts of a job that names a Kueue LocalQueue
+are created suspended with the queue label, and Kueue unsuspends them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from loraplex.api import API_VERSION
+from loraplex.api.basemodel import BaseModelSpec
+from loraplex.api.trainingjob import TrainingJobSpec
+from loraplex.operator.fleet import (
+    BASE_MODEL_LABEL,
+    COMPONENT_LABEL,
+    HASH_ANNOTATION,
+    MANAGED_BY,
+    MODEL_MOUNT,
+    Manifest,
+    content_hash,
+    model_location,
+)
+from loraplex.operator.settings import OperatorSettings
+
+TRAINING_JOB_LABEL = "loraplex.dev/training-job"
+ATTEMPT_LABEL = "loraplex.dev/attempt"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+TRAINER_CONTAINER = "trainer"
+CONFIG_DIR = "/etc/loraplex"
+CONFIG_FILE = "trainer.yaml"
+STORE_MOUNT = "/store"
+DATA_MOUNT = "/data"
+TERMINATION_LOG = "/dev/termination-log"
+GRACE_PERIOD_SECONDS = 25  # the trainer's own deadline for its final checkpoint after SIGTERM
+POD_GRACE_PERIOD_SECONDS = 45  # above the trainer's, so its final checkpoint is not cut short
+
+
+@dataclass(frozen=True)
+class TrainingJobRef:
+    """Identity of the TrainingJob that owns an attempt."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where checkpoints and published adapters live, inside the pod and as workers fetch them."""
+
+    local_root: str  # file:///store/<path> or file:///<path>
+    public_root: str  # pvc://<claim>/<path> or file:///<path>
+    claim: str | None
+
+    @classmethod
+    def parse(cls, uri: str) -> Store:
+        if uri.startswith("pvc://"):
+            claim, _, path = uri.removeprefix("pvc://").partition("/")
+            path = path.strip("/")
+            local = f"file://{STORE_MOUNT}" + (f"/{path}" if path else "")
+            return cls(local, f"pvc://{claim}" + (f"/{path}" if path else ""), claim)
+        if uri.startswith("file:///"):
+            root = uri.rstrip("/")
+            return cls(root, root, None)
+        raise ValueError(f"training store {uri!r}: use pvc://<claim>/<path> or file:///<path>")
+
+    def public(self, local_uri: str) -> str:
+        """The URI workers use for a path the trainer wrote (file:///store/... -> pvc://claim/...)."""
+        if local_uri.startswith(self.local_root):
+            return self.public_root + local_uri[len(self.local_root) :]
+        return local_uri
+
+
+def attempt_name(ref: TrainingJobRef, attempt: int) -> str:
+    """The Job (and ConfigMap) of one attempt: `<name>-a<attempt>`, at most 63 characters."""
+    suffix = f"-a{attempt}"
+    name = ref.name + suffix
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(ref.name.encode()).hexdigest()[:8]
+    return f"{ref.name[: 63 - len(suffix) - 9]}-{digest}{suffix}"
+
+
+def service_account_name(base_model: str) -> str:
+    return f"{base_model}-trainer"
+
+
+def checkpoint_uri(ref: TrainingJobRef, store: Store, local: bool = True) -> str:
+    """The folder the trainer checkpoints this spec's adapter under (its `<checkpointUri>/<name>/`)."""
+    root = store.local_root if local else store.public_root
+    return f"{root}/checkpoints/{ref.namespace}/{ref.uid}/g{ref.generation}"
+
+
+def output_uri(ref: TrainingJobRef, spec: TrainingJobSpec, store: Store) -> str:
+    return f"{store.local_root}/adapters/{ref.namespace}/{spec.output.adapter_name}"
+
+
+def _dataset(uri: str) -> tuple[str, list[Manifest], list[Manifest]]:
+    """The dataset URI the trainer reads, with the volume that makes a pvc:// one local."""
+    if uri.startswith("pvc://"):
+        claim, _, path = uri.removeprefix("pvc://").partition("/")
+        volume = {"name": "data", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        mount = {"name": "data", "mountPath": DATA_MOUNT, "readOnly": True}
+        return f"file://{DATA_MOUNT}/{path}".rstrip("/"), [volume], [mount]
+    return uri, [], []
+
+
+def trainer_config(
+    ref: TrainingJobRef, spec: TrainingJobSpec, base: BaseModelSpec, store: Store
+) -> dict[str, Any]:
+    """The trainer's config file (worker/trainer/config.py, camelCase) for this job."""
+    model_path, _, _ = model_location(base)
+    dataset_uri, _, _ = _dataset(spec.dataset.uri)
+    dataset = spec.dataset.model_dump(by_alias=True, exclude_none=True) | {"uri": dataset_uri}
+    return {
+        "baseModel": model_path,
+        "checkpointUri": checkpoint_uri(ref, store),
+        "adapters": [
+            {
+                "name": ref.name,
+                "dataset": dataset,
+                "lora": spec.lora.model_dump(by_alias=True, exclude_none=True),
+                "training": spec.training.model_dump(by_alias=True, exclude_none=True),
+                "checkpoint": spec.checkpoint.model_dump(by_alias=True, exclude_none=True),
+                "outputUri": output_uri(ref, spec, store),
+            }
+        ],
+        "gracePeriodSeconds": GRACE_PERIOD_SECONDS,
+        "resultPath": TERMINATION_LOG,
+    }
+
+
+def labels(ref: TrainingJobRef, base_model: str, attempt: int) -> dict[str, str]:
+    return {
+        **MANAGED_BY,
+        BASE_MODEL_LABEL: base_model,
+        COMPONENT_LABEL: "trainer",
+        TRAINING_JOB_LABEL: ref.name,
+        ATTEMPT_LABEL: str(attempt),
+    }
+
+
+def plan_attempt(
+    ref: TrainingJobRef,
+    spec: TrainingJobSpec,
+    base: BaseModelSpec,
+    settings: OperatorSettings,
+    attempt: int,
+    node: str | None,
+) -> list[Manifest]:
+    """The ConfigMap and Job of one attempt; `node` None: left to Kueue (created suspended)."""
+    store = Store.parse(settings.training_store)
+    name = attempt_name(ref, attempt)
+    config = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": ref.namespace,
+            "labels": labels(ref, spec.base_model, attempt),
+        },
+        "data": {CONFIG_FILE: yaml.safe_dump(trainer_config(ref, spec, base, store), sort_keys=True)},
+    }
+    return [
+        owned_by_job(ref, config),
+        owned_by_job(ref, trainer_job(ref, spec, base, settings, attempt, node)),
+    ]
+
+
+def trainer_job(
+    ref: TrainingJobRef,
+    spec: TrainingJobSpec,
+    base: BaseModelSpec,
+    settings: OperatorSettings,
+    attempt: int,
+    node: str | None,
+) -> Manifest:
+    store = Store.parse(settings.training_store)
+    name = attempt_name(ref, attempt)
+    _, model_volumes, model_mounts = model_location(base)
+    _, data_volumes, data_mounts = _dataset(spec.dataset.uri)
+    volumes = [*model_volumes, *data_volumes, {"name": "config", "configMap": {"name": name}}]
+    mounts = [*model_mounts, *data_mounts, {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
+    if store.claim is not None:
+        volumes.append({"name": "store", "persistentVolumeClaim": {"claimName": store.claim}})
+        mounts.append({"name": "store", "mountPath": STORE_MOUNT})
+    env_from = (
+        {"envFrom": [{"secretRef": {"name": base.adapter_store_secret_ref.name}}]}
+        if base.adapter_store_secret_ref is not None
+        else {}
+    )
+    limits: dict[str, str] = {}
+    requests: dict[str, str] = {}
+    if spec.resources.gpu:
+        limits[base.resources.gpu_resource_name] = str(spec.resources.gpu)
+    if spec.resources.cpu:
+        requests["cpu"] = spec.resources.cpu
+    if spec.resources.memory:
+        requests["memory"] = limits["memory"] = spec.resources.memory
+    container: Manifest = {
+        "name": TRAINER_CONTAINER,
+        "image": settings.image,
+        "args": ["trainer", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+        "env": [
+            {"name": "LORAPLEX_TRAININGJOB", "value": ref.name},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        ],
+        **env_from,
+        "resources": {"limits": limits, **({"requests": requests} if requests else {})},
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "File",
+    }
+    pod_labels = labels(ref, spec.base_model, attempt)
+    node_selector = dict(base.node_selector)
+    if node is not None:
+        node_selector[HOSTNAME_LABEL] = node
+    init_containers = []
+    if base.model.uri.startswith(("s3://", "https://")):
+        init_containers.append(
+            {
+                "name": "fetch-model",
+                "image": settings.image,
+                "args": ["agent", "fetch-model", "--uri", base.model.uri, "--dest", MODEL_MOUNT],
+                "volumeMounts": model_mounts,
+                **env_from,
+            }
+        )
+    pod_spec: Manifest = {
+        "restartPolicy": "Never",
+        "serviceAccountName": service_account_name(spec.base_model),
+        "priorityClassName": settings.trainer_priority_class,
+        "terminationGracePeriodSeconds": POD_GRACE_PERIOD_SECONDS,
+        "nodeSelector": node_selector,
+        "tolerations": [t.model_dump(by_alias=True, exclude_none=True) for t in base.tolerations],
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
+    job_labels = dict(pod_labels)
+    if spec.queue_name and node is None:
+        job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": ref.namespace, "labels": job_labels},
+        "spec": {
+            "backoffLimit": 0,
+            "suspend": bool(spec.queue_name and node is None),
+            # A preempted or evicted pod fails the Job at once, and says so in the Job's condition.
+            "podFailurePolicy": {
+                "rules": [{"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget"}]}]
+            },
+            "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+        },
+    }
+
+
+def trainer_access(base_model: str, namespace: str, base_model_uid: str) -> list[Manifest]:
+    """Trainer pods' ServiceAccount, bound to the chart's loraplex-trainer ClusterRole (BaseModel-owned)."""
+    name = service_account_name(base_model)
+    meta_labels = {**MANAGED_BY, BASE_MODEL_LABEL: base_model, COMPONENT_LABEL: "trainer"}
+    owner = [
+        {
+            "apiVersion": API_VERSION,
+            "kind": "BaseModel",
+            "name": base_model,
+            "uid": base_model_uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    account: Manifest = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": name, "namespace": namespace, "labels": meta_labels},
+    }
+    binding: Manifest = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": name, "namespace": namespace, "labels": meta_labels},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "loraplex-trainer",
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+    }
+    for manifest in (account, binding):
+        manifest["metadata"]["ownerReferences"] = owner
+        manifest["metadata"]["annotations"] = {HASH_ANNOTATION: content_hash(manifest)}
+    return [account, binding]
+
+
+def owned_by_job(ref: TrainingJobRef, manifest: Manifest) -> Manifest:
+    """Owner reference to the TrainingJob (deleting it deletes its attempts) and the content hash."""
+    manifest["metadata"]["ownerReferences"] = [
+        {
+            "apiVersion": API_VERSION,
+            "kind": "TrainingJob",
+            "name": ref.name,
+            "uid": ref.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    manifest["metadata"]["annotations"] = {HASH_ANNOTATION: content_hash(manifest)}
+    return manifest
+
+
+def output_adapter(namespace: str, spec: TrainingJobSpec, uri: str, sha256: str, job_name: str) -> Manifest:
+    """The LoRAAdapter the job creates or updates: its new revision is the published adapter."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "LoRAAdapter",
+        "metadata": {
+            "name": spec.output.adapter_name,
+            "namespace": namespace,
+            "labels": {**MANAGED_BY, TRAINING_JOB_LABEL: job_name},
+        },
+        "spec": {
+            "baseModel": spec.base_model,
+            "source": {"uri": uri, "sha256": sha256},
+            "rank": spec.lora.rank,
+            "replicas": spec.output.replicas,
+        },
+    }

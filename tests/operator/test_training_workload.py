@@ -1,0 +1,103 @@
+"""What one TrainingJob attempt runs: the trainer Job, a config the trainer accepts, the Kueue path."""
+
+from __future__ import annotations
+
+import yaml
+
+from loraplex.api.basemodel import BaseModelSpec
+from loraplex.api.trainingjob import TrainingJobSpec
+from loraplex.operator.settings import OperatorSettings
+from loraplex.operator.training_workload import (
+    KUEUE_QUEUE_LABEL,
+    Store,
+    TrainingJobRef,
+    attempt_name,
+    plan_attempt,
+    trainer_access,
+)
+from loraplex.worker.trainer.config import TrainerConfig
+
+REF = TrainingJobRef("sql-tune", "team", "uid-1", 3)
+BASE = BaseModelSpec.model_validate(
+    {"model": {"uri": "pvc://models/llama-8b"}, "nodeSelector": {"pool": "gpu"}}
+)
+SPEC = TrainingJobSpec.model_validate(
+    {
+        "baseModel": "llama-8b",
+        "dataset": {"uri": "pvc://datasets/sql/train.jsonl"},
+        "output": {"adapterName": "sql", "replicas": 2},
+        "training": {"steps": 100},
+        "resources": {"gpu": 2, "memory": "32Gi"},
+    }
+)
+SETTINGS = OperatorSettings(training_store="pvc://store/loraplex", image="example/loraplex:1")
+
+
+def test_an_admitted_attempt_is_a_low_priority_job_pinned_to_its_node() -> None:
+    config, job = plan_attempt(REF, SPEC, BASE, SETTINGS, attempt=2, node="gpu-7")
+    assert job["metadata"]["name"] == config["metadata"]["name"] == "sql-tune-a2"
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "TrainingJob"
+    assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["suspend"] is False
+    pod = job["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "loraplex-trainer"
+    assert pod["restartPolicy"] == "Never"
+    assert pod["serviceAccountName"] == "llama-8b-trainer"
+    assert pod["nodeSelector"] == {"pool": "gpu", "kubernetes.io/hostname": "gpu-7"}
+    container = pod["containers"][0]
+    assert container["args"] == ["trainer", "--config", "/etc/loraplex/trainer.yaml"]
+    assert container["image"] == "example/loraplex:1"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert set(mounts) == {"/models", "/data", "/store", "/etc/loraplex"}
+    assert pod["terminationGracePeriodSeconds"] > 25
+
+
+def test_the_config_is_one_the_trainer_accepts() -> None:
+    config, _ = plan_attempt(REF, SPEC, BASE, SETTINGS, attempt=0, node="n")
+    parsed = TrainerConfig.parse(yaml.safe_load(config["data"]["trainer.yaml"]))
+    assert parsed.base_model == "/models/llama-8b"
+    assert parsed.checkpoint_uri == "file:///store/loraplex/checkpoints/team/uid-1/g3"
+    assert parsed.result_path == "/dev/termination-log"
+    (adapter,) = parsed.adapters
+    assert adapter.name == "sql-tune"
+    assert adapter.dataset.uri == "file:///data/sql/train.jsonl"
+    assert adapter.output_uri == "file:///store/loraplex/adapters/team/sql"
+    assert adapter.training == SPEC.training
+    assert adapter.lora == SPEC.lora
+
+
+def test_every_attempt_of_one_spec_resumes_the_same_checkpoint() -> None:
+    first, _ = plan_attempt(REF, SPEC, BASE, SETTINGS, attempt=0, node="a")
+    later, _ = plan_attempt(REF, SPEC, BASE, SETTINGS, attempt=5, node="b")
+    assert first["data"] == later["data"]
+
+
+def test_a_kueue_job_is_created_suspended_with_the_queue_label_and_no_node() -> None:
+    spec = SPEC.model_copy(update={"queue_name": "team-a"})
+    _, job = plan_attempt(REF, spec, BASE, SETTINGS, attempt=0, node=None)
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "team-a"
+    assert "kubernetes.io/hostname" not in job["spec"]["template"]["spec"]["nodeSelector"]
+
+
+def test_published_paths_map_back_to_the_store_workers_read() -> None:
+    store = Store.parse("pvc://store/loraplex")
+    assert (
+        store.public("file:///store/loraplex/adapters/team/sql/abc")
+        == "pvc://store/loraplex/adapters/team/sql/abc"
+    )
+    assert Store.parse("file:///srv/store").public("file:///srv/store/x") == "file:///srv/store/x"
+
+
+def test_long_names_stay_within_63_characters() -> None:
+    long = TrainingJobRef("x" * 63, "ns", "u", 1)
+    assert len(attempt_name(long, 12345)) <= 63
+    assert attempt_name(long, 1) != attempt_name(TrainingJobRef("x" * 62 + "y", "ns", "u", 1), 1)
+
+
+def test_trainers_get_a_service_account_bound_to_the_trainer_role() -> None:
+    account, binding = trainer_access("llama-8b", "team", "bm-uid")
+    assert account["metadata"]["name"] == binding["subjects"][0]["name"] == "llama-8b-trainer"
+    assert binding["roleRef"]["name"] == "loraplex-trainer"
+    assert account["metadata"]["ownerReferences"][0]["kind"] == "BaseModel"
