@@ -1,0 +1,178 @@
+"""What a TrainingJob ends as: bad input refused with a reason, trainer failures, and a published revision.
+
+KWOK runs no trainer, so the tests end each trainer pod as the kubelet would after `loraplex
+trainer` exits: its exit code and the result summary it writes to /dev/termination-log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from loraplex.api import GROUP, VERSION
+from loraplex.e2e.cluster import LocalCluster
+from loraplex.e2e.objects import create_object
+from loraplex.e2e.operator_process import OperatorProcess
+from loraplex.e2e.priority_classes import ensure_trainer_priority_class
+from loraplex.e2e.trainer_pods import end_trainer_pod, summary, trainer_pods
+from loraplex.e2e.waiting import wait_until
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    return f"file://{tmp_path}/store"
+
+
+@pytest.fixture
+def trainer_operator(
+    local_cluster: LocalCluster,
+    kube: Any,
+    namespace: str,
+    tmp_path: Path,
+    store: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[OperatorProcess]:
+    ensure_trainer_priority_class(kube)
+    monkeypatch.setenv("LORAPLEX_TRAINING_STORE", store)
+    process = OperatorProcess(local_cluster.kubeconfig, namespace, tmp_path / "operator.log").start()
+    yield process
+    process.stop()
+
+
+def training_job(base: str = "bm", rank: int = 8, adapter: str = "sql") -> dict[str, Any]:
+    return {
+        "baseModel": base,
+        "dataset": {"uri": "file:///data/train.jsonl"},
+        "output": {"adapterName": adapter, "replicas": 2},
+        "training": {"steps": 100},
+        "lora": {"rank": rank},
+        "resources": {"gpu": 1},
+    }
+
+
+def status_of(kube: Any, namespace: str, name: str) -> dict[str, Any]:
+    body = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "trainingjobs", name
+    )
+    return dict(body.get("status") or {})
+
+
+def ready(status: dict[str, Any]) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+
+
+def ended(kube: Any, namespace: str, name: str, phase: str) -> dict[str, Any] | None:
+    status = status_of(kube, namespace, name)
+    return status if status.get("phase") == phase else None
+
+
+def adapter(kube: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return dict(
+            client.CustomObjectsApi(kube).get_namespaced_custom_object(
+                GROUP, VERSION, namespace, "loraadapters", name
+            )
+        )
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def running_pod(kube: Any, namespace: str, job: str) -> str:
+    pod = wait_until(
+        lambda: next((p for p in trainer_pods(kube, namespace, job) if p.status.phase == "Running"), None),
+        30,
+        f"trainer pod of {job} running",
+    )
+    return str(pod.metadata.name)
+
+
+def warnings_for(kube: Any, namespace: str, name: str) -> list[Any]:
+    events = client.CoreV1Api(kube).list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name}"
+    )
+    return [e for e in events.items if e.type == "Warning"]
+
+
+@pytest.fixture
+def base_model(kube: Any, namespace: str) -> str:
+    create_object(kube, namespace, "basemodels", "BaseModel", "bm", {
+        "model": {"uri": "/models/tiny"}, "replicas": {"min": 1}, "engine": {"maxLoraRank": 16},
+    })  # fmt: skip
+    return "bm"
+
+
+def test_bad_input_fails_with_a_reason_an_event_and_no_trainer(
+    kube: Any, namespace: str, trainer_operator: OperatorProcess, base_model: str
+) -> None:
+    create_object(kube, namespace, "trainingjobs", "TrainingJob", "nobase", training_job(base="missing"))
+    create_object(kube, namespace, "trainingjobs", "TrainingJob", "toobig", training_job(rank=64))
+    nobase = wait_until(lambda: ended(kube, namespace, "nobase", "Failed"), 30, "unknown base model refused")
+    toobig = wait_until(
+        lambda: ended(kube, namespace, "toobig", "Failed"), 30, "rank above the limit refused"
+    )
+    assert (ready(nobase)["status"], ready(nobase)["reason"]) == ("False", "UnknownBaseModel")
+    assert "create it or fix the name" in ready(nobase)["message"]
+    assert ready(toobig)["reason"] == "RankTooHigh"
+    assert "maxLoraRank 16" in ready(toobig)["message"]
+    assert [e.reason for e in warnings_for(kube, namespace, "nobase")] == ["UnknownBaseModel"]
+    assert [e.reason for e in warnings_for(kube, namespace, "toobig")] == ["RankTooHigh"]
+    assert trainer_pods(kube, namespace, "nobase") == []
+    assert client.BatchV1Api(kube).list_namespaced_job(namespace).items == []
+
+    # Creating the missing BaseModel lets the job run; no more warnings meanwhile (no retry storm).
+    create_object(kube, namespace, "basemodels", "BaseModel", "missing", {"model": {"uri": "/models/tiny"}})
+    wait_until(
+        lambda: ended(kube, namespace, "nobase", "Running"), 30, "job admitted once its BaseModel exists"
+    )
+    assert len(warnings_for(kube, namespace, "nobase")) == 1
+
+
+def test_a_trainer_failure_fails_the_job_with_its_reason_and_publishes_nothing(
+    kube: Any, namespace: str, trainer_operator: OperatorProcess, base_model: str
+) -> None:
+    create_object(kube, namespace, "trainingjobs", "TrainingJob", "nan", training_job(adapter="nan-out"))
+    pod = running_pod(kube, namespace, "nan")
+    result = summary(3, "nan", phase="Failed", reason="NonFiniteLoss", message="loss is nan at step 42")
+    end_trainer_pod(kube, namespace, pod, 3, result)
+    status = wait_until(lambda: ended(kube, namespace, "nan", "Failed"), 30, "job failed")
+    assert ready(status)["reason"] == "NonFiniteLoss"
+    assert "step 42" in ready(status)["message"]
+    assert next(c for c in status["conditions"] if c["type"] == "Stalled")["status"] == "True"
+    assert adapter(kube, namespace, "nan-out") is None
+    assert len(trainer_pods(kube, namespace, "nan")) == 1  # not retried
+
+
+def test_success_creates_the_output_adapter_and_a_retrain_updates_its_revision(
+    kube: Any, namespace: str, trainer_operator: OperatorProcess, base_model: str, store: str
+) -> None:
+    first, second = "1" * 64, "2" * 64
+    for job, digest in (("v1", first), ("v2", second)):
+        create_object(kube, namespace, "trainingjobs", "TrainingJob", job, training_job(adapter="sql"))
+        pod = running_pod(kube, namespace, job)
+        published = f"{store}/adapters/{namespace}/sql/{digest}"
+        result = summary(0, job, phase="Succeeded", step=100, totalSteps=100, uri=published, sha256=digest)
+        end_trainer_pod(kube, namespace, pod, 0, result)
+        status = wait_until(lambda j=job: ended(kube, namespace, j, "Succeeded"), 30, f"{job} succeeded")
+        assert status["adapterRevision"] == digest
+        assert ready(status)["status"] == "True"
+        out = wait_until(
+            lambda d=digest: (
+                (a := adapter(kube, namespace, "sql")) and a["spec"]["source"]["sha256"] == d and a
+            ),
+            30,
+            f"adapter at revision {digest[:4]}",
+        )
+        assert out["spec"]["source"]["uri"] == published
+        assert out["spec"]["baseModel"] == "bm"
+        assert (out["spec"]["rank"], out["spec"]["replicas"]) == (8, 2)
+    samples = trainer_operator.metrics()
+    assert samples['loraplex_training_jobs{phase="Succeeded"}'] == 2
