@@ -21,6 +21,8 @@ from loraplex.e2e.operator_process import OperatorProcess
 from loraplex.e2e.priority_classes import ensure_trainer_priority_class
 from loraplex.e2e.trainer_pods import end_trainer_pod, summary, trainer_pods
 from loraplex.e2e.waiting import wait_until
+from loraplex.worker.trainer.progress import Event
+from loraplex.worker.trainer.status_sink import TrainingJobStatusSink, kubernetes_patcher
 
 pytestmark = pytest.mark.cluster
 
@@ -152,17 +154,29 @@ def test_a_trainer_failure_fails_the_job_with_its_reason_and_publishes_nothing(
 
 
 def test_success_creates_the_output_adapter_and_a_retrain_updates_its_revision(
-    kube: Any, namespace: str, trainer_operator: OperatorProcess, base_model: str, store: str
+    kube: Any,
+    namespace: str,
+    trainer_operator: OperatorProcess,
+    base_model: str,
+    store: str,
+    local_cluster: LocalCluster,
 ) -> None:
+    progress = TrainingJobStatusSink(namespace, kubernetes_patcher(str(local_cluster.kubeconfig)))
     first, second = "1" * 64, "2" * 64
     for job, digest in (("v1", first), ("v2", second)):
         create_object(kube, namespace, "trainingjobs", "TrainingJob", job, training_job(adapter="sql"))
         pod = running_pod(kube, namespace, job)
+        # What the trainer's status sink reports lands beside the operator's fields, untouched by it.
+        progress(Event("progress", adapter=job, step=100, total_steps=100, loss=0.5, tokens_per_second=99.0))
+        wait_until(
+            lambda j=job: status_of(kube, namespace, j).get("progress", {}).get("step") == 100, 30, "progress"
+        )
         published = f"{store}/adapters/{namespace}/sql/{digest}"
         result = summary(0, job, phase="Succeeded", step=100, totalSteps=100, uri=published, sha256=digest)
         end_trainer_pod(kube, namespace, pod, 0, result)
         status = wait_until(lambda j=job: ended(kube, namespace, j, "Succeeded"), 30, f"{job} succeeded")
         assert status["adapterRevision"] == digest
+        assert status["progress"] == {"step": 100, "totalSteps": 100, "loss": 0.5, "tokensPerSecond": 99.0}
         assert ready(status)["status"] == "True"
         out = wait_until(
             lambda d=digest: (
