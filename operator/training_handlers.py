@@ -117,10 +117,14 @@ def register(
     def training(logger: kopf.Logger, **kwargs: Any) -> None:
         loop.run(Indexes.of(kwargs), logger)
 
-    @kopf.on.create(GROUP, VERSION, "trainingjobs", id="training-created", registry=registry)
-    def training_created(logger: kopf.Logger, **kwargs: Any) -> None:
-        """A new job is judged (and maybe admitted) at once rather than at its timer's first tick."""
-        loop.run(Indexes.of(kwargs), logger, force=True)
+    @kopf.on.event(GROUP, VERSION, "trainingjobs", id="training-created", registry=registry)
+    def training_created(type: str | None, logger: kopf.Logger, **kwargs: Any) -> None:
+        """A new job is judged (and maybe admitted) at once rather than at its timer's first tick.
+
+        An event handler (not on.create): kopf then writes no bookkeeping annotations on the job.
+        """
+        if type == "ADDED":
+            loop.run(Indexes.of(kwargs), logger, force=True)
 
 
 def extended(resources: Mapping[str, Any]) -> dict[str, int]:

@@ -275,7 +275,7 @@ def _follow(
     node = (pod.node if pod else None) or job.node or (current.get("placement") or {}).get("node")
     running = _running(current, generation, now, attempts, node)
     if pod is not None:
-        running["placement"] = {"node": node, "pod": pod.name}
+        running["placement"] = {"node": node, "pod": pod.name} if node else {"pod": pod.name}
         if pod.phase == "Running":
             running.setdefault("startTime", timestamp(now))
             running["conditions"] = merge_conditions(
@@ -366,8 +366,9 @@ def _running(
         attempts=attempts,
     )
     placement = dict(current.get("placement") or {})
-    placement["node"] = node
-    planned["placement"] = placement
+    if node:
+        placement["node"] = node
+    planned["placement"] = placement or None
     planned["checkpointUri"] = current.get("checkpointUri")
     return planned
 

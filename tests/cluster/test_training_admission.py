@@ -180,3 +180,30 @@ def test_serving_scale_up_preempts_a_trainer_which_requeues(
     assert trainer_operator.metrics()["loraplex_training_preemptions_total"] >= 1
     # No GPUs are left for it, so it stays queued rather than being admitted into serving's capacity.
     assert jobs(kube, namespace)["t"]["phase"] == "Queued"
+
+
+def test_a_job_in_a_kueue_queue_waits_suspended_until_kueue_lets_it_run(
+    kube: Any, namespace: str, trainer_operator: OperatorProcess
+) -> None:
+    # No Kueue here: the test plays it, by unsuspending the Job as Kueue does when it admits one.
+    create_object(kube, namespace, "basemodels", "BaseModel", "bm", base_model(gpus=1, workers=1))
+    create_object(kube, namespace, "trainingjobs", "TrainingJob", "k", training_job(1, queueName="team-a"))
+    batch = client.BatchV1Api(kube)
+    job = wait_until(
+        lambda: next(iter(batch.list_namespaced_job(namespace).items), None), 30, "suspended Job"
+    )
+    assert job.spec.suspend is True
+    assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert "kubernetes.io/hostname" not in (job.spec.template.spec.node_selector or {})
+    status = wait_until(lambda: in_phase(kube, namespace, "k", "Queued"), 30, "job queued")
+    assert reason(status) == "WaitingForKueue"
+    assert trainer_pods(kube, namespace, "k") == []
+
+    batch.patch_namespaced_job(job.metadata.name, namespace, {"spec": {"suspend": False}})
+    pod = wait_until(lambda: running_trainer(kube, namespace, "k"), 30, "trainer running once unsuspended")
+    placed = {"node": pod.spec.node_name, "pod": pod.metadata.name}
+    wait_until(
+        lambda: (in_phase(kube, namespace, "k", "Running") or {}).get("placement") == placed,
+        30,
+        "job running on the pod's node",
+    )
