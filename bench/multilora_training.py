@@ -148,7 +148,7 @@ def run_trainer(base: Path, jobs: list[dict[str, Any]], run_dir: Path, args: arg
             if event["event"] == "started" and started is None:
                 started = time.perf_counter()
             elif event["event"] == "finished":
-                steps = int(event["message"].split()[0])
+                steps = int(event["step"])
         code = process.wait()
     wall = time.perf_counter() - start
     if code != 0:

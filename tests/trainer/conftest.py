@@ -8,6 +8,7 @@ trained on the completion) and `greet` (text records).
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,8 @@ from loraplex.e2e.tiny_model import tiny_llama
 from loraplex.worker.trainer.config import TrainerConfig
 from loraplex.worker.trainer.data import Record
 
+# The trainer's device in these tests; LORAPLEX_TEST_DEVICE=cuda runs them on a GPU where there is one.
+DEVICE = os.environ.get("LORAPLEX_TEST_DEVICE", "cpu")
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 NAMES = ["ada", "bob", "cy", "dee", "eve", "fay", "gus", "hal"]
 
@@ -87,7 +90,7 @@ def make_config(tmp_path: Path, base_model: Path) -> Callable[..., TrainerConfig
                 "baseModel": str(base_model),
                 "checkpointUri": (tmp_path / "checkpoints").as_uri(),
                 "adapters": list(adapters),
-                "device": "cpu",
+                "device": DEVICE,
                 **extra,
             }
         )

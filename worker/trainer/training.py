@@ -343,7 +343,12 @@ class Trainer:
             [self.results[job.name] for job in self.config.adapters], steps, time.monotonic() - started
         )
         self.sink(
-            Event("finished", exit_code=result.exit_code, message=f"{steps} steps in {result.seconds:.1f}s")
+            Event(
+                "finished",
+                step=steps,
+                exit_code=result.exit_code,
+                message=f"{steps} combined steps in {result.seconds:.1f}s",
+            )
         )
         if self.config.result_path:
             Path(self.config.result_path).write_text(json.dumps(result.to_json()) + "\n")
