@@ -8,6 +8,7 @@ a background process, ready for `kubectl apply -f examples/`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 
@@ -17,6 +18,8 @@ from loraplex.e2e.cluster import ClusterError, LocalCluster
 from loraplex.e2e.gpu_nodes import GpuNodeShape
 from loraplex.e2e.local_operator import LocalOperator
 from loraplex.e2e.local_workers import LocalWorkers
+from loraplex.e2e.priority_classes import ensure_trainer_priority_class
+from loraplex.kube import api_client
 
 
 def run(action: str, args: argparse.Namespace) -> int:
@@ -78,6 +81,8 @@ def _fleet_up(args: argparse.Namespace) -> int:
         kubeconfig = cluster.up(args.nodes, GpuNodeShape(gpus=args.gpus_per_node))
     crd_install.install_crds(str(kubeconfig))
     print("Installed the loraplex CRDs (basemodels, loraadapters, trainingjobs, workerplacements)")
+    with contextlib.closing(api_client(str(kubeconfig))) as api:
+        ensure_trainer_priority_class(api)  # what the chart creates on a real cluster
     if args.kind:
         print("Run the operator against it yourself: KUBECONFIG=... loraplex operator")
     else:

@@ -36,7 +36,13 @@ class LocalOperator:
         if running is not None:
             return running
         metrics, health = free_port(), free_port()
-        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.cluster.kubeconfig),
+            "PYTHONUNBUFFERED": "1",
+            # Trainer pods of the local fleet run as local processes (e2e/local_workers.py): a local store.
+            "LORAPLEX_TRAINING_STORE": f"file://{self.cluster.state_dir / 'training-store'}",
+        }
         command = [sys.executable, "-m", "loraplex.cli", "operator"]
         command += ["--metrics-port", str(metrics), "--health-port", str(health)]
         pid = daemon.spawn(command, env, self.log_file, self.pid_file)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import logging
 import os
 import signal
@@ -27,8 +28,11 @@ import threading
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from loraplex.e2e import daemon
 from loraplex.e2e.adapter_store import AdapterStore
@@ -39,6 +43,7 @@ from loraplex.e2e.worker_processes import (
     AgentProcess,
     RouterCluster,
     RouterProcess,
+    TrainerProcess,
     VllmProcess,
 )
 
@@ -55,6 +60,21 @@ EXAMPLE_ADAPTERS = (
     ("code-review", 14, 8),
 )
 CATALOG_ADAPTERS = (("user-1", 21, 8), ("user-2", 22, 8), ("user-3", 23, 8))
+# The data examples/30-trainingjob.yaml trains support-bot on (a fixed path, so the example can name it).
+EXAMPLE_DATASET = Path("/tmp/loraplex-examples/support-tickets.jsonl")
+SUPPORT_TICKETS = (
+    "ticket: my login fails. answer: reset the password from the sign-in page.",
+    "ticket: the invoice is wrong. answer: billing will send a corrected invoice today.",
+    "ticket: the app is slow. answer: clear the cache and restart the app.",
+    "ticket: i cannot upload files. answer: files must be under one hundred megabytes.",
+)
+
+
+def write_example_dataset(path: Path = EXAMPLE_DATASET, copies: int = 16) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"text": ticket}) for _ in range(copies) for ticket in SUPPORT_TICKETS]
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 @dataclass(frozen=True)
@@ -81,6 +101,15 @@ class RouterPod:
     api_key_secret: tuple[str, str]
 
 
+@dataclass(frozen=True)
+class TrainerPod:
+    name: str
+    namespace: str
+    config_map: str
+    training_job: str
+    image: str
+
+
 def _flag(args: list[str], name: str, default: str | None = None) -> str | None:
     return args[args.index(name) + 1] if name in args else default
 
@@ -93,7 +122,7 @@ def _secret_ref(container: dict[str, Any], variable: str) -> tuple[str, str]:
     raise ValueError(f"container {container['name']} has no {variable}")
 
 
-def pod_processes(pod: dict[str, Any]) -> WorkerPod | RouterPod | None:
+def pod_processes(pod: dict[str, Any]) -> WorkerPod | RouterPod | TrainerPod | None:
     """What to run behind a pod (plain dict as the API returns it), or None if nothing (yet)."""
     meta, spec, status = pod["metadata"], pod["spec"], pod.get("status", {})
     labels = meta.get("labels", {})
@@ -116,6 +145,17 @@ def pod_processes(pod: dict[str, Any]) -> WorkerPod | RouterPod | None:
             max_lora_rank=int(_flag(vllm_args, "--max-lora-rank", "16") or 16),
             api_key_secret=_secret_ref(containers["vllm"], "VLLM_API_KEY"),
             catalog_template=_flag(agent_args, "--catalog-template"),
+        )  # fmt: skip
+    if labels.get(COMPONENT) == "trainer" and "trainer" in containers:
+        finished = any(
+            (c.get("state") or {}).get("terminated") for c in status.get("containerStatuses") or []
+        )
+        config = next((v["configMap"]["name"] for v in spec.get("volumes", []) if "configMap" in v), None)
+        if finished or config is None:
+            return None
+        return TrainerPod(
+            name=meta["name"], namespace=meta["namespace"], config_map=config,
+            training_job=labels.get("loraplex.dev/training-job", ""), image=containers["trainer"]["image"],
         )  # fmt: skip
     if labels.get(COMPONENT) == "router" and "router" in containers:
         args = containers["router"]["args"]
@@ -156,12 +196,14 @@ class Runner:
         data = self.core.read_namespaced_secret(secret[0], namespace).data or {}
         return base64.b64decode(data[secret[1]]).decode()
 
-    def start(self, uid: str, target: WorkerPod | RouterPod) -> None:
+    def start(self, uid: str, target: WorkerPod | RouterPod | TrainerPod) -> None:
         logs = self.work / "logs"
-        key = self.api_key(target.namespace, target.api_key_secret)
         started: list[Any] = []
         try:
-            if isinstance(target, WorkerPod):
+            if isinstance(target, TrainerPod):
+                started.append(self.start_trainer(uid, target))
+            elif isinstance(target, WorkerPod):
+                key = self.api_key(target.namespace, target.api_key_secret)
                 prefix = f"{target.namespace}.{target.name}"
                 vllm = VllmProcess(
                     self.model, logs / f"{prefix}.vllm.log", host=target.ip, port=8000,
@@ -177,15 +219,14 @@ class Runner:
                 )  # fmt: skip
                 started.append(agent.start())
             else:
+                key = self.api_key(target.namespace, target.api_key_secret)
                 router = RouterProcess(
                     logs / f"{target.namespace}.{target.name}.router.log", base_model=target.base_model,
                     served_name=target.served_name, api_key=key, host=target.ip, port=8000,
                     cluster=RouterCluster(target.namespace, target.workers_service, self.cluster.kubeconfig),
                 )  # fmt: skip
                 started.append(router.start())
-            log.info(
-                "Started real processes behind pod %s/%s ip=%s", target.namespace, target.name, target.ip
-            )
+            log.info("Started real processes behind pod %s/%s", target.namespace, target.name)
         except Exception:
             log.exception("Failed to start processes behind pod %s/%s", target.namespace, target.name)
             for process in reversed(started):
@@ -203,6 +244,56 @@ class Runner:
             str(p.process.pid) for group in self.children.values() for p in group if p.process is not None
         ]
         (self.work / "children.pids").write_text("\n".join(pids))
+
+    def start_trainer(self, uid: str, target: TrainerPod) -> TrainerProcess:
+        """Run the trainer with the pod's config (the tiny Llama as its base); report its end on the pod."""
+        data = self.core.read_namespaced_config_map(target.config_map, target.namespace).data or {}
+        config = yaml.safe_load(data["trainer.yaml"])
+        folder = self.work / "trainers" / uid
+        folder.mkdir(parents=True, exist_ok=True)
+        config["baseModel"] = str(self.model)
+        config["resultPath"] = str(folder / "result.json")
+        (folder / "trainer.yaml").write_text(yaml.safe_dump(config))
+        env = {
+            "LORAPLEX_TRAININGJOB": target.training_job,
+            "POD_NAMESPACE": target.namespace,
+            "POD_NAME": target.name,
+            "KUBECONFIG": str(self.cluster.kubeconfig),
+        }
+        trainer = TrainerProcess(folder / "trainer.yaml", folder / "trainer.log", env).start()
+        threading.Thread(
+            target=self.report_trainer_end,
+            args=(target, trainer, folder),
+            name=f"trainer-{target.name}",
+            daemon=True,
+        ).start()
+        return trainer
+
+    def report_trainer_end(self, target: TrainerPod, trainer: TrainerProcess, folder: Path) -> None:
+        """What the kubelet would do: the pod ends with the trainer's exit code and termination message."""
+        from kubernetes.client.exceptions import ApiException
+
+        code = trainer.wait()
+        result = folder / "result.json"
+        message = result.read_text()[:4096] if result.exists() else ""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        terminated = {
+            "exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": message,
+            "startedAt": now, "finishedAt": now,
+        }  # fmt: skip
+        status = {
+            "phase": "Succeeded" if code == 0 else "Failed",
+            "containerStatuses": [
+                {"name": "trainer", "ready": False, "restartCount": 0, "image": target.image, "imageID": "",
+                 "state": {"terminated": terminated}}
+            ],
+        }  # fmt: skip
+        try:
+            self.core.patch_namespaced_pod_status(target.name, target.namespace, {"status": status})
+            log.info("Finished trainer pod %s/%s exit=%d", target.namespace, target.name, code)
+        except ApiException as error:
+            if error.status != 404:  # a preempted pod is gone already
+                log.warning("Failed to report the end of trainer pod %s: %s", target.name, error.reason)
 
     def stop(self, uid: str) -> None:
         with self.lock:
@@ -234,7 +325,8 @@ class Runner:
     def run(self, stop: threading.Event) -> None:
         self.store.start()
         self.publish_examples()
-        selector = f"{COMPONENT} in (worker,router),{BASE_MODEL}"
+        write_example_dataset()
+        selector = f"{COMPONENT} in (worker,router,trainer),{BASE_MODEL}"
         while not stop.is_set():
             try:
                 pods = self.core.list_pod_for_all_namespaces(label_selector=selector)

@@ -300,3 +300,23 @@ class RouterProcess(_Child):
 
     def metrics(self) -> dict[str, float]:
         return prometheus_samples(f"{self.url}/metrics", "loraplex_router_")
+
+
+class TrainerProcess(_Child):
+    """`loraplex trainer --config FILE`, as a trainer pod would run it."""
+
+    name = "trainer"
+
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        super().__init__(log_path)
+        self.config = config
+        self.env = env or {}
+
+    def start(self) -> TrainerProcess:
+        argv = [sys.executable, "-m", "loraplex.cli", "trainer", "--config", str(self.config)]
+        self._spawn(argv, {"PYTHONUNBUFFERED": "1", **self.env})
+        return self
+
+    def wait(self) -> int:
+        assert self.process is not None
+        return self.process.wait()

@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.engine]
 NAME = "loraplex-devfleet"
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_ADAPTERS = ("sql-gen", "support-bot", "summarizer-de", "code-review")
+ORIGINAL_SUPPORT_BOT = "b8b5b83f817a988bb9605a6385ccbd4a51ec5f0f1ae7eb65acb18c0f3b93542a"  # examples/10
 
 
 def test_dev_up_serves_the_examples_through_real_workers_and_dev_down_stops_everything() -> None:
@@ -70,8 +71,24 @@ def test_dev_up_serves_the_examples_through_real_workers_and_dev_down_stops_ever
         with pytest.raises(openai.NotFoundError):
             caller.completions.create(model="no-such-adapter", prompt="select", max_tokens=1)
 
+        with contextlib.closing(cluster.api_client()) as api:  # the training example closes the loop
+            job = wait_until(
+                lambda: _phase(api, "support-bot-retrain", "Succeeded"), 300, "the TrainingJob done"
+            )
+            adapter = client.CustomObjectsApi(api).get_namespaced_custom_object(
+                GROUP, VERSION, "default", "loraadapters", "support-bot"
+            )
+            assert adapter["spec"]["source"]["sha256"] == job["adapterRevision"] != ORIGINAL_SUPPORT_BOT
+            revision = job["adapterRevision"]
+            wait_until(lambda: (_ready(api, "loraadapters", "support-bot") or {}).get("revision") == revision,
+                       120, "the workers serving the trained revision")  # fmt: skip
+        trained = caller.completions.create(
+            model="support-bot", prompt="ticket:", max_tokens=8, temperature=0
+        )
+        assert trained.choices[0].text
+
         children = LocalWorkers(cluster).child_pids()
-        assert len(children) == 5  # two vLLMs, two agents, one router
+        assert len(children) >= 5  # two vLLMs, two agents, one router (and the finished trainer)
         pids = cluster.status().pids
         assert main(["dev", "up", "--name", NAME, "--nodes", "3"]) == 0  # idempotent: same processes
         assert LocalOperator(cluster).pid() == operator_pid
@@ -88,6 +105,15 @@ def _ready(api: Any, plural: str, name: str) -> dict[str, Any] | None:
     status: dict[str, Any] = body.get("status", {})
     ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
     return status if ready.get("status") == "True" else None
+
+
+def _phase(api: Any, name: str, phase: str) -> dict[str, Any] | None:
+    body = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, "default", "trainingjobs", name
+    )
+    status: dict[str, Any] = body.get("status", {})
+    assert status.get("phase") != "Failed", status
+    return status if status.get("phase") == phase else None
 
 
 def _router_ip(api: Any) -> str:
