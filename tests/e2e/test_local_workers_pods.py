@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from loraplex.api.basemodel import BaseModelSpec
-from loraplex.e2e.local_workers import RouterPod, WorkerPod, pod_processes
+from loraplex.api.trainingjob import TrainingJobSpec
+from loraplex.e2e.local_workers import RouterPod, TrainerPod, WorkerPod, pod_processes
 from loraplex.operator.fleet import BaseModelRef, router_deployment, worker_statefulset
 from loraplex.operator.settings import OperatorSettings
+from loraplex.operator.training_workload import TrainingJobRef, trainer_job
 
 REF = BaseModelRef("tiny-llama", "demo", "uid-1")
 SPEC = BaseModelSpec.model_validate(
@@ -54,3 +56,24 @@ def test_pods_not_running_or_without_an_ip_get_nothing() -> None:
     template = worker_statefulset(REF, SPEC, OperatorSettings())["spec"]["template"]
     assert pod_processes(pod_from(template, "w", phase="Pending")) is None
     assert pod_processes(pod_from(template, "w", ip=None)) is None
+
+
+def test_a_running_trainer_pod_gets_the_trainer_until_it_has_ended() -> None:
+    job = TrainingJobSpec.model_validate(
+        {
+            "baseModel": "tiny-llama",
+            "dataset": {"uri": "file:///tmp/data.jsonl"},
+            "output": {"adapterName": "support-bot"},
+            "training": {"steps": 3},
+        }
+    )
+    ref = TrainingJobRef("retrain", "demo", "uid-tj", 1)
+    template = trainer_job(ref, job, SPEC, OperatorSettings(), attempt=0, node="n0")["spec"]["template"]
+    target = pod_processes(pod_from(template, "retrain-a0-xyz"))
+    assert target == TrainerPod(
+        name="retrain-a0-xyz", namespace="demo", config_map="retrain-a0", training_job="retrain",
+        image=OperatorSettings().image,
+    )  # fmt: skip
+    ended = pod_from(template, "retrain-a0-xyz")
+    ended["status"]["containerStatuses"] = [{"name": "trainer", "state": {"terminated": {"exitCode": 0}}}]
+    assert pod_processes(ended) is None
