@@ -146,7 +146,24 @@ def agent_args(ref: BaseModelRef, spec: BaseModelSpec) -> list[str]:
     return args
 
 
-def _store_credentials(spec: BaseModelSpec) -> Manifest:
+def fetch_model_containers(
+    spec: BaseModelSpec, settings: OperatorSettings, mounts: list[Manifest]
+) -> list[Manifest]:
+    """The init container that copies the base model from an object store or HTTPS, when it lives there."""
+    if not spec.model.uri.startswith(("s3://", "https://")):
+        return []
+    return [
+        {
+            "name": "fetch-model",
+            "image": settings.image,
+            "args": ["agent", "fetch-model", "--uri", spec.model.uri, "--dest", MODEL_MOUNT],
+            "volumeMounts": mounts,
+            **store_credentials(spec),
+        }
+    ]
+
+
+def store_credentials(spec: BaseModelSpec) -> Manifest:
     """The adapter store's credentials (AWS_* keys for S3) from the BaseModel's Secret, if it names one."""
     ref = spec.adapter_store_secret_ref
     return {"envFrom": [{"secretRef": {"name": ref.name}}]} if ref is not None else {}
@@ -214,21 +231,11 @@ def worker_statefulset(ref: BaseModelRef, spec: BaseModelSpec, settings: Operato
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         ],
-        **_store_credentials(spec),
+        **store_credentials(spec),
         "ports": [{"name": "agent", "containerPort": AGENT_PORT}],
         "volumeMounts": [cache_mount],
     }
-    init_containers = []
-    if spec.model.uri.startswith(("s3://", "https://")):
-        init_containers.append(
-            {
-                "name": "fetch-model",
-                "image": settings.image,
-                "args": ["agent", "fetch-model", "--uri", spec.model.uri, "--dest", MODEL_MOUNT],
-                "volumeMounts": mounts,
-                **_store_credentials(spec),
-            }
-        )
+    init_containers = fetch_model_containers(spec, settings, mounts)
     pod_spec: Manifest = {
         "serviceAccountName": worker_name(ref),
         "containers": [vllm, agent],

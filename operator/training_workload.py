@@ -31,10 +31,11 @@ from loraplex.operator.fleet import (
     COMPONENT_LABEL,
     HASH_ANNOTATION,
     MANAGED_BY,
-    MODEL_MOUNT,
     Manifest,
     content_hash,
+    fetch_model_containers,
     model_location,
+    store_credentials,
 )
 from loraplex.operator.settings import OperatorSettings
 
@@ -202,11 +203,7 @@ def trainer_job(
     if store.claim is not None:
         volumes.append({"name": "store", "persistentVolumeClaim": {"claimName": store.claim}})
         mounts.append({"name": "store", "mountPath": STORE_MOUNT})
-    env_from = (
-        {"envFrom": [{"secretRef": {"name": base.adapter_store_secret_ref.name}}]}
-        if base.adapter_store_secret_ref is not None
-        else {}
-    )
+    env_from = store_credentials(base)
     limits: dict[str, str] = {}
     requests: dict[str, str] = {}
     if spec.resources.gpu:
@@ -234,17 +231,7 @@ def trainer_job(
     node_selector = dict(base.node_selector)
     if node is not None:
         node_selector[HOSTNAME_LABEL] = node
-    init_containers = []
-    if base.model.uri.startswith(("s3://", "https://")):
-        init_containers.append(
-            {
-                "name": "fetch-model",
-                "image": settings.image,
-                "args": ["agent", "fetch-model", "--uri", base.model.uri, "--dest", MODEL_MOUNT],
-                "volumeMounts": model_mounts,
-                **env_from,
-            }
-        )
+    init_containers = fetch_model_containers(base, settings, model_mounts)
     pod_spec: Manifest = {
         "restartPolicy": "Never",
         "serviceAccountName": service_account_name(spec.base_model),
