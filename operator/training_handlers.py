@@ -3,7 +3,8 @@
 GPUs are shared by every namespace, so admission is one pass over all
 TrainingJobs, run at most once per `LORAPLEX_TRAINING_INTERVAL` by whichever
 TrainingJob's timer fires first (timers run only on jobs with something left
-to do, and pause with peering). A pass reads only kopf indexes (watches), asks
+to do, including succeeded jobs with a `spec.schedule`, and pause with
+peering). A pass reads only kopf indexes (watches), asks
 `training_status` what each job's status and next step are, asks
 `training_admission` which queued jobs start on which node, then applies: the
 attempt's ConfigMap and Job, the output LoRAAdapter on success, the status
@@ -104,8 +105,11 @@ def register(
             }
         }
 
-    def unfinished(status: kopf.Status, **_: Any) -> bool:
+    def unfinished(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+        """Jobs with something left to do: unfinished, fixable, or a success that runs again."""
         if status.get("phase") not in TERMINAL:
+            return True
+        if status.get("phase") == "Succeeded" and spec.get("schedule"):
             return True
         ready = [c for c in status.get("conditions", []) or [] if c.get("type") == "Ready"]
         return bool(ready) and ready[0].get("reason") in VALIDATION_REASONS
@@ -330,7 +334,8 @@ class TrainingLoop:
                     except ValidationError:
                         base = None
                 generation = int(status.get("observedGeneration") or meta.get("generation", 0))
-                ref = TrainingJobRef(meta["name"], key[0], meta["uid"], generation)
+                run = int(status.get("run") or 0)
+                ref = TrainingJobRef(meta["name"], key[0], meta["uid"], generation, run)
                 attempts = int(status.get("attempts") or 0)
                 view = self._view(indexes, ref, attempts)
                 yield key, _Job(body, ref, spec, base, base_uid, status, view)
@@ -364,7 +369,8 @@ class TrainingLoop:
         )
         if step.status.get("phase") in ("Running", "Preempted", "Succeeded"):
             generation = int(step.status.get("observedGeneration") or job.ref.generation)
-            ref = TrainingJobRef(job.ref.name, job.ref.namespace, job.ref.uid, generation)
+            run = int(step.status.get("run") or 0)
+            ref = TrainingJobRef(job.ref.name, job.ref.namespace, job.ref.uid, generation, run)
             step.status["checkpointUri"] = f"{checkpoint_uri(ref, self.store, local=False)}/{job.ref.name}"
         return step
 
@@ -418,7 +424,8 @@ class TrainingLoop:
         ref, namespace, name = job.ref, job.ref.namespace, job.ref.name
         if step.create_attempt is not None and job.base is not None and job.base_uid is not None:
             generation = int(step.status.get("observedGeneration") or ref.generation)
-            attempt_ref = TrainingJobRef(name, namespace, ref.uid, generation)
+            run = int(step.status.get("run") or 0)
+            attempt_ref = TrainingJobRef(name, namespace, ref.uid, generation, run)
             self.applier.apply_all(trainer_access(job.spec.base_model, namespace, job.base_uid))
             written = self.applier.apply_all(
                 plan_attempt(attempt_ref, job.spec, job.base, self.settings, step.create_attempt, step.node)

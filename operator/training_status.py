@@ -17,19 +17,28 @@ with the trainer's reason, e.g. `NonFiniteLoss`, `DatasetNotFound`) fails the
 job and nothing is published. An unknown base model or a rank above the
 BaseModel's `engine.maxLoraRank` fails the job before anything runs; those two
 are re-checked on every pass, so fixing the cause re-queues the job.
+
+A job with `spec.schedule` is run again after it Succeeds: the success sets
+`nextRunTime` (the first time the schedule names after it), and the first pass
+at or after that time starts run `run + 1` (attempts from 0, a fresh
+checkpoint folder, the dataset read again) exactly as a new job would be
+queued. Only a Succeeded job with no attempt in flight is rerun, so two runs
+never overlap; a run missed while the operator was down starts once, and the
+next time is counted from its success, not from the missed one.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.api.trainingjob import TrainingJobSpec
 from loraplex.operator.conditions import ConditionUpdate, merge_conditions, timestamp
+from loraplex.operator.training_schedule import next_run_time, parse_time
 
 EXIT_PREEMPTED = 75
 EXIT_CONFIG = 2
@@ -149,18 +158,73 @@ def plan_training(
         if job is not None:
             attempts += 1  # the finished attempt's Job keeps its name
         phase, reason = None, None
-        current.pop("completionTime", None)
+        current["completionTime"] = None
+        current["nextRunTime"] = None
         current["observedGeneration"] = generation
         job = None
+    if phase == "Succeeded" and not active:
+        due = _due(current, spec, now)
+        if due is None:
+            return Step(current)
+        run = int(current.get("run") or 0) + 1  # a fresh run: new Job names, new checkpoint folder
+        current.update(
+            run=run, nextRunTime=None, completionTime=None, startTime=None, progress=None,
+            placement=None, checkpointUri=None,
+        )  # fmt: skip
+        started = Event("Normal", "ScheduledRun", f"started run {run}, due {timestamp(due)} by spec.schedule")
+        step = _plan_run(
+            namespace, name, generation, spec, base, current, None, None, 0, admitted_node,
+            max_attempts, now,
+        )  # fmt: skip
+        return replace(step, events=(started, *step.events))
     if phase in TERMINAL and reason not in VALIDATION_REASONS:
         return Step(current)
+    return _plan_run(
+        namespace, name, generation, spec, base, current, phase, job, attempts, admitted_node,
+        max_attempts, now,
+    )  # fmt: skip
+
+
+def _due(current: dict[str, Any], spec: TrainingJobSpec, now: datetime) -> datetime | None:
+    """When a Succeeded job's next scheduled run is due and it is due now; None (and `current`
+    updated to show the next run time, if any) when not."""
+    if not spec.schedule:
+        if current.get("nextRunTime"):
+            current["nextRunTime"] = None
+        return None
+    due = parse_time(current.get("nextRunTime"))
+    if due is None:
+        try:
+            due = next_run_time(spec.schedule, parse_time(current.get("completionTime")) or now)
+        except ValueError:
+            return None  # said once, by a Warning Event when the run succeeded
+        current["nextRunTime"] = timestamp(due)
+    return due if now >= due else None
+
+
+def _plan_run(
+    namespace: str,
+    name: str,
+    generation: int,
+    spec: TrainingJobSpec,
+    base: BaseModelSpec | None,
+    current: dict[str, Any],
+    phase: Any,
+    job: JobView | None,
+    attempts: int,
+    admitted_node: str | None,
+    max_attempts: int,
+    now: datetime,
+) -> Step:
+    """The status of a run that is not finished (or a failed one whose cause may be fixed now)."""
+    active = job is not None and not (job.complete or job.failed)
 
     if not active:
         problem = validate(namespace, spec, base)
         if problem is not None and job is None:
             return _failed(current, generation, now, *problem, attempts=attempts)
         if phase == "Failed":  # the BaseModel it lacked is there now, or allows the rank
-            current.pop("completionTime", None)
+            current["completionTime"] = None
             phase = None
 
     if job is not None:
@@ -224,8 +288,15 @@ def _follow(
                 attempts=attempts,
             )
             done["adapterRevision"] = result.sha256
-            done.setdefault("completionTime", timestamp(now))
-            return Step(done, publish=result)
+            if not done.get("completionTime"):
+                done["completionTime"] = timestamp(now)
+            events: tuple[Event, ...] = ()
+            if spec.schedule:
+                try:
+                    done["nextRunTime"] = timestamp(next_run_time(spec.schedule, now))
+                except ValueError as error:
+                    events = (Event("Warning", "ScheduleInvalid", f"{error}; the job is not rerun"),)
+            return Step(done, publish=result, events=events)
         return _failed(
             current, generation, now, "ResultMissing",
             "the trainer exited 0 without a result for this adapter in its termination message",
@@ -277,7 +348,8 @@ def _follow(
     if pod is not None:
         running["placement"] = {"node": node, "pod": pod.name} if node else {"pod": pod.name}
         if pod.phase == "Running":
-            running.setdefault("startTime", timestamp(now))
+            if not running.get("startTime"):
+                running["startTime"] = timestamp(now)
             running["conditions"] = merge_conditions(
                 current.get("conditions", []),
                 _conditions("False", "Training", f"pod {pod.name} is training on node {node}", "Running"),
@@ -387,7 +459,8 @@ def _failed(
         attempts=attempts,
     )
     planned["placement"] = None
-    planned.setdefault("completionTime", timestamp(now))
+    if not planned.get("completionTime"):
+        planned["completionTime"] = timestamp(now)
     before = _ready_reason(current)
     events = () if before == reason else (Event("Warning", reason, message),)
     return Step(planned, events=events)

@@ -8,7 +8,7 @@ trainer config follows worker/trainer/config.py: the job's dataset, lora,
 training and checkpoint settings copied as they are, the base model where the
 pod mounts it, and checkpoints and outputs in the training store
 (`LORAPLEX_TRAINING_STORE`), under a folder per TrainingJob uid and
-generation so every attempt of one spec resumes the same checkpoint.
+generation (and scheduled run) so every attempt of one run resumes the same checkpoint.
 
 Operator-admitted attempts are pinned to their node
 (`kubernetes.io/hostname`); attempts of a job that names a Kueue LocalQueue
@@ -61,6 +61,7 @@ class TrainingJobRef:
     namespace: str
     uid: str
     generation: int
+    run: int = 0  # the scheduled run (spec.schedule); 0 for the first run of a generation
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,9 @@ class Store:
 
 
 def attempt_name(ref: TrainingJobRef, attempt: int) -> str:
-    """The Job (and ConfigMap) of one attempt: `<name>-a<attempt>`, at most 63 characters."""
-    suffix = f"-a{attempt}"
+    """The Job (and ConfigMap) of one attempt: `<name>-a<attempt>` (`<name>-r<run>-a<attempt>` in a
+    scheduled rerun), at most 63 characters."""
+    suffix = f"-r{ref.run}-a{attempt}" if ref.run else f"-a{attempt}"
     name = ref.name + suffix
     if len(name) <= 63:
         return name
@@ -105,9 +107,13 @@ def service_account_name(base_model: str) -> str:
 
 
 def checkpoint_uri(ref: TrainingJobRef, store: Store, local: bool = True) -> str:
-    """The folder the trainer checkpoints this spec's adapter under (its `<checkpointUri>/<name>/`)."""
+    """The folder the trainer checkpoints this spec's adapter under (its `<checkpointUri>/<name>/`).
+
+    One per generation and scheduled run, so a rerun never resumes the finished run's checkpoint.
+    """
     root = store.local_root if local else store.public_root
-    return f"{root}/checkpoints/{ref.namespace}/{ref.uid}/g{ref.generation}"
+    run = f"-r{ref.run}" if ref.run else ""
+    return f"{root}/checkpoints/{ref.namespace}/{ref.uid}/g{ref.generation}{run}"
 
 
 def output_uri(ref: TrainingJobRef, spec: TrainingJobSpec, store: Store) -> str:

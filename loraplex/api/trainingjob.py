@@ -143,3 +143,9 @@ class TrainingJobStatus(ApiModel):
     attempts: int | None = Field(default=None, ge=0)
     start_time: datetime | None = None
     completion_time: datetime | None = None
+    run: int | None = Field(
+        default=None, ge=0, description="Runs spec.schedule started so far (0: none; the job's first run)."
+    )
+    next_run_time: datetime | None = Field(
+        default=None, description="When spec.schedule runs the job again (set once the current run succeeds)."
+    )

@@ -190,3 +190,56 @@ def test_success_creates_the_output_adapter_and_a_retrain_updates_its_revision(
         assert (out["spec"]["rank"], out["spec"]["replicas"]) == (8, 2)
     samples = trainer_operator.metrics()
     assert samples['loraplex_training_jobs{phase="Succeeded"}'] == 2
+
+
+def test_a_scheduled_job_runs_again_when_due_and_publishes_a_new_revision(
+    kube: Any, namespace: str, trainer_operator: OperatorProcess, base_model: str, store: str
+) -> None:
+    custom = client.CustomObjectsApi(kube)
+    spec = {**training_job(adapter="nightly"), "schedule": "@daily"}
+    create_object(kube, namespace, "trainingjobs", "TrainingJob", "nightly", spec)
+    for run, digest in ((0, "3" * 64), (1, "4" * 64)):
+        pod = wait_until(
+            lambda r=run: next(
+                (
+                    p for p in trainer_pods(kube, namespace, "nightly")
+                    if p.status.phase == "Running" and (r == 0) != ("-r1-" in p.metadata.name)
+                ),
+                None,
+            ),
+            30,
+            f"trainer pod of run {run} running",
+        )  # fmt: skip
+        if run == 1:
+            assert status_of(kube, namespace, "nightly")["checkpointUri"].endswith("-r1/nightly")
+        published = f"{store}/adapters/{namespace}/nightly/{digest}"
+        result = summary(0, "nightly", phase="Succeeded", uri=published, sha256=digest)
+        end_trainer_pod(kube, namespace, pod.metadata.name, 0, result)
+        status = wait_until(
+            lambda d=digest: (
+                (s := ended(kube, namespace, "nightly", "Succeeded"))
+                and s.get("adapterRevision") == d
+                and s.get("nextRunTime")
+                and s
+            ),
+            30,
+            f"run {run} succeeded with its next run time",
+        )
+        assert int(status.get("run") or 0) == run
+        wait_until(
+            lambda d=digest: (
+                (a := adapter(kube, namespace, "nightly")) and a["spec"]["source"]["sha256"] == d
+            ),
+            30,
+            f"adapter at the revision of run {run}",
+        )
+        if run == 0:  # make the daily run due now rather than at midnight
+            custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, "trainingjobs", "nightly",
+                {"status": {"nextRunTime": "2020-01-01T00:00:00Z"}},
+            )  # fmt: skip
+    assert len(trainer_pods(kube, namespace, "nightly")) == 2  # one per run, no double start
+    events = client.CoreV1Api(kube).list_namespaced_event(
+        namespace, field_selector="involvedObject.name=nightly"
+    )
+    assert [e.reason for e in events.items].count("ScheduledRun") == 1
