@@ -60,7 +60,10 @@ def fleet(
         )
     router = RouterProcess(work / "router.log", api_key=vllm.api_key, workers=agents).start()
     try:
-        yield Fleet(vllms, agents, router)
+        fleet = Fleet(vllms, agents, router)
+        wait_until(lambda: {"sql", "chat"} <= {m.id for m in fleet.client.models.list()}, 30,
+                   "the router reading both agents' residency")  # fmt: skip
+        yield fleet
     finally:
         router.stop()
         for agent in agents.values():
