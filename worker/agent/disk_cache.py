@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from loraplex.worker.digest import tree_digest
+from loraplex.worker.durable import fsync_tree
 
 
 def directory_bytes(root: Path) -> int:
@@ -107,7 +108,7 @@ class DiskCache:
                 if final.exists():
                     shutil.rmtree(staging)
                 else:
-                    _fsync_tree(staging)
+                    fsync_tree(staging)
                     staging.rename(final)
                 self._sizes[expected_sha256] = size
                 self._sizes.move_to_end(expected_sha256)
@@ -132,13 +133,3 @@ class DiskCache:
                 if on_evict is not None:
                     on_evict(sha256, size)
         return evicted
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in root.rglob("*"):
-        if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)

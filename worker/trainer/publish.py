@@ -24,7 +24,7 @@ from torch import Tensor
 
 from loraplex.api.trainingjob import LoraHyperparameters
 from loraplex.worker.digest import tree_digest
-from loraplex.worker.trainer.checkpoint import fsync_dir, fsync_tree
+from loraplex.worker.durable import fsync_dir, fsync_tree
 
 PEFT_PREFIX = "base_model.model."
 

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 
+from loraplex.worker.durable import write_atomic
 from loraplex.worker.trainer import checkpoint
 from loraplex.worker.trainer.config import AdapterJob, ConfigError, TrainerConfig, local_path
 from loraplex.worker.trainer.data import BatchStream, LoadedDataset, Tokenizer, load_dataset
@@ -463,7 +464,7 @@ class Trainer:
         )
 
     def _record(self, folder: Path, result: AdapterResult) -> None:
-        checkpoint.write_atomic(folder / RESULT, json.dumps(asdict(result), indent=2) + "\n")
+        write_atomic(folder / RESULT, json.dumps(asdict(result), indent=2) + "\n")
 
     def _stop(self, active: list[AdapterRun], save: bool) -> None:
         for run in active:
