@@ -137,33 +137,17 @@ class KubeSource:
         handle: Callable[[str, Any], None],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        from kubernetes import watch
-        from kubernetes.client.exceptions import ApiException
+        from loraplex.kube import list_and_watch
 
-        serialize = self.api_client.sanitize_for_serialization
-        while not self._stop.is_set():
-            try:
-                listing = serialize(list_fn(label_selector=selector))
-                items = listing.get("items") or []
-                loop.call_soon_threadsafe(self._relisted, what, items, handle)
-                version = (listing.get("metadata") or {}).get("resourceVersion")
-                stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
-                    list_fn, label_selector=selector, resource_version=version, timeout_seconds=60
-                )
-                for event in stream:
-                    if self._stop.is_set():
-                        return
-                    if event.get("type") == "ERROR":
-                        break
-                    obj = serialize(event["object"])
-                    loop.call_soon_threadsafe(handle, event["type"], obj)
-            except ApiException as error:
-                if error.status != 410:
-                    log.warning("Watch of %s failed (%s); listing again in 1 s", what, error.reason)
-                    self._stop.wait(1.0)
-            except Exception as error:  # the API server restarting, a dropped connection
-                log.warning("Watch of %s broke (%s); listing again in 1 s", what, error)
-                self._stop.wait(1.0)
+        list_and_watch(
+            what,
+            list_fn,
+            lambda items: loop.call_soon_threadsafe(self._relisted, what, items, handle),
+            lambda kind, obj: loop.call_soon_threadsafe(handle, kind, obj),
+            self._stop,
+            self.api_client.sanitize_for_serialization,
+            label_selector=selector,
+        )
 
     def _relisted(self, what: str, items: list[Any], handle: Callable[[str, Any], None]) -> None:
         if what == "pods":

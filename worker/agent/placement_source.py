@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import yaml
 
+from loraplex.kube import list_and_watch
 from loraplex.operator.conditions import ConditionUpdate, merge_conditions
 from loraplex.worker.agent.residency import WantedAdapter
 
@@ -100,43 +102,18 @@ class WorkerPlacementSource:
             self._stop.set()
 
     def _watch(self, deliver: WantedCallback) -> None:
-        from kubernetes import watch
-        from kubernetes.client.exceptions import ApiException
-
-        selector = f"metadata.name={self.name}"
-        while not self._stop.is_set():
-            try:
-                listing = cast(
-                    dict[str, Any],
-                    self.custom.list_namespaced_custom_object(
-                        GROUP, VERSION, self.namespace, PLURAL, field_selector=selector
-                    ),
-                )
-                items = listing.get("items", [])
-                self._deliver(items[0] if items else None, deliver)
-                stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
-                    self.custom.list_namespaced_custom_object,
-                    GROUP,
-                    VERSION,
-                    self.namespace,
-                    PLURAL,
-                    field_selector=selector,
-                    resource_version=listing["metadata"]["resourceVersion"],
-                    timeout_seconds=60,
-                )
-                for event in stream:
-                    obj = event["object"]
-                    self._deliver(None if event["type"] == "DELETED" else obj, deliver)
-                    if self._stop.is_set():
-                        return
-            except ApiException as error:
-                log.warning(
-                    "Failed to watch WorkerPlacement %s/%s: %s", self.namespace, self.name, error.reason
-                )
-                self._stop.wait(1.0)
-            except Exception:
-                log.exception("Failed to watch WorkerPlacement %s/%s", self.namespace, self.name)
-                self._stop.wait(1.0)
+        list_fn = functools.partial(
+            self.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL
+        )
+        list_and_watch(
+            f"WorkerPlacement {self.namespace}/{self.name}",
+            list_fn,
+            lambda items: self._deliver(items[0] if items else None, deliver),
+            lambda kind, obj: self._deliver(None if kind == "DELETED" else obj, deliver),
+            self._stop,
+            self.custom.api_client.sanitize_for_serialization,
+            field_selector=f"metadata.name={self.name}",
+        )
 
     @staticmethod
     def _deliver(obj: dict[str, Any] | None, deliver: WantedCallback) -> None:
