@@ -12,7 +12,7 @@ import sys
 
 from loraplex.e2e import daemon
 from loraplex.e2e.cluster import LocalCluster, process_alive
-from loraplex.e2e.operator_process import free_port, healthz_ok
+from loraplex.e2e.http_probe import free_port, healthz_ok
 from loraplex.e2e.waiting import wait_until
 
 

@@ -4,28 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
+from loraplex.e2e.http_probe import free_port, healthz_ok, prometheus_samples
 from loraplex.e2e.waiting import wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def healthz_ok(port: int) -> bool:
-    """Whether an operator answers its liveness endpoint on this port."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 class OperatorProcess:
@@ -73,8 +57,6 @@ class OperatorProcess:
 
     def metrics(self) -> dict[str, float]:
         """The loraplex_ samples of /metrics, keyed by 'name{labels}'."""
-        from loraplex.e2e.worker_processes import prometheus_samples
-
         return prometheus_samples(f"http://127.0.0.1:{self.metrics_port}/metrics", "loraplex_")
 
     def log(self) -> str:

@@ -14,9 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from loraplex.e2e.operator_process import free_port
+from loraplex.e2e.http_probe import free_port, http_json
 from loraplex.e2e.waiting import wait_until
-from loraplex.e2e.worker_processes import http_json
 
 MOTO = "moto[server]==5.2.5"
 

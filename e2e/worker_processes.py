@@ -9,58 +9,18 @@ a file and are stopped with SIGTERM, then SIGKILL.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loraplex.e2e.operator_process import free_port
+from loraplex.e2e.http_probe import free_port, http_json, prometheus_samples
 from loraplex.e2e.waiting import wait_until
 
 VLLM_STARTUP_SECONDS = 300.0
-
-
-def http_json(
-    url: str, body: Any = None, api_key: str | None = None, timeout: float = 60.0
-) -> tuple[int, Any]:
-    """(status, parsed JSON) of a GET, or a POST when `body` is given; errors are returned, not raised."""
-    data = None if body is None else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    request = urllib.request.Request(url, data=data, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, _parsed(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, _parsed(error.read())
-    except OSError as error:
-        return 0, str(error)
-
-
-def _parsed(raw: bytes) -> Any:
-    try:
-        return json.loads(raw or b"null")
-    except ValueError:
-        return raw.decode(errors="replace")
-
-
-def prometheus_samples(url: str, prefix: str) -> dict[str, float]:
-    """Samples of a /metrics page whose names start with `prefix`, keyed by 'name{labels}'."""
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            key, _, value = line.rpartition(" ")
-            samples[key] = float(value)
-    return samples
 
 
 class _Child:

@@ -16,9 +16,10 @@ from pathlib import Path
 import openai
 import pytest
 
+from loraplex.e2e.http_probe import http_json
 from loraplex.e2e.tiny_model import AdapterFiles
 from loraplex.e2e.waiting import wait_until
-from loraplex.e2e.worker_processes import AgentProcess, RouterProcess, VllmProcess, http_json
+from loraplex.e2e.worker_processes import AgentProcess, RouterProcess, VllmProcess
 from tests.engine.conftest import wanted_entry, write_wanted
 
 pytestmark = pytest.mark.engine

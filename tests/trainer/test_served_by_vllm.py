@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from loraplex.e2e.worker_processes import VllmProcess, http_json
+from loraplex.e2e.http_probe import http_json
+from loraplex.e2e.worker_processes import VllmProcess
 from loraplex.worker.trainer.config import TrainerConfig, local_path
 from loraplex.worker.trainer.progress import Recorder
 from loraplex.worker.trainer.training import Trainer
