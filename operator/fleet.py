@@ -182,7 +182,7 @@ def service_account(ref: BaseModelRef, component: str) -> Manifest:
 
 
 def role_binding(ref: BaseModelRef, component: str) -> Manifest:
-    """Binds a component's ServiceAccount to its ClusterRole from the chart (loraplex-worker / -router)."""
+    """Binds a component's ServiceAccount to its chart ClusterRole (loraplex-worker, -router, -trainer)."""
     name = f"{ref.name}-{component}"
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -383,17 +383,16 @@ def api_key_secret(ref: BaseModelRef, api_key: str) -> Manifest:
 
 
 def owned_by(ref: BaseModelRef, manifest: Manifest) -> Manifest:
-    """Add the owner reference and the content hash the apply step compares."""
+    """Add the BaseModel as owner, and the content hash the apply step compares."""
+    return owned(manifest, "BaseModel", ref.name, ref.uid)
+
+
+def owned(manifest: Manifest, kind: str, name: str, uid: str) -> Manifest:
+    """Add a controller owner reference to a loraplex object, and the content hash the apply step compares."""
     manifest["metadata"]["ownerReferences"] = [
-        {
-            "apiVersion": API_VERSION,
-            "kind": "BaseModel",
-            "name": ref.name,
-            "uid": ref.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-    ]
+        {"apiVersion": API_VERSION, "kind": kind, "name": name, "uid": uid, "controller": True,
+         "blockOwnerDeletion": True}
+    ]  # fmt: skip
     manifest["metadata"].setdefault("annotations", {})[HASH_ANNOTATION] = content_hash(manifest)
     return manifest
 

@@ -29,12 +29,15 @@ from loraplex.api.trainingjob import TrainingJobSpec
 from loraplex.operator.fleet import (
     BASE_MODEL_LABEL,
     COMPONENT_LABEL,
-    HASH_ANNOTATION,
     MANAGED_BY,
+    BaseModelRef,
     Manifest,
-    content_hash,
     fetch_model_containers,
     model_location,
+    owned,
+    owned_by,
+    role_binding,
+    service_account,
     store_credentials,
 )
 from loraplex.operator.settings import OperatorSettings
@@ -271,54 +274,13 @@ def trainer_job(
 
 def trainer_access(base_model: str, namespace: str, base_model_uid: str) -> list[Manifest]:
     """Trainer pods' ServiceAccount, bound to the chart's loraplex-trainer ClusterRole (BaseModel-owned)."""
-    name = service_account_name(base_model)
-    meta_labels = {**MANAGED_BY, BASE_MODEL_LABEL: base_model, COMPONENT_LABEL: "trainer"}
-    owner = [
-        {
-            "apiVersion": API_VERSION,
-            "kind": "BaseModel",
-            "name": base_model,
-            "uid": base_model_uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-    ]
-    account: Manifest = {
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": {"name": name, "namespace": namespace, "labels": meta_labels},
-    }
-    binding: Manifest = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": {"name": name, "namespace": namespace, "labels": meta_labels},
-        "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io",
-            "kind": "ClusterRole",
-            "name": "loraplex-trainer",
-        },
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
-    }
-    for manifest in (account, binding):
-        manifest["metadata"]["ownerReferences"] = owner
-        manifest["metadata"]["annotations"] = {HASH_ANNOTATION: content_hash(manifest)}
-    return [account, binding]
+    ref = BaseModelRef(base_model, namespace, base_model_uid)
+    return [owned_by(ref, service_account(ref, "trainer")), owned_by(ref, role_binding(ref, "trainer"))]
 
 
 def owned_by_job(ref: TrainingJobRef, manifest: Manifest) -> Manifest:
     """Owner reference to the TrainingJob (deleting it deletes its attempts) and the content hash."""
-    manifest["metadata"]["ownerReferences"] = [
-        {
-            "apiVersion": API_VERSION,
-            "kind": "TrainingJob",
-            "name": ref.name,
-            "uid": ref.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-    ]
-    manifest["metadata"]["annotations"] = {HASH_ANNOTATION: content_hash(manifest)}
-    return manifest
+    return owned(manifest, "TrainingJob", ref.name, ref.uid)
 
 
 def output_adapter(namespace: str, spec: TrainingJobSpec, uri: str, sha256: str, job_name: str) -> Manifest:
