@@ -11,6 +11,7 @@ keeps that proportional to the adapters of the one BaseModel that changed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -37,7 +38,7 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
     """Attach the LoRAAdapter handlers and the indexes they read to `registry`."""
     custom = client.CustomObjectsApi(api)
     seen_generations: dict[BaseKey, int] = {}
-    judged: dict[str, int] = {}  # adapter uid -> the generation last judged
+    judged: dict[str, tuple[int, str]] = {}  # adapter uid -> (generation, BaseModel fingerprint) judged
 
     @kopf.index(GROUP, VERSION, "basemodels", id="base_models", registry=registry)
     def base_models(spec: kopf.Spec, name: str, namespace: str | None, **_: Any) -> dict[Any, Any]:
@@ -74,16 +75,20 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
             if not workers_holding(kwargs["worker_placements"].get(key, []), name):
                 release(patch, finalizers)
             return
-        if judged.get(uid) == generation and UNLOAD_FINALIZER in finalizers:
-            return  # a status write or a resync: the spec was judged (BaseModel changes: recheck-adapters)
-        judged[uid] = generation
+        if UNLOAD_FINALIZER not in finalizers:
+            patch.metadata["finalizers"] = [*finalizers, UNLOAD_FINALIZER]
+        # Judge once per (adapter generation, BaseModel spec seen): a status write or a resync is not
+        # judged again, but an event after the BaseModel appeared or changed is, even when that change's
+        # recheck raced with this handler and lost.
+        judging = (generation, _fingerprint(kwargs["base_models"].get(key, [])))
+        if judged.get(uid) == judging:
+            return
+        judged[uid] = judging
         base = _base_model(kwargs["base_models"], key)
         verdict, planned = _judge(str(namespace), spec, base, generation, dict(status))
         metrics.RECONCILES.labels("LoRAAdapter", "ok" if verdict.placeable else "invalid").inc()
         if planned is not None:
             patch.status.update(planned)
-        if UNLOAD_FINALIZER not in finalizers:
-            patch.metadata["finalizers"] = [*finalizers, UNLOAD_FINALIZER]
         _warn_when_newly_invalid(body, dict(status), verdict)
 
     @kopf.on.event(GROUP, VERSION, "basemodels", id="recheck-adapters", registry=registry)
@@ -182,6 +187,11 @@ def _warn_when_newly_invalid(
             reason=verdict.ready.reason,
             message=verdict.ready.message,
         )
+
+
+def _fingerprint(specs: Iterable[Mapping[str, Any]]) -> str:
+    """The BaseModel spec(s) an adapter was judged against, as one comparable string."""
+    return json.dumps(list(specs), sort_keys=True, default=str)
 
 
 def _base_model(index: kopf.Index[BaseKey, dict[str, Any]], key: BaseKey) -> BaseModelSpec | None:
