@@ -43,6 +43,8 @@ TIERS = (Tier.GPU, Tier.CPU, Tier.DISK)
 WALK_LIMIT = 64
 DEFAULT_VNODES = 64
 DEFAULT_MAX_REBALANCE_MOVES = 256
+# Full-plan passes at most while a plan is not yet a fixed point of re-planning (see Planner.plan_all).
+MAX_SETTLE_PASSES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +212,7 @@ class Planner:
         self._adapters: dict[str, Adapter] = {}
         self._missing: dict[str, int] = {}
         self._dirty: dict[str, None] = {}
+        self._settled = True  # the last full-plan pass put every copy in the tier its rank was due
         self._ring_points: list[int] = []
         self._ring_owners: list[str] = []
         for worker in sorted(workers, key=lambda w: w.name):
@@ -236,24 +239,44 @@ class Planner:
     # ------------------------------------------------------------ full plan
 
     def plan_all(self, adapters: Iterable[Adapter], current: PlacementView | None = None) -> Plan:
-        """Replace all adapter state with a plan for ``adapters``, keeping valid copies of ``current``."""
+        """Replace all adapter state with a plan for ``adapters``, keeping valid copies of ``current``.
+
+        The result is a fixed point: planning again from it moves nothing. One pass usually is one;
+        when a copy had to take a tier other than the one its rank was due (spread or capacity left
+        no slot there), keeping it can shift what a re-plan keeps, so the plan is re-planned from its
+        own output until nothing moves (a few passes at most), and the moves are those from
+        ``current`` to that final placement.
+        """
+        listed = adapters if isinstance(adapters, list) else list(adapters)
+        current = current or {}
         with _collector_paused():
-            self._clear_copies()
-            listed = adapters if isinstance(adapters, list) else list(adapters)
-            self._adapters = dict(zip(map(attrgetter("key"), listed), listed, strict=True))
-            current = current or {}
-            order = self._placement_order()
-            bounds = self._tier_bounds()
-            moves: list[Move] = []
-            if current:
-                self._keep_valid_copies(order, bounds, current)
-            self._place_ranked(order, bounds, current, moves)
-            for key, copies in current.items():
-                adapter = self._adapters.get(key)
-                if adapter is None or not self._wanted(adapter):
-                    moves.extend(self._removals(key, copies, {}))
-            self._dirty = {}
+            moves = self._plan_pass(listed, current)
+            passes = 1
+            while not self._settled and passes < MAX_SETTLE_PASSES:
+                first = {key: dict(copies) for key, copies in self._placement.items()}
+                if not self._plan_pass(listed, first):
+                    break
+                passes += 1
+                moves = placement_moves(current, self._placement, self._workers)
         return Plan(self.placement, moves, self.missing)
+
+    def _plan_pass(self, listed: list[Adapter], current: PlacementView) -> list[Move]:
+        """One planning pass from ``current``; sets ``_settled`` False when a copy fell to an undue tier."""
+        self._clear_copies()
+        self._settled = True
+        self._adapters = dict(zip(map(attrgetter("key"), listed), listed, strict=True))
+        order = self._placement_order()
+        bounds = self._tier_bounds()
+        moves: list[Move] = []
+        if current:
+            self._keep_valid_copies(order, bounds, current)
+        self._place_ranked(order, bounds, current, moves)
+        for key, copies in current.items():
+            adapter = self._adapters.get(key)
+            if adapter is None or not self._wanted(adapter):
+                moves.extend(self._removals(key, copies, {}))
+        self._dirty = {}
+        return moves
 
     def _clear_copies(self) -> None:
         self._placement = {}
@@ -327,6 +350,7 @@ class Planner:
                 if tier_due is None:
                     break
                 if tier < tier_due:
+                    self._settled = False
                     continue
                 if tier == tier_due and self._has_free(worker, tier):
                     self._occupy(adapter.key, worker, tier)
@@ -404,6 +428,7 @@ class Planner:
         for candidate in fallback_tiers(desired[0]):
             worker = self._find_worker(point, candidate, {})
             if worker is not None:
+                self._settled &= candidate == desired[0]
                 self._occupy(key, worker, candidate)
                 moves.append(Move(MoveKind.ADD, key, worker, candidate, None))
                 return
@@ -416,6 +441,7 @@ class Planner:
             # Leftovers already in the candidate tier first: reusing them moves nothing.
             for reused, old_tier in sorted(leftovers.items(), key=lambda item: (item[1] != candidate, item)):
                 if self._has_free(reused, candidate):
+                    self._settled &= candidate == tier
                     del leftovers[reused]
                     self._occupy(key, reused, candidate)
                     if old_tier != candidate:
@@ -423,6 +449,7 @@ class Planner:
                     return
             worker = self._find_worker(point, candidate, self._placement.get(key, {}))
             if worker is not None:
+                self._settled &= candidate == tier
                 self._occupy(key, worker, candidate)
                 moves.append(Move(MoveKind.ADD, key, worker, candidate, None))
                 return
@@ -859,6 +886,24 @@ def _collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def placement_moves(before: PlacementView, after: PlacementView, live: Mapping[str, object]) -> list[Move]:
+    """The moves that turn ``before`` into ``after``; copies on workers not in ``live`` vanish unmoved."""
+    moves: list[Move] = []
+    for key in sorted(before.keys() | after.keys()):
+        old, new = before.get(key, {}), after.get(key, {})
+        for worker in sorted(old.keys() | new.keys()):
+            if worker not in live:
+                continue
+            was, now = old.get(worker), new.get(worker)
+            if was is None and now is not None:
+                moves.append(Move(MoveKind.ADD, key, worker, now, None))
+            elif now is None and was is not None:
+                moves.append(Move(MoveKind.REMOVE, key, worker, None, was))
+            elif was != now:
+                moves.append(Move(MoveKind.RETIER, key, worker, now, was))
+    return moves
 
 
 def fallback_tiers(desired: Tier) -> tuple[Tier, ...]:

@@ -128,6 +128,35 @@ def test_replanning_keeps_siblings_of_a_copy_that_fell_back_to_a_faster_tier() -
     assert again.placement == first.placement
 
 
+def test_a_plan_whose_kept_copy_crowds_out_a_better_ranked_one_is_settled_before_it_is_returned() -> None:
+    # Found by hypothesis: 3 CPU slots for two 2-copy adapters. The one-pass plan kept a1's current copy
+    # on w4, which left a2 (ranked higher) one worker short, and gave a1's Disk-due copy w3's spare CPU
+    # slot. Re-planning that output then swapped w4 over to a2. The plan now re-plans itself until nothing
+    # moves: a2, the better ranked, gets both workers and the moves lead there from the given placement.
+    workers = [
+        Worker("w5", "n0", "z0", 0, 0, 0, healthy=False),
+        Worker("w4", "n0", "z0", 0, 1, 0),
+        Worker("w3", "n0", "z0", 0, 2, 0),
+    ]
+    adapters = [Adapter("ns/a0", replicas=0), Adapter("ns/a2", replicas=2), Adapter("ns/a1", replicas=2)]
+    current = {"ns/a1": {"w4": Tier.CPU}}
+    first = plan(workers, adapters, current)
+    assert dict(first.placement["ns/a2"]) == {"w3": Tier.CPU, "w4": Tier.CPU}
+    assert dict(first.placement["ns/a1"]) == {"w3": Tier.CPU}
+    assert dict(first.missing) == {"ns/a1": 1}
+    assert sorted(first.moves) == sorted(
+        [
+            Move(MoveKind.REMOVE, "ns/a1", "w4", None, Tier.CPU),
+            Move(MoveKind.ADD, "ns/a1", "w3", Tier.CPU, None),
+            Move(MoveKind.ADD, "ns/a2", "w3", Tier.CPU, None),
+            Move(MoveKind.ADD, "ns/a2", "w4", Tier.CPU, None),
+        ]
+    )
+    again = plan(workers, adapters, first.placement)
+    assert again.moves == []
+    assert again.placement == first.placement
+
+
 def test_replan_lifts_a_copy_in_place_and_drops_copies_on_absent_workers() -> None:
     workers = fleet(3)
     current = {"ns/a": {"w1": Tier.DISK, "gone": Tier.GPU}, "ns/old": {"w2": Tier.DISK}}
