@@ -31,12 +31,23 @@ def run(action: str, args: argparse.Namespace) -> int:
 
 
 def _cluster_up(args: argparse.Namespace) -> int:
-    if args.kind:
-        kubeconfig = kind_cluster.up(args.name, args.nodes, GpuNodeShape(gpus=args.gpus_per_node))
-    else:
-        kubeconfig = LocalCluster(args.name).up(args.nodes, GpuNodeShape(gpus=args.gpus_per_node))
+    kubeconfig = _control_plane_up(LocalCluster(args.name), args)
     _print_usage(str(kubeconfig))
     return 0
+
+
+def _control_plane_up(cluster: LocalCluster, args: argparse.Namespace) -> str:
+    """The control plane with GPU nodes, the loraplex CRDs and the trainer PriorityClass; its kubeconfig."""
+    shape = GpuNodeShape(gpus=args.gpus_per_node)
+    if args.kind:
+        kubeconfig = str(kind_cluster.up(args.name, args.nodes, shape))
+    else:
+        kubeconfig = str(cluster.up(args.nodes, shape))
+    crd_install.install_crds(kubeconfig)
+    print("Installed the loraplex CRDs (basemodels, loraadapters, trainingjobs, workerplacements)")
+    with contextlib.closing(api_client(kubeconfig)) as api:
+        ensure_trainer_priority_class(api)  # what the chart creates on a real cluster
+    return kubeconfig
 
 
 def _cluster_down(args: argparse.Namespace) -> int:
@@ -75,14 +86,7 @@ def _cluster_build(_: argparse.Namespace) -> int:
 
 def _fleet_up(args: argparse.Namespace) -> int:
     cluster = LocalCluster(args.name)
-    if args.kind:
-        kubeconfig = kind_cluster.up(args.name, args.nodes, GpuNodeShape(gpus=args.gpus_per_node))
-    else:
-        kubeconfig = cluster.up(args.nodes, GpuNodeShape(gpus=args.gpus_per_node))
-    crd_install.install_crds(str(kubeconfig))
-    print("Installed the loraplex CRDs (basemodels, loraadapters, trainingjobs, workerplacements)")
-    with contextlib.closing(api_client(str(kubeconfig))) as api:
-        ensure_trainer_priority_class(api)  # what the chart creates on a real cluster
+    kubeconfig = _control_plane_up(cluster, args)
     if args.kind:
         print("Run the operator against it yourself: KUBECONFIG=... loraplex operator")
     else:

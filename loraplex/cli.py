@@ -167,7 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cluster_commands = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
     for action, help_text in (
-        ("up", "Build the pinned binaries if needed, start the control plane and create GPU nodes."),
+        (
+            "up",
+            "Build the pinned binaries if needed, start the control plane, create GPU nodes"
+            " and install the CRDs.",
+        ),
         ("down", "Stop every process of the control plane and delete its state."),
         ("status", "Show whether the control plane runs, its kubeconfig and its nodes."),
         ("build", "Only build (or find in the cache) the pinned Kubernetes, etcd, KWOK and helm binaries."),

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from loraplex.cli import main
+from loraplex.e2e.binaries import ensure_binaries
 from loraplex.e2e.cluster import LocalCluster, process_alive, wait_processes_gone
 
 pytestmark = pytest.mark.cluster
 
 NAME = "loraplex-lifecycle"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_up_status_down_leaves_no_process(capsys: pytest.CaptureFixture[str]) -> None:
@@ -32,6 +35,15 @@ def test_up_status_down_leaves_no_process(capsys: pytest.CaptureFixture[str]) ->
             "kube-scheduler",
             "kwok-controller",
         }
+        # The CRDs come with it: the examples apply and kubectl lists them by their short names.
+        kubectl = [str(ensure_binaries().kubectl), "--kubeconfig", str(cluster.kubeconfig)]
+        subprocess.run([*kubectl, "apply", "-f", str(EXAMPLES)], check=True, capture_output=True)
+        listed = subprocess.run(
+            [*kubectl, "get", "bm,lora,tj", "-o", "name"], check=True, capture_output=True, text=True
+        ).stdout.split()
+        assert "basemodel.loraplex.dev/tiny-llama" in listed
+        assert "loraadapter.loraplex.dev/sql-gen" in listed
+        assert "trainingjob.loraplex.dev/support-bot-retrain" in listed
         assert main(["dev", "cluster", "up", "--name", NAME, "--nodes", "1"]) == 0  # idempotent
         assert cluster.status().pids == status.pids
     finally:

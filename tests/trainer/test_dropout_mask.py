@@ -12,7 +12,8 @@ from loraplex.worker.trainer.multi_lora import dropout_keep
 def test_keeps_each_element_with_probability_one_minus_p(p: float) -> None:
     generator = torch.Generator().manual_seed(7)
     keep = dropout_keep(torch.Size((64, 33, 97)), p, generator, torch.device("cpu"))
-    assert keep.shape == (64, 33, 97) and keep.dtype == torch.bool
+    assert keep.shape == (64, 33, 97)
+    assert keep.dtype == torch.bool
     # 204,864 draws: the standard error of the kept fraction is below 0.0011.
     assert abs(keep.float().mean().item() - (1 - p)) < 0.006
     # Not one bias per position: every row keeps about the same share.
