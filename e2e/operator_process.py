@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from loraplex.e2e.http_probe import free_port, healthz_ok, prometheus_samples
@@ -15,8 +16,16 @@ from loraplex.e2e.waiting import wait_until
 class OperatorProcess:
     """One operator replica: its own ports, log file and peering priority."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path, priority: int = 100) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        namespace: str,
+        log_path: Path,
+        priority: int = 100,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.kubeconfig = kubeconfig
+        self.extra_env = dict(extra_env or {})
         self.namespace = namespace
         self.log_path = log_path
         self.priority = priority
@@ -30,6 +39,7 @@ class OperatorProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "LORAPLEX_STATUS_INTERVAL": "0.5",
             "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
         }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(

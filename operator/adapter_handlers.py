@@ -72,7 +72,7 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
         key = (str(namespace), spec.get("baseModel", ""))
         finalizers = list(meta.get("finalizers", []))
         if meta.get("deletionTimestamp"):
-            if not workers_holding(kwargs["worker_placements"].get(key, []), name):
+            if not workers_holding(list(kwargs["worker_placements"].get(key, [])), name):
                 release(patch, finalizers)
             return
         if UNLOAD_FINALIZER not in finalizers:
@@ -101,7 +101,7 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
             return  # a status write or a resync: nothing adapters care about moved
         seen_generations[key] = generation
         base = None if type == "DELETED" else _base_model(kwargs["base_models"], key)
-        for adapter_body in kwargs["adapters_by_base"].get(key, []):
+        for adapter_body in list(kwargs["adapters_by_base"].get(key, [])):  # a snapshot: _recheck writes
             _recheck(custom, adapter_body, base)
 
 

@@ -29,9 +29,9 @@ from loraplex.operator.fleet import (
     MANAGED_BY,
     BaseModelRef,
     api_key_secret,
-    desired_workers,
     plan_fleet,
 )
+from loraplex.operator.fleet_scale import FleetTargets, workers_to_run
 from loraplex.operator.fleet_status import WorkerPod, plan_base_model_status, status_changed
 from loraplex.operator.observe import fleet_observation, index_essentials, worker_pod
 from loraplex.operator.settings import OperatorSettings
@@ -39,8 +39,13 @@ from loraplex.operator.settings import OperatorSettings
 WORKER_LABELS = {**MANAGED_BY, COMPONENT_LABEL: "worker"}
 
 
-def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, applier: Applier) -> None:
-    """Attach the BaseModel handlers, indexes and timer to `registry`."""
+def register(
+    registry: kopf.OperatorRegistry, settings: OperatorSettings, applier: Applier, targets: FleetTargets
+) -> None:
+    """Attach the BaseModel handlers, indexes and timer to `registry`.
+
+    `targets` holds the worker counts the placement loops decided (see fleet_scale).
+    """
 
     @kopf.index("apps", "v1", "statefulsets", labels=WORKER_LABELS, id="worker_sets", registry=registry)
     def worker_sets(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
@@ -72,10 +77,12 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, applie
                 api_key_secret(ref, secrets.token_urlsafe(32))
             ):
                 logger.info(f"Created vLLM API key secret for {namespace}/{name}")
-            writes = applier.apply_all(plan_fleet(ref, model, settings))
+            key = (str(namespace), name)
+            workers = workers_to_run(model, targets.get(key), _running(FleetIndexes.of(kwargs), key))
+            writes = applier.apply_all(plan_fleet(ref, model, settings, workers))
             if writes:
                 logger.info(f"Applied worker fleet of {namespace}/{name} writes={writes}")
-            _write_status(model, meta, status, patch, FleetIndexes.of(kwargs), (str(namespace), name))
+            _write_status(model, meta, status, patch, FleetIndexes.of(kwargs), key)
         except kopf.PermanentError:
             metrics.RECONCILES.labels("BaseModel", "error").inc()
             raise
@@ -109,6 +116,12 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, applie
         _write_status(model, meta, status, patch, FleetIndexes.of(kwargs), (str(namespace), name))
 
 
+def _running(indexes: FleetIndexes, key: tuple[str, str]) -> int | None:
+    """The worker StatefulSet's replicas as the index last saw them (None: no StatefulSet yet)."""
+    sets = list(indexes.worker_sets.get(key, []))
+    return int(sets[0]["spec"].get("replicas", 0)) if sets else None
+
+
 def _parse_spec(spec: Mapping[str, Any]) -> BaseModelSpec:
     try:
         return BaseModelSpec.model_validate(dict(spec))
@@ -140,11 +153,13 @@ def _write_status(
 ) -> None:
     sets = list(indexes.worker_sets.get(key, []))
     observation = fleet_observation(
-        sets[0] if sets else None, indexes.worker_pods.get(key, []), indexes.worker_placements.get(key, [])
+        sets[0] if sets else None,
+        list(indexes.worker_pods.get(key, [])),
+        list(indexes.worker_placements.get(key, [])),
     )
     current = dict(status)
     planned = plan_base_model_status(model, int(meta.get("generation", 0)), observation, current, _now())
-    metrics.WORKERS.labels(key[1], "desired").set(desired_workers(model))
+    metrics.WORKERS.labels(key[1], "desired").set(planned["desiredWorkers"])
     metrics.WORKERS.labels(key[1], "ready").set(planned["readyWorkers"])
     if status_changed(current, planned):
         patch.status.update(planned)

@@ -74,22 +74,22 @@ def selector(ref: BaseModelRef, component: str) -> dict[str, str]:
     return {BASE_MODEL_LABEL: ref.name, COMPONENT_LABEL: component}
 
 
-def plan_fleet(ref: BaseModelRef, spec: BaseModelSpec, settings: OperatorSettings) -> list[Manifest]:
-    """Every object of the fleet except the generated API key Secret (see `api_key_secret`)."""
+def plan_fleet(
+    ref: BaseModelRef, spec: BaseModelSpec, settings: OperatorSettings, workers: int
+) -> list[Manifest]:
+    """Every object of the fleet except the generated API key Secret (see `api_key_secret`).
+
+    `workers` is the worker count to run (see fleet_scale).
+    """
     return [
         *(owned_by(ref, service_account(ref, component)) for component in ("worker", "router")),
         *(owned_by(ref, role_binding(ref, component)) for component in ("worker", "router")),
-        owned_by(ref, worker_statefulset(ref, spec, settings)),
+        owned_by(ref, worker_statefulset(ref, spec, settings, workers)),
         owned_by(ref, workers_service(ref)),
         owned_by(ref, router_deployment(ref, spec, settings)),
         owned_by(ref, router_service(ref)),
         owned_by(ref, network_policy(ref)),
     ]
-
-
-def desired_workers(spec: BaseModelSpec) -> int:
-    """Workers to run now: the minimum (load-based scaling towards max comes with the router)."""
-    return spec.replicas.min
 
 
 def model_location(spec: BaseModelSpec) -> tuple[str, list[Manifest], list[Manifest]]:
@@ -197,7 +197,9 @@ def role_binding(ref: BaseModelRef, component: str) -> Manifest:
     }
 
 
-def worker_statefulset(ref: BaseModelRef, spec: BaseModelSpec, settings: OperatorSettings) -> Manifest:
+def worker_statefulset(
+    ref: BaseModelRef, spec: BaseModelSpec, settings: OperatorSettings, workers: int
+) -> Manifest:
     model_path, volumes, mounts = model_location(spec)
     resources = spec.resources
     limits: dict[str, str] = {resources.gpu_resource_name: str(resources.gpu)}
@@ -252,7 +254,7 @@ def worker_statefulset(ref: BaseModelRef, spec: BaseModelSpec, settings: Operato
         "kind": "StatefulSet",
         "metadata": {"name": worker_name(ref), "namespace": ref.namespace, "labels": labels(ref, "worker")},
         "spec": {
-            "replicas": desired_workers(spec),
+            "replicas": workers,
             "serviceName": workers_service_name(ref),
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": selector(ref, "worker")},

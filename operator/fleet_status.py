@@ -15,7 +15,6 @@ from typing import Any
 
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.operator.conditions import ConditionUpdate, merge_conditions
-from loraplex.operator.fleet import desired_workers
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,7 @@ class FleetObservation:
     """The worker StatefulSet's status (absent: not created yet) and its pods."""
 
     statefulset_found: bool = False
+    replicas: int = 0  # the StatefulSet's spec.replicas: the worker count the operator decided
     observed_generation: int = 0
     generation: int = 0
     ready_replicas: int = 0
@@ -51,7 +51,7 @@ def plan_base_model_status(
     now: datetime,
 ) -> dict[str, Any]:
     """The whole status subresource for this generation of the BaseModel."""
-    desired = desired_workers(spec)
+    desired = observed.replicas if observed.statefulset_found else spec.replicas.min
     ready = min(observed.ready_replicas, desired)
     ready_condition = _ready_condition(spec, observed, ready, desired)
     blocked = ready_condition.reason in BLOCKED_REASONS

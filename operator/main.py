@@ -19,6 +19,7 @@ from loraplex.api import GROUP
 from loraplex.kube import api_client
 from loraplex.operator import adapter_handlers, basemodel_handlers, placement_loop, training_handlers
 from loraplex.operator.apply import Applier
+from loraplex.operator.fleet_scale import FleetTargets
 from loraplex.operator.peering import ensure_peering_objects
 from loraplex.operator.settings import OperatorSettings
 
@@ -66,10 +67,11 @@ def run(settings: OperatorSettings) -> int:
         registry = kopf.OperatorRegistry()
         kopf.on.login(registry=registry)(_login)
         applier = Applier(api, settings.field_manager)
-        basemodel_handlers.register(registry, settings, applier)
+        targets = FleetTargets()  # worker counts the placement loops decide, read by the others
+        basemodel_handlers.register(registry, settings, applier, targets)
         adapter_handlers.register(registry, api)
-        placement_loop.register(registry, settings, api, applier)
-        training_handlers.register(registry, settings, api, applier)
+        placement_loop.register(registry, settings, api, applier, targets)
+        training_handlers.register(registry, settings, api, applier, targets)
         asyncio.run(
             kopf.operator(
                 registry=registry,

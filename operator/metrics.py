@@ -29,6 +29,11 @@ APPLY_SKIPPED = Counter(
 WORKERS = Gauge(
     "loraplex_workers", "Worker pods by BaseModel and state (desired, ready)", ["base_model", "state"]
 )
+FLEET_SCALINGS = Counter(
+    "loraplex_fleet_scalings_total",
+    "Worker StatefulSet resizes made to hold the adapters warm, by BaseModel and direction",
+    ["base_model", "direction"],
+)
 PLANNER_SECONDS = Histogram(
     "loraplex_placement_pass_duration_seconds", "Time one placement pass took (plan, apply, statuses)",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),

@@ -53,6 +53,7 @@ def fleet_observation(
         gpu_used=gpu_used,
         cpu_used=cpu_used,
         statefulset_found=True,
+        replicas=int((statefulset.get("spec") or {}).get("replicas", 0)),
         observed_generation=int(status.get("observedGeneration", 0)),
         generation=int(statefulset["metadata"].get("generation", 0)),
         ready_replicas=int(status.get("readyReplicas", 0)),

@@ -28,7 +28,15 @@ from loraplex.operator.adapter_handlers import release_unloaded
 from loraplex.operator.adapter_residency import Resident, WorkerReport, plan_placed_adapter_status
 from loraplex.operator.adapter_status import check_adapter
 from loraplex.operator.apply import Applier
-from loraplex.operator.fleet import BASE_MODEL_LABEL, COMPONENT_LABEL, MANAGED_BY, BaseModelRef
+from loraplex.operator.fleet import (
+    BASE_MODEL_LABEL,
+    COMPONENT_LABEL,
+    MANAGED_BY,
+    BaseModelRef,
+    owned_by,
+    worker_statefulset,
+)
+from loraplex.operator.fleet_scale import FleetTargets, ScaleStep, next_scale, slot_demand
 from loraplex.operator.fleet_status import status_changed
 from loraplex.operator.observe import index_essentials
 from loraplex.operator.placement import Adapter, Worker
@@ -41,7 +49,11 @@ WORKER_LABELS = {**MANAGED_BY, COMPONENT_LABEL: "worker"}
 
 
 def register(
-    registry: kopf.OperatorRegistry, settings: OperatorSettings, api: client.ApiClient, applier: Applier
+    registry: kopf.OperatorRegistry,
+    settings: OperatorSettings,
+    api: client.ApiClient,
+    applier: Applier,
+    targets: FleetTargets,
 ) -> None:
     custom = client.CustomObjectsApi(api)
     writers = ThreadPoolExecutor(max_workers=settings.status_writers, thread_name_prefix="status-writer")
@@ -70,12 +82,13 @@ def register(
     @kopf.daemon(GROUP, VERSION, "basemodels", id="placement", cancellation_timeout=10, registry=registry)
     def place_adapters(
         stopped: kopf.DaemonStopped, name: str, namespace: str | None, uid: str, spec: kopf.Spec,
-        logger: kopf.Logger, **kwargs: Any,
+        body: kopf.Body, logger: kopf.Logger, **kwargs: Any,
     ) -> None:  # fmt: skip
         key = (str(namespace), name)
         ref = BaseModelRef(name, str(namespace), uid)
         sync = PlacementSync(settings.max_rebalance_moves)
         parsed: ParsedSpecs = {}
+        scaler = FleetScaler(key, ref, settings, applier, targets)
         while not stopped:
             started = time.monotonic()
             try:
@@ -83,8 +96,12 @@ def register(
             except ValidationError:
                 stopped.wait(settings.placement_interval_seconds)
                 continue
-            adapters, parsed = _valid_adapters(kwargs["adapters_by_base"].get(key, []), model, parsed)
-            workers = _workers(kwargs["ready_workers"].get(key, []), kwargs["node_zones"], model, settings)
+            # Snapshots: kopf's index stores change under a loop that iterates them (deletes, status writes).
+            bodies = list(kwargs["adapters_by_base"].get(key, []))
+            adapters, parsed = _valid_adapters(bodies, model, parsed)
+            scaler.scale(model, body, [a for a, _, _ in adapters.values()], kwargs["worker_sets"], logger)
+            pods = list(kwargs["ready_workers"].get(key, []))
+            workers = _workers(pods, kwargs["node_zones"], model, settings)
             placements = list(kwargs["worker_placements"].get(key, []))
             result = sync.sync(
                 FleetSnapshot(workers, {k: a for k, (a, _, _) in adapters.items()}), _recorded(placements)
@@ -96,7 +113,7 @@ def register(
             statuses = _write_adapter_statuses(
                 custom, writers, str(namespace), adapters, result.placement, placements
             )
-            writes += release_unloaded(custom, kwargs["adapters_by_base"].get(key, []), placements)
+            writes += release_unloaded(custom, bodies, placements)
             metrics.PLANNER_SECONDS.observe(time.monotonic() - started)
             _record(name, result.placement, len(result.missing), result.moved)
             if result.moved or writes or statuses:
@@ -105,6 +122,59 @@ def register(
                     f"placements_written={writes} statuses_written={statuses} missing={len(result.missing)}"
                 )
             stopped.wait(settings.placement_interval_seconds)
+        targets.forget(key)
+
+
+class FleetScaler:
+    """Grows or shrinks one BaseModel's worker StatefulSet to what its adapters need (see fleet_scale)."""
+
+    def __init__(
+        self,
+        key: tuple[str, str],
+        ref: BaseModelRef,
+        settings: OperatorSettings,
+        applier: Applier,
+        targets: FleetTargets,
+    ) -> None:
+        self.key, self.ref, self.settings, self.applier, self.targets = key, ref, settings, applier, targets
+        self.step: ScaleStep | None = None
+
+    def scale(
+        self,
+        model: BaseModelSpec,
+        body: kopf.Body,
+        adapters: list[Adapter],
+        worker_sets: kopf.Index[tuple[str, str], dict[str, Any]],
+        logger: kopf.Logger,
+    ) -> None:
+        sets = list(worker_sets.get(self.key, []))
+        if not sets:
+            return  # the fleet handler creates the StatefulSet first
+        running = int(sets[0]["spec"].get("replicas", 0))
+        demand = slot_demand(adapters)
+        # A fresh operator starts from what runs, so a restart never shrinks the fleet at once.
+        current = self.step if self.step is not None else ScaleStep(running)
+        step = next_scale(model, demand, current, time.monotonic(), self.settings.scale_down_delay_seconds)
+        self.step = step
+        self.targets.set(self.key, step.target)
+        if step.target == running:
+            return
+        statefulset = owned_by(self.ref, worker_statefulset(self.ref, model, self.settings, step.target))
+        try:
+            written = self.applier.apply(statefulset)  # a no-op while the index still shows the old count
+        except client.ApiException as error:
+            logger.warning(f"Scaling the workers to {step.target} failed, will retry: {error.reason}")
+            return
+        if not written:
+            return
+        message = (
+            f"Workers {running} -> {step.target}: the adapters want {demand.warm_copies} warm copies "
+            f"({demand.pinned_copies} pinned in GPU slots, at most {demand.widest} of one adapter); "
+            f"replicas {model.replicas.min}..{model.replicas.effective_max}"
+        )
+        kopf.event(body, type="Normal", reason="Scaled", message=message)  # kopf.info is filtered by level
+        logger.info(message)
+        metrics.FLEET_SCALINGS.labels(self.ref.name, "up" if step.target > running else "down").inc()
 
 
 def _record(base_model: str, placement: Mapping[str, Mapping[str, str]], pending: int, moved: int) -> None:

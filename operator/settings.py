@@ -32,6 +32,7 @@ class OperatorSettings:
     trainer_priority_class: str = "loraplex-trainer"
     training_interval_seconds: float = 1.0
     training_max_attempts: int = 6  # attempts of a crashing trainer before the job fails
+    scale_down_delay_seconds: float = 300.0  # how long fewer workers must do before the fleet shrinks
     extra_labels: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -56,6 +57,9 @@ class OperatorSettings:
             ),
             training_max_attempts=int(
                 environ.get("LORAPLEX_TRAINING_MAX_ATTEMPTS", cls.training_max_attempts)
+            ),
+            scale_down_delay_seconds=float(
+                environ.get("LORAPLEX_SCALE_DOWN_DELAY", cls.scale_down_delay_seconds)
             ),
         )
 

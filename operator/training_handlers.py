@@ -31,7 +31,8 @@ from loraplex.api.basemodel import BaseModelSpec
 from loraplex.api.trainingjob import TrainingJobSpec
 from loraplex.operator import metrics
 from loraplex.operator.apply import Applier
-from loraplex.operator.fleet import BASE_MODEL_LABEL, COMPONENT_LABEL, MANAGED_BY, desired_workers
+from loraplex.operator.fleet import BASE_MODEL_LABEL, COMPONENT_LABEL, MANAGED_BY
+from loraplex.operator.fleet_scale import FleetTargets, workers_to_run
 from loraplex.operator.fleet_status import status_changed
 from loraplex.operator.settings import OperatorSettings
 from loraplex.operator.training_admission import Cluster, Node, QueuedJob, ServingDemand, plan_admission
@@ -61,10 +62,18 @@ RECENT_SECONDS = 5.0  # how long a status this operator wrote outranks the (mayb
 
 
 def register(
-    registry: kopf.OperatorRegistry, settings: OperatorSettings, api: client.ApiClient, applier: Applier
+    registry: kopf.OperatorRegistry,
+    settings: OperatorSettings,
+    api: client.ApiClient,
+    applier: Applier,
+    targets: FleetTargets,
 ) -> None:
-    """Attach the TrainingJob indexes and the admission pass to `registry`."""
-    loop = TrainingLoop(settings, client.CustomObjectsApi(api), applier)
+    """Attach the TrainingJob indexes and the admission pass to `registry`.
+
+    `targets` holds the worker counts the BaseModels' placement loops decided: admission keeps
+    the GPUs those workers need free.
+    """
+    loop = TrainingLoop(settings, client.CustomObjectsApi(api), applier, targets)
 
     @kopf.index("", "v1", "nodes", id="training_nodes", registry=registry)
     def training_nodes(name: str, body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
@@ -262,8 +271,15 @@ class _Job:
 class TrainingLoop:
     """The admission pass and what it remembers between passes (statuses it just wrote)."""
 
-    def __init__(self, settings: OperatorSettings, custom: client.CustomObjectsApi, applier: Applier) -> None:
+    def __init__(
+        self,
+        settings: OperatorSettings,
+        custom: client.CustomObjectsApi,
+        applier: Applier,
+        targets: FleetTargets,
+    ) -> None:
         self.settings = settings
+        self.targets = targets
         self.custom = custom
         self.applier = applier
         self.store = Store.parse(settings.training_store)
@@ -315,7 +331,7 @@ class TrainingLoop:
 
     def _jobs(self, indexes: Indexes) -> Iterable[tuple[tuple[str, str], _Job]]:
         for key in sorted(indexes.training_jobs):
-            for body in indexes.training_jobs.get(key, []):
+            for body in list(indexes.training_jobs.get(key, [])):
                 meta = body["metadata"]
                 if meta.get("deletionTimestamp"):
                     continue
@@ -414,7 +430,7 @@ class TrainingLoop:
                         f"{namespace}/{name}",
                         base.resources.gpu_resource_name,
                         base.resources.gpu,
-                        max(desired_workers(base) - scheduled, 0),
+                        max(workers_to_run(base, self.targets.get((namespace, name)), None) - scheduled, 0),
                         dict(base.node_selector),
                     )
                 )

@@ -32,7 +32,7 @@ def pod_from(
 
 
 def test_a_running_worker_pod_gets_vllm_and_agent_with_its_own_settings() -> None:
-    template = worker_statefulset(REF, SPEC, OperatorSettings())["spec"]["template"]
+    template = worker_statefulset(REF, SPEC, OperatorSettings(), 1)["spec"]["template"]
     assert pod_processes(pod_from(template, "tiny-llama-worker-0")) == WorkerPod(
         name="tiny-llama-worker-0", namespace="demo", ip="127.1.1.1", served_name="tiny",
         max_loras=2, max_cpu_loras=4, max_lora_rank=16,
@@ -53,7 +53,7 @@ def test_a_router_pod_gets_a_router_following_the_cluster() -> None:
 
 
 def test_pods_not_running_or_without_an_ip_get_nothing() -> None:
-    template = worker_statefulset(REF, SPEC, OperatorSettings())["spec"]["template"]
+    template = worker_statefulset(REF, SPEC, OperatorSettings(), 1)["spec"]["template"]
     assert pod_processes(pod_from(template, "w", phase="Pending")) is None
     assert pod_processes(pod_from(template, "w", ip=None)) is None
 

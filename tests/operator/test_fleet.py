@@ -31,7 +31,7 @@ def containers(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def test_fleet_has_workers_services_router_and_policy_all_owned_by_the_base_model() -> None:
-    manifests = plan_fleet(REF, spec(), SETTINGS)
+    manifests = plan_fleet(REF, spec(), SETTINGS, 1)
     assert sorted(m["kind"] for m in manifests) == [
         "Deployment", "NetworkPolicy", "RoleBinding", "RoleBinding", "Service", "Service",
         "ServiceAccount", "ServiceAccount", "StatefulSet",
@@ -53,7 +53,7 @@ def test_agent_follows_its_worker_placement_with_the_engine_slots_catalog_and_st
         adapterCatalog={"uriTemplate": "s3://adapters/users/{adapter}"},
         adapterStoreSecretRef={"name": "store-keys"},
     )
-    manifests = plan_fleet(REF, model, SETTINGS)
+    manifests = plan_fleet(REF, model, SETTINGS, 1)
     agent = containers(manifests)["agent"]
     args = agent["args"]
     assert args[args.index("--max-loras") + 1] == "6"
@@ -74,7 +74,7 @@ def test_agent_follows_its_worker_placement_with_the_engine_slots_catalog_and_st
 def test_vllm_gets_the_engine_settings_and_runtime_lora_loading() -> None:
     model = spec(engine={"maxLoras": 6, "maxCpuLoras": 24, "maxLoraRank": 64, "maxModelLen": 4096,
                          "args": ["--enable-prefix-caching"]})  # fmt: skip
-    vllm = containers(plan_fleet(REF, model, SETTINGS))["vllm"]
+    vllm = containers(plan_fleet(REF, model, SETTINGS, 1))["vllm"]
     args = vllm["args"]
     assert args[args.index("--max-loras") + 1] == "6"
     assert args[args.index("--max-cpu-loras") + 1] == "24"
@@ -99,10 +99,10 @@ def test_workers_request_gpus_and_land_where_the_spec_says() -> None:
         tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         replicas={"min": 3, "max": 5},
     )
-    statefulset = by_kind(plan_fleet(REF, model, SETTINGS))["StatefulSet"]
+    statefulset = by_kind(plan_fleet(REF, model, SETTINGS, 4))["StatefulSet"]
     pod = statefulset["spec"]["template"]["spec"]
-    assert statefulset["spec"]["replicas"] == 3
-    assert containers(plan_fleet(REF, model, SETTINGS))["vllm"]["resources"]["limits"] == {
+    assert statefulset["spec"]["replicas"] == 4  # the count the scaler decided
+    assert containers(plan_fleet(REF, model, SETTINGS, 1))["vllm"]["resources"]["limits"] == {
         "nvidia.com/gpu": "2", "memory": "64Gi",
     }  # fmt: skip
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
@@ -111,7 +111,7 @@ def test_workers_request_gpus_and_land_where_the_spec_says() -> None:
 
 
 def test_model_from_a_store_is_fetched_before_vllm_starts() -> None:
-    pod = by_kind(plan_fleet(REF, spec(model={"uri": "s3://models/llama-8b/"}), SETTINGS))["StatefulSet"]
+    pod = by_kind(plan_fleet(REF, spec(model={"uri": "s3://models/llama-8b/"}), SETTINGS, 1))["StatefulSet"]
     init = pod["spec"]["template"]["spec"]["initContainers"][0]
     assert init["args"][:2] == ["agent", "fetch-model"]
     assert "s3://models/llama-8b/" in init["args"]
@@ -119,7 +119,7 @@ def test_model_from_a_store_is_fetched_before_vllm_starts() -> None:
 
 def test_user_api_key_secret_replaces_the_generated_one() -> None:
     model = spec(engine={"apiKeySecretRef": {"name": "vllm-keys", "key": "llama"}})
-    for container in containers(plan_fleet(REF, model, SETTINGS)).values():
+    for container in containers(plan_fleet(REF, model, SETTINGS, 1)).values():
         refs = [
             e["valueFrom"]["secretKeyRef"]
             for e in container["env"]
@@ -129,10 +129,11 @@ def test_user_api_key_secret_replaces_the_generated_one() -> None:
 
 
 def test_content_hash_moves_only_with_what_it_describes() -> None:
-    first = {m["kind"] + m["metadata"]["name"]: m for m in plan_fleet(REF, spec(), SETTINGS)}
-    again = {m["kind"] + m["metadata"]["name"]: m for m in plan_fleet(REF, spec(), SETTINGS)}
+    first = {m["kind"] + m["metadata"]["name"]: m for m in plan_fleet(REF, spec(), SETTINGS, 1)}
+    again = {m["kind"] + m["metadata"]["name"]: m for m in plan_fleet(REF, spec(), SETTINGS, 1)}
     changed = {
-        m["kind"] + m["metadata"]["name"]: m for m in plan_fleet(REF, spec(engine={"maxLoras": 8}), SETTINGS)
+        m["kind"] + m["metadata"]["name"]: m
+        for m in plan_fleet(REF, spec(engine={"maxLoras": 8}), SETTINGS, 1)
     }
     hashes = {k: m["metadata"]["annotations"][HASH_ANNOTATION] for k, m in first.items()}
     assert hashes == {k: m["metadata"]["annotations"][HASH_ANNOTATION] for k, m in again.items()}
@@ -155,7 +156,7 @@ def test_replicas_get_distinct_peering_priorities() -> None:
 def test_router_knows_the_name_clients_use_for_the_base_model() -> None:
     named = spec(model={"uri": "pvc://models/llama/8b", "servedName": "meta-llama/Llama-3-8B"})
     for model, expected in ((spec(), "llama-8b"), (named, "meta-llama/Llama-3-8B")):
-        router = by_kind(plan_fleet(REF, model, SETTINGS))["Deployment"]["spec"]["template"]["spec"]
+        router = by_kind(plan_fleet(REF, model, SETTINGS, 1))["Deployment"]["spec"]["template"]["spec"]
         args = router["containers"][0]["args"]
         assert args[args.index("--served-model-name") + 1] == expected
         assert router["serviceAccountName"] == "llama-8b-router"

@@ -20,8 +20,8 @@ SPEC = BaseModelSpec.model_validate(
 
 def settled(**overrides: Any) -> FleetObservation:
     values: dict[str, Any] = {
-        "statefulset_found": True, "observed_generation": 1, "generation": 1, "ready_replicas": 2,
-        "updated_replicas": 2, "current_revision": "r1", "update_revision": "r1",
+        "statefulset_found": True, "replicas": 2, "observed_generation": 1, "generation": 1,
+        "ready_replicas": 2, "updated_replicas": 2, "current_revision": "r1", "update_revision": "r1",
         "pods": (WorkerPod("w-0", True), WorkerPod("w-1", True)),
     }  # fmt: skip
     return FleetObservation(**{**values, **overrides})
@@ -111,3 +111,10 @@ def test_other_conditions_are_kept() -> None:
     previous = merge_conditions([], [ConditionUpdate("PlacementsReady", "True", "Placed")], 1, NOW)
     merged = merge_conditions(previous, [ConditionUpdate("Ready", "True", "WorkersReady")], 2, NOW)
     assert [c["type"] for c in merged] == ["PlacementsReady", "Ready"]
+
+
+def test_desired_workers_are_what_the_statefulset_runs_once_the_fleet_scaled() -> None:
+    # The scaler grew the StatefulSet to 3 (replicas.min is 2): two ready is not Ready yet.
+    status = plan_base_model_status(SPEC, 1, settled(replicas=3, updated_replicas=3), {}, NOW)
+    assert (status["desiredWorkers"], status["workers"]) == (3, "2/3")
+    assert ready(status) == ("False", "WorkersStarting")

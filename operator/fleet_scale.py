@@ -1,0 +1,113 @@
+"""How many workers a BaseModel runs: enough to hold its adapters warm, within replicas.min..max.
+
+Every copy an adapter asks for (`replicas`) wants a warm slot, in GPU or in
+vLLM's CPU cache (a worker has `max(maxLoras, maxCpuLoras)` of those), every
+copy of a pinned adapter wants a GPU slot (`maxLoras` per worker), and the
+copies of one adapter sit on different workers. The fleet grows at once when
+that needs more workers than run, up to `replicas.max`; it shrinks only after
+the need has stayed lower for a delay, so a burst of deletes and re-creates
+does not roll pods away and back. `replicas.min` is always kept.
+
+Pure: the caller passes the adapters, the current target and `now`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from loraplex.api.basemodel import BaseModelSpec
+from loraplex.operator.placement import Adapter
+
+
+@dataclass(frozen=True)
+class SlotDemand:
+    """What a BaseModel's adapters ask of its workers."""
+
+    warm_copies: int = 0  # copies wanted in a GPU or CPU slot
+    pinned_copies: int = 0  # copies that must hold a GPU slot
+    widest: int = 0  # the most copies of one adapter (each on its own worker)
+
+
+def slot_demand(adapters: Iterable[Adapter]) -> SlotDemand:
+    warm = pinned = widest = 0
+    for adapter in adapters:
+        warm += adapter.replicas
+        widest = max(widest, adapter.replicas)
+        if adapter.pinned:
+            pinned += adapter.replicas
+    return SlotDemand(warm, pinned, widest)
+
+
+def workers_needed(spec: BaseModelSpec, demand: SlotDemand) -> int:
+    """Workers that hold `demand` warm, clamped to replicas.min..max."""
+    warm_slots = max(spec.engine.max_loras, spec.engine.max_cpu_loras)
+    needed = max(
+        math.ceil(demand.warm_copies / warm_slots),
+        math.ceil(demand.pinned_copies / spec.engine.max_loras),
+        demand.widest,
+    )
+    return min(max(needed, spec.replicas.min), spec.replicas.effective_max)
+
+
+@dataclass(frozen=True)
+class ScaleStep:
+    """The worker count to run now, and since when the need has been below it (None: it is not)."""
+
+    target: int
+    below_since: float | None = None
+
+
+def next_scale(
+    spec: BaseModelSpec,
+    demand: SlotDemand,
+    current: ScaleStep | None,
+    now: float,
+    scale_down_delay: float,
+) -> ScaleStep:
+    """The next target: up at once, down once the need has stayed lower for `scale_down_delay` seconds.
+
+    `current` None (a fresh operator) starts from the need itself. A target outside a changed
+    replicas range is brought inside it at once.
+    """
+    needed = workers_needed(spec, demand)
+    if current is None:
+        return ScaleStep(needed)
+    target = min(max(current.target, spec.replicas.min), spec.replicas.effective_max)
+    if needed >= target:
+        return ScaleStep(needed)
+    below_since = current.below_since if current.below_since is not None else now
+    if now - below_since >= scale_down_delay:
+        return ScaleStep(needed)
+    return ScaleStep(target, below_since)
+
+
+def workers_to_run(spec: BaseModelSpec, decided: int | None, observed: int | None) -> int:
+    """The StatefulSet's replicas: what the placement loop decided, else what runs now, within min..max.
+
+    Before the placement loop's first pass (a fresh operator) the running count is kept, so a
+    restart never scales a fleet down and back up.
+    """
+    count = decided if decided is not None else observed if observed is not None else spec.replicas.min
+    return min(max(count, spec.replicas.min), spec.replicas.effective_max)
+
+
+class FleetTargets:
+    """The worker count each BaseModel's placement loop decided, read by the fleet and training handlers.
+
+    In memory: one operator replica acts at a time (peering), and a restarted one starts from the
+    StatefulSets as they are (see `workers_to_run`).
+    """
+
+    def __init__(self) -> None:
+        self._targets: dict[tuple[str, str], int] = {}
+
+    def get(self, key: tuple[str, str]) -> int | None:
+        return self._targets.get(key)
+
+    def set(self, key: tuple[str, str], target: int) -> None:
+        self._targets[key] = target
+
+    def forget(self, key: tuple[str, str]) -> None:
+        self._targets.pop(key, None)

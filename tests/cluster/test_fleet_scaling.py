@@ -1,0 +1,104 @@
+"""Workers scale between replicas.min and max to hold the adapters warm, on the real control plane."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from loraplex.api import GROUP, VERSION
+from loraplex.e2e.cluster import LocalCluster
+from loraplex.e2e.objects import create_object
+from loraplex.e2e.operator_process import OperatorProcess
+from loraplex.e2e.waiting import wait_until
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def scaling_operator(
+    local_cluster: LocalCluster, namespace: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """The operator with a 2-second scale-down delay (300 s by default)."""
+    process = OperatorProcess(
+        local_cluster.kubeconfig, namespace, tmp_path / "operator.log",
+        extra_env={"LORAPLEX_SCALE_DOWN_DELAY": "2"},
+    ).start()  # fmt: skip
+    yield process
+    process.stop()
+
+
+def fleet(kube: Any, namespace: str) -> tuple[int, str, list[str]] | None:
+    """(StatefulSet replicas, BaseModel workers column, worker pods Running); None before the StatefulSet."""
+    try:
+        statefulset = client.AppsV1Api(kube).read_namespaced_stateful_set("tiny-worker", namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    replicas = statefulset.spec.replicas
+    model = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "basemodels", "tiny"
+    )
+    pods = client.CoreV1Api(kube).list_namespaced_pod(
+        namespace, label_selector="loraplex.dev/base-model=tiny,app.kubernetes.io/component=worker"
+    )
+    running = sorted(
+        p.metadata.name
+        for p in pods.items
+        if p.status.phase == "Running" and not p.metadata.deletion_timestamp
+    )
+    return replicas, model.get("status", {}).get("workers", ""), running
+
+
+def create_adapter(kube: Any, namespace: str, name: str) -> None:
+    create_object(
+        kube, namespace, "loraadapters", "LoRAAdapter", name,
+        {"baseModel": "tiny", "source": {"uri": f"s3://adapters/{name}/", "sha256": "a" * 64}, "rank": 8},
+    )  # fmt: skip
+
+
+def test_workers_grow_to_hold_the_adapters_warm_and_shrink_back_after_the_delay(
+    kube: Any, namespace: str, scaling_operator: OperatorProcess
+) -> None:
+    # 2 warm slots per worker (maxCpuLoras), 1 to 3 workers.
+    create_object(kube, namespace, "basemodels", "BaseModel", "tiny", {
+        "model": {"uri": "/models/tiny"}, "replicas": {"min": 1, "max": 3},
+        "engine": {"maxLoras": 1, "maxCpuLoras": 2},
+    })  # fmt: skip
+    one = (1, "1/1", ["tiny-worker-0"])
+    wait_until(lambda: fleet(kube, namespace) == one, 60, "one worker")
+
+    names = [f"adapter-{i}" for i in range(5)]
+    for name in names:
+        create_adapter(kube, namespace, name)
+    three = (3, "3/3", ["tiny-worker-0", "tiny-worker-1", "tiny-worker-2"])
+    wait_until(lambda: fleet(kube, namespace) == three, 60, "three workers for five warm copies")
+
+    def copies_on_three_workers() -> bool:
+        listed = client.CustomObjectsApi(kube).list_namespaced_custom_object(
+            GROUP, VERSION, namespace, "workerplacements"
+        )["items"]
+        held = {p["spec"]["worker"]: len(p["spec"].get("adapters", [])) for p in listed}
+        return len(held) == 3 and sum(held.values()) == 5 and max(held.values()) <= 2
+
+    wait_until(copies_on_three_workers, 30, "the five copies spread over the three workers")
+
+    def scaled_events() -> list[str]:
+        events = client.CoreV1Api(kube).list_namespaced_event(namespace, field_selector="reason=Scaled")
+        return [event.message for event in events.items if " -> 3: " in event.message]
+
+    messages = wait_until(scaled_events, 30, "a Scaled event on the BaseModel")
+    assert "the adapters want 5 warm copies" in messages[0]
+
+    for name in names[1:]:
+        client.CustomObjectsApi(kube).delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, "loraadapters", name
+        )
+    wait_until(lambda: fleet(kube, namespace) == one, 60, "back to one worker once the delay passed")
+    scalings = scaling_operator.metrics()
+    assert scalings['loraplex_fleet_scalings_total{base_model="tiny",direction="down"}'] == 1
