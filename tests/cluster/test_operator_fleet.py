@@ -50,7 +50,7 @@ def wait_ready(
 
 
 def test_base_model_gets_a_ready_fleet_on_gpu_nodes(
-    kube: Any, namespace: str, operator: OperatorProcess
+    local_cluster: LocalCluster, kube: Any, namespace: str, operator: OperatorProcess
 ) -> None:
     create_base_model(kube, namespace, "tiny", replicas={"min": 2})
     status = wait_ready(kube, namespace, "tiny")
@@ -66,7 +66,8 @@ def test_base_model_gets_a_ready_fleet_on_gpu_nodes(
     workers = [p for p in pods if p.metadata.labels["app.kubernetes.io/component"] == "worker"]
     assert sorted(p.metadata.name for p in workers) == ["tiny-worker-0", "tiny-worker-1"]
     assert all(
-        p.status.phase == "Running" and p.spec.node_name.startswith("loraplex-test-gpu-") for p in workers
+        p.status.phase == "Running" and p.spec.node_name.startswith(f"{local_cluster.name}-gpu-")
+        for p in workers
     )
     assert client.AppsV1Api(kube).read_namespaced_deployment("tiny-router", namespace).spec.replicas == 1
     assert client.CoreV1Api(kube).read_namespaced_secret("tiny-vllm-api-key", namespace).data["api-key"]

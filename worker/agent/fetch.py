@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import shutil
 import ssl
@@ -23,12 +22,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import aiohttp
 
 from loraplex.worker.agent.disk_cache import DigestMismatch, DiskCache
 from loraplex.worker.agent.sources import InvalidSource, Source, parse_source
+from loraplex.worker.s3 import s3_client_from_env
 
 T = TypeVar("T")
 SHA256_HEX = frozenset("0123456789abcdef")
@@ -237,25 +236,6 @@ def s3_errors(location: str, missing_reason: str) -> Iterator[None]:
         if isinstance(error, FetchError):
             raise
         raise FetchError("SourceUnreachable", f"s3://{location}: {error}", transient=True) from error
-
-
-def s3_client_from_env() -> Any:
-    """An S3 client for the adapter store, configured like the AWS tools (from the store Secret).
-
-    AWS_ENDPOINT_URL (e.g. http://minio.storage:9000; default https://s3.amazonaws.com),
-    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION.
-    """
-    from minio import Minio
-
-    endpoint = urlsplit(os.environ.get("AWS_ENDPOINT_URL", "https://s3.amazonaws.com"))
-    return Minio(
-        endpoint.netloc,
-        access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
-        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-        session_token=os.environ.get("AWS_SESSION_TOKEN"),
-        region=os.environ.get("AWS_REGION"),
-        secure=endpoint.scheme != "http",
-    )
 
 
 def _inside(root: Path, relative: str) -> Path:
