@@ -71,8 +71,8 @@ class TrainingJobRef:
 class Store:
     """Where checkpoints and published adapters live, inside the pod and as workers fetch them."""
 
-    local_root: str  # file:///store/<path> or file:///<path>
-    public_root: str  # pvc://<claim>/<path> or file:///<path>
+    local_root: str  # file:///store/<path>, file:///<path> or s3://<bucket>/<prefix>
+    public_root: str  # pvc://<claim>/<path>, file:///<path> or s3://<bucket>/<prefix>
     claim: str | None
 
     @classmethod
@@ -82,10 +82,12 @@ class Store:
             path = path.strip("/")
             local = f"file://{STORE_MOUNT}" + (f"/{path}" if path else "")
             return cls(local, f"pvc://{claim}" + (f"/{path}" if path else ""), claim)
-        if uri.startswith("file:///"):
+        if uri.startswith("file:///") or uri.startswith("s3://"):
             root = uri.rstrip("/")
-            return cls(root, root, None)
-        raise ValueError(f"training store {uri!r}: use pvc://<claim>/<path> or file:///<path>")
+            return cls(root, root, None)  # s3://: the trainer uploads with the store Secret's AWS_* keys
+        raise ValueError(
+            f"training store {uri!r}: use pvc://<claim>/<path>, s3://<bucket>/<prefix> or file:///<path>"
+        )
 
     def public(self, local_uri: str) -> str:
         """The URI workers use for a path the trainer wrote (file:///store/... -> pvc://claim/...)."""

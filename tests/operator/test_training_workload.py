@@ -88,6 +88,9 @@ def test_published_paths_map_back_to_the_store_workers_read() -> None:
         == "pvc://store/loraplex/adapters/team/sql/abc"
     )
     assert Store.parse("file:///srv/store").public("file:///srv/store/x") == "file:///srv/store/x"
+    s3 = Store.parse("s3://team-bucket/loraplex/")
+    assert s3.claim is None  # nothing to mount: the trainer uploads with the store Secret's keys
+    assert s3.public("s3://team-bucket/loraplex/adapters/x") == "s3://team-bucket/loraplex/adapters/x"
 
 
 def test_long_names_stay_within_63_characters() -> None:

@@ -92,14 +92,14 @@ def save(
     return final
 
 
-def _complete(folder: Path) -> list[Path]:
+def complete(folder: Path) -> list[Path]:
     """Complete checkpoint folders, oldest first."""
     found = [p for p in folder.glob(f"{PREFIX}*") if p.is_dir() and (p / STATE).is_file()]
     return sorted(found, key=lambda p: p.name)
 
 
 def _prune(folder: Path, keep: int) -> None:
-    for old in _complete(folder)[:-keep]:
+    for old in complete(folder)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in folder.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
@@ -112,8 +112,8 @@ def latest(folder: Path) -> Path | None:
         candidate = folder / pointer.read_text().strip()
         if (candidate / STATE).is_file():
             return candidate
-    complete = _complete(folder) if folder.is_dir() else []
-    return complete[-1] if complete else None
+    found = complete(folder) if folder.is_dir() else []
+    return found[-1] if found else None
 
 
 def load(path: Path, device: torch.device) -> Checkpoint:

@@ -37,8 +37,8 @@ def local_path(uri: str, field: str) -> Path:
     parsed = urlparse(uri)
     if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
         raise ConfigError(
-            f"{field}: {uri!r} is not a local file:// URI; the trainer reads and writes local paths "
-            "(mount pvc:// volumes into the pod and pass file:// paths)"
+            f"{field}: {uri!r} is not a local file:// URI (mount pvc:// volumes into the pod and pass "
+            "file:// paths; checkpoints and outputs may also be s3://<bucket>/<prefix>)"
         )
     return Path(unquote(parsed.path))
 
@@ -54,7 +54,7 @@ class AdapterJob(ApiModel):
     output_uri: str = Field(
         min_length=1,
         max_length=2048,
-        description="file:// folder; the adapter is published into <outputUri>/<sha256>/.",
+        description="file:// folder or s3:// prefix; the adapter is published into <outputUri>/<sha256>/.",
     )
 
     @model_validator(mode="after")
@@ -79,7 +79,11 @@ class TrainerConfig(ApiModel):
         description="Local folder (or file:// URI) of the base model: weights, config, tokenizer.",
     )
     checkpoint_uri: str = Field(
-        min_length=1, description="file:// folder; each adapter checkpoints under <checkpointUri>/<name>/."
+        min_length=1,
+        description="file:// folder or s3:// prefix; each adapter checkpoints under <checkpointUri>/<name>/.",
+    )
+    scratch_dir: str | None = Field(
+        default=None, description="Local folder mirroring s3:// stores (default: a temporary folder)."
     )
     adapters: list[AdapterJob] = Field(min_length=1, max_length=256)
     device: Device = "auto"
@@ -117,6 +121,7 @@ class TrainerConfig(ApiModel):
 
     @property
     def checkpoint_root(self) -> Path:
+        """The checkpoint folder of a file:// checkpointUri."""
         return local_path(self.checkpoint_uri, "checkpointUri")
 
     @classmethod

@@ -25,7 +25,7 @@ import torch
 
 from loraplex.worker.durable import write_atomic
 from loraplex.worker.trainer import checkpoint
-from loraplex.worker.trainer.config import AdapterJob, ConfigError, TrainerConfig, local_path
+from loraplex.worker.trainer.config import AdapterJob, ConfigError, TrainerConfig
 from loraplex.worker.trainer.data import BatchStream, LoadedDataset, Tokenizer, load_dataset
 from loraplex.worker.trainer.failures import (
     EXIT_FAILED,
@@ -37,6 +37,7 @@ from loraplex.worker.trainer.failures import (
 from loraplex.worker.trainer.multi_lora import AdapterWeights, MultiLoraModel
 from loraplex.worker.trainer.progress import Event, JsonLines, ProgressSink
 from loraplex.worker.trainer.publish import publish
+from loraplex.worker.trainer.store import LocalStore, Store, open_store
 
 RESULT = "result.json"
 
@@ -167,6 +168,12 @@ class Trainer:
         self.dtype = resolve_dtype(config, self.device)
         self.model: MultiLoraModel | None = None
         self.results: dict[str, AdapterResult] = {}
+        self.checkpoints: Store = LocalStore(Path("."))  # set by _prepare from checkpointUri
+        self.outputs: dict[str, Store] = {}  # adapter name -> the store its outputUri names
+
+    def _scratch(self, *parts: str) -> Path | None:
+        """A local folder that mirrors an s3:// store (None: a temporary one)."""
+        return Path(self.config.scratch_dir, *parts) if self.config.scratch_dir else None
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -182,12 +189,14 @@ class Trainer:
 
     def _already_done(self, job: AdapterJob, folder: Path) -> bool:
         """A previous attempt published this adapter (or failed it for good): report that again."""
+        self.checkpoints.pull(job.name)
         path = folder / RESULT
         if not path.is_file():
             return False
         saved = json.loads(path.read_text())
         result = AdapterResult(**saved)
-        if result.phase == "Succeeded" and not (result.uri and local_path(result.uri, "uri").is_dir()):
+        output = self.outputs[job.name]
+        if result.phase == "Succeeded" and not (result.uri and output.has_folder(result.uri)):
             return False  # the published folder is gone: train again
         self.results[job.name] = result
         if result.phase == "Succeeded":
@@ -236,8 +245,13 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         try:
-            root = config.checkpoint_root
+            scratch = self._scratch("checkpoints")
+            self.checkpoints = open_store(config.checkpoint_uri, "checkpointUri", scratch)
+            root = self.checkpoints.root
             base = config.base_model_path
+            for job in config.adapters:
+                field = f"adapters[{job.name}].outputUri"
+                self.outputs[job.name] = open_store(job.output_uri, field, self._scratch("outputs", job.name))
         except ConfigError as error:
             for job in config.adapters:
                 self._fail(job.name, TrainingFailure("ConfigInvalid", str(error)))
@@ -255,7 +269,6 @@ class Trainer:
         runs: list[Prepared] = []
         for job in pending:
             try:
-                output = local_path(job.output_uri, f"adapters[{job.name}].outputUri")
                 data = load_dataset(job.dataset, tokenizer, job.training.max_sequence_length)
             except ConfigError as error:
                 self._fail(job.name, TrainingFailure("ConfigInvalid", str(error)))
@@ -263,7 +276,6 @@ class Trainer:
             except TrainingFailure as failure:
                 self._fail(job.name, failure)
                 continue
-            del output
             runs.append(
                 Prepared(
                     job,
@@ -314,7 +326,7 @@ class Trainer:
                 job.name,
                 step=run.step,
                 total_steps=run.total_steps,
-                uri=found.as_uri() if found else None,
+                uri=self.checkpoints.uri(found) if found else None,
                 message=f"resumed from step {run.step}" if found else "started from scratch",
             )
         )
@@ -425,6 +437,7 @@ class Trainer:
             fingerprint=run.fingerprint,
             loss=run.last_loss,
         )
+        before = set(checkpoint.complete(run.folder))
         path = checkpoint.save(
             run.folder,
             state,
@@ -433,21 +446,26 @@ class Trainer:
             run.weights.generator.get_state(),
             self.config.keep_checkpoints,
         )
+        # The checkpoint before the `latest` that names it; then what pruning removed.
+        uri = self.checkpoints.push(path)
+        self.checkpoints.push(run.folder / checkpoint.LATEST)
+        for pruned in before - set(checkpoint.complete(run.folder)):
+            self.checkpoints.remove(pruned)
         run.checkpointed_step = run.step
-        self.sink(
-            Event("checkpoint", run.job.name, step=run.step, total_steps=run.total_steps, uri=path.as_uri())
-        )
+        self.sink(Event("checkpoint", run.job.name, step=run.step, total_steps=run.total_steps, uri=uri))
         return path
 
     def _publish(self, run: AdapterRun) -> None:
-        output = local_path(run.job.output_uri, "outputUri")
-        published = publish(output, run.weights.state_dict(), run.job.lora, str(self.config.base_model_path))
+        output = self.outputs[run.job.name]
+        base_model = str(self.config.base_model_path)
+        published = publish(output.root, run.weights.state_dict(), run.job.lora, base_model)
+        uri = output.push(published.path)
         result = AdapterResult(
             run.job.name,
             "Succeeded",
             step=run.step,
             total_steps=run.total_steps,
-            uri=published.uri,
+            uri=uri,
             sha256=published.sha256,
         )
         self._record(run.folder, result)
@@ -458,13 +476,14 @@ class Trainer:
                 run.job.name,
                 step=run.step,
                 total_steps=run.total_steps,
-                uri=published.uri,
+                uri=uri,
                 sha256=published.sha256,
             )
         )
 
     def _record(self, folder: Path, result: AdapterResult) -> None:
         write_atomic(folder / RESULT, json.dumps(asdict(result), indent=2) + "\n")
+        self.checkpoints.push(folder / RESULT)
 
     def _stop(self, active: list[AdapterRun], save: bool) -> None:
         for run in active:
@@ -478,7 +497,7 @@ class Trainer:
                 "Preempted",
                 step=run.checkpointed_step if not save else run.step,
                 total_steps=run.total_steps,
-                checkpoint=path.as_uri() if path else None,
+                checkpoint=self.checkpoints.uri(path) if path else None,
             )
             self.sink(
                 Event(
@@ -486,6 +505,6 @@ class Trainer:
                     run.job.name,
                     step=self.results[run.job.name].step,
                     total_steps=run.total_steps,
-                    uri=path.as_uri() if path else None,
+                    uri=self.checkpoints.uri(path) if path else None,
                 )
             )
