@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from hypothesis import settings
 
 from loraplex.e2e.cluster import LocalCluster
 from loraplex.e2e.crd_install import install_crds
+from loraplex.e2e.s3_server import S3Server
 from loraplex.e2e.tiny_model import AdapterFiles, lora_adapter, tiny_llama
 from loraplex.e2e.worker_processes import VllmProcess
 
@@ -60,6 +61,38 @@ def namespace(kube: Any) -> Iterator[str]:
     core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     yield name
     core.delete_namespace(name)
+
+
+# An S3-compatible store: moto's S3 server on loopback, one per session, started only when asked.
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], Any]:
+    """Makes a bucket (if missing) and returns a minio client; AWS_* point loraplex's clients there."""
+    from minio import Minio
+
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    client = Minio(
+        f"127.0.0.1:{s3_server.port}",
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+        secure=False,
+    )
+
+    def make(name: str) -> Any:
+        if not client.bucket_exists(name):
+            client.make_bucket(name)
+        return client
+
+    return make
 
 
 # The real vLLM engine on its CPU backend: one server per session (30-60 s to

@@ -6,13 +6,12 @@ and reporting a published adapter must work from what is in the bucket alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from loraplex.e2e.s3_server import S3Server
 from loraplex.worker.agent.disk_cache import DiskCache
 from loraplex.worker.agent.fetch import Fetcher
 from loraplex.worker.digest import tree_digest
@@ -25,23 +24,9 @@ from tests.trainer.conftest import adapter_job
 BUCKET = "training"
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def bucket(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from minio import Minio
-
-    for key, value in s3.env.items():
-        monkeypatch.setenv(key, value)
-    client = Minio(f"127.0.0.1:{s3.port}", access_key=s3.access_key, secret_key=s3.secret_key, secure=False)
-    if not client.bucket_exists(BUCKET):
-        client.make_bucket(BUCKET)
-    return client
+def bucket(s3_bucket: Callable[[str], Any]) -> Any:
+    return s3_bucket(BUCKET)
 
 
 def keys(client: Any, prefix: str) -> list[str]:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from loraplex.e2e.s3_server import S3Server
 from loraplex.worker.agent.disk_cache import DiskCache
 from loraplex.worker.agent.fetch import Fetcher, FetchError, RetryPolicy
 from loraplex.worker.agent.model_fetch import fetch_model
@@ -19,22 +18,9 @@ from loraplex.worker.digest import tree_digest
 FILES = {"adapter_config.json": b'{"r": 8}', "adapter_model.safetensors": b"s3" * 4000}
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def bucket(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from minio import Minio
-
-    for key, value in s3.env.items():
-        monkeypatch.setenv(key, value)
-    client = Minio(f"127.0.0.1:{s3.port}", access_key=s3.access_key, secret_key=s3.secret_key, secure=False)
-    if not client.bucket_exists("adapters"):
-        client.make_bucket("adapters")
+def bucket(s3_bucket: Callable[[str], Any]) -> Any:
+    client = s3_bucket("adapters")
     for name, data in FILES.items():
         client.put_object("adapters", f"team/sql/{name}", io.BytesIO(data), len(data))
     archive = io.BytesIO()
