@@ -30,6 +30,7 @@ from loraplex.operator.fleet import (
     BaseModelRef,
     api_key_secret,
     plan_fleet,
+    worker_selector,
 )
 from loraplex.operator.fleet_scale import FleetTargets, workers_to_run
 from loraplex.operator.fleet_status import WorkerPod, plan_base_model_status, status_changed
@@ -158,7 +159,8 @@ def _write_status(
         list(indexes.worker_placements.get(key, [])),
     )
     current = dict(status)
-    planned = plan_base_model_status(model, int(meta.get("generation", 0)), observation, current, _now())
+    generation = int(meta.get("generation", 0))
+    planned = plan_base_model_status(model, generation, observation, current, _now(), worker_selector(key[1]))
     metrics.WORKERS.labels(key[1], "desired").set(planned["desiredWorkers"])
     metrics.WORKERS.labels(key[1], "ready").set(planned["readyWorkers"])
     if status_changed(current, planned):

@@ -74,6 +74,11 @@ def selector(ref: BaseModelRef, component: str) -> dict[str, str]:
     return {BASE_MODEL_LABEL: ref.name, COMPONENT_LABEL: component}
 
 
+def worker_selector(base_model: str) -> str:
+    """The worker pods' label selector as a string (the BaseModel scale subresource's selector)."""
+    return f"{BASE_MODEL_LABEL}={base_model},{COMPONENT_LABEL}=worker"
+
+
 def plan_fleet(
     ref: BaseModelRef, spec: BaseModelSpec, settings: OperatorSettings, workers: int
 ) -> list[Manifest]:

@@ -49,8 +49,12 @@ def plan_base_model_status(
     observed: FleetObservation,
     previous: dict[str, Any],
     now: datetime,
+    worker_selector: str = "",
 ) -> dict[str, Any]:
-    """The whole status subresource for this generation of the BaseModel."""
+    """The whole status subresource for this generation of the BaseModel.
+
+    `worker_selector` is the worker pods' label selector, which `kubectl scale` and HPAs read.
+    """
     desired = observed.replicas if observed.statefulset_found else spec.replicas.min
     ready = min(observed.ready_replicas, desired)
     ready_condition = _ready_condition(spec, observed, ready, desired)
@@ -79,6 +83,7 @@ def plan_base_model_status(
             "cpuUsed": min(observed.gpu_used + observed.cpu_used, cpu_total),
         },
         "slotsSummary": f"{gpu_used}/{gpu_total}",
+        **({"workerSelector": worker_selector} if worker_selector else {}),
     }
 
 

@@ -191,3 +191,6 @@ class BaseModelStatus(ApiModel):
     slots_summary: str | None = Field(
         default=None, max_length=32, description="GPU slots used / total, for humans."
     )
+    worker_selector: str | None = Field(
+        default=None, max_length=256, description="Label selector of the worker pods (for kubectl scale)."
+    )

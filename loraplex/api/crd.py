@@ -39,6 +39,7 @@ class Kind:
     status: type[BaseModel]
     columns: tuple[dict[str, Any], ...]
     root_rules: tuple[dict[str, Any], ...] = field(default=())
+    scale: dict[str, str] | None = None  # the scale subresource's paths, for kubectl scale and HPAs
 
     @property
     def singular(self) -> str:
@@ -92,6 +93,13 @@ KINDS: tuple[Kind, ...] = (
             _AGE,
         ),
         root_rules=(_name_rule(40, "it prefixes the worker StatefulSet and Service names"),),
+        # `kubectl scale bm/x --replicas=N` and HorizontalPodAutoscalers set the fleet's floor,
+        # replicas.min; adapter demand may still grow it up to replicas.max.
+        scale={
+            "specReplicasPath": ".spec.replicas.min",
+            "statusReplicasPath": ".status.readyWorkers",
+            "labelSelectorPath": ".status.workerSelector",
+        },
     ),
     Kind(
         kind="LoRAAdapter",
@@ -262,7 +270,7 @@ def crd(kind: Kind) -> Schema:
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": {"status": {}, **({"scale": kind.scale} if kind.scale else {})},
                     "additionalPrinterColumns": list(kind.columns),
                     "schema": {"openAPIV3Schema": openapi_schema(kind)},
                 }

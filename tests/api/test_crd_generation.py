@@ -116,7 +116,15 @@ def test_crd_names_and_columns(kind: crd.Kind) -> None:
     assert names["categories"] == ["loraplex"]
     assert names["shortNames"]
     version = manifest["spec"]["versions"][0]
-    assert version["subresources"] == {"status": {}}
+    assert version["subresources"]["status"] == {}
+    if kind.kind == "BaseModel":  # `kubectl scale bm/x` and HPAs set the fleet's floor
+        assert version["subresources"]["scale"] == {
+            "specReplicasPath": ".spec.replicas.min",
+            "statusReplicasPath": ".status.readyWorkers",
+            "labelSelectorPath": ".status.workerSelector",
+        }
+    else:
+        assert "scale" not in version["subresources"]
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
     assert columns[-1] == "Age"
     assert "Reason" in columns

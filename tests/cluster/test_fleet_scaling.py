@@ -102,3 +102,37 @@ def test_workers_grow_to_hold_the_adapters_warm_and_shrink_back_after_the_delay(
     wait_until(lambda: fleet(kube, namespace) == one, 60, "back to one worker once the delay passed")
     scalings = scaling_operator.metrics()
     assert scalings['loraplex_fleet_scalings_total{base_model="tiny",direction="down"}'] == 1
+
+
+def test_kubectl_scale_sets_the_floor_and_is_bounded_by_max(
+    kube: Any, namespace: str, scaling_operator: OperatorProcess
+) -> None:
+    create_object(kube, namespace, "basemodels", "BaseModel", "tiny", {
+        "model": {"uri": "/models/tiny"}, "replicas": {"min": 1, "max": 3},
+    })  # fmt: skip
+    custom = client.CustomObjectsApi(kube)
+    wait_until(lambda: fleet(kube, namespace) == (1, "1/1", ["tiny-worker-0"]), 60, "one worker")
+
+    # What `kubectl scale bm/tiny --replicas=2` (or an HPA) does: the scale subresource.
+    custom.patch_namespaced_custom_object_scale(
+        GROUP, VERSION, namespace, "basemodels", "tiny", {"spec": {"replicas": 2}}
+    )
+    two = (2, "2/2", ["tiny-worker-0", "tiny-worker-1"])
+    wait_until(lambda: fleet(kube, namespace) == two, 60, "two workers after scaling the BaseModel")
+    model = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "basemodels", "tiny")
+    assert model["spec"]["replicas"] == {"min": 2, "max": 3}
+
+    def scale_reads_ready() -> dict[str, Any] | None:
+        scale = custom.get_namespaced_custom_object_scale(GROUP, VERSION, namespace, "basemodels", "tiny")
+        return scale if scale["status"].get("replicas") == 2 else None
+
+    scale = wait_until(scale_reads_ready, 30, "the scale subresource reporting two ready workers")
+    assert scale["status"]["selector"] == "loraplex.dev/base-model=tiny,app.kubernetes.io/component=worker"
+
+    # Above replicas.max the apiserver refuses, naming the field.
+    with pytest.raises(ApiException) as refused:
+        custom.patch_namespaced_custom_object_scale(
+            GROUP, VERSION, namespace, "basemodels", "tiny", {"spec": {"replicas": 5}}
+        )
+    assert refused.value.status == 422
+    assert "replicas.max must be at least replicas.min" in refused.value.body

@@ -115,6 +115,8 @@ def test_other_conditions_are_kept() -> None:
 
 def test_desired_workers_are_what_the_statefulset_runs_once_the_fleet_scaled() -> None:
     # The scaler grew the StatefulSet to 3 (replicas.min is 2): two ready is not Ready yet.
-    status = plan_base_model_status(SPEC, 1, settled(replicas=3, updated_replicas=3), {}, NOW)
+    selector = "loraplex.dev/base-model=tiny,app.kubernetes.io/component=worker"
+    status = plan_base_model_status(SPEC, 1, settled(replicas=3, updated_replicas=3), {}, NOW, selector)
     assert (status["desiredWorkers"], status["workers"]) == (3, "2/3")
+    assert status["workerSelector"] == selector  # what `kubectl scale` and HPAs read
     assert ready(status) == ("False", "WorkersStarting")
