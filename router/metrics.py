@@ -3,10 +3,14 @@
 Label sets stay bounded: tiers, status codes and workers are small sets;
 per-adapter series exist only for named adapters (the head, with LoRAAdapter
 objects); requests for catalog (tail) adapters share the adapter label value
-`_catalog`, and requests for the base model use `_base`.
+`_catalog`, and requests for the base model use `_base`. `prune` drops the
+series of adapters no longer named and of workers that are gone, so a
+long-running router's series follow the fleet instead of its history.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Collection
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -81,3 +85,22 @@ class RouterMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+
+    def prune(self, named: Callable[[str], bool], workers: Collection[str]) -> None:
+        """Drop per-adapter series of adapters no longer named, and in-flight series of gone workers."""
+        for metric in (self.adapter_requests, self.adapter_latency_seconds):
+            for adapter in _label_values(metric, "adapter"):
+                if adapter not in (CATALOG, BASE) and not named(adapter):
+                    metric.remove(adapter)
+        for worker in _label_values(self.inflight, "worker"):
+            if worker not in workers:
+                self.inflight.remove(worker)
+
+
+def _label_values(metric: Counter | Gauge | Histogram, label: str) -> set[str]:
+    return {
+        sample.labels[label]
+        for family in metric.collect()
+        for sample in family.samples
+        if label in sample.labels
+    }

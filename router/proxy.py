@@ -352,6 +352,7 @@ async def metrics(request: web.Request) -> web.Response:
     table = proxy.state.table
     proxy.metrics.workers.labels("healthy").set(table.healthy_count)
     proxy.metrics.workers.labels("unhealthy").set(len(table.workers) - table.healthy_count)
+    proxy.metrics.prune(table.is_named, table.workers.keys())
     return web.Response(
         body=generate_latest(proxy.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )

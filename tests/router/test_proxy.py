@@ -208,6 +208,22 @@ async def test_metrics_count_tiers_and_keep_catalog_adapters_in_one_series(fleet
         assert family in text
 
 
+async def test_series_of_an_adapter_no_longer_named_and_of_a_gone_worker_are_dropped(fleet: Any) -> None:
+    fleet.hold("worker-0", "sql-gen")
+    async with client(fleet) as api:
+        await api.completions.create(model="sql-gen", prompt="x")
+    text = await fleet.metrics_text()
+    assert 'loraplex_router_adapter_requests_total{adapter="sql-gen"} 1.0' in text
+    assert 'loraplex_router_inflight_requests{worker="worker-0"}' in text
+    # The LoRAAdapter is deleted (no placement names it) and worker-0 goes away.
+    fleet.state.report_residency("worker-0", [], named=[])
+    fleet.state.remove_worker("worker-0")
+    text = await fleet.metrics_text()
+    assert 'adapter="sql-gen"' not in text
+    assert 'worker="worker-0"' not in text
+    assert 'loraplex_router_responses_total{status="200"} 1.0' in text  # fleet-wide series stay
+
+
 async def test_healthz_is_ready_once_the_state_has_synced(fleet: Any) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{fleet.url}/healthz") as response:
