@@ -214,6 +214,7 @@ class Planner:
         self._dirty: dict[str, None] = {}
         self._settled = True  # the last full-plan pass put every copy in the tier its rank was due
         self._ring_points: list[int] = []
+        self._points_of: dict[str, list[tuple[int, str]]] = {}
         self._ring_owners: list[str] = []
         for worker in sorted(workers, key=lambda w: w.name):
             if worker.healthy and worker.name not in self._workers:
@@ -487,11 +488,22 @@ class Planner:
 
     def worker_added(self, worker: Worker) -> list[Move]:
         """Admit ``worker``, place copies that were missing, then rebalance in bounded steps."""
-        if worker.name in self._workers:
-            raise ValueError(f"worker {worker.name!r} is already in the fleet")
-        if not worker.healthy:
+        return self.workers_added([worker])
+
+    def workers_added(self, workers: Iterable[Worker]) -> list[Move]:
+        """Admit several workers at once: one ring rebuild, one retry of missing copies, one rebalance.
+
+        A fleet coming up adds hundreds of workers in a pass; admitting them one by one would rebuild
+        the ring (and rebalance) once per worker.
+        """
+        fresh = [worker for worker in workers if worker.healthy]
+        for worker in fresh:
+            if worker.name in self._workers:
+                raise ValueError(f"worker {worker.name!r} is already in the fleet")
+        if not fresh:
             return []
-        self._admit(worker)
+        for worker in fresh:
+            self._admit(worker)
         self._rebuild_ring()
         moves = self._retry_missing()
         moves.extend(self.rebalance())
@@ -750,11 +762,18 @@ class Planner:
         # The ring keeps the dead worker's points until the next rebuild; _find_worker skips them.
 
     def _rebuild_ring(self) -> None:
-        points = sorted(
-            (ring_point(f"{name}#{vnode}"), name) for name in self._workers for vnode in range(self._vnodes)
-        )
+        points = sorted(point for name in self._workers for point in self._worker_points(name))
         self._ring_points = [point for point, _ in points]
         self._ring_owners = [name for _, name in points]
+
+    def _worker_points(self, name: str) -> list[tuple[int, str]]:
+        """A worker's virtual nodes on the ring; hashed once per worker name, not once per rebuild."""
+        points = self._points_of.get(name)
+        if points is None:
+            points = self._points_of[name] = [
+                (ring_point(f"{name}#{vnode}"), name) for vnode in range(self._vnodes)
+            ]
+        return points
 
     def _ring_walk(self, point: int) -> Iterable[str]:
         """Live workers clockwise from ``point``, each once."""

@@ -63,17 +63,20 @@ class PlacementSync:
         return SyncResult(placement, moved_copies(moves), dict(self._planner.missing))
 
     def _apply_changes(self, planner: Planner, snapshot: FleetSnapshot) -> list[Move]:
-        seen, moves, added = self._seen, [], False
+        seen, moves = self._seen, []
         for name in sorted(seen.workers.keys() - snapshot.workers.keys()):
             moves += planner.worker_lost(name)
+        new: list[Worker] = []
         for name, worker in sorted(snapshot.workers.items()):
             before = seen.workers.get(name)
             if before == worker:
                 continue
             if before is not None:  # moved node or changed size: treat as a new worker
                 moves += planner.worker_lost(name)
-            moves += planner.worker_added(worker)
-            added = True
+            new.append(worker)
+        added = bool(new)
+        if added:
+            moves += planner.workers_added(new)  # all at once: one ring rebuild for a fleet coming up
         for key in sorted(seen.adapters.keys() - snapshot.adapters.keys()):
             moves += planner.adapter_removed(key)
         for key, adapter in sorted(snapshot.adapters.items()):

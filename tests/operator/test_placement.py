@@ -227,6 +227,22 @@ def test_adding_a_worker_rebalances_at_most_the_move_budget_per_call() -> None:
     assert_within_capacity(planner.placement, new_fleet)
 
 
+def test_workers_added_together_place_missing_copies_and_rebalance_within_one_budget() -> None:
+    # A fleet coming up: one worker at first, then nine more in one pass.
+    planner = Planner(fleet(1, gpu=1, cpu=1, disk=4), max_rebalance_moves=8)
+    result = planner.plan_all([Adapter(f"ns/a{i}", replicas=2, warmth=i) for i in range(20)])
+    assert sum(result.missing.values()) == 34  # 6 slots on one worker, one copy per worker
+    others = fleet(10, gpu=1, cpu=1, disk=4)[1:]
+    moves = planner.workers_added(others)
+    assert planner.missing == {}
+    assert all(sum(planner.load(w.name)) > 0 for w in others)
+    added = sum(1 for move in moves if move.kind is MoveKind.ADD)
+    assert added >= 34  # every missing copy placed
+    assert_within_capacity(planner.placement, fleet(10, gpu=1, cpu=1, disk=4))
+    with pytest.raises(ValueError, match="already in the fleet"):
+        planner.workers_added([others[0]])
+
+
 def spread_of(planner: Planner) -> int:
     loads = [sum(planner.load(w)) for w in ("w0", "w1", "w2", "w3", "w-new")]
     return max(loads) - min(loads)
