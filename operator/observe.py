@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from loraplex.operator.fleet import HASH_ANNOTATION
 from loraplex.operator.fleet_status import FleetObservation, WorkerPod
 
 KEPT_METADATA = ("name", "namespace", "uid", "generation", "deletionTimestamp", "finalizers")
@@ -17,10 +18,17 @@ def index_essentials(body: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
-        "metadata": {key: metadata[key] for key in KEPT_METADATA if key in metadata},
+        "metadata": {key: metadata[key] for key in KEPT_METADATA if key in metadata}
+        | _content_hash(metadata),
         "spec": dict(body.get("spec") or {}),
         "status": dict(body.get("status") or {}),
     }
+
+
+def _content_hash(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Only the operator's content-hash annotation (what it last applied), never the others."""
+    found = (metadata.get("annotations") or {}).get(HASH_ANNOTATION)
+    return {"annotations": {HASH_ANNOTATION: found}} if found else {}
 
 
 def worker_pod(body: Mapping[str, Any]) -> WorkerPod:

@@ -668,11 +668,16 @@ class Planner:
         *,
         push: bool = False,
     ) -> None:
-        """Queue ``name`` as a donor (above the ceiling of its fair share) or receiver (below the floor)."""
+        """Queue ``name`` as a donor (above the ceiling of its fair share) or a receiver (room below it).
+
+        Receivers are all workers below the ceiling, not only those below the floor: with 5 copies on
+        3 workers, {3, 1, 1} has a donor (3 > 2) and must still move one to reach {2, 2, 1}. Moves
+        happen only while a donor exists, so a fleet within [floor, ceiling] everywhere stays put.
+        """
         copies = sum(self.load(name))
         if copies > math.ceil(target):
             entry, queue = (target - copies, name), donors
-        elif copies < math.floor(target):
+        elif copies < math.ceil(target):
             entry, queue = (copies - target, name), receivers
         else:
             return

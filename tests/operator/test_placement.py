@@ -243,6 +243,16 @@ def test_workers_added_together_place_missing_copies_and_rebalance_within_one_bu
         planner.workers_added([others[0]])
 
 
+def test_rebalance_evens_a_fleet_that_grew_by_several_workers_at_once() -> None:
+    planner = Planner(fleet(1, gpu=1, cpu=1, disk=8))
+    planner.plan_all([Adapter(f"ns/a{i}") for i in range(5)])
+    planner.workers_added(fleet(3, gpu=1, cpu=1, disk=8)[1:])
+    while planner.rebalance():
+        pass
+    # 5 copies on 3 equal workers: {2, 2, 1}, not {3, 1, 1} (every worker at or below its ceiling).
+    assert sorted(sum(planner.load(f"w{i}")) for i in range(3)) == [1, 2, 2]
+
+
 def spread_of(planner: Planner) -> int:
     loads = [sum(planner.load(w)) for w in ("w0", "w1", "w2", "w3", "w-new")]
     return max(loads) - min(loads)
