@@ -15,6 +15,7 @@ from typing import Any
 from loraplex.api.adapter import LoRAAdapterSpec
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.operator.conditions import ConditionUpdate, merge_conditions
+from loraplex.operator.fleet import adapter_claims
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,15 @@ def check_adapter(namespace: str, spec: LoRAAdapterSpec, base: BaseModelSpec | N
             f"retrain at rank <= {limit}, or raise the BaseModel's engine.maxLoraRank"
         )
         return AdapterCheck(False, ConditionUpdate("Ready", "False", "RankTooHigh", message))
+    uri = spec.source.uri
+    if uri.startswith("pvc://"):
+        claim = uri.removeprefix("pvc://").split("/", 1)[0]
+        if claim not in adapter_claims(base):
+            message = (
+                f"spec.source.uri is on PersistentVolumeClaim {claim}, which BaseModel {spec.base_model}'s "
+                f"workers do not mount: add {claim} to the BaseModel's spec.adapterVolumes"
+            )
+            return AdapterCheck(False, ConditionUpdate("Ready", "False", "VolumeNotMounted", message))
     waiting = ConditionUpdate("Ready", "Unknown", "WaitingForPlacement", "Waiting to be placed on workers")
     return AdapterCheck(True, waiting)
 

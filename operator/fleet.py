@@ -31,6 +31,7 @@ AGENT_PORT = 8080
 ROUTER_PORT = 8000
 MODEL_MOUNT = "/models"
 ADAPTER_CACHE = "/var/cache/loraplex"
+AGENT_PVC_ROOT = "/mnt/pvc"  # the agent's --pvc-root default: pvc://<claim>/<path> is <root>/<claim>/<path>
 API_KEY_DEFAULT_KEY = "api-key"
 
 
@@ -135,6 +136,27 @@ def _api_key_env(ref: BaseModelRef, spec: BaseModelSpec, variable: str) -> Manif
     return {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
+def adapter_claims(spec: BaseModelSpec) -> list[str]:
+    """The PersistentVolumeClaims whose adapters the agents read: spec.adapterVolumes and the catalog's."""
+    claims = set(spec.adapter_volumes)
+    template = spec.adapter_catalog.uri_template if spec.adapter_catalog is not None else ""
+    if template.startswith("pvc://"):
+        claim = template.removeprefix("pvc://").split("/", 1)[0]
+        if "{" not in claim:
+            claims.add(claim)
+    return sorted(claims)
+
+
+def adapter_volumes(spec: BaseModelSpec) -> tuple[list[Manifest], list[Manifest]]:
+    """Pod volumes and agent mounts for the adapter claims, at <pvc root>/<claim>, read-only."""
+    volumes, mounts = [], []
+    for index, claim in enumerate(adapter_claims(spec)):
+        name = f"adapters-{index}"
+        volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": name, "mountPath": f"{AGENT_PVC_ROOT}/{claim}", "readOnly": True})
+    return volumes, mounts
+
+
 def agent_args(ref: BaseModelRef, spec: BaseModelSpec) -> list[str]:
     engine = spec.engine
     args = [
@@ -229,6 +251,7 @@ def worker_statefulset(
         "resources": {"limits": limits, **({"requests": requests} if requests else {})},
         "volumeMounts": [*mounts, cache_mount],
     }
+    claim_volumes, claim_mounts = adapter_volumes(spec)
     agent = {
         "name": "agent",
         "image": settings.image,
@@ -240,13 +263,13 @@ def worker_statefulset(
         ],
         **store_credentials(spec),
         "ports": [{"name": "agent", "containerPort": AGENT_PORT}],
-        "volumeMounts": [cache_mount],
+        "volumeMounts": [cache_mount, *claim_mounts],
     }
     init_containers = fetch_model_containers(spec, settings, mounts)
     pod_spec: Manifest = {
         "serviceAccountName": worker_name(ref),
         "containers": [vllm, agent],
-        "volumes": [*volumes, {"name": "adapter-cache", "emptyDir": {}}],
+        "volumes": [*volumes, {"name": "adapter-cache", "emptyDir": {}}, *claim_volumes],
         "nodeSelector": dict(spec.node_selector),
         "tolerations": [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations],
         "affinity": _spread_over_nodes(ref),

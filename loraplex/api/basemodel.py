@@ -16,6 +16,7 @@ from loraplex.api.common import (
     ApiModel,
     Condition,
     ModelSourceUri,
+    ObjectName,
     Quantity,
     ResourceName,
     SecretKeyReference,
@@ -138,6 +139,15 @@ class BaseModelSpec(ApiModel):
     )
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
     adapter_catalog: AdapterCatalog | None = None
+    adapter_volumes: list[ObjectName] = Field(
+        default_factory=list,
+        max_length=16,
+        description=(
+            "PersistentVolumeClaims that hold adapters (pvc://<claim>/... sources), mounted read-only "
+            "into each worker's agent. A pvc:// adapter catalog's claim is mounted without being listed."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
     adapter_store_secret_ref: SecretReference | None = Field(
         default=None,
         description="Secret with credentials for the adapter store (S3 keys, HTTP token).",

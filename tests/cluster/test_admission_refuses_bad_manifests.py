@@ -95,6 +95,8 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "at least replicas.min",
     ),
     ("basemodels", {"spec": {"replicas": {"min": -1}}}, "spec.replicas.min", "greater than or equal"),
+    ("basemodels", {"spec": {"adapterVolumes": ["Team_Adapters"]}}, "spec.adapterVolumes[0]", "should match"),
+    ("basemodels", {"spec": {"adapterVolumes": ["a", "a"]}}, "spec.adapterVolumes[1]", "Duplicate value"),
     ("basemodels", {"spec": {"resources": {"memory": "lots"}}}, "spec.resources.memory", "should match"),
     (
         "basemodels",

@@ -37,6 +37,17 @@ def test_rank_above_the_base_models_limit_is_refused() -> None:
     assert "maxLoraRank 16" in verdict.ready.message
 
 
+def test_an_adapter_on_a_claim_the_workers_do_not_mount_says_which_field_to_set() -> None:
+    on_pvc = ADAPTER.model_copy(
+        update={"rank": 8, "source": ADAPTER.source.model_copy(update={"uri": "pvc://team/sql/"})}
+    )
+    verdict = check_adapter("team-a", on_pvc, BASE_16)
+    assert (verdict.placeable, verdict.ready.reason) == (False, "VolumeNotMounted")
+    assert "add team to the BaseModel's spec.adapterVolumes" in verdict.ready.message
+    mounted = BASE_16.model_copy(update={"adapter_volumes": ["team"]})
+    assert check_adapter("team-a", on_pvc, mounted).placeable
+
+
 def test_valid_adapter_waits_for_placement() -> None:
     verdict = check_adapter("team-a", ADAPTER, BASE_64)
     status = plan_adapter_status(verdict, ADAPTER, 1, {}, NOW)

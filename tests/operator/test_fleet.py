@@ -71,6 +71,23 @@ def test_agent_follows_its_worker_placement_with_the_engine_slots_catalog_and_st
     assert bindings["llama-8b-router"]["roleRef"]["name"] == "loraplex-router"
 
 
+def test_adapter_claims_are_mounted_read_only_into_the_agent_only() -> None:
+    model = spec(
+        adapterVolumes=["team-adapters"], adapterCatalog={"uriTemplate": "pvc://catalog/users/{adapter}"}
+    )
+    statefulset = by_kind(plan_fleet(REF, model, SETTINGS, 1))["StatefulSet"]
+    pod = statefulset["spec"]["template"]["spec"]
+    agent, vllm = containers([statefulset])["agent"], containers([statefulset])["vllm"]
+    # pvc://<claim>/<path> is read by the agent at /mnt/pvc/<claim>/<path>.
+    mounts = {m["name"]: m for m in agent["volumeMounts"] if m["mountPath"].startswith("/mnt/pvc/")}
+    assert sorted(m["mountPath"] for m in mounts.values()) == ["/mnt/pvc/catalog", "/mnt/pvc/team-adapters"]
+    assert all(m["readOnly"] for m in mounts.values())
+    claims = {v["name"]: v["persistentVolumeClaim"] for v in pod["volumes"] if v["name"] in mounts}
+    assert sorted(c["claimName"] for c in claims.values()) == ["catalog", "team-adapters"]
+    assert all(c["readOnly"] for c in claims.values())
+    assert not any(m["name"] in mounts for m in vllm["volumeMounts"])  # vLLM reads the agent's cache
+
+
 def test_vllm_gets_the_engine_settings_and_runtime_lora_loading() -> None:
     model = spec(engine={"maxLoras": 6, "maxCpuLoras": 24, "maxLoraRank": 64, "maxModelLen": 4096,
                          "args": ["--enable-prefix-caching"]})  # fmt: skip
