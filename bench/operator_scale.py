@@ -6,7 +6,9 @@ the adapters as fast as the client can and measures:
 
 - seconds from the start of the bulk apply until every adapter's status shows
   its copies placed (phase Loading or Ready: with no agent running, copies are
-  placed but not loaded), against the seconds the bulk apply itself took;
+  placed but not loaded; counted from one watch stream, so this script does not
+  compete with the operator by re-listing every adapter), against the seconds
+  the bulk apply itself took;
 - the operator's peak RSS;
 - the API writes the operator issued, counted by the apiserver itself
   (`apiserver_request_total` for the loraplex.dev and kopf.dev groups, minus
