@@ -27,7 +27,7 @@ import aiohttp
 
 from loraplex.worker.agent.disk_cache import DigestMismatch, DiskCache
 from loraplex.worker.agent.sources import InvalidSource, Source, parse_source
-from loraplex.worker.s3 import s3_client_from_env
+from loraplex.worker.s3 import download_prefix, inside, s3_client_from_env
 
 T = TypeVar("T")
 SHA256_HEX = frozenset("0123456789abcdef")
@@ -199,20 +199,9 @@ class Fetcher:
 
     def _download_s3_prefix(self, source: Source, dest: Path) -> None:
         bucket, prefix = source.location.split("/", 1)
-        prefix = prefix.rstrip("/") + "/"
-        client = self._s3_client()
         with s3_errors(source.location, "SourceNotFound"):
-            keys = [
-                item.object_name
-                for item in client.list_objects(bucket, prefix=prefix, recursive=True)
-                if not item.object_name.endswith("/")
-            ]
-            if not keys:
-                raise FetchError("SourceNotFound", f"no objects under s3://{bucket}/{prefix}")
-            for key in keys:
-                target = _inside(dest, key[len(prefix) :])
-                target.parent.mkdir(parents=True, exist_ok=True)
-                client.fget_object(bucket, key, str(target))
+            if not download_prefix(self._s3_client(), bucket, prefix, dest, _inside):
+                raise FetchError("SourceNotFound", f"no objects under s3://{bucket}/{prefix.rstrip('/')}/")
 
 
 @contextlib.contextmanager
@@ -239,12 +228,12 @@ def s3_errors(location: str, missing_reason: str) -> Iterator[None]:
 
 
 def _inside(root: Path, relative: str) -> Path:
-    target = (root / relative).resolve()
-    if not target.is_relative_to(root.resolve()) or target == root.resolve():
+    try:
+        return inside(root, relative)
+    except ValueError as error:
         raise FetchError(
             "UnsafeArchive", f"refused {relative!r}: it would land outside the adapter directory"
-        )
-    return target
+        ) from error
 
 
 def _copy_file(path: Path, target: Path, missing_reason: str) -> None:

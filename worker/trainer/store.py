@@ -19,10 +19,12 @@ agent fetches as a prefix and checks against the same tree digest.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from loraplex.worker.s3 import download_prefix, s3_client_from_env
 from loraplex.worker.trainer.config import ConfigError, local_path
 
 
@@ -91,7 +93,7 @@ class S3Store:
         if pointer.is_file():
             step = pointer.read_text().strip()
             if step and "/" not in step and step not in (".", ".."):
-                self._download_tree(f"{relative}/{step}", folder / step)
+                download_prefix(self.client, self.bucket, self._key(f"{relative}/{step}"), folder / step)
 
     def push(self, path: Path) -> str:
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -124,20 +126,15 @@ class S3Store:
             raise
         return True
 
-    def _download_tree(self, relative: str, target: Path) -> None:
-        prefix = self._key(relative) + "/"
-        for item in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
-            name = item.object_name[len(prefix) :]
-            if not name or name.startswith("/") or ".." in Path(name).parts:
-                continue  # never written by a trainer; refuse to follow it out of the folder
-            self.client.fget_object(self.bucket, item.object_name, str(target / name))
 
+def open_store(
+    uri: str, field: str, scratch: Path | None = None, s3_client: Callable[[], Any] = s3_client_from_env
+) -> Store:
+    """The store behind `uri`: file:// (or a plain path) is used in place; s3:// is mirrored.
 
-def open_store(uri: str, field: str, scratch: Path | None = None, s3_client: Any = None) -> Store:
-    """The store behind `uri`: file:// (or a plain path) is used in place; s3:// is mirrored."""
+    `s3_client` makes the S3 client, called only for an s3:// store (pass a cached one to share it).
+    """
     if uri.startswith("s3://"):
-        from loraplex.worker.s3 import s3_client_from_env
-
         local = scratch or Path(tempfile.mkdtemp(prefix="loraplex-trainer-"))
-        return S3Store(uri, local, s3_client or s3_client_from_env())
+        return S3Store(uri, local, s3_client())
     return LocalStore(local_path(uri, field))

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 
 from loraplex.worker.durable import write_atomic
+from loraplex.worker.s3 import s3_client_from_env
 from loraplex.worker.trainer import checkpoint
 from loraplex.worker.trainer.config import AdapterJob, ConfigError, TrainerConfig
 from loraplex.worker.trainer.data import BatchStream, LoadedDataset, Tokenizer, load_dataset
@@ -170,10 +171,17 @@ class Trainer:
         self.results: dict[str, AdapterResult] = {}
         self.checkpoints: Store = LocalStore(Path("."))  # set by _prepare from checkpointUri
         self.outputs: dict[str, Store] = {}  # adapter name -> the store its outputUri names
+        self._s3: Any = None  # made on first use by an s3:// store
 
-    def _scratch(self, *parts: str) -> Path | None:
-        """A local folder that mirrors an s3:// store (None: a temporary one)."""
-        return Path(self.config.scratch_dir, *parts) if self.config.scratch_dir else None
+    def _open_store(self, uri: str, field: str, *scratch: str) -> Store:
+        """The store `uri` names; s3:// stores mirror into <scratchDir>/<scratch...> and share one client."""
+        local = Path(self.config.scratch_dir, *scratch) if self.config.scratch_dir else None
+        return open_store(uri, field, local, self._s3_client)
+
+    def _s3_client(self) -> Any:
+        if self._s3 is None:
+            self._s3 = s3_client_from_env()
+        return self._s3
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -245,13 +253,12 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         try:
-            scratch = self._scratch("checkpoints")
-            self.checkpoints = open_store(config.checkpoint_uri, "checkpointUri", scratch)
+            self.checkpoints = self._open_store(config.checkpoint_uri, "checkpointUri", "checkpoints")
             root = self.checkpoints.root
             base = config.base_model_path
             for job in config.adapters:
                 field = f"adapters[{job.name}].outputUri"
-                self.outputs[job.name] = open_store(job.output_uri, field, self._scratch("outputs", job.name))
+                self.outputs[job.name] = self._open_store(job.output_uri, field, "outputs", job.name)
         except ConfigError as error:
             for job in config.adapters:
                 self._fail(job.name, TrainingFailure("ConfigInvalid", str(error)))
