@@ -15,7 +15,7 @@ from typing import Any
 from loraplex.api.adapter import LoRAAdapterSpec
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.operator.conditions import ConditionUpdate, merge_conditions
-from loraplex.operator.fleet import adapter_claims
+from loraplex.operator.fleet import adapter_claims, pvc_parts
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def check_adapter(namespace: str, spec: LoRAAdapterSpec, base: BaseModelSpec | N
         return AdapterCheck(False, ConditionUpdate("Ready", "False", "RankTooHigh", message))
     uri = spec.source.uri
     if uri.startswith("pvc://"):
-        claim = uri.removeprefix("pvc://").split("/", 1)[0]
+        claim, _ = pvc_parts(uri)
         if claim not in adapter_claims(base):
             message = (
                 f"spec.source.uri is on PersistentVolumeClaim {claim}, which BaseModel {spec.base_model}'s "

@@ -102,7 +102,7 @@ def model_location(spec: BaseModelSpec) -> tuple[str, list[Manifest], list[Manif
     """The path vLLM loads, with the volumes and mounts that make it exist."""
     uri = spec.model.uri
     if uri.startswith("pvc://"):
-        claim, _, path = uri.removeprefix("pvc://").partition("/")
+        claim, path = pvc_parts(uri)
         volume = {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         mount = {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}
         return f"{MODEL_MOUNT}/{path}".rstrip("/"), [volume], [mount]
@@ -136,12 +136,18 @@ def _api_key_env(ref: BaseModelRef, spec: BaseModelSpec, variable: str) -> Manif
     return {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
+def pvc_parts(uri: str) -> tuple[str, str]:
+    """(claim, path inside it) of a `pvc://<claim>/<path>` URI."""
+    claim, _, path = uri.removeprefix("pvc://").partition("/")
+    return claim, path
+
+
 def adapter_claims(spec: BaseModelSpec) -> list[str]:
     """The PersistentVolumeClaims whose adapters the agents read: spec.adapterVolumes and the catalog's."""
     claims = set(spec.adapter_volumes)
     template = spec.adapter_catalog.uri_template if spec.adapter_catalog is not None else ""
     if template.startswith("pvc://"):
-        claim = template.removeprefix("pvc://").split("/", 1)[0]
+        claim, _ = pvc_parts(template)
         if "{" not in claim:
             claims.add(claim)
     return sorted(claims)

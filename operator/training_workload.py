@@ -36,6 +36,7 @@ from loraplex.operator.fleet import (
     model_location,
     owned,
     owned_by,
+    pvc_parts,
     role_binding,
     service_account,
     store_credentials,
@@ -78,7 +79,7 @@ class Store:
     @classmethod
     def parse(cls, uri: str) -> Store:
         if uri.startswith("pvc://"):
-            claim, _, path = uri.removeprefix("pvc://").partition("/")
+            claim, path = pvc_parts(uri)
             path = path.strip("/")
             local = f"file://{STORE_MOUNT}" + (f"/{path}" if path else "")
             return cls(local, f"pvc://{claim}" + (f"/{path}" if path else ""), claim)
@@ -128,7 +129,7 @@ def output_uri(ref: TrainingJobRef, spec: TrainingJobSpec, store: Store) -> str:
 def _dataset(uri: str) -> tuple[str, list[Manifest], list[Manifest]]:
     """The dataset URI the trainer reads, with the volume that makes a pvc:// one local."""
     if uri.startswith("pvc://"):
-        claim, _, path = uri.removeprefix("pvc://").partition("/")
+        claim, path = pvc_parts(uri)
         volume = {"name": "data", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         mount = {"name": "data", "mountPath": DATA_MOUNT, "readOnly": True}
         return f"file://{DATA_MOUNT}/{path}".rstrip("/"), [volume], [mount]
