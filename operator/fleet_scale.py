@@ -40,6 +40,11 @@ def slot_demand(adapters: Iterable[Adapter]) -> SlotDemand:
     return SlotDemand(warm, pinned, widest)
 
 
+def within_range(spec: BaseModelSpec, workers: int) -> int:
+    """`workers` clamped to replicas.min..max."""
+    return min(max(workers, spec.replicas.min), spec.replicas.effective_max)
+
+
 def workers_needed(spec: BaseModelSpec, demand: SlotDemand) -> int:
     """Workers that hold `demand` warm, clamped to replicas.min..max."""
     warm_slots = max(spec.engine.max_loras, spec.engine.max_cpu_loras)
@@ -48,7 +53,7 @@ def workers_needed(spec: BaseModelSpec, demand: SlotDemand) -> int:
         math.ceil(demand.pinned_copies / spec.engine.max_loras),
         demand.widest,
     )
-    return min(max(needed, spec.replicas.min), spec.replicas.effective_max)
+    return within_range(spec, needed)
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,7 @@ def next_scale(
     needed = workers_needed(spec, demand)
     if current is None:
         return ScaleStep(needed)
-    target = min(max(current.target, spec.replicas.min), spec.replicas.effective_max)
+    target = within_range(spec, current.target)
     if needed >= target:
         return ScaleStep(needed)
     below_since = current.below_since if current.below_since is not None else now
@@ -90,7 +95,7 @@ def workers_to_run(spec: BaseModelSpec, decided: int | None, observed: int | Non
     restart never scales a fleet down and back up.
     """
     count = decided if decided is not None else observed if observed is not None else spec.replicas.min
-    return min(max(count, spec.replicas.min), spec.replicas.effective_max)
+    return within_range(spec, count)
 
 
 class FleetTargets:
