@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,27 +44,34 @@ from loraplex.e2e.operator_process import OperatorProcess
 from loraplex.e2e.waiting import wait_until
 
 NAMESPACE = "bench"
-WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
+WRITE_VERBS = ("POST", "PUT", "PATCH", "APPLY", "DELETE")
 SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
 
 
 def writes_by_group(kubeconfig: Path) -> float:
     """Write requests the apiserver has served for the loraplex.dev and kopf.dev groups."""
+    return sum(writes_by_resource(kubeconfig).values())
+
+
+def writes_by_resource(kubeconfig: Path) -> dict[tuple[str, str, str], float]:
+    """Write requests the apiserver has served for the loraplex.dev and kopf.dev groups, by
+    (resource, subresource, verb)."""
     binaries = cached_binaries()
     assert binaries is not None
     raw = subprocess.run(
         [str(binaries.kubectl), "--kubeconfig", str(kubeconfig), "get", "--raw", "/metrics"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    total = 0.0
+    counts: dict[tuple[str, str, str], float] = {}
     for line in raw.splitlines():
         match = SAMPLE.match(line)
         if not match:
             continue
         labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
         if labels.get("group") in (GROUP, "kopf.dev") and labels.get("verb") in WRITE_VERBS:
-            total += float(match["value"])
-    return total
+            key = (labels.get("resource", ""), labels.get("subresource", ""), labels["verb"])
+            counts[key] = counts.get(key, 0.0) + float(match["value"])
+    return counts
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -131,6 +139,7 @@ def main() -> int:
     parser.add_argument("--adapters", type=int, default=10_000)
     parser.add_argument("--nodes", type=int, default=1_000)
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--operator-log", type=Path, help="keep the operator's log here")
     args = parser.parse_args()
     adapters, nodes = (1_000, 100) if args.quick else (args.adapters, args.nodes)
 
@@ -157,7 +166,7 @@ def main() -> int:
             fleet_started = time.monotonic()
             wait_until(lambda: _workers_ready(api, nodes), args.timeout, f"{nodes} workers ready", interval=2)
             print(f"fleet_ready_seconds={time.monotonic() - fleet_started:.1f} workers={nodes}", flush=True)
-            writes_before = writes_by_group(cluster.kubeconfig)
+            writes_before = writes_by_resource(cluster.kubeconfig)
             placed = PlacedWatch(custom)
 
             apply_started = time.monotonic()
@@ -174,10 +183,21 @@ def main() -> int:
             wait_until(lambda: placed.count() == adapters, args.timeout, "every adapter placed", interval=0.5)
             placed_seconds = time.monotonic() - apply_started
             time.sleep(5)  # let trailing writes land before counting
-            writes = writes_by_group(cluster.kubeconfig) - writes_before - adapters
+            writes_after = writes_by_resource(cluster.kubeconfig)
+            for key in sorted(writes_after):
+                resource, subresource, verb = key
+                count = writes_after[key] - writes_before.get(key, 0.0)
+                if count:
+                    print(
+                        f"writes resource={resource}{'/' + subresource if subresource else ''} "
+                        f"verb={verb} count={count:.0f}"
+                    )
+            writes = sum(writes_after.values()) - sum(writes_before.values()) - adapters
             rss = peak_rss_mb(operator.process.pid) if operator.process else 0.0
         finally:
             operator.stop()
+            if args.operator_log:
+                shutil.copyfile(Path(scratch) / "operator.log", args.operator_log)
     cluster.down()
     print(f"placed_vs_bulk_apply={placed_seconds / apply_seconds:.2f}")
     print(f"writes_per_adapter={writes / adapters:.2f}")

@@ -22,8 +22,10 @@ def helm(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def render(namespace: str, *sets: str) -> list[dict[str, Any]]:
+def render(namespace: str, *sets: str, api_versions: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The chart's objects; `api_versions` (group/version/Kind) as if the cluster served them."""
     flags = [arg for value in sets for arg in ("--set", value)]
+    flags += [arg for value in api_versions for arg in ("--api-versions", value)]
     rendered = helm("template", "loraplex", str(CHART), "--namespace", namespace, *flags)
     if rendered.returncode != 0:
         raise RuntimeError(f"helm template failed: {rendered.stderr}")

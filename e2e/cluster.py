@@ -32,10 +32,16 @@ Log = Callable[[str], None]
 
 
 # Every component listens on loopback only: etcd has no authentication in this setup.
+# MutatingAdmissionPolicy is beta in Kubernetes 1.34 (off by default): on here so the adapter
+# finalizer is set at creation, as on clusters from 1.36 (operator/admission_policy.py).
 KWOKCTL_CONFIG = {
     "kind": "KwokctlConfiguration",
     "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
-    "options": {"bindAddress": "127.0.0.1"},
+    "options": {
+        "bindAddress": "127.0.0.1",
+        "kubeFeatureGates": "MutatingAdmissionPolicy=true",
+        "kubeRuntimeConfig": "admissionregistration.k8s.io/v1beta1=true",
+    },
 }
 # KWOK's default stages, except that simulated trainer pods are not completed at once (see the file).
 KWOK_STAGES = Path(__file__).with_name("kwok_stages.yaml")

@@ -41,12 +41,15 @@ def _trainer(args: argparse.Namespace) -> int:
 
 def _crds_generate(args: argparse.Namespace) -> int:
     from loraplex.api import crd, peering, reference
+    from loraplex.operator import admission_policy
 
     files = [(crd.file_name(kind), crd.render(kind)) for kind in crd.KINDS]
     files.append((peering.FILE_NAME, peering.render()))
     outputs = [
         (folder / name, text) for folder in (args.dir, args.chart_dir) if folder for name, text in files
     ]
+    if args.chart_dir:  # the chart's admission policy template picks the served version at install
+        outputs.append((args.chart_dir.parent / admission_policy.CHART_FILE, admission_policy.render()))
     if args.docs:
         outputs.append((args.docs, reference.render()))
     stale = []

@@ -1,8 +1,10 @@
 """kopf handlers for LoRAAdapter: check each adapter against its BaseModel and report it.
 
 Deleting an adapter unloads it everywhere first: the `loraplex.dev/unload`
-finalizer stays until no WorkerPlacement wants or holds it; the BaseModel's
-placement loop (which notices the unloads) or the adapter's own events remove it.
+finalizer (set at creation by the admission policy of operator/admission_policy.py
+where the cluster serves one, else added here) stays until no WorkerPlacement
+wants or holds it; the BaseModel's placement loop (which notices the unloads)
+or the adapter's own events remove it.
 
 Adapters are re-checked when they change, and when their BaseModel's spec
 changes or the BaseModel appears or goes: an index of adapters by BaseModel
@@ -25,13 +27,12 @@ from loraplex.api.adapter import LoRAAdapterSpec
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.operator import metrics
 from loraplex.operator.adapter_status import AdapterCheck, check_adapter, plan_adapter_status
+from loraplex.operator.admission_policy import UNLOAD_FINALIZER
 from loraplex.operator.conditions import condition
 from loraplex.operator.fleet_status import status_changed
 from loraplex.operator.observe import index_essentials
 
 BaseKey = tuple[str, str]
-# Held on every adapter until no worker wants or holds it: deleting an adapter unloads it first.
-UNLOAD_FINALIZER = f"{GROUP}/unload"
 
 
 def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
@@ -77,7 +78,7 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
             if not workers_holding(list(kwargs["worker_placements"].get(key, [])), name):
                 release(patch, finalizers)
             return
-        if UNLOAD_FINALIZER not in finalizers:
+        if UNLOAD_FINALIZER not in finalizers:  # no admission policy set it at creation
             patch.metadata["finalizers"] = [*finalizers, UNLOAD_FINALIZER]
         # Judge once per (adapter generation, BaseModel spec seen): a status write or a resync is not
         # judged again, but an event after the BaseModel appeared or changed is, even when that change's

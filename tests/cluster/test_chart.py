@@ -40,6 +40,26 @@ def test_crds_follow_the_toggles() -> None:
     assert not [d for d in render("ops", "crds.enabled=false") if d["kind"] == "CustomResourceDefinition"]
 
 
+MAP_V1 = "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy"
+MAP_V1BETA1 = "admissionregistration.k8s.io/v1beta1/MutatingAdmissionPolicy"
+
+
+def policy_versions(*sets: str, api_versions: tuple[str, ...] = ()) -> dict[str, str]:
+    rendered = render("ops", *sets, api_versions=api_versions)
+    return {d["kind"]: d["apiVersion"] for d in rendered if d["kind"].startswith("MutatingAdmissionPolicy")}
+
+
+def test_admission_policy_is_installed_at_the_version_the_cluster_serves() -> None:
+    def at(version: str) -> dict[str, str]:
+        group_version = f"admissionregistration.k8s.io/{version}"
+        return {"MutatingAdmissionPolicy": group_version, "MutatingAdmissionPolicyBinding": group_version}
+
+    assert policy_versions(api_versions=(MAP_V1, MAP_V1BETA1)) == at("v1")  # Kubernetes 1.36
+    assert policy_versions(api_versions=(MAP_V1BETA1,)) == at("v1beta1")  # 1.34 with the beta API on
+    assert policy_versions() == {}  # not served: the operator adds the finalizer itself
+    assert policy_versions("admissionPolicy.enabled=false", api_versions=(MAP_V1,)) == {}
+
+
 def test_operator_pod_runs_restricted() -> None:
     deployment = next(d for d in render("ops") if d["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
