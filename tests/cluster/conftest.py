@@ -12,8 +12,17 @@ from loraplex.e2e.operator_process import OperatorProcess
 
 
 @pytest.fixture
-def operator(local_cluster: LocalCluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    """The operator watching the test's namespace; it creates its own KopfPeering there."""
-    process = OperatorProcess(local_cluster.kubeconfig, namespace, tmp_path / "operator.log").start()
+def operator(
+    local_cluster: LocalCluster, namespace: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[OperatorProcess]:
+    """The operator watching the test's namespace; it creates its own KopfPeering there.
+
+    `@pytest.mark.operator_env(LORAPLEX_...="...")` on a test sets operator settings for it.
+    """
+    marker = request.node.get_closest_marker("operator_env")
+    env = {key: str(value) for key, value in marker.kwargs.items()} if marker else {}
+    process = OperatorProcess(
+        local_cluster.kubeconfig, namespace, tmp_path / "operator.log", extra_env=env
+    ).start()
     yield process
     process.stop()

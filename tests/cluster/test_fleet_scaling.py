@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,25 +9,12 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from loraplex.api import GROUP, VERSION
-from loraplex.e2e.cluster import LocalCluster
 from loraplex.e2e.objects import create_object
 from loraplex.e2e.operator_process import OperatorProcess
 from loraplex.e2e.waiting import wait_until
 
-pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def scaling_operator(
-    local_cluster: LocalCluster, namespace: str, tmp_path: Path
-) -> Iterator[OperatorProcess]:
-    """The operator with a 2-second scale-down delay (300 s by default)."""
-    process = OperatorProcess(
-        local_cluster.kubeconfig, namespace, tmp_path / "operator.log",
-        extra_env={"LORAPLEX_SCALE_DOWN_DELAY": "2"},
-    ).start()  # fmt: skip
-    yield process
-    process.stop()
+# A 2-second scale-down delay (300 s by default), so shrinking shows within the test.
+pytestmark = [pytest.mark.cluster, pytest.mark.operator_env(LORAPLEX_SCALE_DOWN_DELAY="2")]
 
 
 def fleet(kube: Any, namespace: str) -> tuple[int, str, list[str]] | None:
@@ -63,7 +48,7 @@ def create_adapter(kube: Any, namespace: str, name: str) -> None:
 
 
 def test_workers_grow_to_hold_the_adapters_warm_and_shrink_back_after_the_delay(
-    kube: Any, namespace: str, scaling_operator: OperatorProcess
+    kube: Any, namespace: str, operator: OperatorProcess
 ) -> None:
     # 2 warm slots per worker (maxCpuLoras), 1 to 3 workers.
     create_object(kube, namespace, "basemodels", "BaseModel", "tiny", {
@@ -100,12 +85,12 @@ def test_workers_grow_to_hold_the_adapters_warm_and_shrink_back_after_the_delay(
             GROUP, VERSION, namespace, "loraadapters", name
         )
     wait_until(lambda: fleet(kube, namespace) == one, 60, "back to one worker once the delay passed")
-    scalings = scaling_operator.metrics()
+    scalings = operator.metrics()
     assert scalings['loraplex_fleet_scalings_total{base_model="tiny",direction="down"}'] == 1
 
 
 def test_kubectl_scale_sets_the_floor_and_is_bounded_by_max(
-    kube: Any, namespace: str, scaling_operator: OperatorProcess
+    kube: Any, namespace: str, operator: OperatorProcess
 ) -> None:
     create_object(kube, namespace, "basemodels", "BaseModel", "tiny", {
         "model": {"uri": "/models/tiny"}, "replicas": {"min": 1, "max": 3},
