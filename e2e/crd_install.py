@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
 from loraplex.api import crd, peering
 from loraplex.kube import api_client
-from loraplex.operator.admission_policy import POLICY_GROUP, POLICY_VERSIONS, finalizer_policy
+from loraplex.operator.admission_policy import POLICY_GROUP, POLICY_KIND, POLICY_VERSIONS, finalizer_policy
+from loraplex.operator.apply import Applier
+
+FIELD_MANAGER = "loraplex-dev"  # what the local clusters and the tests install
 
 
 def install_crds(kubeconfig: str, timeout: float = 60.0) -> None:
@@ -34,44 +37,17 @@ def install_crds(kubeconfig: str, timeout: float = 60.0) -> None:
 
 
 def install_admission_policy(api: client.ApiClient) -> str | None:
-    """Create or replace the adapter finalizer policy at the first version the cluster serves it
-    at (v1, then v1beta1); that version, or None where none serves it."""
-    version = next((v for v in POLICY_VERSIONS if _serves_policies(api, v)), None)
-    if version is not None:
-        custom = client.CustomObjectsApi(api)
-        for manifest in finalizer_policy(version):
-            _create_or_replace_cluster_object(custom, version, manifest)
-    return version
-
-
-def _serves_policies(api: client.ApiClient, version: str) -> bool:
-    """Whether discovery lists MutatingAdmissionPolicy at admissionregistration.k8s.io/<version>."""
-    try:
-        if version == "v1":
-            listed = client.AdmissionregistrationV1Api(api).get_api_resources()
-        else:
-            listed = client.AdmissionregistrationV1beta1Api(api).get_api_resources()
-    except ApiException as error:
-        if error.status == 404:
-            return False
-        raise
-    return any(r.kind == "MutatingAdmissionPolicy" for r in listed.resources or [])
-
-
-def _create_or_replace_cluster_object(custom: client.CustomObjectsApi, version: str, manifest: Any) -> None:
-    plural = {
-        "MutatingAdmissionPolicy": "mutatingadmissionpolicies",
-        "MutatingAdmissionPolicyBinding": "mutatingadmissionpolicybindings",
-    }[manifest["kind"]]
-    name = manifest["metadata"]["name"]
-    try:
-        custom.create_cluster_custom_object(POLICY_GROUP, version, plural, manifest)
-    except ApiException as error:
-        if error.status != 409:
-            raise
-        current = cast(dict[str, Any], custom.get_cluster_custom_object(POLICY_GROUP, version, plural, name))
-        manifest["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-        custom.replace_cluster_custom_object(POLICY_GROUP, version, plural, name, manifest)
+    """Apply the adapter finalizer policy at the first version the cluster serves it at (v1, then
+    v1beta1); that version, or None where none serves it."""
+    applier = Applier(api, FIELD_MANAGER)
+    for version in POLICY_VERSIONS:
+        try:
+            applier.dynamic.resources.get(api_version=f"{POLICY_GROUP}/{version}", kind=POLICY_KIND)
+        except ResourceNotFoundError:
+            continue
+        applier.apply_all(finalizer_policy(version))
+        return version
+    return None
 
 
 def _create_or_replace(

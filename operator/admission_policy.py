@@ -16,21 +16,19 @@ Ignore: a failing policy never blocks a create.
 
 from __future__ import annotations
 
-from typing import Any
-
 import yaml
 
 from loraplex.api import GROUP
+from loraplex.operator.fleet import Manifest
 
 POLICY_GROUP = "admissionregistration.k8s.io"
 POLICY_VERSIONS = ("v1", "v1beta1")  # preferred first
+POLICY_KIND = "MutatingAdmissionPolicy"
 POLICY_NAME = "loraplex-adapter-unload-finalizer"
 CHART_FILE = "admission-policy.yaml"  # in the chart's files/, beside crds/
 UNLOAD_FINALIZER = f"{GROUP}/unload"
 # CEL: an apply configuration merged into the incoming object (finalizers is a set: others stay).
 FINALIZER_EXPRESSION = f'Object{{metadata: Object.metadata{{finalizers: ["{UNLOAD_FINALIZER}"]}}}}'
-
-Manifest = dict[str, Any]
 
 
 def finalizer_policy(version: str) -> list[Manifest]:
@@ -41,7 +39,7 @@ def finalizer_policy(version: str) -> list[Manifest]:
     labels = {"app.kubernetes.io/part-of": "loraplex"}
     policy: Manifest = {
         "apiVersion": api_version,
-        "kind": "MutatingAdmissionPolicy",
+        "kind": POLICY_KIND,
         "metadata": {"name": POLICY_NAME, "labels": labels},
         "spec": {
             "matchConstraints": {

@@ -34,7 +34,7 @@ from loraplex.operator.fleet import (
 )
 from loraplex.operator.fleet_scale import FleetTargets, workers_to_run
 from loraplex.operator.fleet_status import WorkerPod, plan_base_model_status, status_changed
-from loraplex.operator.observe import fleet_observation, index_essentials, worker_pod
+from loraplex.operator.observe import fleet_observation, index_essentials, running_workers, worker_pod
 from loraplex.operator.settings import OperatorSettings
 
 WORKER_LABELS = {**MANAGED_BY, COMPONENT_LABEL: "worker"}
@@ -79,7 +79,8 @@ def register(
             ):
                 logger.info(f"Created vLLM API key secret for {namespace}/{name}")
             key = (str(namespace), name)
-            workers = workers_to_run(model, targets.get(key), _running(FleetIndexes.of(kwargs), key))
+            running = running_workers(list(kwargs["worker_sets"].get(key, [])))
+            workers = workers_to_run(model, targets.get(key), running)
             writes = applier.apply_all(plan_fleet(ref, model, settings, workers))
             if writes:
                 logger.info(f"Applied worker fleet of {namespace}/{name} writes={writes}")
@@ -115,12 +116,6 @@ def register(
         except ValidationError:
             return  # reconcile_fleet reports it
         _write_status(model, meta, status, patch, FleetIndexes.of(kwargs), (str(namespace), name))
-
-
-def _running(indexes: FleetIndexes, key: tuple[str, str]) -> int | None:
-    """The worker StatefulSet's replicas as the index last saw them (None: no StatefulSet yet)."""
-    sets = list(indexes.worker_sets.get(key, []))
-    return int(sets[0]["spec"].get("replicas", 0)) if sets else None
 
 
 def _parse_spec(spec: Mapping[str, Any]) -> BaseModelSpec:

@@ -31,6 +31,16 @@ def _content_hash(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return {"annotations": {HASH_ANNOTATION: found}} if found else {}
 
 
+def statefulset_replicas(statefulset: Mapping[str, Any]) -> int:
+    """A StatefulSet's spec.replicas: the worker count the operator last decided."""
+    return int((statefulset.get("spec") or {}).get("replicas", 0))
+
+
+def running_workers(worker_sets: Iterable[Mapping[str, Any]]) -> int | None:
+    """The worker StatefulSet's spec.replicas as its index entry shows them; None before it exists."""
+    return next((statefulset_replicas(statefulset) for statefulset in worker_sets), None)
+
+
 def worker_pod(body: Mapping[str, Any]) -> WorkerPod:
     conditions = {c.get("type"): c for c in body.get("status", {}).get("conditions", []) or []}
     scheduled = conditions.get("PodScheduled", {})
@@ -61,7 +71,7 @@ def fleet_observation(
         gpu_used=gpu_used,
         cpu_used=cpu_used,
         statefulset_found=True,
-        replicas=int((statefulset.get("spec") or {}).get("replicas", 0)),
+        replicas=statefulset_replicas(statefulset),
         observed_generation=int(status.get("observedGeneration", 0)),
         generation=int(statefulset["metadata"].get("generation", 0)),
         ready_replicas=int(status.get("readyReplicas", 0)),

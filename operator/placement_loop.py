@@ -40,7 +40,7 @@ from loraplex.operator.fleet import (
 )
 from loraplex.operator.fleet_scale import FleetTargets, ScaleStep, next_scale, slot_demand
 from loraplex.operator.fleet_status import status_changed
-from loraplex.operator.observe import index_essentials
+from loraplex.operator.observe import index_essentials, running_workers
 from loraplex.operator.placement import Adapter, Worker
 from loraplex.operator.placement_sync import FleetSnapshot, PlacementSync
 from loraplex.operator.settings import OperatorSettings
@@ -150,10 +150,9 @@ class FleetScaler:
         worker_sets: kopf.Index[tuple[str, str], dict[str, Any]],
         logger: kopf.Logger,
     ) -> None:
-        sets = list(worker_sets.get(self.key, []))
-        if not sets:
+        running = running_workers(list(worker_sets.get(self.key, [])))
+        if running is None:
             return  # the fleet handler creates the StatefulSet first
-        running = int(sets[0]["spec"].get("replicas", 0))
         demand = slot_demand(adapters)
         # A fresh operator starts from what runs, so a restart never shrinks the fleet at once.
         current = self.step if self.step is not None else ScaleStep(running)
@@ -188,11 +187,7 @@ def _changed(planned: list[Manifest], placements: list[Mapping[str, Any]]) -> li
     own last write costs one GET (the applier then skips the write by the same hash).
     """
     live = {body["metadata"]["name"]: _hash(body) for body in placements}
-    return [
-        manifest
-        for manifest in planned
-        if manifest["metadata"]["name"] not in live or live[manifest["metadata"]["name"]] != _hash(manifest)
-    ]
+    return [manifest for manifest in planned if live.get(manifest["metadata"]["name"]) != _hash(manifest)]
 
 
 def _hash(body: Mapping[str, Any]) -> str | None:
