@@ -15,12 +15,19 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
-from loraplex.api import crd, peering
+from loraplex.api import GROUP, VERSION, crd, peering
 from loraplex.kube import api_client
-from loraplex.operator.admission_policy import POLICY_GROUP, POLICY_KIND, POLICY_VERSIONS, finalizer_policy
+from loraplex.operator.admission_policy import (
+    POLICY_GROUP,
+    POLICY_KIND,
+    POLICY_VERSIONS,
+    UNLOAD_FINALIZER,
+    finalizer_policy,
+)
 from loraplex.operator.apply import Applier
 
 FIELD_MANAGER = "loraplex-dev"  # what the local clusters and the tests install
+PROBE_NAMESPACE = "default"  # dry-run creates only: nothing is stored there
 
 
 def install_crds(kubeconfig: str, timeout: float = 60.0) -> None:
@@ -36,9 +43,9 @@ def install_crds(kubeconfig: str, timeout: float = 60.0) -> None:
         install_admission_policy(api)
 
 
-def install_admission_policy(api: client.ApiClient) -> str | None:
+def install_admission_policy(api: client.ApiClient, timeout: float = 60.0) -> str | None:
     """Apply the adapter finalizer policy at the first version the cluster serves it at (v1, then
-    v1beta1); that version, or None where none serves it."""
+    v1beta1) and wait until it acts; that version, or None where none serves it."""
     applier = Applier(api, FIELD_MANAGER)
     for version in POLICY_VERSIONS:
         try:
@@ -46,8 +53,47 @@ def install_admission_policy(api: client.ApiClient) -> str | None:
         except ResourceNotFoundError:
             continue
         applier.apply_all(finalizer_policy(version))
+        wait_policy_effective(api, timeout)
         return version
     return None
+
+
+def wait_policy_effective(api: client.ApiClient, timeout: float) -> None:
+    """Wait until a dry-run LoRAAdapter create comes back with the unload finalizer.
+
+    Until then a create can fail outright: the apiserver answers 503 ("Resource kind ... not
+    found") while its policy plugin has not yet read the new CRD's schema, which it polls every
+    5 s, whatever the policy's failurePolicy says. A binding not yet seen lets creates through
+    without the finalizer.
+    """
+    custom = client.CustomObjectsApi(api)
+    probe = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "LoRAAdapter",
+        "metadata": {"name": "loraplex-policy-probe"},
+        "spec": {
+            "baseModel": "probe",
+            "source": {"uri": "file:///probe", "sha256": "0" * 64},
+            "rank": 1,
+        },
+    }
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            created = custom.create_namespaced_custom_object(
+                GROUP, VERSION, PROBE_NAMESPACE, "loraadapters", probe, dry_run="All"
+            )
+        except ApiException as error:
+            if error.status not in (404, 409, 503):
+                raise
+            last = f"{error.status} {error.reason}"
+        else:
+            if UNLOAD_FINALIZER in (created["metadata"].get("finalizers") or []):
+                return
+            last = "created without the finalizer"
+        time.sleep(0.5)
+    raise TimeoutError(f"adapter finalizer policy not acting after {timeout:.0f}s ({last})")
 
 
 def _create_or_replace(

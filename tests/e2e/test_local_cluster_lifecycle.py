@@ -37,7 +37,8 @@ def test_up_status_down_leaves_no_process(capsys: pytest.CaptureFixture[str]) ->
         }
         # The CRDs come with it: the examples apply and kubectl lists them by their short names.
         kubectl = [str(ensure_binaries().kubectl), "--kubeconfig", str(cluster.kubeconfig)]
-        subprocess.run([*kubectl, "apply", "-f", str(EXAMPLES)], check=True, capture_output=True)
+        applied = subprocess.run([*kubectl, "apply", "-f", str(EXAMPLES)], capture_output=True, text=True)
+        assert applied.returncode == 0, applied.stderr
         listed = subprocess.run(
             [*kubectl, "get", "bm,lora,tj", "-o", "name"], check=True, capture_output=True, text=True
         ).stdout.split()
