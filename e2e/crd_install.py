@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -81,7 +82,7 @@ def wait_policy_effective(api: client.ApiClient, timeout: float) -> None:
     last = "no answer"
     while time.monotonic() < deadline:
         try:
-            created = custom.create_namespaced_custom_object(
+            created: dict[str, Any] = custom.create_namespaced_custom_object(
                 GROUP, VERSION, PROBE_NAMESPACE, "loraadapters", probe, dry_run="All"
             )
         except ApiException as error:
