@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -82,8 +82,11 @@ def wait_policy_effective(api: client.ApiClient, timeout: float) -> None:
     last = "no answer"
     while time.monotonic() < deadline:
         try:
-            created: dict[str, Any] = custom.create_namespaced_custom_object(
-                GROUP, VERSION, PROBE_NAMESPACE, "loraadapters", probe, dry_run="All"
+            created = cast(
+                dict[str, Any],
+                custom.create_namespaced_custom_object(
+                    GROUP, VERSION, PROBE_NAMESPACE, "loraadapters", probe, dry_run="All"
+                ),
             )
         except ApiException as error:
             if error.status not in (404, 409, 503):
