@@ -88,7 +88,9 @@ class TrainerConfig(ApiModel):
     adapters: list[AdapterJob] = Field(min_length=1, max_length=256)
     device: Device = "auto"
     dtype: DType = Field(
-        default="auto", description="The frozen base's dtype; auto: bfloat16 on GPU, else float32."
+        default="auto",
+        description="The frozen base's dtype; auto: bfloat16 on GPU and on CPUs with native bfloat16 "
+        "(AVX512-BF16, AMX), else float32.",
     )
     lora_kernel: Literal["auto", "stacked", "segments"] = Field(
         default="auto", description="How the LoRA products run (multi_lora.py); auto: stacked on GPU."

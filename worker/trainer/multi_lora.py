@@ -188,13 +188,12 @@ class MultiLoraLinear(nn.Module):
 
         Each adapter's dropout mask covers only its rows, and its scaling (with the dropout's
         1 / (1 - p)) is folded into the small B matrix, so no full-batch mask or scaled copy of
-        the output is ever made.
+        the output is ever made. The rows are cut with one `split`, whose backward joins the
+        adapters' input gradients in one `cat`; a slice per adapter would give each its own
+        full-batch gradient to be summed, quadratic in the adapters.
         """
         parts = []
-        start = 0
-        for weights, rows in zip(self.routing.adapters, self.routing.rows, strict=True):
-            part = x[start : start + rows]
-            start += rows
+        for weights, part in zip(self.routing.adapters, torch.split(x, self.routing.rows), strict=True):
             if self.path in weights.lora_a:
                 p = weights.lora.dropout
                 scaling = weights.scaling
@@ -323,9 +322,11 @@ class MultiLoraModel:
     ) -> BatchLosses:
         """Each adapter's mean next-token loss over its own rows' trained tokens."""
         logits, labels = self.logits(adapters, groups, training)
-        shifted = labels[:, 1:]
+        # Position t predicts token t + 1: shift the labels left (the last position predicts
+        # nothing) rather than slice the logits, which would copy the largest tensor of the step.
+        shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
         per_token = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), shifted.flatten(), ignore_index=IGNORE, reduction="none"
+            logits.flatten(0, 1).float(), shifted.flatten(), ignore_index=IGNORE, reduction="none"
         ).view(shifted.shape)
         per_row = per_token.sum(dim=1)
         counts = (shifted != IGNORE).sum(dim=1)

@@ -140,9 +140,19 @@ def resolve_device(config: TrainerConfig) -> torch.device:
     return torch.device(config.device)
 
 
+def native_bfloat16_cpu() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), where a bfloat16
+    base runs a batch's matrix products faster than float32; without it bfloat16 is emulated."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
 def resolve_dtype(config: TrainerConfig, device: torch.device) -> torch.dtype:
+    """auto: bfloat16 on GPUs and on CPUs with native bfloat16, else float32 (LoRA weights and
+    optimizer state are float32 either way)."""
     if config.dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        native = device.type == "cuda" or (device.type == "cpu" and native_bfloat16_cpu())
+        return torch.bfloat16 if native else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.dtype]
 
 
