@@ -417,23 +417,7 @@ class TrainingLoop:
                 per_node = trainer_used.setdefault(node_name, {})
                 resource = job.base.resources.gpu_resource_name
                 per_node[resource] = per_node.get(resource, 0) + job.spec.resources.gpu
-        serving = []
-        for (namespace, name), entries in sorted(indexes.base_models.items()):
-            for _, base_spec in entries:
-                try:
-                    base = BaseModelSpec.model_validate(base_spec)
-                except ValidationError:
-                    continue
-                scheduled = sum(1 for held in indexes.pods.get(("workers", namespace, name), []) if held)
-                serving.append(
-                    ServingDemand(
-                        f"{namespace}/{name}",
-                        base.resources.gpu_resource_name,
-                        base.resources.gpu,
-                        max(workers_to_run(base, self.targets.get((namespace, name)), None) - scheduled, 0),
-                        dict(base.node_selector),
-                    )
-                )
+        serving = serving_demands(indexes.base_models, indexes.pods, self.targets)
         return Cluster(nodes, serving_used, trainer_used, serving)
 
     def _apply(self, job: _Job, step: Step, logger: kopf.Logger) -> None:
@@ -507,6 +491,38 @@ class TrainingLoop:
         logger.info(
             f"Updated adapter {namespace}/{name} to a new revision from {job.ref.name} sha256={sha256}"
         )
+
+
+def serving_demands(
+    base_models: Mapping[tuple[str, str], Iterable[tuple[str, dict[str, Any]]]],
+    pods: Mapping[Any, Iterable[Any]],
+    targets: FleetTargets,
+) -> list[ServingDemand]:
+    """The GPUs each BaseModel's desired but unscheduled workers still need, from the indexes.
+
+    Before the placement loop's first pass (a fresh operator) the worker pods that exist stand
+    in for its decision, as the StatefulSet does for the fleet handler, rather than replicas.min.
+    """
+    serving = []
+    for (namespace, name), entries in sorted(base_models.items()):
+        for _, base_spec in entries:
+            try:
+                base = BaseModelSpec.model_validate(base_spec)
+            except ValidationError:
+                continue
+            workers = list(pods.get(("workers", namespace, name), []))
+            scheduled = sum(1 for held in workers if held)
+            desired = workers_to_run(base, targets.get((namespace, name)), len(workers) or None)
+            serving.append(
+                ServingDemand(
+                    f"{namespace}/{name}",
+                    base.resources.gpu_resource_name,
+                    base.resources.gpu,
+                    max(desired - scheduled, 0),
+                    dict(base.node_selector),
+                )
+            )
+    return serving
 
 
 def _waiting_for_capacity(step: Step) -> bool:
