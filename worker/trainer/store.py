@@ -115,16 +115,15 @@ class S3Store:
         prefix = parts.path.strip("/") + "/"
         return any(True for _ in self.client.list_objects(parts.netloc, prefix=prefix))
 
-    def _download(self, relative: str, target: Path) -> bool:
+    def _download(self, relative: str, target: Path) -> None:
+        """Fetch one object; a missing one leaves `target` absent."""
         from minio.error import S3Error
 
         try:
             self.client.fget_object(self.bucket, self._key(relative), str(target))
         except S3Error as error:
-            if error.code in ("NoSuchKey", "NoSuchObject"):
-                return False
-            raise
-        return True
+            if error.code not in ("NoSuchKey", "NoSuchObject"):
+                raise
 
 
 def open_store(
