@@ -34,6 +34,7 @@ from loraplex.operator.apply import Applier
 from loraplex.operator.fleet import BASE_MODEL_LABEL, COMPONENT_LABEL, MANAGED_BY
 from loraplex.operator.fleet_scale import FleetTargets, workers_to_run
 from loraplex.operator.fleet_status import status_changed
+from loraplex.operator.observe import running_workers
 from loraplex.operator.settings import OperatorSettings
 from loraplex.operator.training_admission import Cluster, Node, QueuedJob, ServingDemand, plan_admission
 from loraplex.operator.training_status import (
@@ -243,6 +244,7 @@ class Indexes:
     jobs: kopf.Index[tuple[str, str], JobView]
     base_models: kopf.Index[tuple[str, str], tuple[str, dict[str, Any]]]
     training_jobs: kopf.Index[tuple[str, str], dict[str, Any]]
+    worker_sets: kopf.Index[tuple[str, str], dict[str, Any]]  # basemodel_handlers' index
 
     @classmethod
     def of(cls, kwargs: Mapping[str, Any]) -> Indexes:
@@ -252,6 +254,7 @@ class Indexes:
             kwargs["trainer_jobs"],
             kwargs["training_base_models"],
             kwargs["training_jobs"],
+            kwargs["worker_sets"],
         )
 
 
@@ -417,7 +420,7 @@ class TrainingLoop:
                 per_node = trainer_used.setdefault(node_name, {})
                 resource = job.base.resources.gpu_resource_name
                 per_node[resource] = per_node.get(resource, 0) + job.spec.resources.gpu
-        serving = serving_demands(indexes.base_models, indexes.pods, self.targets)
+        serving = serving_demands(indexes.base_models, indexes.pods, indexes.worker_sets, self.targets)
         return Cluster(nodes, serving_used, trainer_used, serving)
 
     def _apply(self, job: _Job, step: Step, logger: kopf.Logger) -> None:
@@ -496,12 +499,13 @@ class TrainingLoop:
 def serving_demands(
     base_models: Mapping[tuple[str, str], Iterable[tuple[str, dict[str, Any]]]],
     pods: Mapping[Any, Iterable[Any]],
+    worker_sets: Mapping[tuple[str, str], Iterable[Mapping[str, Any]]],
     targets: FleetTargets,
 ) -> list[ServingDemand]:
     """The GPUs each BaseModel's desired but unscheduled workers still need, from the indexes.
 
-    Before the placement loop's first pass (a fresh operator) the worker pods that exist stand
-    in for its decision, as the StatefulSet does for the fleet handler, rather than replicas.min.
+    The desired count is the placement loop's decision; before its first pass (a fresh operator)
+    the worker StatefulSet's replicas, as for the fleet handler, rather than replicas.min.
     """
     serving = []
     for (namespace, name), entries in sorted(base_models.items()):
@@ -510,9 +514,9 @@ def serving_demands(
                 base = BaseModelSpec.model_validate(base_spec)
             except ValidationError:
                 continue
-            workers = list(pods.get(("workers", namespace, name), []))
-            scheduled = sum(1 for held in workers if held)
-            desired = workers_to_run(base, targets.get((namespace, name)), len(workers) or None)
+            key = (namespace, name)
+            scheduled = sum(1 for held in pods.get(("workers", *key), []) if held)
+            desired = workers_to_run(base, targets.get(key), running_workers(list(worker_sets.get(key, []))))
             serving.append(
                 ServingDemand(
                     f"{namespace}/{name}",
