@@ -6,8 +6,15 @@ distinct adapters among them (``--max-loras``; a request whose adapter would
 exceed that waits, as vLLM's scheduler makes it); adapters live in GPU slots
 (LRU among those no running request uses), a CPU cache (``--max-cpu-loras``,
 LRU) and local disk (LRU, 1,024 adapters), else they come from the store.
-Admitting a request whose adapter is not in a GPU slot is an adapter *load*
-(a GPU miss) and costs the tier's load time before its prefill.
+A request whose adapter is neither in a GPU slot nor in CPU memory on its worker
+is *staged* first, as the worker's agent does on the router's ensure call
+(``POST /v1/adapters/ensure``: fetch to disk, register in vLLM's CPU cache)
+and as vLLM's runtime LoRA resolver does for any caller: the disk or store
+time passes before the request joins vLLM's queue, so it holds no GPU slot
+meanwhile, and requests for an adapter already being staged there wait for
+that staging. Admitting a request whose adapter is not in a GPU slot is an
+adapter *load* (a GPU miss) and costs the tier's load time (CPU to GPU, unless
+the adapter left the CPU cache in between) before its prefill.
 
 The same request trace goes through five policies: random, round-robin,
 least-loaded (fewest running + waiting), the Gateway API Inference
@@ -101,6 +108,7 @@ class SimWorker:
     active: Counter[str] = field(default_factory=Counter)  # adapter -> running requests
     waiting: deque[Request] = field(default_factory=deque)
     waiting_adapters: Counter[str] = field(default_factory=Counter)
+    staging: dict[str, float] = field(default_factory=dict)  # adapter -> when it is in CPU memory
     running: int = 0
     served: int = 0
     loads: int = 0
@@ -119,6 +127,8 @@ class SimWorker:
         return None
 
 
+_DONE, _STAGED = 0, 1  # event kinds: a request finished; an adapter reached CPU memory
+
 TierListener = Callable[[int, str, Tier | None], None]
 
 
@@ -132,7 +142,7 @@ class Simulation:
             for _ in range(workload.workers)
         ]
         self.on_tier = on_tier or (lambda _w, _a, _t: None)
-        self.events: list[tuple[float, int, int, Request]] = []
+        self.events: list[tuple[float, int, int, int, Request]] = []  # (when, seq, kind, worker, request)
         self.seq = itertools.count()
         self.ttfts: list[float] = []
         self.on_done: Callable[[int, Request], None] = lambda _w, _r: None
@@ -155,14 +165,18 @@ class Simulation:
             del worker.gpu[victim]
             self.on_tier(index, victim, worker.tier(victim))
         worker.gpu[adapter] = None
+        self._register(index, worker, adapter)
+        self.on_tier(index, adapter, "GPU")
+        return seconds
+
+    def _register(self, index: int, worker: SimWorker, adapter: str) -> None:
+        """Put the adapter at the front of the worker's CPU and disk LRUs, reporting what fell out."""
         dropped = self._touch(worker.cpu, adapter, worker.cpu_slots)
         if dropped is not None and dropped not in worker.gpu:
             self.on_tier(index, dropped, worker.tier(dropped))
         fell = self._touch(worker.disk, adapter, DISK_SLOTS)
         if fell is not None and worker.tier(fell) is None:
             self.on_tier(index, fell, None)
-        self.on_tier(index, adapter, "GPU")
-        return seconds
 
     def _schedule(self, index: int, now: float) -> None:
         worker = self.workers[index]
@@ -194,11 +208,46 @@ class Simulation:
                 start += self._load(index, worker, request.adapter)
             request.ttft = start + PREFILL - request.arrival
             self.ttfts.append(request.ttft)
-            heapq.heappush(self.events, (start + PREFILL + request.decode, next(self.seq), index, request))
+            self._push(start + PREFILL + request.decode, _DONE, index, request)
+
+    def _push(self, when: float, kind: int, index: int, request: Request) -> None:
+        heapq.heappush(self.events, (when, next(self.seq), kind, index, request))
+
+    def _arrive(self, index: int, request: Request, now: float) -> None:
+        """Queue the request on its worker, staging its adapter into CPU memory first where needed."""
+        worker = self.workers[index]
+        adapter = request.adapter
+        ready = worker.staging.get(adapter)
+        if ready is None and worker.tier(adapter) in (None, "Disk"):
+            ready = now + LOAD_SECONDS["Store" if worker.tier(adapter) is None else "Disk"]
+            worker.staging[adapter] = ready
+        if ready is None:
+            self._enqueue(index, request, now)
+        else:
+            self._push(ready, _STAGED, index, request)
+
+    def _staged(self, index: int, request: Request, now: float) -> None:
+        worker = self.workers[index]
+        adapter = request.adapter
+        if worker.staging.get(adapter) == now:
+            del worker.staging[adapter]
+            if adapter not in worker.gpu:
+                self._register(index, worker, adapter)
+                self.on_tier(index, adapter, "CPU")
+        self._enqueue(index, request, now)
+
+    def _enqueue(self, index: int, request: Request, now: float) -> None:
+        worker = self.workers[index]
+        worker.waiting.append(request)
+        worker.waiting_adapters[request.adapter] += 1
+        self._schedule(index, now)
 
     def _advance(self, until: float) -> None:
         while self.events and self.events[0][0] <= until:
-            when, _, index, request = heapq.heappop(self.events)
+            when, _, kind, index, request = heapq.heappop(self.events)
+            if kind == _STAGED:
+                self._staged(index, request, when)
+                continue
             worker = self.workers[index]
             worker.running -= 1
             worker.served += 1
@@ -213,10 +262,7 @@ class Simulation:
             self._advance(request.arrival)
             index = choose(request)
             request.worker = index
-            worker = self.workers[index]
-            worker.waiting.append(request)
-            worker.waiting_adapters[request.adapter] += 1
-            self._schedule(index, request.arrival)
+            self._arrive(index, request, request.arrival)
         self._advance(float("inf"))
 
 

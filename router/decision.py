@@ -5,6 +5,10 @@ In order, among healthy workers whose load stays within the bound
 
 1. a worker holding the adapter in a GPU slot, the least loaded of them (hit "gpu");
 2. else one holding it in CPU memory, the least loaded (hit "cpu");
+   a hot adapter held in GPU slots on fewer workers than its spread (below)
+   takes a holder in 1 or 2 only while that holder stays within the mean
+   load, so it gains a copy on a further ranked worker instead of piling onto
+   its holders up to the bound;
 3. else one of the adapter's first ranked workers by rendezvous hashing: hit
    "disk" if it has the adapter on local disk, else "miss" (the caller has the
    worker's agent load it first). How many of the ranking it may use, k, is 1
@@ -12,17 +16,18 @@ In order, among healthy workers whose load stays within the bound
    `hot_rate` requests per second up to `max_spread`, so a hot adapter spreads
    over more workers and shrinks back as it cools. An adapter seen more than
    once lately may use at least `miss_candidates` ranked workers; one seen for
-   the first time goes to its first (affinity, and an even spread of the
-   tail). Among those: one with fewer than `gpu_slots` adapters in flight
-   first (vLLM would make a new adapter wait), then the one whose load pushes
-   the coldest adapter out of a GPU slot (a free slot is coldest), then the
-   least loaded, then the better ranked;
+   the first time its first `first_candidates` (affinity, and an even spread
+   of the tail, steered off workers whose slots are all busy or loaded).
+   Among those: one with fewer than `gpu_slots` adapters in flight first
+   (vLLM would make a new adapter wait), then the one whose load pushes the
+   coldest adapter out of a GPU slot (a free slot is coldest), then the least
+   loaded, then the better ranked;
 4. else the next of its ranked workers within the bound, in rank order;
 5. else the least-loaded healthy worker (every worker is at the bound).
 
 Steps 1-4 cost O(1) in the number of adapters (index reads) and O(holders +
-max(max_spread, miss_candidates) x gpu_slots) in workers; only step 5 and requests for the base model scan the
-workers. Pure: no I/O, no clock (`now` is passed in), no randomness.
+max(max_spread, miss_candidates, first_candidates) x gpu_slots) in workers; only step 5 and requests
+for the base model scan the workers. Pure: no I/O, no clock (`now` is passed in), no randomness.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class RoutingConfig:
     hot_rate: float = 5.0
     half_life: float = 10.0
     miss_candidates: int = 4
+    first_candidates: int = 2
 
     def spread(self, rate: float) -> int:
         """How many ranked workers an adapter with this request rate may use."""
@@ -86,9 +92,13 @@ class Router:
         workers = table.workers
         holders = table.holders(adapter)
         if holders:
+            # A hot adapter held on fewer workers than its spread takes a holder only while that
+            # holder is at most at the mean load; else it gains a copy on a further ranked worker.
+            spreading = spread > 1 and sum(1 for held in holders.values() if held == "GPU") < spread
+            holder_cap = min(cap, table.capacity(0.0)) if spreading else cap
             for tier in ("GPU", "CPU"):
                 best: str | None = None
-                best_load = cap  # within the bound: load + 1 <= cap
+                best_load = holder_cap  # within the bound: load + 1 <= cap
                 for name, held in holders.items():
                     if held != tier or name in exclude:
                         continue
@@ -101,7 +111,7 @@ class Router:
         best = None
         best_key: tuple[bool, float, int, int] | None = None
         recurring = rate > 1.5 * self.rates.per_request  # seen before, recently
-        width = max(spread, self.config.miss_candidates if recurring else 1)
+        width = max(spread, self.config.miss_candidates if recurring else self.config.first_candidates)
         for rank, name in enumerate(ranking[:width]):
             state = workers[name]
             if not state.healthy or state.load >= cap or name in exclude:

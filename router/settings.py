@@ -93,6 +93,7 @@ class RouterSettings:
             hot_rate=number("LORAPLEX_ROUTER_HOT_RATE", RoutingConfig.hot_rate),
             half_life=number("LORAPLEX_ROUTER_RATE_HALF_LIFE", RoutingConfig.half_life),
             miss_candidates=int(number("LORAPLEX_ROUTER_MISS_CANDIDATES", RoutingConfig.miss_candidates)),
+            first_candidates=int(number("LORAPLEX_ROUTER_FIRST_CANDIDATES", RoutingConfig.first_candidates)),
         )
         settings: dict[str, Any] = {
             "api_key": environ.get("LORAPLEX_VLLM_API_KEY") or None,

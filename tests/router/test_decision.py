@@ -93,6 +93,27 @@ def test_the_load_bound_sends_requests_past_a_busy_gpu_holder() -> None:
     assert (decision.worker, decision.hit) == ("worker-1", "cpu")
 
 
+def test_a_hot_adapter_gains_a_copy_rather_than_load_its_only_holder_past_the_mean() -> None:
+    table = table_of(4)
+    router = Router(table, RoutingConfig(hot_rate=5.0, max_spread=4))
+    for i in range(200):  # 100 requests per second: a spread of 4
+        router.rates.observe("hot", i * 0.01)
+    holder = table.rendezvous.ranking("hot")[0]
+    table.set_residency(holder, {"hot": "GPU"})
+    table.set_reported_load(holder, 3)
+    for name in table.workers:
+        if name != holder:
+            table.set_reported_load(name, 2)  # mean 2.5 counting this request; the bound is 4
+    spread = router.decide("hot", 2.0)
+    assert spread is not None
+    assert spread.worker != holder
+    assert spread.hit == "miss"
+    table.set_reported_load(holder, 2)  # below the mean: the holder serves it again
+    held = router.decide("hot", 2.0)
+    assert held is not None
+    assert (held.worker, held.hit) == (holder, "gpu")
+
+
 def test_an_adapter_in_flight_on_all_gpu_slots_makes_a_miss_go_elsewhere() -> None:
     table = table_of(4)
     router = Router(table, RoutingConfig(miss_candidates=4))
@@ -116,3 +137,17 @@ def test_incremental_ranking_updates_equal_a_fresh_ranking() -> None:
     fresh.set_workers([*(f"w{i}" for i in range(11) if i != 4)])
     for i in range(500):
         assert grown.ranking(f"a{i}") == fresh.ranking(f"a{i}")
+
+
+def test_a_first_time_adapter_takes_its_second_ranked_worker_when_the_first_has_no_free_slot() -> None:
+    table = table_of(8)
+    router = Router(table, RoutingConfig(first_candidates=2))
+    first, second = table.rendezvous.ranking("new")[:2]
+    for adapter in ("w", "x", "y", "z"):  # its 4 GPU slots all in flight
+        table.begin(first, adapter)
+    for name in table.workers:
+        if name != first:
+            table.set_reported_load(name, 4)  # as loaded as the first: only its slots differ
+    decision = router.decide("new", 0.0)
+    assert decision is not None
+    assert (decision.worker, decision.hit) == (second, "miss")
