@@ -1,7 +1,9 @@
 """Decides a placed LoRAAdapter's status from what the agents report holding.
 
 Pure: the caller passes the adapter's spec, the workers the plan put it on,
-and each worker's reported residency (WorkerPlacement status). A copy counts
+and what the workers report about it (their WorkerPlacement statuses, turned
+by `reports_by_adapter` into one entry per adapter once per pass, so each
+adapter costs its own copies, not the fleet's size). A copy counts
 as ready only when an agent reports it loaded with the adapter's digest: the
 plan alone is not residency.
 """
@@ -9,7 +11,7 @@ plan alone is not residency.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -36,26 +38,48 @@ class WorkerReport:
     failures: Mapping[str, tuple[str, str]]  # adapter -> (reason, message)
 
 
+@dataclass(frozen=True)
+class AdapterReports:
+    """What the workers report about one adapter: who holds it, who failed to load it."""
+
+    held: Mapping[str, Resident] = field(default_factory=dict)  # worker -> its copy
+    failures: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # worker -> (reason, message)
+
+
+NOT_REPORTED = AdapterReports()
+
+
+def reports_by_adapter(workers: Mapping[str, WorkerReport]) -> dict[str, AdapterReports]:
+    """The workers' reports turned around, adapter -> reports: O(copies and failures reported)."""
+    held: dict[str, dict[str, Resident]] = {}
+    failed: dict[str, dict[str, tuple[str, str]]] = {}
+    for worker, report in workers.items():
+        for adapter, resident in report.held.items():
+            held.setdefault(adapter, {})[worker] = resident
+        for adapter, failure in report.failures.items():
+            failed.setdefault(adapter, {})[worker] = failure
+    return {
+        adapter: AdapterReports(held.get(adapter, {}), failed.get(adapter, {}))
+        for adapter in held.keys() | failed.keys()
+    }
+
+
 def plan_placed_adapter_status(
-    name: str,
     spec: LoRAAdapterSpec,
     generation: int,
     planned_workers: Sequence[str],
-    reports: Mapping[str, WorkerReport],
+    reports: AdapterReports,
     previous: dict[str, Any],
     now: datetime,
 ) -> dict[str, Any]:
     """The adapter's status once the placement planner has given it workers."""
-    placements, latencies, failures = [], [], []
-    for worker in sorted(reports):
-        report = reports[worker]
-        resident = report.held.get(name)
-        if resident is not None and resident.sha256 == spec.source.sha256:
+    placements, latencies = [], []
+    for worker, resident in reports.held.items():
+        if resident.sha256 == spec.source.sha256:
             placements.append({"worker": worker, "tier": resident.tier})
             if resident.load_seconds is not None:
                 latencies.append(resident.load_seconds)
-        if name in report.failures:
-            failures.append((worker, *report.failures[name]))
+    failures = [(worker, *reports.failures[worker]) for worker in sorted(reports.failures)]
     placements.sort(key=lambda p: (TIER_ORDER[p["tier"]], p["worker"]))
     ready_copies = len(placements)
     desired = spec.replicas

@@ -25,7 +25,13 @@ from loraplex.api.adapter import LoRAAdapterSpec
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.operator import metrics
 from loraplex.operator.adapter_handlers import release_unloaded
-from loraplex.operator.adapter_residency import Resident, WorkerReport, plan_placed_adapter_status
+from loraplex.operator.adapter_residency import (
+    NOT_REPORTED,
+    Resident,
+    WorkerReport,
+    plan_placed_adapter_status,
+    reports_by_adapter,
+)
 from loraplex.operator.adapter_status import check_adapter
 from loraplex.operator.apply import Applier
 from loraplex.operator.fleet import (
@@ -285,13 +291,13 @@ def _write_adapter_statuses(
     placements: list[Mapping[str, Any]],
 ) -> int:
     """Write the statuses that changed, several at once: after a bulk apply that is every adapter."""
-    reports, now = _reports(placements), datetime.now(UTC)
+    reports, now = reports_by_adapter(_reports(placements)), datetime.now(UTC)
     changed = []
     for name, (_, spec, body) in sorted(adapters.items()):
         current = dict(body.get("status") or {})
         generation = int(body["metadata"].get("generation", 0))
         planned = plan_placed_adapter_status(
-            name, spec, generation, sorted(placement.get(name, {})), reports, current, now
+            spec, generation, sorted(placement.get(name, {})), reports.get(name, NOT_REPORTED), current, now
         )
         if status_changed(current, planned):
             changed.append((name, planned))

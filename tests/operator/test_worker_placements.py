@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from loraplex.api.adapter import LoRAAdapterSpec
-from loraplex.operator.adapter_residency import Resident, WorkerReport, plan_placed_adapter_status
+from loraplex.operator.adapter_residency import (
+    Resident,
+    WorkerReport,
+    plan_placed_adapter_status,
+    reports_by_adapter,
+)
 from loraplex.operator.conditions import condition
 from loraplex.operator.fleet import HASH_ANNOTATION, BaseModelRef
 from loraplex.operator.worker_placements import plan_worker_placements
@@ -59,12 +65,17 @@ def report(**held: Resident) -> WorkerReport:
     return WorkerReport(held=held, failures={})
 
 
+def sql_status(planned: list[str], reports: dict[str, WorkerReport]) -> dict[str, Any]:
+    """sql's status as the placement loop plans it: from the workers' reports turned around."""
+    return plan_placed_adapter_status(SQL, 1, planned, reports_by_adapter(reports)["sql"], {}, NOW)
+
+
 def test_copies_count_only_what_agents_hold_with_the_right_digest() -> None:
     reports = {
         "w-0": report(sql=Resident("GPU", "1" * 64, 0.03)),
         "w-1": report(sql=Resident("CPU", "0" * 64)),  # an old revision: not a ready copy
     }
-    status = plan_placed_adapter_status("sql", SQL, 1, ["w-0", "w-1"], reports, {}, NOW)
+    status = sql_status(["w-0", "w-1"], reports)
     assert status["placements"] == [{"worker": "w-0", "tier": "GPU"}]
     assert (status["copies"], status["phase"]) == ("1/2", "Loading")
     assert status["lastLoadLatencySeconds"] == 0.03
@@ -72,7 +83,7 @@ def test_copies_count_only_what_agents_hold_with_the_right_digest() -> None:
 
 def test_ready_when_every_copy_is_loaded() -> None:
     reports = {"w-0": report(sql=Resident("GPU", "1" * 64)), "w-1": report(sql=Resident("GPU", "1" * 64))}
-    status = plan_placed_adapter_status("sql", SQL, 1, ["w-0", "w-1"], reports, {}, NOW)
+    status = sql_status(["w-0", "w-1"], reports)
     ready = condition(status["conditions"], "Ready")
     assert ready is not None
     assert (ready["status"], ready["reason"], status["phase"]) == ("True", "Placed", "Ready")
@@ -82,7 +93,7 @@ def test_a_digest_mismatch_reported_by_an_agent_is_shown_with_its_reason() -> No
     reports = {
         "w-0": WorkerReport(held={}, failures={"sql": ("DigestMismatch", "sha256 of the files is 9f3e...")})
     }
-    status = plan_placed_adapter_status("sql", SQL, 1, ["w-0"], reports, {}, NOW)
+    status = sql_status(["w-0"], reports)
     ready = condition(status["conditions"], "Ready")
     assert ready is not None
     assert ready["reason"] == "DigestMismatch"
@@ -91,10 +102,25 @@ def test_a_digest_mismatch_reported_by_an_agent_is_shown_with_its_reason() -> No
 
 
 def test_too_few_workers_for_the_replicas_is_insufficient_capacity() -> None:
-    status = plan_placed_adapter_status(
-        "sql", SQL, 1, ["w-0"], {"w-0": report(sql=Resident("GPU", "1" * 64))}, {}, NOW
-    )
+    status = sql_status(["w-0"], {"w-0": report(sql=Resident("GPU", "1" * 64))})
     ready = condition(status["conditions"], "Ready")
     assert ready is not None
     assert ready["reason"] == "InsufficientCapacity"
     assert status["phase"] == "Degraded"
+
+
+def test_each_adapter_sees_only_its_own_copies_and_the_first_failing_worker_by_name() -> None:
+    reports = {
+        "w-2": WorkerReport(held={}, failures={"sql": ("DigestMismatch", "on w-2")}),
+        "w-1": WorkerReport(
+            held={"chat": Resident("GPU", "2" * 64)}, failures={"sql": ("FetchFailed", "on w-1")}
+        ),
+        "w-0": report(sql=Resident("CPU", "1" * 64), chat=Resident("GPU", "2" * 64)),
+    }
+    by_adapter = reports_by_adapter(reports)
+    assert set(by_adapter["chat"].held) == {"w-0", "w-1"}
+    status = sql_status(["w-0", "w-1"], reports)
+    assert status["placements"] == [{"worker": "w-0", "tier": "CPU"}]
+    ready = condition(status["conditions"], "Ready")
+    assert ready is not None
+    assert (ready["reason"], ready["message"]) == ("FetchFailed", "w-1 could not load it: on w-1")
