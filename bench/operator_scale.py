@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import shutil
 import subprocess
@@ -79,6 +80,24 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process has used (threads included; 0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_component(cluster: LocalCluster, operator: OperatorProcess) -> dict[str, float]:
+    """CPU seconds so far of the control plane's processes, the operator and this script."""
+    pids = dict(cluster.status().pids)
+    if operator.process is not None:
+        pids["operator"] = operator.process.pid
+    pids["bench-client"] = os.getpid()
+    return {component: cpu_seconds(pid) for component, pid in pids.items()}
 
 
 def adapter(index: int) -> dict[str, Any]:
@@ -169,6 +188,7 @@ def main() -> int:
             writes_before = writes_by_resource(cluster.kubeconfig)
             placed = PlacedWatch(custom)
 
+            cpu_before = cpu_by_component(cluster, operator)
             apply_started = time.monotonic()
 
             def create(index: int) -> None:
@@ -182,6 +202,16 @@ def main() -> int:
             print(f"bulk_apply_seconds={apply_seconds:.1f} adapters={adapters}", flush=True)
             wait_until(lambda: placed.count() == adapters, args.timeout, "every adapter placed", interval=0.5)
             placed_seconds = time.monotonic() - apply_started
+            cpu_after = cpu_by_component(cluster, operator)
+            cpu = {c: cpu_after[c] - cpu_before.get(c, 0.0) for c in cpu_after}
+            for component, seconds in sorted(cpu.items(), key=lambda item: -item[1]):
+                print(f"cpu component={component} seconds={seconds:.1f}")
+            total = sum(cpu.values())
+            print(
+                f"cpu_seconds_total={total:.1f} cores_busy={total / placed_seconds:.2f} "
+                f"operator_cpu_ms_per_adapter={cpu.get('operator', 0.0) * 1e3 / adapters:.2f}",
+                flush=True,
+            )
             time.sleep(5)  # let trailing writes land before counting
             writes_after = writes_by_resource(cluster.kubeconfig)
             for key in sorted(writes_after):
