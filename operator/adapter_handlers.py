@@ -42,11 +42,13 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
     judged: dict[str, tuple[int, str]] = {}  # adapter uid -> (generation, BaseModel fingerprint) judged
 
     @kopf.index(GROUP, VERSION, "basemodels", id="base_models", registry=registry)
-    def base_models(spec: kopf.Spec, name: str, namespace: str | None, **_: Any) -> dict[Any, Any]:
+    async def base_models(spec: kopf.Spec, name: str, namespace: str | None, **_: Any) -> dict[Any, Any]:
         return {(str(namespace), name): dict(spec)}
 
     @kopf.index(GROUP, VERSION, "loraadapters", id="adapters_by_base", registry=registry)
-    def adapters_by_base(body: kopf.Body, spec: kopf.Spec, namespace: str | None, **_: Any) -> dict[Any, Any]:
+    async def adapters_by_base(
+        body: kopf.Body, spec: kopf.Spec, namespace: str | None, **_: Any
+    ) -> dict[Any, Any]:
         return {(str(namespace), spec.get("baseModel", "")): index_essentials(body)}
 
     @kopf.on.event(GROUP, VERSION, "loraadapters", id="check", registry=registry)

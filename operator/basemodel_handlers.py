@@ -49,11 +49,15 @@ def register(
     """
 
     @kopf.index("apps", "v1", "statefulsets", labels=WORKER_LABELS, id="worker_sets", registry=registry)
-    def worker_sets(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
+    async def worker_sets(
+        body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+    ) -> dict[Any, Any]:
         return {(str(namespace), labels[BASE_MODEL_LABEL]): index_essentials(body)}
 
     @kopf.index("", "v1", "pods", labels=WORKER_LABELS, id="worker_pods", registry=registry)
-    def worker_pods(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
+    async def worker_pods(
+        body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+    ) -> dict[Any, Any]:
         return {(str(namespace), labels[BASE_MODEL_LABEL]): worker_pod(body)}
 
     @kopf.on.resume(GROUP, VERSION, "basemodels", id="fleet", registry=registry)

@@ -3,6 +3,10 @@
 kopf's own bookkeeping (finalizer, handler progress, last-handled spec) lives
 under our API group (`loraplex.dev/...`). Peering is mandatory, so two replicas
 never act at once: the one with the lower priority pauses while the other runs.
+
+Index functions and the per-event adapter check are `async def` although they
+never await: kopf runs a sync one in its thread pool, a thread hop per watch
+event, which during a 10,000-adapter bulk apply costs more than the work.
 """
 
 from __future__ import annotations

@@ -67,11 +67,11 @@ def register(
     writers = ThreadPoolExecutor(max_workers=settings.status_writers, thread_name_prefix="status-writer")
 
     @kopf.index("", "v1", "nodes", id="node_zones", registry=registry)
-    def node_zones(name: str, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
+    async def node_zones(name: str, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
         return {name: labels.get(ZONE_LABEL, "")}
 
     @kopf.index("", "v1", "pods", labels=WORKER_LABELS, id="ready_workers", registry=registry)
-    def ready_workers(
+    async def ready_workers(
         body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
     ) -> dict[Any, Any]:
         conditions = {
@@ -82,7 +82,7 @@ def register(
         return {(str(namespace), labels[BASE_MODEL_LABEL]): (body["metadata"]["name"], node, healthy)}
 
     @kopf.index(GROUP, VERSION, "workerplacements", id="worker_placements", registry=registry)
-    def worker_placements(
+    async def worker_placements(
         body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any
     ) -> dict[Any, Any]:
         return {(str(namespace), spec.get("baseModel", "")): index_essentials(body)}

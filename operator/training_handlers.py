@@ -77,7 +77,7 @@ def register(
     loop = TrainingLoop(settings, client.CustomObjectsApi(api), applier, targets)
 
     @kopf.index("", "v1", "nodes", id="training_nodes", registry=registry)
-    def training_nodes(name: str, body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
+    async def training_nodes(name: str, body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
         status = body.get("status", {})
         ready = any(
             c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []) or []
@@ -86,23 +86,23 @@ def register(
         return {name: (extended(status.get("allocatable", {})), dict(labels), usable)}
 
     @kopf.index("", "v1", "pods", id="training_pods", registry=registry)
-    def training_pods(
+    async def training_pods(
         body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
     ) -> dict[Any, Any]:
         return pod_entries(body, str(namespace), dict(labels))
 
     @kopf.index("batch", "v1", "jobs", labels=TRAINER_LABELS, id="trainer_jobs", registry=registry)
-    def trainer_jobs(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> dict[Any, Any]:
+    async def trainer_jobs(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> dict[Any, Any]:
         return {(str(namespace), name): job_view(body)}
 
     @kopf.index(GROUP, VERSION, "basemodels", id="training_base_models", registry=registry)
-    def training_base_models(
+    async def training_base_models(
         spec: kopf.Spec, name: str, namespace: str | None, uid: str, **_: Any
     ) -> dict[Any, Any]:
         return {(str(namespace), name): (uid, dict(spec))}
 
     @kopf.index(GROUP, VERSION, "trainingjobs", id="training_jobs", registry=registry)
-    def training_jobs(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> dict[Any, Any]:
+    async def training_jobs(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> dict[Any, Any]:
         metadata = body.get("metadata", {})
         kept = ("name", "namespace", "uid", "generation", "creationTimestamp", "deletionTimestamp")
         return {
