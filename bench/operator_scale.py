@@ -10,6 +10,9 @@ the adapters as fast as the client can and measures:
   compete with the operator by re-listing every adapter), against the seconds
   the bulk apply itself took;
 - the operator's peak RSS;
+- the CPU seconds each process (apiserver, etcd, controllers, KWOK, the
+  operator, this script) used from the bulk apply until all were placed: on a
+  machine that small, what bounds the time;
 - the API writes the operator issued, counted by the apiserver itself
   (`apiserver_request_total` for the loraplex.dev and kopf.dev groups, minus
   the adapters this script created), against the number of adapters.
