@@ -85,22 +85,26 @@ class RouterMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self._adapter_labels: set[str] = set()  # the label values with series, so pruning reads no samples
+        self._worker_labels: set[str] = set()
+
+    def adapter_request(self, label: str, seconds: float) -> None:
+        """Count one request of an adapter label (a named adapter, CATALOG or BASE) and its latency."""
+        self._adapter_labels.add(label)
+        self.adapter_requests.labels(label).inc()
+        self.adapter_latency_seconds.labels(label).observe(seconds)
+
+    def worker_inflight(self, worker: str) -> Gauge:
+        """The in-flight gauge of one worker."""
+        self._worker_labels.add(worker)
+        return self.inflight.labels(worker)
 
     def prune(self, named: Callable[[str], bool], workers: Collection[str]) -> None:
         """Drop per-adapter series of adapters no longer named, and in-flight series of gone workers."""
-        for metric in (self.adapter_requests, self.adapter_latency_seconds):
-            for adapter in _label_values(metric, "adapter"):
-                if adapter not in (CATALOG, BASE) and not named(adapter):
-                    metric.remove(adapter)
-        for worker in _label_values(self.inflight, "worker"):
-            if worker not in workers:
-                self.inflight.remove(worker)
-
-
-def _label_values(metric: Counter | Gauge | Histogram, label: str) -> set[str]:
-    return {
-        sample.labels[label]
-        for family in metric.collect()
-        for sample in family.samples
-        if label in sample.labels
-    }
+        for adapter in [a for a in self._adapter_labels if a not in (CATALOG, BASE) and not named(a)]:
+            self.adapter_requests.remove(adapter)
+            self.adapter_latency_seconds.remove(adapter)
+            self._adapter_labels.discard(adapter)
+        for worker in [w for w in self._worker_labels if w not in workers]:
+            self.inflight.remove(worker)
+            self._worker_labels.discard(worker)

@@ -101,8 +101,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         status = response.status if response is not None else 499  # 499: the client went away
         proxy.metrics.responses.labels(str(status)).inc()
         if label is not None:
-            proxy.metrics.adapter_requests.labels(label).inc()
-            proxy.metrics.adapter_latency_seconds.labels(label).observe(time.perf_counter() - started)
+            proxy.metrics.adapter_request(label, time.perf_counter() - started)
 
 
 async def _completions(proxy: Proxy, request: web.Request) -> tuple[web.StreamResponse, str | None]:
@@ -246,7 +245,7 @@ async def _forward(
     timeout = aiohttp.ClientTimeout(total=None, connect=proxy.settings.connect_timeout_seconds)
     table = proxy.state.table
     table.begin(worker, adapter)
-    gauge = proxy.metrics.inflight.labels(worker)
+    gauge = proxy.metrics.worker_inflight(worker)
     gauge.inc()
     sent = time.perf_counter()
     try:
