@@ -218,8 +218,9 @@ class Simulation:
         worker = self.workers[index]
         adapter = request.adapter
         ready = worker.staging.get(adapter)
-        if ready is None and worker.tier(adapter) in (None, "Disk"):
-            ready = now + LOAD_SECONDS["Store" if worker.tier(adapter) is None else "Disk"]
+        tier = worker.tier(adapter)
+        if ready is None and tier in (None, "Disk"):
+            ready = now + LOAD_SECONDS["Store" if tier is None else "Disk"]
             worker.staging[adapter] = ready
         if ready is None:
             self._enqueue(index, request, now)
