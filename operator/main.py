@@ -74,7 +74,7 @@ def run(settings: OperatorSettings) -> int:
         applier = Applier(api, settings.field_manager)
         targets = FleetTargets()  # worker counts the placement loops decide, read by the others
         basemodel_handlers.register(registry, settings, applier, targets)
-        adapter_handlers.register(registry, api)
+        adapter_handlers.register(registry, api, settings.field_manager)
         placement_loop.register(registry, settings, api, applier, targets)
         training_handlers.register(registry, settings, api, applier, targets)
         asyncio.run(

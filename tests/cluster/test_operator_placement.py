@@ -66,17 +66,22 @@ def test_adapters_are_placed_in_tiers_and_wait_for_agents(
     assert len(gpu_copies) <= 3  # one GPU slot per worker (maxLoras 1)
 
     def sql_loading() -> dict[str, Any] | None:
-        body = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+        body: dict[str, Any] = client.CustomObjectsApi(kube).get_namespaced_custom_object(
             GROUP, VERSION, namespace, "loraadapters", "sql"
         )
-        status: dict[str, Any] = body.get("status", {})
-        ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
-        return status if ready.get("reason") == "Loading" else None
+        ready = next((c for c in body.get("status", {}).get("conditions", []) if c["type"] == "Ready"), {})
+        return body if ready.get("reason") == "Loading" else None
 
     # No agent reports residency yet, so no copy counts as loaded.
-    status = wait_until(sql_loading, 30, "sql reported Loading")
+    body = wait_until(sql_loading, 30, "sql reported Loading")
+    status = body["status"]
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert (ready["status"], status["copies"], status["phase"]) == ("False", "0/2", "Loading")
+    # `kubectl get --show-managed-fields` names the operator as the status's writer.
+    status_writers = {
+        m["manager"] for m in body["metadata"]["managedFields"] if m.get("subresource") == "status"
+    }
+    assert status_writers == {"loraplex-operator"}
 
 
 def test_losing_a_worker_re_places_its_copies(kube: Any, namespace: str, operator: OperatorProcess) -> None:
