@@ -50,6 +50,7 @@ zipf_ttft_p99_vs_gaie=... decision_p99_us=...``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import hashlib
 import heapq
@@ -84,6 +85,7 @@ class Workload:
     adapters: int
     requests: int
     popularity: Callable[[random.Random, int, int], list[int]]  # (rng, adapters, requests) -> indices
+    decode_scale: float = 1.0  # request lengths x this, arrivals unchanged (--decode-scale)
 
 
 @dataclass
@@ -387,7 +389,8 @@ def make_trace(workload: Workload, seed: int) -> list[Request]:
     trace = []
     for index in indices:
         now += rng.expovariate(rate)
-        trace.append(Request(f"adapter-{index}", now, rng.uniform(0.5, 1.5) * MEAN_DECODE))
+        decode = rng.uniform(0.5, 1.5) * MEAN_DECODE * workload.decode_scale
+        trace.append(Request(f"adapter-{index}", now, decode))
     return trace
 
 
@@ -473,9 +476,9 @@ def simulate(workload: Workload, policy: Policy, seed: int) -> Result:
     )
 
 
-def run_workloads(quick: bool, seed: int) -> dict[str, dict[str, Result]]:
+def run_workloads(quick: bool, seed: int, decode_scale: float = 1.0) -> dict[str, dict[str, Result]]:
     results: dict[str, dict[str, Result]] = {}
-    for workload in workloads(quick):
+    for workload in (dataclasses.replace(w, decode_scale=decode_scale) for w in workloads(quick)):
         started = time.perf_counter()
         per_policy = {name: simulate(workload, policy, seed) for name, policy in POLICIES.items()}
         trace = make_trace(workload, seed)
@@ -562,9 +565,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="The under-a-minute run.")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--decode-scale",
+        type=float,
+        default=1.0,
+        help="Multiply every request's length, arrivals unchanged: below 1, fewer requests run at once.",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    results = run_workloads(args.quick, args.seed)
+    results = run_workloads(args.quick, args.seed, args.decode_scale)
     samples = 50_000 if args.quick else 200_000
     p50, p99, baseline_p99 = decision_timing(1_000_000, 1_000, samples, args.seed)
     print(
