@@ -254,9 +254,18 @@ class RouterProcess(_Child):
             argv += ["--namespace", self.cluster.namespace, "--workers-service", self.cluster.workers_service]
             argv += ["--kubeconfig", str(self.cluster.kubeconfig)]
         self._spawn(argv, {"LORAPLEX_VLLM_API_KEY": self.api_key, "PYTHONUNBUFFERED": "1"})
-        wait_until(lambda: self.running() and http_json(f"{self.url}/healthz", timeout=2)[0] == 200, timeout,
-                   f"router on port {self.port} healthy")  # fmt: skip
+        # Synced (every worker's residency read) is not enough with a static list: a worker takes
+        # requests only once a load poll has answered, and a request before that goes elsewhere.
+        healthy = len(self.workers)
+        wait_until(lambda: self._healthy_workers() >= healthy, timeout,
+                   f"router on port {self.port} synced with {healthy} healthy workers")  # fmt: skip
         return self
+
+    def _healthy_workers(self) -> int:
+        if not self.running():
+            return -1
+        status, body = http_json(f"{self.url}/healthz", timeout=2)
+        return int(body.get("healthy", 0)) if status == 200 and isinstance(body, dict) else -1
 
     def metrics(self) -> dict[str, float]:
         return prometheus_samples(f"{self.url}/metrics", "loraplex_router_")

@@ -42,7 +42,8 @@ class LoRAAdapterSpec(ApiModel):
     policy: Literal["Pinned", "OnDemand"] = Field(
         default="OnDemand",
         description=(
-            "Pinned: always held in GPU slots on `replicas` workers. "
+            "Pinned: placed in GPU slots on `replicas` workers, where other adapters never displace it "
+            "(vLLM itself still moves it between its CPU cache and a GPU slot by recency under traffic). "
             "OnDemand: loaded when used, may be evicted."
         ),
     )
