@@ -12,7 +12,9 @@ event, which during a 10,000-adapter bulk apply costs more than the work.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Callable
 from contextlib import closing
 from typing import Any
 
@@ -57,9 +59,32 @@ class QuietRoutine(logging.Filter):
         return not any(message.endswith(f"'{name}' succeeded.") for name in ROUTINE_HANDLERS)
 
 
-def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """In a pod: the service account; elsewhere: $KUBECONFIG or ~/.kube/config."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+@dataclasses.dataclass(frozen=True)
+class NamedConnection(kopf.ConnectionInfo):
+    """kopf's connection, sending `User-Agent: <field manager>`.
+
+    kopf sets no fieldManager on its patches (finalizers, BaseModel status, the status of an
+    invalid adapter), so the apiserver names them after the User-Agent, kopf's own by default; this
+    makes them the operator's, like its other writes.
+    """
+
+    field_manager: str = "loraplex-operator"
+
+    def as_http_headers(self) -> dict[str, str]:
+        return {**super().as_http_headers(), "User-Agent": self.field_manager}
+
+
+def login_as(field_manager: str) -> Callable[..., kopf.ConnectionInfo | None]:
+    """A kopf login handler: in a pod the service account, elsewhere $KUBECONFIG or ~/.kube/config."""
+
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        if info is None:
+            return None
+        fields = {field.name: getattr(info, field.name) for field in dataclasses.fields(info)}
+        return NamedConnection(**fields, field_manager=field_manager)
+
+    return login
 
 
 def run(settings: OperatorSettings) -> int:
@@ -70,7 +95,7 @@ def run(settings: OperatorSettings) -> int:
     with closing(api_client()) as api:
         ensure_peering_objects(api, settings)
         registry = kopf.OperatorRegistry()
-        kopf.on.login(registry=registry)(_login)
+        kopf.on.login(registry=registry)(login_as(settings.field_manager))
         applier = Applier(api, settings.field_manager)
         targets = FleetTargets()  # worker counts the placement loops decide, read by the others
         basemodel_handlers.register(registry, settings, applier, targets)

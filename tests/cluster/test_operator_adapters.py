@@ -51,6 +51,12 @@ def test_adapter_of_a_missing_base_model_waits_and_recovers(
     adapter(kube, namespace)
     status = wait_until(lambda: ready_reason(kube, namespace, "UnknownBaseModel"), 30, "UnknownBaseModel")
     assert status["phase"] == "Failed"
+    # kopf wrote this status; it still carries the operator's field manager, not kopf's default.
+    body = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "loraadapters", "sql-gen"
+    )
+    managers = {m["manager"] for m in body["metadata"]["managedFields"] if m.get("subresource") == "status"}
+    assert managers == {"loraplex-operator"}
     events = wait_until(lambda: warnings_for(kube, namespace), 30, "a Warning Event on the adapter")
     assert events[0][0] == "UnknownBaseModel"
     assert "llama-8b does not exist" in events[0][1]
