@@ -4,6 +4,8 @@ Starts its own local control plane (`loraplex-scale`), GPU nodes, a BaseModel
 with one worker per node, and the operator as a real process; then creates
 the adapters as fast as the client can and measures:
 
+- how placement progressed: adapters placed while the apply still ran, and
+  the seconds until the first and half of them were;
 - seconds from the start of the bulk apply until every adapter's status shows
   its copies placed (phase Loading or Ready: with no agent running, copies are
   placed but not loaded; counted from one watch stream, so this script does not
@@ -129,6 +131,7 @@ class PlacedWatch:
     def __init__(self, custom: client.CustomObjectsApi) -> None:
         self.custom = custom
         self.placed: set[str] = set()
+        self.placed_at: list[float] = []  # monotonic time of each adapter's first placed status
         listed = custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "loraadapters", limit=1)
         self.resource_version = listed["metadata"]["resourceVersion"]
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -144,8 +147,13 @@ class PlacedWatch:
                 for event in stream:
                     item = event["object"]
                     self.resource_version = item["metadata"]["resourceVersion"]
-                    if item.get("status", {}).get("phase") in ("Loading", "Ready"):
-                        self.placed.add(item["metadata"]["name"])
+                    name = item["metadata"]["name"]
+                    if (
+                        item.get("status", {}).get("phase") in ("Loading", "Ready")
+                        and name not in self.placed
+                    ):
+                        self.placed.add(name)
+                        self.placed_at.append(time.monotonic())
             except (ProtocolError, client.ApiException):
                 time.sleep(0.5)  # the connection broke (or the cluster is going down): watch again
 
@@ -202,9 +210,16 @@ def main() -> int:
             with ThreadPoolExecutor(max_workers=4) as pool:
                 list(pool.map(create, range(adapters)))
             apply_seconds = time.monotonic() - apply_started
+            placed_during_apply = placed.count()
             print(f"bulk_apply_seconds={apply_seconds:.1f} adapters={adapters}", flush=True)
             wait_until(lambda: placed.count() == adapters, args.timeout, "every adapter placed", interval=0.5)
             placed_seconds = time.monotonic() - apply_started
+            first, half = (placed.placed_at[i] - apply_started for i in (0, adapters // 2))
+            print(
+                f"placed_during_bulk_apply={placed_during_apply} first_placed_seconds={first:.1f} "
+                f"half_placed_seconds={half:.1f}",
+                flush=True,
+            )
             cpu_after = cpu_by_component(cluster, operator)
             cpu = {c: cpu_after[c] - cpu_before.get(c, 0.0) for c in cpu_after}
             for component, seconds in sorted(cpu.items(), key=lambda item: -item[1]):
