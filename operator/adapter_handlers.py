@@ -35,7 +35,7 @@ from loraplex.operator.observe import index_essentials
 BaseKey = tuple[str, str]
 
 
-def register(registry: kopf.OperatorRegistry, api: client.ApiClient, field_manager: str) -> None:
+def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
     """Attach the LoRAAdapter handlers and the indexes they read to `registry`."""
     custom = client.CustomObjectsApi(api)
     seen_generations: dict[BaseKey, int] = {}
@@ -107,7 +107,7 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient, field_manag
         seen_generations[key] = generation
         base = None if type == "DELETED" else _base_model(kwargs["base_models"], key)
         for adapter_body in list(kwargs["adapters_by_base"].get(key, [])):  # a snapshot: _recheck writes
-            _recheck(custom, field_manager, adapter_body, base)
+            _recheck(custom, adapter_body, base)
 
 
 def release(patch: kopf.Patch, finalizers: list[str]) -> None:
@@ -117,10 +117,7 @@ def release(patch: kopf.Patch, finalizers: list[str]) -> None:
 
 
 def release_unloaded(
-    custom: client.CustomObjectsApi,
-    field_manager: str,
-    bodies: Iterable[Mapping[str, Any]],
-    placements: list[Mapping[str, Any]],
+    custom: client.CustomObjectsApi, bodies: Iterable[Mapping[str, Any]], placements: list[Mapping[str, Any]]
 ) -> int:
     """Remove the finalizer of deleted adapters that no worker wants or holds; return the writes."""
     writes = 0
@@ -134,25 +131,21 @@ def release_unloaded(
         custom.patch_namespaced_custom_object(
             GROUP, VERSION, meta["namespace"], "loraadapters", meta["name"],
             {"metadata": {"finalizers": [f for f in finalizers if f != UNLOAD_FINALIZER]}},
-            field_manager=field_manager,
         )  # fmt: skip
         metrics.API_WRITES.labels("LoRAAdapter", "patch").inc()
         writes += 1
     return writes
 
 
-def _recheck(
-    custom: client.CustomObjectsApi, field_manager: str, body: Mapping[str, Any], base: BaseModelSpec | None
-) -> None:
+def _recheck(custom: client.CustomObjectsApi, body: Mapping[str, Any], base: BaseModelSpec | None) -> None:
     meta, current = body["metadata"], dict(body.get("status") or {})
     if meta.get("deletionTimestamp"):
         return  # the placement loop (or, without a BaseModel, the adapter's own events) lets it go
     verdict, planned = _judge(meta["namespace"], body["spec"], base, int(meta.get("generation", 0)), current)
     if planned is not None:
         custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, meta["namespace"], "loraadapters", meta["name"], {"status": planned},
-            field_manager=field_manager,
-        )  # fmt: skip
+            GROUP, VERSION, meta["namespace"], "loraadapters", meta["name"], {"status": planned}
+        )
         metrics.API_WRITES.labels("LoRAAdapter", "patch-status").inc()
     _warn_when_newly_invalid(body, current, verdict)
 

@@ -65,7 +65,7 @@ class NamedConnection(kopf.ConnectionInfo):
 
     kopf sets no fieldManager on its patches (finalizers, BaseModel status, the status of an
     invalid adapter), so the apiserver names them after the User-Agent, kopf's own by default; this
-    makes them the operator's, like its other writes.
+    makes them the operator's, as the same User-Agent does for its Kubernetes client's writes.
     """
 
     field_manager: str = "loraplex-operator"
@@ -93,13 +93,15 @@ def run(settings: OperatorSettings) -> int:
     logging.getLogger("kopf.objects").addFilter(QuietRoutine())
     start_http_server(settings.metrics_port)
     with closing(api_client()) as api:
+        # The apiserver names a write's field manager after the User-Agent when the write names none.
+        api.user_agent = settings.field_manager
         ensure_peering_objects(api, settings)
         registry = kopf.OperatorRegistry()
         kopf.on.login(registry=registry)(login_as(settings.field_manager))
         applier = Applier(api, settings.field_manager)
         targets = FleetTargets()  # worker counts the placement loops decide, read by the others
         basemodel_handlers.register(registry, settings, applier, targets)
-        adapter_handlers.register(registry, api, settings.field_manager)
+        adapter_handlers.register(registry, api)
         placement_loop.register(registry, settings, api, applier, targets)
         training_handlers.register(registry, settings, api, applier, targets)
         asyncio.run(

@@ -121,15 +121,9 @@ def register(
             for gone in sorted({p["spec"]["worker"] for p in placements} - workers.keys()):
                 writes += applier.delete(API_VERSION, "WorkerPlacement", gone, str(namespace))
             statuses = _write_adapter_statuses(
-                custom,
-                writers,
-                settings.field_manager,
-                str(namespace),
-                adapters,
-                result.placement,
-                placements,
+                custom, writers, str(namespace), adapters, result.placement, placements
             )
-            writes += release_unloaded(custom, settings.field_manager, bodies, placements)
+            writes += release_unloaded(custom, bodies, placements)
             metrics.PLANNER_SECONDS.observe(time.monotonic() - started)
             _record(name, result.placement, len(result.missing), result.moved)
             if result.moved or writes or statuses:
@@ -292,7 +286,6 @@ def _reports(placements: list[Mapping[str, Any]]) -> dict[str, WorkerReport]:
 def _write_adapter_statuses(
     custom: client.CustomObjectsApi,
     writers: ThreadPoolExecutor,
-    field_manager: str,
     namespace: str,
     adapters: Mapping[str, tuple[Adapter, LoRAAdapterSpec, Mapping[str, Any]]],
     placement: Mapping[str, Mapping[str, str]],
@@ -315,9 +308,8 @@ def _write_adapter_statuses(
         # The answer (the whole adapter) is drained unparsed, so its connection goes back to the pool:
         # parsing it is a third of the client's CPU per write, and a bulk apply is a write per adapter.
         response = custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, "loraadapters", name, {"status": planned},
-            field_manager=field_manager, _preload_content=False,
-        )  # fmt: skip
+            GROUP, VERSION, namespace, "loraadapters", name, {"status": planned}, _preload_content=False
+        )
         cast(BaseHTTPResponse, response).drain_conn()
         metrics.API_WRITES.labels("LoRAAdapter", "patch-status").inc()
 

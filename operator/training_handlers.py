@@ -445,9 +445,8 @@ class TrainingLoop:
         if status_changed(job.status, step.status):
             patch = {k: v for k, v in step.status.items() if job.status.get(k) != v}
             self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, "trainingjobs", name, {"status": patch},
-                field_manager=self.settings.field_manager,
-            )  # fmt: skip
+                GROUP, VERSION, namespace, "trainingjobs", name, {"status": patch}
+            )
             metrics.API_WRITES.labels("TrainingJob", "patch-status").inc()
             self.recent[ref.uid] = (time.monotonic(), {**job.status, **step.status})
             if step.status.get("phase") != job.status.get("phase"):
@@ -478,9 +477,7 @@ class TrainingLoop:
         except ApiException as error:
             if error.status != 404:
                 raise
-            self.custom.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, "loraadapters", wanted, field_manager=self.settings.field_manager
-            )
+            self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "loraadapters", wanted)
             metrics.API_WRITES.labels("LoRAAdapter", "create").inc()
             logger.info(
                 f"Created adapter {namespace}/{name} from training job {job.ref.name} sha256={sha256}"
@@ -492,7 +489,6 @@ class TrainingLoop:
         self.custom.patch_namespaced_custom_object(
             GROUP, VERSION, namespace, "loraadapters", name,
             {"spec": {"source": {"uri": public, "sha256": sha256}, "rank": job.spec.lora.rank}},
-            field_manager=self.settings.field_manager,
         )  # fmt: skip
         metrics.API_WRITES.labels("LoRAAdapter", "patch").inc()
         logger.info(
