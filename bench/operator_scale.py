@@ -217,7 +217,7 @@ def main() -> int:
             first, half = (placed.placed_at[i] - apply_started for i in (0, adapters // 2))
             print(
                 f"placed_during_bulk_apply={placed_during_apply} first_placed_seconds={first:.1f} "
-                f"half_placed_seconds={half:.1f}",
+                f"half_placed_seconds={half:.1f} half_placed_vs_bulk_apply={half / apply_seconds:.2f}",
                 flush=True,
             )
             cpu_after = cpu_by_component(cluster, operator)
