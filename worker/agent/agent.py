@@ -127,18 +127,22 @@ class Agent:
                 await asyncio.wait_for(self._wake.wait(), timeout=resync_interval)
 
     async def resync(self) -> None:
-        """Check the residency record against vLLM's own list of adapters."""
-        try:
-            engine = {a.name: a.path for a in await self.vllm.adapters()}
-        except (aiohttp.ClientError, TimeoutError, VllmError):
-            if self.engine_ready:
-                log.warning("Lost vLLM of worker %s", self.worker)
-            self.engine_ready = False
-            return
-        if not self.engine_ready:
-            log.info("Reached vLLM of worker %s adapters=%d", self.worker, len(engine))
-        self.engine_ready = True
+        """Check the residency record against vLLM's own list of adapters.
+
+        The list is read under the engine lock: a load that lands while it is read (an ensure for a
+        catalog adapter) would otherwise look gone from vLLM and be dropped from the record.
+        """
         async with self._engine_lock:
+            try:
+                engine = {a.name: a.path for a in await self.vllm.adapters()}
+            except (aiohttp.ClientError, TimeoutError, VllmError):
+                if self.engine_ready:
+                    log.warning("Lost vLLM of worker %s", self.worker)
+                self.engine_ready = False
+                return
+            if not self.engine_ready:
+                log.info("Reached vLLM of worker %s adapters=%d", self.worker, len(engine))
+            self.engine_ready = True
             for name in list(self.registered):
                 if name not in engine:
                     log.warning("Found adapter %s gone from vLLM on worker %s; reloading", name, self.worker)
