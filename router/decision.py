@@ -25,6 +25,15 @@ In order, among healthy workers whose load stays within the bound
 4. else the next of its ranked workers within the bound, in rank order;
 5. else the least-loaded healthy worker (every worker is at the bound).
 
+A named adapter (a LoRAAdapter object) takes steps 1 and 2 as above, but its
+candidates in step 3 are the workers its placement names (WorkerPlacement
+`spec.adapters`), not its ranking: only their agents know its source, so any
+other worker could not load it. When all of them are at the bound, the least
+loaded of them and of its GPU and CPU holders takes the request anyway. Only
+when none of them is healthy does it go to its ranked workers, whose agents can
+load it only if the catalog has it too. More copies of a hot named adapter come
+from its `replicas`, which the operator places.
+
 Steps 1-4 cost O(1) in the number of adapters (index reads) and O(holders +
 max(max_spread, miss_candidates, first_candidates) x gpu_slots) in workers; only step 5 and requests
 for the base model scan the workers. Pure: no I/O, no clock (`now` is passed in), no randomness.
@@ -33,14 +42,14 @@ for the base model scan the workers. Pure: no I/O, no clock (`now` is passed in)
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from loraplex.router.rates import AdapterRates
 from loraplex.router.table import Tier, WorkerState, WorkerTable
 
-Hit = Literal["gpu", "cpu", "disk", "miss"]
+Hit = Literal["gpu", "cpu", "disk", "miss", "base"]  # base: a request for the base model
 _HIT: dict[Tier | None, Hit] = {"GPU": "gpu", "CPU": "cpu", "Disk": "disk", None: "miss"}
 
 
@@ -107,18 +116,15 @@ class Router:
                         best, best_load = name, state.load
                 if best is not None:
                     return Decision(best, _HIT[tier], spread)
+        placed = table.placed_on(adapter)
+        if placed:
+            named = self._decide_named(holders, placed, cap, exclude, now, spread)
+            if named is not None:
+                return named
         ranking = table.rendezvous.ranking(adapter)
-        best = None
-        best_key: tuple[bool, float, int, int] | None = None
         recurring = rate > 1.5 * self.rates.per_request  # seen before, recently
         width = max(spread, self.config.miss_candidates if recurring else self.config.first_candidates)
-        for rank, name in enumerate(ranking[:width]):
-            state = workers[name]
-            if not state.healthy or state.load >= cap or name in exclude:
-                continue
-            key = (state.slots_busy, self._victim_heat(state, now), state.load, rank)
-            if best_key is None or key < best_key:
-                best, best_key = name, key
+        best = self._coldest(ranking[:width], cap, exclude, now)
         if best is None:
             for name in ranking:
                 state = workers[name]
@@ -131,10 +137,54 @@ class Router:
                 return None
         return Decision(best, _HIT[holders.get(best)], spread)
 
+    def _decide_named(
+        self,
+        holders: Mapping[str, Tier],
+        placed: Collection[str],
+        cap: int,
+        exclude: Collection[str],
+        now: float,
+        spread: int,
+    ) -> Decision | None:
+        """Steps 3-5 for a named adapter: only the workers its placement names can load it, so they
+        are the candidates; when all of them are at the bound, the least loaded of them and of the
+        adapter's holders still serves it. None when none of them is healthy (and not excluded):
+        then the adapter's ranked workers are tried, whose agents may find it in the catalog."""
+        best = self._coldest(sorted(placed), cap, exclude, now)
+        if best is None:
+            workers = self.table.workers
+            candidates = [
+                (workers[name].load, name)
+                for name in {*placed, *(n for n, tier in holders.items() if tier != "Disk")}
+                if name in workers and workers[name].healthy and name not in exclude
+            ]
+            if not candidates:
+                return None
+            best = min(candidates)[1]
+        return Decision(best, _HIT[holders.get(best)], spread)
+
+    def _coldest(
+        self, candidates: Sequence[str], cap: int, exclude: Collection[str], now: float
+    ) -> str | None:
+        """Among healthy candidates within the bound (in preference order): one with a free batch
+        slot for a new adapter first, then the one whose load evicts the coldest GPU adapter, then
+        the least loaded, then the earlier."""
+        workers = self.table.workers
+        best = None
+        best_key: tuple[bool, float, int, int] | None = None
+        for rank, name in enumerate(candidates):
+            state = workers.get(name)
+            if state is None or not state.healthy or state.load >= cap or name in exclude:
+                continue
+            key = (state.slots_busy, self._victim_heat(state, now), state.load, rank)
+            if best_key is None or key < best_key:
+                best, best_key = name, key
+        return best
+
     def decide_base(self, exclude: Collection[str] = ()) -> Decision | None:
         """A request for the base model: every worker serves it; the least loaded does."""
         best = least_loaded(self.table, exclude)
-        return None if best is None else Decision(best, "gpu")
+        return None if best is None else Decision(best, "base")
 
     def _victim_heat(self, state: WorkerState, now: float) -> float:
         """How hot the adapter a load on this worker would push out of GPU is (0: a slot is free)."""

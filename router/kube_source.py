@@ -39,7 +39,7 @@ def apply_placement(state: FleetState, event: str, obj: Mapping[str, Any], base_
     if not worker:
         return
     if event == "DELETED":
-        state.report_residency(worker, [], named=())
+        state.forget_residency(worker)
         return
     status = obj.get("status") or {}
     gpu, cpu = agent_report_slots(status)

@@ -1,7 +1,7 @@
 """`loraplex router`: the router of one BaseModel, its flags, and the process that runs it.
 
 Cluster mode (what the operator's Deployment runs): `--base-model`,
-`--namespace`, `--workers-service`, `--port`; residency from WorkerPlacements,
+`--namespace`, `--port`; residency from WorkerPlacements,
 workers from the StatefulSet's pods. Static mode (local runs):
 `--workers name=vllm_url,agent_url ...` or `--workers-file workers.yaml`;
 residency from each agent's `/v1/residency`. In both, load and liveness come
@@ -42,7 +42,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--served-model-name", help="The name clients use for the base model (default: --base-model)."
     )
     parser.add_argument("--namespace", help="Namespace of the BaseModel's workers (cluster mode).")
-    parser.add_argument("--workers-service", help="Headless Service of the workers (cluster mode).")
     parser.add_argument("--host", default="0.0.0.0", help="Address to listen on (default: all).")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000).")
     parser.add_argument(
@@ -65,7 +64,6 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
         base_model=args.base_model,
         served_model_name=args.served_model_name,
         namespace=args.namespace,
-        workers_service=args.workers_service,
         host=args.host,
         port=args.port,
         static_workers=workers or None,

@@ -33,7 +33,7 @@ class RouterMetrics:
         )
         self.requests = Counter(
             "loraplex_router_requests_total",
-            "Requests routed, by where the chosen worker held the adapter (gpu, cpu, disk, miss)",
+            "Requests routed, by where the chosen worker held the adapter (gpu, cpu, disk, miss; base)",
             ["tier"],
             registry=r,
         )
@@ -46,7 +46,7 @@ class RouterMetrics:
         )  # fmt: skip
         self.ttft_seconds = Histogram(
             "loraplex_router_upstream_time_to_first_token_seconds",
-            "From sending a request to a worker to its first response bytes",
+            "Streamed requests: from sending one to a worker to its first response bytes",
             buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.latency_seconds = Histogram(
@@ -56,7 +56,7 @@ class RouterMetrics:
         )  # fmt: skip
         self.retries = Counter(
             "loraplex_router_retries_total",
-            "Requests retried on another worker, by why (connect, status, stream, not_loaded)",
+            "Requests retried on another worker, by why (connect, status, stream, not_loaded, ...)",
             ["reason"],
             registry=r,
         )

@@ -7,10 +7,13 @@ to load it (`POST /v1/adapters/ensure`) first; then the body goes to the
 worker's vLLM unchanged, with the worker's API key. Streaming responses are
 passed through chunk by chunk as they arrive.
 
-Failures: a worker that cannot be reached, answers 5xx, or breaks before the
-first byte of its answer reached the client, is taken out of rotation and the
-request is retried once on another worker; when that fails too the client gets
-502 (503 when no worker is left). Once bytes have reached the client the
+Failures: a worker that cannot be reached, answers 5xx, sends nothing for
+`read_timeout_seconds`, or breaks before the first byte of its answer reached
+the client, is taken out of rotation and the request is retried once on another
+worker; when that fails too the client gets 502 (503 when no other worker is
+left). A worker whose agent restarts its vLLM (`EngineNotReady`), or that does
+not have a named adapter after all (the residency seen was stale), is retried
+the same way. Once bytes have reached the client the
 status is sent, so a stream that breaks ends with an error event (code 502).
 A client that disconnects cancels the handler and with it the upstream
 request. Errors are in OpenAI's shape; unknown adapters get 404, bad bodies
@@ -22,6 +25,7 @@ request. Errors are in OpenAI's shape; unknown adapters get 404, bad bodies
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -42,6 +46,7 @@ from loraplex.router.state import FleetState
 
 log = logging.getLogger(__name__)
 
+_ONE_WRITE_BYTES = 1 << 20
 ADAPTER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
@@ -66,6 +71,10 @@ class _Retryable(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+# Retries whose cause is the adapter's whereabouts, not the worker: it stays in rotation.
+_WORKER_IS_FINE = frozenset({"not_loaded", "not_placed"})
 
 
 class _Refused(Exception):
@@ -106,8 +115,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def _completions(proxy: Proxy, request: web.Request) -> tuple[web.StreamResponse, str | None]:
     limit = proxy.settings.max_body_bytes
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
+    body = await _read_body(request, limit)
+    if body is None:
         return (
             error_response(
                 413, f"The request body is larger than the limit of {limit} bytes.", "body_too_large"
@@ -137,6 +146,20 @@ async def _completions(proxy: Proxy, request: web.Request) -> tuple[web.StreamRe
         return refused.response, label
 
 
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None when it is larger than `limit` bytes (read no further than that)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(limit + 1 - size):  # returns what has arrived so far
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return None
+    return b"".join(parts)
+
+
 def _unknown_model(model: str) -> web.Response:
     return error_response(404, f"The model '{model}' does not exist.", "model_not_found", "model")
 
@@ -150,7 +173,9 @@ async def _route(
         decision = _decide(proxy, adapter, tried, first=attempt == 0)
         if decision is None:
             if failure:
-                return error_response(502, f"The request failed on two workers; the last: {failure}", 502)
+                return error_response(
+                    503, f"The request failed ({failure}) and no other worker is available to retry it.", 503
+                )
             return error_response(
                 503, "No worker is available to serve this request; try again shortly.", 503
             )
@@ -162,7 +187,8 @@ async def _route(
         except _Retryable as error:
             failure = str(error)
             tried.append(worker)
-            proxy.state.report_failure(worker, proxy.clock())
+            if error.reason not in _WORKER_IS_FINE:
+                proxy.state.report_failure(worker, proxy.clock())
             proxy.metrics.retries.labels(error.reason).inc()
             log.warning(
                 "Request failed on worker %s (%s)%s", worker, failure, "; retrying" if not attempt else ""
@@ -213,12 +239,17 @@ async def _ensure(proxy: Proxy, worker: str, adapter: str) -> None:
         return
     if status == 404:
         proxy.metrics.ensures.labels("unknown").inc()
+        if proxy.state.table.is_named(adapter):  # placed elsewhere now (a residency we had was stale)
+            raise _Retryable("not_placed", f"the agent of worker {worker} does not have adapter {adapter}")
         raise _Refused(_unknown_model(adapter))
     if status == 422:
         proxy.metrics.ensures.labels("refused").inc()
         raise _Refused(
             error_response(502, f"The adapter '{adapter}' could not be loaded: {message or 'refused'}.", code)
         )
+    if status == 503 and code == "EngineNotReady":  # that worker's vLLM restarts: another can serve
+        proxy.metrics.ensures.labels("not_ready").inc()
+        raise _Retryable("not_ready", f"worker {worker} is not ready: {message}")
     if status == 503:
         proxy.metrics.ensures.labels("backing_off").inc()
         raise _Refused(
@@ -242,15 +273,21 @@ async def _forward(
     headers = {"Content-Type": "application/json"}
     if proxy.settings.api_key:
         headers["Authorization"] = f"Bearer {proxy.settings.api_key}"
-    timeout = aiohttp.ClientTimeout(total=None, connect=proxy.settings.connect_timeout_seconds)
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        connect=proxy.settings.connect_timeout_seconds,
+        sock_read=proxy.settings.read_timeout_seconds,  # a worker that hangs without closing
+    )
     table = proxy.state.table
     table.begin(worker, adapter)
     gauge = proxy.metrics.worker_inflight(worker)
     gauge.inc()
     sent = time.perf_counter()
     try:
+        # aiohttp writes a large bytes body in one go (and warns); a file-like one goes in pieces.
+        data = body if len(body) <= _ONE_WRITE_BYTES else io.BytesIO(body)
         async with proxy.session.post(
-            f"{endpoints.vllm_url}{request.path}", data=body, headers=headers, timeout=timeout
+            f"{endpoints.vllm_url}{request.path}", data=data, headers=headers, timeout=timeout
         ) as upstream:
             if upstream.status >= 500:
                 detail = (await upstream.text())[:200]
@@ -264,15 +301,16 @@ async def _forward(
                 first = await anext(chunks, b"")
             except (aiohttp.ClientError, TimeoutError) as error:
                 raise _Retryable("stream", f"worker {worker} broke off ({_describe(error)})") from error
-            proxy.metrics.ttft_seconds.observe(time.perf_counter() - sent)
             if not stream or upstream.status != 200:
                 rest = await _read_rest(chunks, worker)
                 answer = web.Response(status=upstream.status, body=first + rest)
                 answer.content_type = upstream.content_type
                 return answer
+            proxy.metrics.ttft_seconds.observe(time.perf_counter() - sent)
             return await _stream(proxy, request, upstream, first, chunks, worker)
     except (aiohttp.ClientError, TimeoutError) as error:
-        raise _Retryable("connect", f"worker {worker} could not be reached ({_describe(error)})") from error
+        reason = "timeout" if isinstance(error, TimeoutError) else "connect"
+        raise _Retryable(reason, f"worker {worker} could not be reached ({_describe(error)})") from error
     finally:
         proxy.metrics.latency_seconds.observe(time.perf_counter() - sent)
         table.end(worker, adapter)

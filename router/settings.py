@@ -57,7 +57,6 @@ class RouterSettings:
     base_model: str
     served_model_name: str = ""  # the name clients use for the base model (default: base_model)
     namespace: str | None = None
-    workers_service: str | None = None
     static_workers: tuple[StaticWorker, ...] = ()
     host: str = "0.0.0.0"
     port: int = 8000
@@ -68,6 +67,7 @@ class RouterSettings:
     stale_after_seconds: float = 2.0
     connect_timeout_seconds: float = 2.0
     ensure_timeout_seconds: float = 300.0
+    read_timeout_seconds: float = 600.0
     vllm_port: int = 8000
     agent_port: int = 8080
     routing: RoutingConfig = field(default_factory=RoutingConfig)
@@ -103,7 +103,9 @@ class RouterSettings:
                 "LORAPLEX_ROUTER_RESIDENCY_INTERVAL", cls.residency_interval_seconds
             ),
             "stale_after_seconds": number("LORAPLEX_ROUTER_STALE_AFTER", cls.stale_after_seconds),
+            "connect_timeout_seconds": number("LORAPLEX_ROUTER_CONNECT_TIMEOUT", cls.connect_timeout_seconds),
             "ensure_timeout_seconds": number("LORAPLEX_ROUTER_ENSURE_TIMEOUT", cls.ensure_timeout_seconds),
+            "read_timeout_seconds": number("LORAPLEX_ROUTER_READ_TIMEOUT", cls.read_timeout_seconds),
             "routing": routing,
         }
         settings.update({k: v for k, v in values.items() if v is not None})

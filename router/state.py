@@ -27,6 +27,16 @@ class Endpoints:
     agent_url: str
 
 
+@dataclass(frozen=True)
+class _Report:
+    """A worker's last residency report, kept while it has no pod (it applies when one comes)."""
+
+    adapters: tuple[Resident, ...]
+    gpu_slots: int | None = None
+    cpu_slots: int | None = None
+    named: tuple[str, ...] | None = None
+
+
 @dataclass
 class _Health:
     ready: bool = False
@@ -60,12 +70,17 @@ class FleetState:
         self.stale_after = stale_after
         self.endpoints: dict[str, Endpoints] = {}
         self._health: dict[str, _Health] = {}
+        self._reports: dict[str, _Report] = {}
         self.synced = False  # the source has reported the whole fleet once
 
     def upsert_worker(self, name: str, vllm_url: str, agent_url: str, ready: bool, now: float) -> None:
         self.endpoints[name] = Endpoints(vllm_url.rstrip("/"), agent_url.rstrip("/"))
+        new = name not in self.table.workers
         self.table.add_worker(name, healthy=False)
         self._health.setdefault(name, _Health()).ready = ready
+        report = self._reports.get(name)
+        if new and report is not None:
+            self._apply(name, report)
         self._refresh(name, now)
 
     def remove_worker(self, name: str) -> None:
@@ -82,15 +97,25 @@ class FleetState:
         named: Iterable[str] | None = None,
     ) -> None:
         """What the worker holds; `named` are the named adapters its placement lists (None: those of
-        the report that did not come through the catalog)."""
-        if name not in self.table.workers:
-            self.table.add_worker(name, healthy=False)
-            self._health.setdefault(name, _Health())
-        entries = list(adapters)
-        self.table.set_residency(name, {a.name: a.tier for a in entries}, gpu_slots, cpu_slots)
-        self.table.set_wanted(
-            name, named if named is not None else (a.name for a in entries if not a.catalog)
-        )
+        the report that did not come through the catalog). A report for a worker without a pod (its
+        WorkerPlacement outlives the pod, or comes first) is kept until the pod comes, so a gone
+        worker never returns to the ranking and the holder index as a worker nobody can reach."""
+        report = _Report(tuple(adapters), gpu_slots, cpu_slots, None if named is None else tuple(named))
+        self._reports[name] = report
+        if name in self.table.workers:
+            self._apply(name, report)
+
+    def forget_residency(self, name: str) -> None:
+        """The worker's WorkerPlacement is gone: it holds and is placed nothing."""
+        self._reports.pop(name, None)
+        if name in self.table.workers:
+            self._apply(name, _Report((), named=()))
+
+    def _apply(self, name: str, report: _Report) -> None:
+        entries = report.adapters
+        self.table.set_residency(name, {a.name: a.tier for a in entries}, report.gpu_slots, report.cpu_slots)
+        named = report.named if report.named is not None else [a.name for a in entries if not a.catalog]
+        self.table.set_wanted(name, named)
 
     def report_load(self, name: str, running_and_waiting: int, now: float) -> None:
         if name not in self.table.workers:

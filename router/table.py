@@ -16,7 +16,7 @@ Pure data: no I/O, no clock.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -57,7 +57,7 @@ class WorkerTable:
         self.rendezvous = rendezvous if rendezvous is not None else Rendezvous()
         self.workers: dict[str, WorkerState] = {}
         self._holders: dict[str, dict[str, Tier]] = {}
-        self._named: dict[str, int] = {}  # adapter -> number of workers whose placement names it
+        self._named: dict[str, set[str]] = {}  # adapter -> the workers whose placement names it
         self._named_by: dict[str, frozenset[str]] = {}
         self.total_load = 0  # over healthy workers
         self.healthy_count = 0
@@ -182,13 +182,12 @@ class WorkerTable:
         new = frozenset(adapters)
         old = self._named_by.get(name, frozenset())
         for adapter in old - new:
-            count = self._named[adapter] - 1
-            if count:
-                self._named[adapter] = count
-            else:
+            placed = self._named[adapter]
+            placed.discard(name)
+            if not placed:
                 del self._named[adapter]
         for adapter in new - old:
-            self._named[adapter] = self._named.get(adapter, 0) + 1
+            self._named.setdefault(adapter, set()).add(name)
         if new:
             self._named_by[name] = new
         else:
@@ -197,8 +196,14 @@ class WorkerTable:
     def is_named(self, adapter: str) -> bool:
         return adapter in self._named
 
+    def placed_on(self, adapter: str) -> Collection[str]:
+        """The workers whose placement names the adapter (empty for catalog adapters): only their
+        agents know a named adapter's source, so only they can load it."""
+        return self._named.get(adapter, _NOWHERE)
+
     def named_adapters(self) -> Iterable[str]:
         return self._named.keys()
 
 
 _EMPTY: Mapping[str, Tier] = {}
+_NOWHERE: frozenset[str] = frozenset()

@@ -51,7 +51,8 @@ class FakeWorker:
     """A worker's vLLM and agent, with knobs for the failure a test needs."""
 
     name: str
-    mode: str = "ok"  # ok | fail | break (stream breaks after the first chunk)
+    mode: str = "ok"  # ok | fail | break (stream breaks after the first chunk) | hang | not_loaded
+    agent_mode: str = "ok"  # ok | not_ready (its vLLM restarts: ensure answers 503 EngineNotReady)
     gated: bool = False  # hold the stream after the first chunk until `release` is set
     known: set[str] = field(default_factory=lambda: {"sql-gen", "chat-bot", "tail-1"})
     calls: list[dict[str, Any]] = field(default_factory=list)
@@ -70,6 +71,11 @@ class FakeWorker:
         if self.mode == "fail":
             error = {"message": "engine died", "type": "InternalServerError", "param": None, "code": 500}
             return web.json_response({"error": error}, status=500)
+        if self.mode == "hang":
+            await self.release.wait()
+        if self.mode == "not_loaded":  # vLLM does not have the adapter (the residency seen was stale)
+            error = {"message": f"The model `{body['model']}` does not exist.", "type": "NotFoundError"}
+            return web.json_response({"error": {**error, "param": None, "code": 404}}, status=404)
         model = body["model"]
         if not body.get("stream"):
             text = f"served by {self.name}"
@@ -109,6 +115,9 @@ class FakeWorker:
     async def ensure(self, request: web.Request) -> web.Response:
         name = (await request.json())["name"]
         self.ensured.append(name)
+        if self.agent_mode == "not_ready":
+            error = {"message": "vLLM is not ready", "type": "EngineNotReady", "param": None}
+            return web.json_response({"error": {**error, "code": "EngineNotReady"}}, status=503)
         if name not in self.known:
             error = {"message": f"no adapter {name}", "type": "NotFound", "param": None, "code": "NotFound"}
             return web.json_response({"error": error}, status=404)
@@ -120,7 +129,7 @@ class FakeWorker:
         return web.json_response(report)
 
     async def start(self) -> None:
-        vllm = web.Application()
+        vllm = web.Application(client_max_size=16 << 20)
         vllm.router.add_post("/v1/completions", self.completion)
         vllm.router.add_post("/v1/chat/completions", self.completion)
         vllm.router.add_get("/metrics", self.metrics)

@@ -151,3 +151,34 @@ def test_a_first_time_adapter_takes_its_second_ranked_worker_when_the_first_has_
     decision = router.decide("new", 0.0)
     assert decision is not None
     assert (decision.worker, decision.hit) == (second, "miss")
+
+
+def test_a_named_adapter_goes_only_to_the_workers_its_placement_names_even_past_the_bound() -> None:
+    table = table_of(8)
+    router = Router(table)
+    for name in ("worker-5", "worker-6"):  # the operator placed it there, on disk
+        table.set_residency(name, {"sql-gen": "Disk"})
+        table.set_wanted(name, ["sql-gen"])
+    decision = router.decide("sql-gen", 0.0)
+    assert decision is not None
+    assert decision.worker in ("worker-5", "worker-6")
+    assert decision.hit == "disk"
+    # Both are busy past the bound, and so is a worker holding it in GPU outside the placement.
+    table.set_residency("worker-2", {"sql-gen": "GPU"})
+    for name, load in (("worker-5", 10), ("worker-6", 12), ("worker-2", 11)):
+        table.set_reported_load(name, load)
+    assert table.workers["worker-5"].load >= table.capacity(router.config.epsilon)
+    decision = router.decide("sql-gen", 0.1)
+    assert decision is not None
+    assert (decision.worker, decision.hit) == ("worker-5", "disk")  # the least loaded that can serve it
+
+
+def test_a_named_adapter_with_no_healthy_placement_tries_its_ranked_workers() -> None:
+    table = table_of(8)
+    router = Router(table)
+    table.set_wanted("worker-5", ["sql-gen"])
+    table.set_healthy("worker-5", False)
+    decision = router.decide("sql-gen", 0.0)
+    assert decision is not None
+    assert decision.worker != "worker-5"  # its agent may find it in the catalog
+    assert decision.hit == "miss"

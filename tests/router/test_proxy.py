@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -101,10 +103,36 @@ async def test_malformed_json_or_missing_model_is_400(fleet: Any, body: bytes, p
     assert all(not w.calls for w in fleet.workers.values())
 
 
-async def test_a_body_over_the_limit_is_413(fleet: Any) -> None:
-    status, answer = await post(fleet, "/v1/completions", {"model": "sql-gen", "prompt": "x" * 5000})
-    assert status == 413
-    assert "4096 bytes" in answer["error"]["message"]
+async def pieces(data: bytes, size: int) -> AsyncIterator[bytes]:
+    """A body sent in pieces without a Content-Length (chunked), as a slow client's arrives."""
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+        await asyncio.sleep(0.001)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_a_body_over_the_limit_is_413(fleet: Any, chunked: bool) -> None:
+    body = json.dumps({"model": "sql-gen", "prompt": "x" * 5000}).encode()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{fleet.url}/v1/completions", data=pieces(body, 1000) if chunked else body) as response,
+    ):
+        assert response.status == 413
+        assert "4096 bytes" in (await response.json())["error"]["message"]
+    assert all(not w.calls for w in fleet.workers.values())
+
+
+async def test_a_large_body_arriving_in_pieces_is_forwarded_whole(fleet: Any) -> None:
+    fleet.proxy.settings = dataclasses.replace(fleet.proxy.settings, max_body_bytes=4 << 20)
+    fleet.hold("worker-0", "sql-gen")
+    prompt = "x" * (3 << 20)
+    body = json.dumps({"model": "sql-gen", "prompt": prompt}).encode()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{fleet.url}/v1/completions", data=pieces(body, 64 << 10)) as response,
+    ):
+        assert response.status == 200, await response.text()
+    assert fleet.workers["worker-0"].calls[-1]["prompt"] == prompt
 
 
 async def test_a_failing_worker_is_retried_once_on_another_before_anything_is_streamed(fleet: Any) -> None:
@@ -127,6 +155,64 @@ async def test_when_both_workers_fail_the_client_gets_502(fleet: Any) -> None:
     assert status == 502
     assert "failed on two workers" in answer["error"]["message"]
     assert sum(len(w.calls) for w in fleet.workers.values()) == 2
+
+
+async def test_when_no_other_worker_is_left_to_retry_on_the_client_gets_503(fleet: Any) -> None:
+    fleet.hold("worker-0", "sql-gen")
+    fleet.workers["worker-0"].mode = "fail"
+    fleet.state.report_unreachable("worker-1", 0.0)
+    status, answer = await post(fleet, "/v1/completions", {"model": "sql-gen", "prompt": "x"})
+    assert status == 503
+    assert "no other worker is available" in answer["error"]["message"]
+    assert "engine died" in answer["error"]["message"]
+
+
+async def test_a_worker_that_hangs_is_given_up_after_the_read_timeout_and_retried(fleet: Any) -> None:
+    fleet.proxy.settings = dataclasses.replace(fleet.proxy.settings, read_timeout_seconds=0.5)
+    fleet.hold("worker-0", "sql-gen")
+    fleet.workers["worker-0"].mode = "hang"
+    async with client(fleet) as api:
+        completion = await asyncio.wait_for(api.completions.create(model="sql-gen", prompt="x"), DEADLINE)
+    assert completion.choices[0].text == "served by worker-1"
+    assert not fleet.state.table.workers["worker-0"].healthy
+    assert 'loraplex_router_retries_total{reason="timeout"} 1.0' in await fleet.metrics_text()
+    fleet.workers["worker-0"].release.set()
+
+
+async def test_a_stale_residency_404_is_retried_and_leaves_the_worker_in_rotation(fleet: Any) -> None:
+    fleet.hold("worker-0", "sql-gen")  # reported in GPU, but its vLLM no longer has it
+    fleet.workers["worker-0"].mode = "not_loaded"
+    async with client(fleet) as api:
+        completion = await api.completions.create(model="sql-gen", prompt="x")
+    assert completion.choices[0].text == "served by worker-1"
+    assert fleet.state.table.workers["worker-0"].healthy
+    assert "worker-0" not in fleet.state.table.holders("sql-gen")
+    assert 'loraplex_router_retries_total{reason="not_loaded"} 1.0' in await fleet.metrics_text()
+
+
+async def test_a_named_adapter_its_chosen_agent_does_not_know_is_retried_on_another_placement(
+    fleet: Any,
+) -> None:
+    fleet.hold("worker-0", "sql-gen", "Disk")  # both placements name it; worker-0's is stale
+    fleet.hold("worker-1", "sql-gen", "Disk")
+    fleet.workers["worker-0"].known.discard("sql-gen")
+    async with client(fleet) as api:
+        completion = await api.completions.create(model="sql-gen", prompt="x")
+    assert completion.choices[0].text == "served by worker-1"
+    assert fleet.workers["worker-0"].ensured == ["sql-gen"]
+    assert fleet.state.table.workers["worker-0"].healthy
+    assert 'loraplex_router_retries_total{reason="not_placed"} 1.0' in await fleet.metrics_text()
+
+
+async def test_an_agent_whose_vllm_restarts_sends_the_request_to_another_worker(fleet: Any) -> None:
+    fleet.hold("worker-0", "sql-gen", "Disk")
+    fleet.hold("worker-1", "sql-gen", "Disk")
+    fleet.workers["worker-0"].agent_mode = "not_ready"
+    async with client(fleet) as api:
+        completion = await api.completions.create(model="sql-gen", prompt="x")
+    assert completion.choices[0].text == "served by worker-1"
+    assert not fleet.state.table.workers["worker-0"].healthy  # out until its vLLM answers a poll
+    assert 'loraplex_router_retries_total{reason="not_ready"} 1.0' in await fleet.metrics_text()
 
 
 async def test_with_no_healthy_worker_the_client_gets_503(fleet: Any) -> None:
@@ -167,7 +253,6 @@ async def test_a_client_that_disconnects_cancels_the_upstream_request(fleet: Any
         await asyncio.wait_for(response.content.readline(), DEADLINE)
         response.close()  # the client goes away mid-stream
     await asyncio.wait_for(worker.cancelled.wait(), DEADLINE)
-    assert not worker.release.is_set()
 
 
 async def test_the_base_model_is_served_by_any_worker(fleet: Any) -> None:
@@ -175,6 +260,7 @@ async def test_the_base_model_is_served_by_any_worker(fleet: Any) -> None:
         completion = await api.completions.create(model="tiny-llama", prompt="x", max_tokens=3)
     assert completion.choices[0].text.startswith("served by worker-")
     assert all(not w.ensured for w in fleet.workers.values())
+    assert 'loraplex_router_requests_total{tier="base"} 1.0' in await fleet.metrics_text()
 
 
 async def test_models_lists_the_base_and_the_adapters_served(fleet: Any) -> None:
@@ -197,6 +283,8 @@ async def test_metrics_count_tiers_and_keep_catalog_adapters_in_one_series(fleet
     assert 'loraplex_router_adapter_requests_total{adapter="sql-gen"} 1.0' in text
     assert 'loraplex_router_adapter_requests_total{adapter="_catalog"} 1.0' in text
     assert 'adapter="tail-1"' not in text
+    assert "loraplex_router_upstream_time_to_first_token_seconds_count 0.0" in text  # streams only
+    assert "loraplex_router_upstream_latency_seconds_count 2.0" in text
     for family in (
         "loraplex_router_decision_seconds_bucket",
         "loraplex_router_upstream_time_to_first_token_seconds_bucket",

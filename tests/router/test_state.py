@@ -66,6 +66,8 @@ async def test_the_load_poller_takes_out_a_worker_whose_vllm_stops_answering(fle
 async def test_static_mode_reads_residency_and_slots_from_the_agents(fleet: Any) -> None:
     state = new_state()
     workers = [StaticWorker(w.name, w.vllm_url, w.agent_url) for w in fleet.workers.values()]
+    for worker in workers:
+        state.upsert_worker(worker.name, worker.vllm_url, worker.agent_url, True, 0.0)
     async with aiohttp.ClientSession() as session:
         await StaticSource(state, session, workers).poll_once()
     assert state.table.holders("sql-gen") == {"worker-0": "GPU", "worker-1": "GPU"}
@@ -83,8 +85,16 @@ def placement(worker: str, status: dict[str, Any], wanted: list[str], base: str 
     }
 
 
+def worker_pod(name: str, ip: str = "10.0.0.7") -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
 def test_workerplacement_events_set_residency_and_named_adapters() -> None:
     state = new_state()
+    apply_pod(state, "ADDED", worker_pod("llama-worker-0"), 8000, 8080, now=0.0)
     status = {
         "adapters": [
             {"name": "sql-gen", "tier": "GPU", "sha256": "0" * 64},
@@ -103,6 +113,23 @@ def test_workerplacement_events_set_residency_and_named_adapters() -> None:
     apply_placement(state, "DELETED", placement("llama-worker-0", status, []), "llama")
     assert state.table.holders("sql-gen") == {}
     assert not state.table.is_named("chat")
+
+
+def test_a_placement_without_a_pod_waits_for_it_and_never_brings_a_gone_worker_back() -> None:
+    state = new_state()
+    status = {"adapters": [{"name": "sql-gen", "tier": "GPU"}], "gpuSlots": 4, "cpuSlots": 12}
+    apply_placement(state, "ADDED", placement("llama-worker-1", status, ["sql-gen"]), "llama")
+    assert "llama-worker-1" not in state.table.workers  # listed before its pod: not routable yet
+    apply_pod(state, "ADDED", worker_pod("llama-worker-1"), 8000, 8080, now=0.0)
+    assert state.table.holders("sql-gen") == {"llama-worker-1": "GPU"}  # the kept report applies
+    assert state.table.placed_on("sql-gen") == {"llama-worker-1"}
+    apply_pod(state, "DELETED", worker_pod("llama-worker-1"), 8000, 8080, now=1.0)
+    # Its WorkerPlacement changes once more, then goes: the worker stays gone.
+    apply_placement(state, "MODIFIED", placement("llama-worker-1", {"adapters": []}, ["sql-gen"]), "llama")
+    apply_placement(state, "DELETED", placement("llama-worker-1", {"adapters": []}, []), "llama")
+    assert state.table.workers == {}
+    assert "llama-worker-1" not in state.table.rendezvous.ranking("sql-gen")
+    assert not state.table.is_named("sql-gen")
 
 
 def test_pod_events_give_endpoints_and_readiness_and_remove_deleted_workers() -> None:
