@@ -20,9 +20,13 @@ def _operator(args: argparse.Namespace) -> int:
     import dataclasses
 
     from loraplex.operator.main import run
-    from loraplex.operator.settings import OperatorSettings
+    from loraplex.operator.settings import OperatorSettings, SettingsError
 
-    settings = OperatorSettings.from_env()
+    try:
+        settings = OperatorSettings.from_env()
+    except SettingsError as error:
+        print(f"loraplex operator: {error}", file=sys.stderr)
+        return 2
     overrides = {
         "namespaces": tuple(args.namespace) if args.namespace else None,
         "metrics_port": args.metrics_port,

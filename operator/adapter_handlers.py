@@ -4,7 +4,9 @@ Deleting an adapter unloads it everywhere first: the `loraplex.dev/unload`
 finalizer (set at creation by the admission policy of operator/admission_policy.py
 where the cluster serves one, else added here) stays until no WorkerPlacement
 wants or holds it; the BaseModel's placement loop (which notices the unloads)
-or the adapter's own events remove it.
+or the adapter's own events remove it. When the BaseModel itself goes, its
+workers go with it and its placement loop stops, so its deleted adapters are
+let go then (`kubectl delete -f` of a BaseModel and its adapters together).
 
 Adapters are re-checked when they change, and when their BaseModel's spec
 changes or the BaseModel appears or goes: an index of adapters by BaseModel
@@ -77,7 +79,8 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
         key = (str(namespace), spec.get("baseModel", ""))
         finalizers = list(meta.get("finalizers", []))
         if meta.get("deletionTimestamp"):
-            if not workers_holding(list(kwargs["worker_placements"].get(key, [])), name):
+            base_gone = not kwargs["base_models"].get(key)  # its workers go with it: nothing to unload from
+            if base_gone or not workers_holding(list(kwargs["worker_placements"].get(key, [])), name):
                 release(patch, finalizers)
             return
         if UNLOAD_FINALIZER not in finalizers:  # no admission policy set it at creation
@@ -98,7 +101,12 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
 
     @kopf.on.event(GROUP, VERSION, "basemodels", id="recheck-adapters", registry=registry)
     def recheck_adapters(
-        type: str | None, name: str, namespace: str | None, meta: kopf.Meta, **kwargs: Any
+        type: str | None,
+        name: str,
+        namespace: str | None,
+        meta: kopf.Meta,
+        logger: kopf.Logger,
+        **kwargs: Any,
     ) -> None:
         key = (str(namespace), name)
         generation = -1 if type == "DELETED" else int(meta.get("generation", 0))
@@ -106,7 +114,16 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
             return  # a status write or a resync: nothing adapters care about moved
         seen_generations[key] = generation
         base = None if type == "DELETED" else _base_model(kwargs["base_models"], key)
-        for adapter_body in list(kwargs["adapters_by_base"].get(key, [])):  # a snapshot: _recheck writes
+        bodies = list(kwargs["adapters_by_base"].get(key, []))  # a snapshot: the writes below change it
+        if type == "DELETED":
+            # Its placement loop stopped and its workers and WorkerPlacements are being garbage-collected:
+            # no adapter event would follow, so its deleted adapters are let go now.
+            released = release_unloaded(custom, bodies, placements=[])
+            if released:
+                logger.info(
+                    f"Released {released} deleted adapter(s) of the deleted BaseModel {namespace}/{name}"
+                )
+        for adapter_body in bodies:
             _recheck(custom, adapter_body, base)
 
 
@@ -128,10 +145,15 @@ def release_unloaded(
             continue
         if workers_holding(placements, meta["name"]):
             continue
-        custom.patch_namespaced_custom_object(
-            GROUP, VERSION, meta["namespace"], "loraadapters", meta["name"],
-            {"metadata": {"finalizers": [f for f in finalizers if f != UNLOAD_FINALIZER]}},
-        )  # fmt: skip
+        try:
+            custom.patch_namespaced_custom_object(
+                GROUP, VERSION, meta["namespace"], "loraadapters", meta["name"],
+                {"metadata": {"finalizers": [f for f in finalizers if f != UNLOAD_FINALIZER]}},
+            )  # fmt: skip
+        except client.ApiException as error:
+            if error.status == 404:
+                continue  # already gone: another pass or event let it go first
+            raise
         metrics.API_WRITES.labels("LoRAAdapter", "patch").inc()
         writes += 1
     return writes
@@ -140,7 +162,7 @@ def release_unloaded(
 def _recheck(custom: client.CustomObjectsApi, body: Mapping[str, Any], base: BaseModelSpec | None) -> None:
     meta, current = body["metadata"], dict(body.get("status") or {})
     if meta.get("deletionTimestamp"):
-        return  # the placement loop (or, without a BaseModel, the adapter's own events) lets it go
+        return  # the placement loop, the adapter's own events or its BaseModel's deletion let it go
     verdict, planned = _judge(meta["namespace"], body["spec"], base, int(meta.get("generation", 0)), current)
     if planned is not None:
         custom.patch_namespaced_custom_object_status(

@@ -1,11 +1,13 @@
 """Decides a placed LoRAAdapter's status from what the agents report holding.
 
 Pure: the caller passes the adapter's spec, the workers the plan put it on,
-and what the workers report about it (their WorkerPlacement statuses, turned
-by `reports_by_adapter` into one entry per adapter once per pass, so each
-adapter costs its own copies, not the fleet's size). A copy counts
-as ready only when an agent reports it loaded with the adapter's digest: the
-plan alone is not residency.
+how far the fleet has come up (ready workers against the fleet scaler's
+target), and what the workers report about it (their WorkerPlacement statuses,
+turned by `reports_by_adapter` into one entry per adapter once per pass, so
+each adapter costs its own copies, not the fleet's size). A copy counts as
+ready only when an agent reports it loaded with the adapter's digest: the plan
+alone is not residency. A failure counts only when a worker the plan puts the
+adapter on reports it: one from a worker it has left says nothing now.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from datetime import datetime
 from typing import Any
 
 from loraplex.api.adapter import LoRAAdapterSpec
-from loraplex.operator.conditions import ConditionUpdate, merge_conditions
+from loraplex.operator.conditions import ConditionUpdate, condition, merge_conditions
 
 TIER_ORDER = {"GPU": 0, "CPU": 1, "Disk": 2}
+# The Ready reasons this module decides itself; any other is a failure an agent reported.
+PLACEMENT_REASONS = frozenset({"Placed", "Loading", "WaitingForWorkers", "InsufficientCapacity"})
+IN_PROGRESS_REASONS = frozenset({"Loading", "WaitingForWorkers"})
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,19 @@ class AdapterReports:
 NOT_REPORTED = AdapterReports()
 
 
+@dataclass(frozen=True)
+class FleetSize:
+    """The BaseModel's workers: how many are ready, and how many the fleet scaler is bringing up."""
+
+    ready: int
+    target: int
+
+    @property
+    def starting(self) -> bool:
+        """Fewer workers are ready than the fleet is heading for: copies that do not fit may fit soon."""
+        return self.ready < self.target
+
+
 def reports_by_adapter(workers: Mapping[str, WorkerReport]) -> dict[str, AdapterReports]:
     """The workers' reports turned around, adapter -> reports: O(copies and failures reported)."""
     held: dict[str, dict[str, Resident]] = {}
@@ -69,6 +87,7 @@ def plan_placed_adapter_status(
     generation: int,
     planned_workers: Sequence[str],
     reports: AdapterReports,
+    fleet: FleetSize,
     previous: dict[str, Any],
     now: datetime,
 ) -> dict[str, Any]:
@@ -79,11 +98,13 @@ def plan_placed_adapter_status(
             placements.append({"worker": worker, "tier": resident.tier})
             if resident.load_seconds is not None:
                 latencies.append(resident.load_seconds)
-    failures = [(worker, *reports.failures[worker]) for worker in sorted(reports.failures)]
+    # Only the workers the plan puts it on now: a failure on a worker it has left says nothing now.
+    failing = sorted(reports.failures.keys() & set(planned_workers))
+    failures = [(worker, *reports.failures[worker]) for worker in failing]
     placements.sort(key=lambda p: (TIER_ORDER[p["tier"]], p["worker"]))
     ready_copies = len(placements)
     desired = spec.replicas
-    ready = _ready(spec, ready_copies, desired, len(planned_workers), failures)
+    ready = _ready(ready_copies, desired, len(planned_workers), fleet, failures)
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "phase": _phase(ready, ready_copies),
@@ -96,7 +117,7 @@ def plan_placed_adapter_status(
             [
                 ready,
                 ConditionUpdate(
-                    "Reconciling", "True" if ready.reason == "Loading" else "False", ready.reason
+                    "Reconciling", "True" if ready.reason in IN_PROGRESS_REASONS else "False", ready.reason
                 ),
                 _stalled(ready) if failures else ConditionUpdate("Stalled", "False", "AsExpected"),
             ],
@@ -109,8 +130,20 @@ def plan_placed_adapter_status(
     return status
 
 
+def agent_failure_to_announce(
+    previous: Mapping[str, Any], planned: Mapping[str, Any]
+) -> ConditionUpdate | None:
+    """The Ready condition to announce in a Warning Event: only when an agent-reported failure
+    becomes the adapter's Ready reason (a new reason), not on each pass that still shows it."""
+    after = condition(planned.get("conditions", []), "Ready")
+    before = condition(previous.get("conditions", []), "Ready") or {}
+    if after is None or after["reason"] in PLACEMENT_REASONS or after["reason"] == before.get("reason"):
+        return None
+    return ConditionUpdate("Ready", after["status"], after["reason"], after["message"])
+
+
 def _ready(
-    spec: LoRAAdapterSpec, ready_copies: int, desired: int, planned: int, failures: list[tuple[str, str, str]]
+    ready_copies: int, desired: int, planned: int, fleet: FleetSize, failures: list[tuple[str, str, str]]
 ) -> ConditionUpdate:
     if failures:
         worker, reason, message = failures[0]
@@ -118,6 +151,12 @@ def _ready(
         return ConditionUpdate("Ready", "False", reason, text)
     if ready_copies >= desired:
         return ConditionUpdate("Ready", "True", "Placed", f"{ready_copies} of {desired} copies loaded")
+    if planned < desired and fleet.starting:
+        message = (
+            f"{fleet.ready} of {fleet.target} workers ready; {planned} of {desired} copies fit on them "
+            "so far: waiting for the fleet to come up"
+        )
+        return ConditionUpdate("Ready", "False", "WaitingForWorkers", message)
     if planned < desired:
         message = (
             f"only {planned} of {desired} copies fit on the workers: add workers or lower other replicas"
@@ -135,4 +174,6 @@ def _phase(ready: ConditionUpdate, ready_copies: int) -> str:
         return "Ready"
     if ready.reason == "Loading":
         return "Loading"
+    if ready.reason == "WaitingForWorkers":
+        return "Degraded" if ready_copies else "Pending"
     return "Degraded" if ready_copies else "Failed"

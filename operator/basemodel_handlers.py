@@ -4,7 +4,9 @@ Level-based: every pass rebuilds the whole fleet plan from the spec and lets
 the applier skip what is already right, so running twice changes nothing and
 a restart mid-way loses nothing. Live state comes from kopf indexes of the
 worker StatefulSets and pods (kept by watches), read by a per-BaseModel timer
-that writes status only when it changed.
+that writes status only when it changed. The index lags behind the operator's
+own writes, so the status calls the fleet ready only once the indexed worker
+StatefulSet carries the content hash of the one this generation plans.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from loraplex.operator.fleet import (
     MANAGED_BY,
     BaseModelRef,
     api_key_secret,
+    content_hash,
     plan_fleet,
     worker_selector,
+    worker_statefulset,
 )
 from loraplex.operator.fleet_scale import FleetTargets, workers_to_run
 from loraplex.operator.fleet_status import WorkerPod, plan_base_model_status, status_changed
@@ -88,7 +92,7 @@ def register(
             writes = applier.apply_all(plan_fleet(ref, model, settings, workers))
             if writes:
                 logger.info(f"Applied worker fleet of {namespace}/{name} writes={writes}")
-            _write_status(model, meta, status, patch, FleetIndexes.of(kwargs), key)
+            write_fleet_status(model, settings, ref, meta, status, patch, FleetIndexes.of(kwargs))
         except kopf.PermanentError:
             metrics.RECONCILES.labels("BaseModel", "error").inc()
             raise
@@ -110,6 +114,7 @@ def register(
         spec: kopf.Spec,
         name: str,
         namespace: str | None,
+        uid: str,
         meta: kopf.Meta,
         status: kopf.Status,
         patch: kopf.Patch,
@@ -119,7 +124,8 @@ def register(
             model = BaseModelSpec.model_validate(dict(spec))
         except ValidationError:
             return  # reconcile_fleet reports it
-        _write_status(model, meta, status, patch, FleetIndexes.of(kwargs), (str(namespace), name))
+        ref = BaseModelRef(name, str(namespace), uid)
+        write_fleet_status(model, settings, ref, meta, status, patch, FleetIndexes.of(kwargs))
 
 
 def _parse_spec(spec: Mapping[str, Any]) -> BaseModelSpec:
@@ -143,23 +149,31 @@ class FleetIndexes:
         return cls(kwargs["worker_sets"], kwargs["worker_pods"], kwargs["worker_placements"])
 
 
-def _write_status(
+def write_fleet_status(
     model: BaseModelSpec,
+    settings: OperatorSettings,
+    ref: BaseModelRef,
     meta: kopf.Meta,
     status: kopf.Status,
     patch: kopf.Patch,
     indexes: FleetIndexes,
-    key: tuple[str, str],
 ) -> None:
+    """Fill `patch` with the BaseModel's status as the indexes show the fleet, if anything changed."""
+    key = (ref.namespace, ref.name)
     sets = list(indexes.worker_sets.get(key, []))
     observation = fleet_observation(
         sets[0] if sets else None,
         list(indexes.worker_pods.get(key, [])),
         list(indexes.worker_placements.get(key, [])),
     )
+    # What this generation's worker StatefulSet looks like at the worker count the index shows (a scale
+    # the placement loop decided is not a roll), to tell a StatefulSet the watch has not caught up with.
+    planned_hash = content_hash(worker_statefulset(ref, model, settings, observation.replicas))
     current = dict(status)
     generation = int(meta.get("generation", 0))
-    planned = plan_base_model_status(model, generation, observation, current, _now(), worker_selector(key[1]))
+    planned = plan_base_model_status(
+        model, generation, observation, current, _now(), worker_selector(ref.name), planned_hash
+    )
     metrics.WORKERS.labels(key[1], "desired").set(planned["desiredWorkers"])
     metrics.WORKERS.labels(key[1], "ready").set(planned["readyWorkers"])
     if status_changed(current, planned):

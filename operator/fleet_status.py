@@ -1,9 +1,10 @@
 """Decides a BaseModel's status from what its worker StatefulSet and pods show.
 
 Pure: the caller passes plain observations (from kopf indexes) and `now`.
-Conditions: `Ready` (all desired workers ready), `Progressing` (a roll or a
-scale-up in flight), `Degraded` (workers missing), and the kstatus pair
-`Reconciling` / `Stalled`, so Flux, Argo CD and `kubectl wait` read health.
+Conditions: `Ready` (all desired workers ready and running the planned
+StatefulSet), `Progressing` (a roll or a scale-up in flight), `Degraded`
+(workers missing), and the kstatus pair `Reconciling` / `Stalled`, so Flux,
+Argo CD and `kubectl wait` read health.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class FleetObservation:
     updated_replicas: int = 0
     current_revision: str | None = None
     update_revision: str | None = None
+    applied_hash: str | None = None  # the content hash the StatefulSet carries: what was last applied
     pods: Sequence[WorkerPod] = field(default_factory=tuple)
     gpu_used: int = 0  # adapters the agents report in GPU slots, over all workers
     cpu_used: int = 0  # ... and in CPU slots (vLLM's CPU cache holds the GPU ones too)
@@ -50,14 +52,17 @@ def plan_base_model_status(
     previous: dict[str, Any],
     now: datetime,
     worker_selector: str = "",
+    planned_hash: str | None = None,
 ) -> dict[str, Any]:
     """The whole status subresource for this generation of the BaseModel.
 
     `worker_selector` is the worker pods' label selector, which `kubectl scale` and HPAs read.
+    `planned_hash` is the content hash of the worker StatefulSet this generation plans: until the
+    observed StatefulSet carries it (the watch lags behind the write), the roll has not begun.
     """
     desired = observed.replicas if observed.statefulset_found else spec.replicas.min
     ready = min(observed.ready_replicas, desired)
-    ready_condition = _ready_condition(spec, observed, ready, desired)
+    ready_condition = _ready_condition(spec, observed, ready, desired, planned_hash)
     blocked = ready_condition.reason in BLOCKED_REASONS
     in_flight = ready_condition.status != "True" and not blocked
     updates = [
@@ -92,7 +97,7 @@ BLOCKED_REASONS = frozenset({"InsufficientGPU", "Unschedulable"})
 
 
 def _ready_condition(
-    spec: BaseModelSpec, observed: FleetObservation, ready: int, desired: int
+    spec: BaseModelSpec, observed: FleetObservation, ready: int, desired: int, planned_hash: str | None
 ) -> ConditionUpdate:
     if not observed.statefulset_found:
         return ConditionUpdate("Ready", "Unknown", "Creating", "Creating the worker StatefulSet")
@@ -113,17 +118,19 @@ def _ready_condition(
         )
     if ready < desired:
         return ConditionUpdate("Ready", "False", "WorkersStarting", f"{ready} of {desired} workers ready")
-    if _rolling(observed, desired):
+    if _rolling(observed, desired, planned_hash):
         return ConditionUpdate("Ready", "False", "RollingUpdate", "Rolling the workers to the new spec")
     return ConditionUpdate("Ready", "True", "WorkersReady", f"{ready} of {desired} workers ready")
 
 
-def _rolling(observed: FleetObservation, desired: int) -> bool:
+def _rolling(observed: FleetObservation, desired: int, planned_hash: str | None) -> bool:
     revisions_differ = (
         observed.update_revision is not None and observed.update_revision != observed.current_revision
     )
+    not_yet_seen = planned_hash is not None and observed.applied_hash != planned_hash
     return (
-        observed.observed_generation < observed.generation
+        not_yet_seen
+        or observed.observed_generation < observed.generation
         or observed.updated_replicas < desired
         or revisions_differ
     )

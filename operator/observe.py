@@ -78,5 +78,6 @@ def fleet_observation(
         updated_replicas=int(status.get("updatedReplicas", 0)),
         current_revision=status.get("currentRevision"),
         update_revision=status.get("updateRevision"),
+        applied_hash=(statefulset["metadata"].get("annotations") or {}).get(HASH_ANNOTATION),
         pods=tuple(sorted(pods, key=lambda p: p.name)),
     )

@@ -490,11 +490,12 @@ class Planner:
         """Admit ``worker``, place copies that were missing, then rebalance in bounded steps."""
         return self.workers_added([worker])
 
-    def workers_added(self, workers: Iterable[Worker]) -> list[Move]:
+    def workers_added(self, workers: Iterable[Worker], *, rebalance_step: bool = True) -> list[Move]:
         """Admit several workers at once: one ring rebuild, one retry of missing copies, one rebalance.
 
         A fleet coming up adds hundreds of workers in a pass; admitting them one by one would rebuild
-        the ring (and rebalance) once per worker.
+        the ring (and rebalance) once per worker. ``rebalance_step=False`` leaves the rebalance to the
+        caller, which then bounds the pass's rebalancing by one budget, not two.
         """
         fresh = [worker for worker in workers if worker.healthy]
         for worker in fresh:
@@ -506,7 +507,8 @@ class Planner:
             self._admit(worker)
         self._rebuild_ring()
         moves = self._retry_missing()
-        moves.extend(self.rebalance())
+        if rebalance_step:
+            moves.extend(self.rebalance())
         return moves
 
     def adapter_changed(self, adapter: Adapter) -> list[Move]:

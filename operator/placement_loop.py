@@ -4,8 +4,10 @@ Each pass reads the fleet from kopf indexes (ready worker pods, node zones,
 the BaseModel's LoRAAdapters, the WorkerPlacements with the agents' reports),
 brings the planner up to date (placement_sync), writes the WorkerPlacements
 whose content changed (the applier skips the rest), and writes the status of
-each adapter whose placement or residency changed. The desired placement lives
-in the WorkerPlacement objects, so a restarted operator resumes from it.
+each adapter whose placement or residency changed, with a Warning Event on the
+adapter when an agent-reported failure becomes its Ready reason. The desired
+placement lives in the WorkerPlacement objects, so a restarted operator resumes
+from it.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from loraplex.operator import metrics
 from loraplex.operator.adapter_handlers import release_unloaded
 from loraplex.operator.adapter_residency import (
     NOT_REPORTED,
+    FleetSize,
     Resident,
     WorkerReport,
+    agent_failure_to_announce,
     plan_placed_adapter_status,
     reports_by_adapter,
 )
@@ -45,7 +49,7 @@ from loraplex.operator.fleet import (
     owned_by,
     worker_statefulset,
 )
-from loraplex.operator.fleet_scale import FleetTargets, ScaleStep, next_scale, slot_demand
+from loraplex.operator.fleet_scale import FleetTargets, ScaleStep, next_scale, slot_demand, workers_needed
 from loraplex.operator.fleet_status import status_changed
 from loraplex.operator.observe import index_essentials, running_workers
 from loraplex.operator.placement import Adapter, Worker
@@ -108,7 +112,9 @@ def register(
             # Snapshots: kopf's index stores change under a loop that iterates them (deletes, status writes).
             bodies = list(kwargs["adapters_by_base"].get(key, []))
             adapters, parsed = _valid_adapters(bodies, model, parsed)
-            scaler.scale(model, body, [a for a, _, _ in adapters.values()], kwargs["worker_sets"], logger)
+            target = scaler.scale(
+                model, body, [a for a, _, _ in adapters.values()], kwargs["worker_sets"], logger
+            )
             pods = list(kwargs["ready_workers"].get(key, []))
             workers = _workers(pods, kwargs["node_zones"], model, settings)
             placements = list(kwargs["worker_placements"].get(key, []))
@@ -121,8 +127,9 @@ def register(
             for gone in sorted({p["spec"]["worker"] for p in placements} - workers.keys()):
                 writes += applier.delete(API_VERSION, "WorkerPlacement", gone, str(namespace))
             statuses = _write_adapter_statuses(
-                custom, writers, str(namespace), adapters, result.placement, placements
-            )
+                custom, writers, str(namespace), adapters, result.placement, placements,
+                FleetSize(len(workers), target),
+            )  # fmt: skip
             writes += release_unloaded(custom, bodies, placements)
             metrics.PLANNER_SECONDS.observe(time.monotonic() - started)
             _record(name, result.placement, len(result.missing), result.moved)
@@ -156,26 +163,27 @@ class FleetScaler:
         adapters: list[Adapter],
         worker_sets: kopf.Index[tuple[str, str], dict[str, Any]],
         logger: kopf.Logger,
-    ) -> None:
+    ) -> int:
+        """Scale towards what the adapters need; return the worker count the fleet is heading for."""
         running = running_workers(list(worker_sets.get(self.key, [])))
-        if running is None:
-            return  # the fleet handler creates the StatefulSet first
         demand = slot_demand(adapters)
+        if running is None:
+            return workers_needed(model, demand)  # the fleet handler creates the StatefulSet first
         # A fresh operator starts from what runs, so a restart never shrinks the fleet at once.
         current = self.step if self.step is not None else ScaleStep(running)
         step = next_scale(model, demand, current, time.monotonic(), self.settings.scale_down_delay_seconds)
         self.step = step
         self.targets.set(self.key, step.target)
         if step.target == running:
-            return
+            return step.target
         statefulset = owned_by(self.ref, worker_statefulset(self.ref, model, self.settings, step.target))
         try:
             written = self.applier.apply(statefulset)  # a no-op while the index still shows the old count
         except client.ApiException as error:
             logger.warning(f"Scaling the workers to {step.target} failed, will retry: {error.reason}")
-            return
+            return step.target
         if not written:
-            return
+            return step.target
         message = (
             f"Workers {running} -> {step.target}: the adapters want {demand.warm_copies} warm copies "
             f"({demand.pinned_copies} pinned in GPU slots, at most {demand.widest} of one adapter); "
@@ -184,6 +192,7 @@ class FleetScaler:
         kopf.event(body, type="Normal", reason="Scaled", message=message)  # kopf.info is filtered by level
         logger.info(message)
         metrics.FLEET_SCALINGS.labels(self.ref.name, "up" if step.target > running else "down").inc()
+        return step.target
 
 
 def _changed(planned: list[Manifest], placements: list[Mapping[str, Any]]) -> list[Manifest]:
@@ -290,18 +299,27 @@ def _write_adapter_statuses(
     adapters: Mapping[str, tuple[Adapter, LoRAAdapterSpec, Mapping[str, Any]]],
     placement: Mapping[str, Mapping[str, str]],
     placements: list[Mapping[str, Any]],
+    fleet: FleetSize,
 ) -> int:
-    """Write the statuses that changed, several at once: after a bulk apply that is every adapter."""
+    """Write the statuses that changed, several at once: after a bulk apply that is every adapter.
+
+    Once written, each adapter whose Ready reason turned to a failure an agent reported gets one
+    Warning Event with the condition's message (posted from this thread: kopf's event queue is
+    reached through the daemon's context, which the writer threads lack).
+    """
     reports, now = reports_by_adapter(_reports(placements)), datetime.now(UTC)
-    changed = []
+    changed, announce = [], []
     for name, (_, spec, body) in sorted(adapters.items()):
         current = dict(body.get("status") or {})
         generation = int(body["metadata"].get("generation", 0))
         planned = plan_placed_adapter_status(
-            spec, generation, sorted(placement.get(name, {})), reports.get(name, NOT_REPORTED), current, now
-        )
+            spec, generation, sorted(placement.get(name, {})), reports.get(name, NOT_REPORTED), fleet,
+            current, now,
+        )  # fmt: skip
         if status_changed(current, planned):
             changed.append((name, planned))
+            if (failure := agent_failure_to_announce(current, planned)) is not None:
+                announce.append((body, failure))
 
     def write(item: tuple[str, dict[str, Any]]) -> None:
         name, planned = item
@@ -314,4 +332,6 @@ def _write_adapter_statuses(
         metrics.API_WRITES.labels("LoRAAdapter", "patch-status").inc()
 
     list(writers.map(write, changed))
+    for body, failure in announce:
+        kopf.warn(kopf.Body(cast(kopf.RawBody, dict(body))), reason=failure.reason, message=failure.message)
     return len(changed)

@@ -6,7 +6,9 @@ Each pass of the operator's placement loop takes a snapshot of the fleet
 WorkerPlacement objects already record, so warm copies stay where they are;
 later passes feed the planner only the differences since the previous pass
 (worker lost or added, adapter changed or removed). After workers are added,
-each pass takes one bounded rebalance step until a step moves nothing.
+each pass (the first included) takes one rebalance step of at most
+`max_rebalance_moves` copies until a step moves nothing; re-placing the copies
+of lost workers and copies that found no slot before is not held to it.
 Pure: no I/O, deterministic.
 """
 
@@ -76,13 +78,14 @@ class PlacementSync:
             new.append(worker)
         added = bool(new)
         if added:
-            moves += planner.workers_added(new)  # all at once: one ring rebuild for a fleet coming up
+            # All at once: one ring rebuild for a fleet coming up. The pass's one rebalance step is below.
+            moves += planner.workers_added(new, rebalance_step=False)
         for key in sorted(seen.adapters.keys() - snapshot.adapters.keys()):
             moves += planner.adapter_removed(key)
         for key, adapter in sorted(snapshot.adapters.items()):
             if seen.adapters.get(key) != adapter:
                 moves += planner.adapter_changed(adapter)
-        if added or self._rebalancing:  # even the load onto new workers, a bounded step per pass
+        if added or self._rebalancing:  # even the load onto new workers: one bounded step per pass
             step = planner.rebalance(self.max_rebalance_moves) if self.max_rebalance_moves else []
             self._rebalancing = bool(step)
             moves += step

@@ -62,7 +62,7 @@ def test_adapter_of_a_missing_base_model_waits_and_recovers(
     assert "llama-8b does not exist" in events[0][1]
     base_model(kube, namespace, max_rank=64)
     status = wait_until(
-        lambda: ready_reason(kube, namespace, "WaitingForPlacement", "Loading"), 30, "re-checked adapter"
+        lambda: ready_reason(kube, namespace, "WaitingForWorkers", "Loading"), 30, "re-checked adapter"
     )
     assert status["phase"] in ("Pending", "Loading")
 
@@ -82,7 +82,7 @@ def test_adapter_above_the_rank_limit_is_refused_until_the_limit_rises(
         GROUP, VERSION, namespace, "basemodels", "llama-8b", {"spec": {"engine": {"maxLoraRank": 32}}}
     )
     wait_until(
-        lambda: ready_reason(kube, namespace, "WaitingForPlacement", "Loading"),
+        lambda: ready_reason(kube, namespace, "WaitingForWorkers", "Loading"),
         30,
         "adapter accepted after raise",
     )

@@ -87,20 +87,34 @@ def test_workers_that_cannot_get_gpus_say_so(kube: Any, namespace: str, operator
     assert conditions["Stalled"] == "True"
 
 
+def worker_revisions(kube: Any, namespace: str, name: str) -> dict[str, tuple[str, str]]:
+    """Each worker pod's name -> (uid, the StatefulSet revision it runs)."""
+    pods = client.CoreV1Api(kube).list_namespaced_pod(
+        namespace, label_selector=f"loraplex.dev/base-model={name},app.kubernetes.io/component=worker"
+    )
+    return {
+        p.metadata.name: (p.metadata.uid, p.metadata.labels["controller-revision-hash"]) for p in pods.items
+    }
+
+
 def test_spec_change_rolls_the_workers(kube: Any, namespace: str, operator: OperatorProcess) -> None:
-    create_base_model(kube, namespace, "tiny", engine={"maxLoras": 2, "maxCpuLoras": 8})
+    create_base_model(kube, namespace, "tiny", replicas={"min": 2}, engine={"maxLoras": 2, "maxCpuLoras": 8})
     wait_ready(kube, namespace, "tiny")
+    before = worker_revisions(kube, namespace, "tiny")
     client.CustomObjectsApi(kube).patch_namespaced_custom_object(
         GROUP, VERSION, namespace, "basemodels", "tiny", {"spec": {"engine": {"maxLoras": 6}}}
     )
+    # Ready at generation 2 (what `kubectl wait`, Flux and Argo CD read) only once every worker rolled.
     status = wait_ready(kube, namespace, "tiny", generation=2)
-    assert status["slotsSummary"] == "0/6"
-    args = (
-        client.AppsV1Api(kube)
-        .read_namespaced_stateful_set("tiny-worker", namespace)
-        .spec.template.spec.containers[0]
-        .args
-    )
+    after = worker_revisions(kube, namespace, "tiny")
+    statefulset = client.AppsV1Api(kube).read_namespaced_stateful_set("tiny-worker", namespace)
+    assert sorted(after) == sorted(before) == ["tiny-worker-0", "tiny-worker-1"]
+    assert all(after[pod][0] != before[pod][0] for pod in before)  # every pod was replaced
+    assert {revision for _, revision in after.values()} == {statefulset.status.update_revision}
+    assert statefulset.status.update_revision not in {revision for _, revision in before.values()}
+    assert statefulset.status.updated_replicas == 2
+    assert status["slotsSummary"] == "0/12"
+    args = statefulset.spec.template.spec.containers[0].args
     assert args[args.index("--max-loras") + 1] == "6"
 
 

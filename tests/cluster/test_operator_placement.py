@@ -129,3 +129,42 @@ def test_deleting_an_adapter_unloads_it_everywhere_first(
 
     wait_until(gone, 60, "chat deleted after it left every worker")
     assert "chat" not in placements(kube, namespace)
+
+
+def test_deleting_a_base_model_with_its_adapters_lets_them_all_go(
+    kube: Any, namespace: str, operator: OperatorProcess
+) -> None:
+    # As `kubectl delete -f examples/` does: the BaseModel first, its adapters right after.
+    create_object(
+        kube,
+        namespace,
+        "basemodels",
+        "BaseModel",
+        "tiny",
+        {"model": {"uri": "/models/tiny"}, "replicas": {"min": 2}},
+    )
+    for name, replicas in (("chat", 2), ("code", 1)):
+        create_object(
+            kube, namespace, "loraadapters", "LoRAAdapter", name, adapter_spec(name, replicas=replicas)
+        )
+    wait_until(
+        lambda: {k: len(v) for k, v in placements(kube, namespace).items()} == {"chat": 2, "code": 1},
+        60,
+        "chat and code placed",
+    )
+    custom = client.CustomObjectsApi(kube)
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "basemodels", "tiny")
+    for name in ("chat", "code"):
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "loraadapters", name)
+
+    def left() -> list[str]:
+        return [
+            f"{plural}/{item['metadata']['name']}"
+            for plural in ("basemodels", "loraadapters", "workerplacements")
+            for item in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)["items"]
+        ]
+
+    try:
+        wait_until(lambda: not left(), 60, "BaseModel, adapters and WorkerPlacements gone")
+    except TimeoutError as error:
+        raise AssertionError(f"still there after 60s: {left()}") from error

@@ -5,10 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from loraplex.api.adapter import LoRAAdapterSpec
 from loraplex.operator.adapter_residency import (
+    NOT_REPORTED,
+    FleetSize,
     Resident,
     WorkerReport,
+    agent_failure_to_announce,
     plan_placed_adapter_status,
     reports_by_adapter,
 )
@@ -26,6 +31,7 @@ CHAT = LoRAAdapterSpec.model_validate(
     {"baseModel": "llama-8b", "source": {"uri": "s3://adapters/chat/", "sha256": "2" * 64}, "rank": 8}
 )
 WORKERS = ["llama-8b-worker-0", "llama-8b-worker-1", "llama-8b-worker-2"]
+FLEET_UP = FleetSize(ready=3, target=3)
 
 
 def test_each_worker_gets_one_object_listing_its_adapters_and_tiers() -> None:
@@ -65,9 +71,16 @@ def report(**held: Resident) -> WorkerReport:
     return WorkerReport(held=held, failures={})
 
 
-def sql_status(planned: list[str], reports: dict[str, WorkerReport]) -> dict[str, Any]:
+def sql_status(
+    planned: list[str],
+    reports: dict[str, WorkerReport],
+    fleet: FleetSize = FLEET_UP,
+    previous: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """sql's status as the placement loop plans it: from the workers' reports turned around."""
-    return plan_placed_adapter_status(SQL, 1, planned, reports_by_adapter(reports)["sql"], {}, NOW)
+    by_adapter = reports_by_adapter(reports)
+    sql = by_adapter.get("sql", NOT_REPORTED)
+    return plan_placed_adapter_status(SQL, 1, planned, sql, fleet, previous or {}, NOW)
 
 
 def test_copies_count_only_what_agents_hold_with_the_right_digest() -> None:
@@ -101,12 +114,73 @@ def test_a_digest_mismatch_reported_by_an_agent_is_shown_with_its_reason() -> No
     assert status["phase"] == "Failed"
 
 
-def test_too_few_workers_for_the_replicas_is_insufficient_capacity() -> None:
-    status = sql_status(["w-0"], {"w-0": report(sql=Resident("GPU", "1" * 64))})
+@pytest.mark.parametrize("fleet", [FLEET_UP, FleetSize(ready=4, target=3)], ids=["at-target", "shrinking"])
+def test_too_few_workers_for_the_replicas_once_the_fleet_is_up_is_insufficient_capacity(
+    fleet: FleetSize,
+) -> None:
+    status = sql_status(["w-0"], {"w-0": report(sql=Resident("GPU", "1" * 64))}, fleet)
     ready = condition(status["conditions"], "Ready")
     assert ready is not None
     assert ready["reason"] == "InsufficientCapacity"
     assert status["phase"] == "Degraded"
+
+
+@pytest.mark.parametrize(
+    ("planned", "reports", "phase"),
+    [
+        ([], {}, "Pending"),  # no worker ready yet: nothing placed
+        (["w-0"], {"w-0": report(sql=Resident("GPU", "1" * 64))}, "Degraded"),  # one copy serves already
+    ],
+    ids=["nothing-placed", "one-copy-loaded"],
+)
+def test_copies_that_do_not_fit_while_the_fleet_comes_up_wait_for_workers(
+    planned: list[str], reports: dict[str, WorkerReport], phase: str
+) -> None:
+    by_adapter = reports_by_adapter(reports)
+    fleet = FleetSize(ready=len(planned), target=3)
+    status = plan_placed_adapter_status(SQL, 1, planned, by_adapter.get("sql", NOT_REPORTED), fleet, {}, NOW)
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert status["phase"] == phase
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("False", "WaitingForWorkers")
+    assert f"{len(planned)} of 3 workers ready" in conditions["Ready"]["message"]
+    assert (conditions["Reconciling"]["status"], conditions["Stalled"]["status"]) == ("True", "False")
+
+
+def test_a_failure_from_a_worker_the_adapter_no_longer_is_planned_on_is_ignored() -> None:
+    reports = {
+        "w-0": report(sql=Resident("GPU", "1" * 64)),
+        "w-1": report(sql=Resident("GPU", "1" * 64)),
+        "w-2": WorkerReport(held={}, failures={"sql": ("SourceUnreachable", "an old outage")}),
+    }
+    status = sql_status(["w-0", "w-1"], reports)
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("True", "Placed")
+    assert conditions["Stalled"]["status"] == "False"
+    assert status["phase"] == "Ready"
+
+
+def test_an_agent_failure_is_announced_once_when_it_becomes_the_ready_reason() -> None:
+    failing = {"w-0": WorkerReport(held={}, failures={"sql": ("DigestMismatch", "sha256 is 9f3e...")})}
+    loading = sql_status(["w-0", "w-1"], {})
+    failed = sql_status(["w-0", "w-1"], failing, previous=loading)
+    announced = agent_failure_to_announce(loading, failed)
+    assert announced is not None
+    ready = condition(failed["conditions"], "Ready")
+    assert ready is not None
+    assert (announced.reason, announced.message) == ("DigestMismatch", ready["message"])
+    assert announced.message == "w-0 could not load it: sha256 is 9f3e..."
+    again = sql_status(["w-0", "w-1"], failing, previous=failed)
+    assert agent_failure_to_announce(failed, again) is None  # the next pass: still failing, no new Event
+    other = {"w-1": WorkerReport(held={}, failures={"sql": ("LoadFailed", "vLLM refused it")})}
+    assert agent_failure_to_announce(failed, sql_status(["w-1"], other, previous=failed)) is not None
+
+
+@pytest.mark.parametrize(
+    "fleet", [FLEET_UP, FleetSize(ready=0, target=3)], ids=["insufficient-capacity", "waiting-for-workers"]
+)
+def test_reasons_the_operator_decides_itself_are_not_announced(fleet: FleetSize) -> None:
+    status = sql_status([], {}, fleet)
+    assert agent_failure_to_announce({}, status) is None
 
 
 def test_each_adapter_sees_only_its_own_copies_and_the_first_failing_worker_by_name() -> None:

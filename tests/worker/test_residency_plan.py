@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from loraplex.worker.agent.residency import (
     Fetch,
     Load,
@@ -12,6 +14,7 @@ from loraplex.worker.agent.residency import (
     plan_convergence,
     plan_report,
     protected_revisions,
+    stale_failures,
 )
 
 SLOTS = Slots(gpu=2, cpu=4)
@@ -97,3 +100,28 @@ def test_report_lists_tiers_and_protects_what_is_wanted_or_loaded() -> None:
         ("d", "Disk", False),
     ]
     assert protected_revisions(wanted, registered) == {"aaaa", "bbbb", "cccc", "dddd", "eeee"}
+
+
+@pytest.mark.parametrize(
+    ("failure", "wanted", "ensuring", "stale"),
+    [
+        (LoadFailure("a", "aaaa", "DigestMismatch", "", retry_at=5), [want("a")], set(), False),
+        (LoadFailure("a", "aaaa", "DigestMismatch", "", retry_at=5), [], set(), True),  # moved away
+        (LoadFailure("a", "aaaa", "LoadFailed", "", retry_at=5), [want("a", sha="a2a2")], set(), True),
+        (LoadFailure("a", "aaaa", "SourceNotFound", "", retry_at=0), [], {"a"}, False),  # ensuring now
+        (LoadFailure("a", "aaaa", "SourceNotFound", "", retry_at=5, on_demand=True), [], set(), False),
+        (LoadFailure("a", "aaaa", "SourceNotFound", "", retry_at=0, on_demand=True), [], set(), True),
+    ],
+    ids=[
+        "wanted-at-that-revision",
+        "no-longer-wanted",
+        "wanted-at-another-revision",
+        "being-ensured",
+        "on-demand-backing-off",
+        "on-demand-backoff-over",
+    ],
+)
+def test_failures_of_adapters_no_longer_wanted_here_are_stale(
+    failure: LoadFailure, wanted: list[WantedAdapter], ensuring: set[str], stale: bool
+) -> None:
+    assert stale_failures({"a": failure}, wanted, ensuring, now=1) == (["a"] if stale else [])

@@ -12,6 +12,11 @@ wanted set is known, so an agent restart never empties a warm worker.
 On-demand loads (`ensure`, used by the router for catalog adapters and for
 named adapters held only on disk) share one load per adapter among concurrent
 callers; a failed revision is not retried before its backoff ends.
+
+A recorded failure is reported until that revision is fetched (a fetch failure)
+or loaded (any failure), or until it goes stale: each pass drops the failures
+of adapters the WorkerPlacement no longer wants at that revision, unless an
+on-demand load of the adapter is in flight or still backing off.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from loraplex.worker.agent.residency import (
     plan_convergence,
     plan_report,
     protected_revisions,
+    stale_failures,
 )
 from loraplex.worker.agent.sources import InvalidSource, catalog_uri
 from loraplex.worker.agent.vllm_client import VllmClient, VllmError
@@ -164,6 +170,9 @@ class Agent:
         assert self.wanted is not None
         wanted = self.wanted
         now = self.clock()
+        for name in stale_failures(self.failures, wanted, set(self._inflight), now):
+            reason = self.failures.pop(name).reason
+            log.info("Dropped stale failure of adapter %s on worker %s reason=%s", name, self.worker, reason)
         plan = plan_convergence(
             wanted, self.registered, self.cache.revisions(), self.failures, self.slots, now
         )
@@ -221,7 +230,7 @@ class Agent:
                 f"adapter {name} failed to load: {failure.message}",
                 failure.retry_at - started,
             )
-        if await self._fetch(name, uri, sha256) is None:
+        if await self._fetch(name, uri, sha256, on_demand=True) is None:
             failure = self.failures[name]
             raise EnsureError(
                 _status_of(failure.reason), failure.reason, failure.message, failure.retry_at - started
@@ -266,14 +275,20 @@ class Agent:
 
     # -- steps --------------------------------------------------------------------------------
 
-    async def _fetch(self, name: str, uri: str, sha256: str) -> float | None:
-        """Seconds the fetch took, or None when it failed (the failure is recorded)."""
+    async def _fetch(self, name: str, uri: str, sha256: str, *, on_demand: bool = False) -> float | None:
+        """Seconds the fetch took, or None when it failed (the failure is recorded).
+
+        Success clears a fetch failure of the same revision; a load failure stays until it loads.
+        """
         started = self.clock()
         try:
             await self.fetcher.fetch(uri, sha256)
         except FetchError as error:
-            self._fail(name, sha256, error.reason, error.message)
+            self._fail(name, sha256, error.reason, error.message, on_demand)
             return None
+        failure = self.failures.get(name)
+        if failure is not None and failure.sha256 == sha256 and failure.reason != "LoadFailed":
+            del self.failures[name]
         return self.clock() - started
 
     async def _load(
@@ -292,11 +307,13 @@ class Agent:
             if warm:
                 await self.vllm.warm(name)
         except VllmError as error:
-            self._fail(name, sha256, "LoadFailed", error.message)
+            self._fail(name, sha256, "LoadFailed", error.message, on_demand)
             return False
         self.cache.touch(sha256)
         self.registered[name] = RegisteredAdapter(name, sha256, on_demand, catalog, self.clock(), warm)
-        self.failures.pop(name, None)
+        failure = self.failures.get(name)
+        if failure is not None and failure.sha256 == sha256:
+            del self.failures[name]
         self._attempts.pop((name, sha256), None)
         log.info(
             "Loaded adapter %s on worker %s revision=%s inplace=%s", name, self.worker, sha256[:12], inplace
@@ -322,11 +339,11 @@ class Agent:
         self.metrics.evictions.labels(tier).inc()
         log.info("Unloaded adapter %s from worker %s", name, self.worker)
 
-    def _fail(self, name: str, sha256: str | None, reason: str, message: str) -> None:
+    def _fail(self, name: str, sha256: str | None, reason: str, message: str, on_demand: bool) -> None:
         attempts = self._attempts.get((name, sha256), 0) + 1
         self._attempts[(name, sha256)] = attempts
         backoff = min(FIRST_BACKOFF * 2 ** (attempts - 1), MAX_BACKOFF)
-        self.failures[name] = LoadFailure(name, sha256, reason, message, self.clock() + backoff)
+        self.failures[name] = LoadFailure(name, sha256, reason, message, self.clock() + backoff, on_demand)
         self.metrics.fetch_failures.labels(reason).inc()
         log.warning(
             "Failed to load adapter %s on worker %s reason=%s: %s", name, self.worker, reason, message

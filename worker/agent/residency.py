@@ -60,6 +60,7 @@ class LoadFailure:
     reason: str
     message: str
     retry_at: float
+    on_demand: bool = False  # an `ensure` call's load, not one the WorkerPlacement asked for
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,26 @@ class ConvergencePlan:
 def backing_off(failures: Mapping[str, LoadFailure], name: str, sha256: str | None, now: float) -> bool:
     failure = failures.get(name)
     return failure is not None and failure.sha256 == sha256 and failure.retry_at > now
+
+
+def stale_failures(
+    failures: Mapping[str, LoadFailure], wanted: Iterable[WantedAdapter], ensuring: set[str], now: float
+) -> list[str]:
+    """Recorded failures that no longer say anything about this worker, to drop.
+
+    A failure stays while the WorkerPlacement wants that adapter at the failed revision, while an
+    on-demand load of it is in flight, and, for a failed on-demand load of an adapter not wanted
+    here, until its backoff ends (the next `ensure` honours it). Any other is stale: the adapter
+    left this worker, or is wanted at another revision now.
+    """
+    digests = {w.name: w.sha256 for w in wanted}
+    return sorted(
+        name
+        for name, failure in failures.items()
+        if digests.get(name) != failure.sha256
+        and name not in ensuring
+        and not (failure.on_demand and name not in digests and failure.retry_at > now)
+    )
 
 
 def resident_targets(wanted: Iterable[WantedAdapter], slots: Slots) -> list[WantedAdapter]:
