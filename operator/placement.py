@@ -8,7 +8,9 @@ placement. Workers are laid on a consistent-hash ring (stable blake2b/crc32 hash
 the wanted tier (bounded load), preferring a new zone, then a new node, for each further replica. A full
 plan ranks adapters (pinned, then priority, then warmth) and hands the fastest tiers to the best-ranked
 copies while keeping every current copy that is still valid; the incremental ``Planner`` methods touch only
-the copies that an event concerns, and ``rebalance`` evens load in bounded steps.
+the copies that an event concerns, and ``rebalance`` evens load in bounded steps. Incrementally, a change of
+an adapter's standing (pinned, priority, warmth) moves its own copies across tiers on their workers, and a
+new copy that finds every tier full takes the slot of a copy of lower standing, which is re-placed in turn.
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ class Adapter:
     def rank(self) -> tuple[bool, int, float, str]:
         """Ordering used for tiers and eviction: bigger ranks win faster tiers and are evicted last."""
         return (self.pinned, self.priority, self.warmth, self.key)
+
+    def standing(self) -> tuple[bool, int, float]:
+        """The rank without its name: a copy gives way to another only if that one stands higher."""
+        return (self.pinned, self.priority, self.warmth)
 
 
 class MoveKind(StrEnum):
@@ -189,8 +195,10 @@ class Planner:
     group adapters plus a sort of those that compete for GPU/CPU slots, and O(1) expected per copy (a
     bounded ring walk; an O(W) rendezvous scan only when a tier is nearly full); ``worker_lost`` is
     O(c log c) for the copies that lived there; ``adapter_changed``/``adapter_removed`` are O(replicas)
-    plus retrying missing copies; ``worker_added`` rebuilds the ring in O(W V log WV); ``rebalance(m)`` is
-    O(W log W) plus O(m) copy moves, each scanning one donor worker's copies.
+    plus retrying missing copies; with every tier full, a copy that takes the slot of a lower one looks at
+    up to WALK_LIMIT workers, each a scan of its copies cached until that worker changes;
+    ``worker_added`` rebuilds the ring in O(W V log WV); ``rebalance(m)`` is O(W log W) plus O(m) copy
+    moves, each scanning one donor worker's copies.
     """
 
     def __init__(
@@ -212,6 +220,8 @@ class Planner:
         self._adapters: dict[str, Adapter] = {}
         self._missing: dict[str, int] = {}
         self._dirty: dict[str, None] = {}
+        # worker -> its copy to give way first (see _lowest_standing); dropped when the worker changes
+        self._lowest: dict[str, tuple[str, Tier] | None] = {}
         self._settled = True  # the last full-plan pass put every copy in the tier its rank was due
         self._ring_points: list[int] = []
         self._points_of: dict[str, list[tuple[int, str]]] = {}
@@ -283,6 +293,7 @@ class Planner:
         self._placement = {}
         self._missing = {}
         self._dirty = {}
+        self._lowest = {}
         self._free_workers = ({}, {}, {})
         for name, capacity in self._capacity.items():
             self._resident[name] = ({}, {}, {})
@@ -478,7 +489,7 @@ class Planner:
         for key, _ in lost:
             adapter = self._adapters[key]
             if len(self._placement.get(key, {})) < self._wanted(adapter):
-                self._place_copy(adapter, moves)
+                self._place_copy(adapter, moves, take_from_lower=False)
             else:
                 self._record_missing(key)
         for key, _ in lost:
@@ -514,9 +525,12 @@ class Planner:
     def adapter_changed(self, adapter: Adapter) -> list[Move]:
         """Apply a new or changed adapter: add or drop copies to match replicas, and honour pinning.
 
-        A change of priority or warmth alone moves nothing now: ``rebalance`` and full plans act on it.
+        A change of priority or warmth moves the adapter's own copies across tiers on their workers
+        (above copies that now stand lower, below those that now stand higher), and copies that found
+        no slot are retried, so one now standing higher than a placed copy takes its slot.
         """
         key = adapter.key
+        before = self._adapters.get(key)
         self._adapters[key] = adapter
         self._missing.pop(key, None)
         if adapter.replicas > len(self._workers):
@@ -535,7 +549,13 @@ class Planner:
             self._place_copy(adapter, moves)
         if adapter.pinned and key in self._placement:
             moves.extend(self._promote_pinned(adapter))
-        if surplus > 0:
+        restanding = before is not None and before.standing() != adapter.standing()
+        if restanding:
+            for worker in self._placement.get(key, {}):
+                self._lowest.pop(worker, None)
+        if restanding and key in self._placement:
+            self._restand(adapter, before.standing() if before is not None else adapter.standing(), moves)
+        if surplus > 0 or (restanding and self._missing):
             moves.extend(self._retry_missing())
         return moves
 
@@ -561,8 +581,19 @@ class Planner:
 
     # ------------------------------------------------ incremental internals
 
-    def _place_copy(self, adapter: Adapter, moves: list[Move]) -> None:
-        """Place one more copy: a free slot in the fastest tier, or a GPU slot won from a colder copy."""
+    def _place_copy(self, adapter: Adapter, moves: list[Move], *, take_from_lower: bool = True) -> None:
+        """Place one more copy: a free slot in the fastest tier, or a GPU slot won from a colder copy.
+
+        With every tier full, the slot of a copy of lower standing (``take_from_lower``), which is then
+        placed the same way in turn: the copies of lowest standing are the ones left missing, each step
+        down strictly lower. Re-placing a lost worker's copies takes none, so a loss moves only its copies.
+        """
+        displaced: Adapter | None = adapter
+        while displaced is not None:
+            displaced = self._place_one_copy(displaced, moves, take_from_lower)
+
+    def _place_one_copy(self, adapter: Adapter, moves: list[Move], take_from_lower: bool) -> Adapter | None:
+        """One step of ``_place_copy``; returns the adapter whose copy gave way, if one did."""
         key = adapter.key
         point = adapter_point(key)
         siblings = self._placement.setdefault(key, {})
@@ -572,16 +603,95 @@ class Planner:
         if worker is not None:
             self._occupy(key, worker, Tier.GPU)
             moves.append(Move(MoveKind.ADD, key, worker, Tier.GPU, None))
-            return
+            return None
         for tier in (Tier.CPU, Tier.DISK):
             worker = self._find_worker(point, tier, siblings)
             if worker is not None:
                 self._occupy(key, worker, tier)
                 moves.append(Move(MoveKind.ADD, key, worker, tier, None))
-                return
+                return None
+        taken = self._take_slot_of_lower(adapter, point, siblings, moves) if take_from_lower else None
+        if taken is not None:
+            worker, tier, victim = taken
+            self._occupy(key, worker, tier)
+            moves.append(Move(MoveKind.ADD, key, worker, tier, None))
+            self._restand(adapter, (False, -(2**62), 0.0), moves)
+            return self._adapters[victim]
         if not siblings:
             del self._placement[key]
         self._record_missing(key)
+        return None
+
+    def _take_slot_of_lower(
+        self, adapter: Adapter, point: int, siblings: Mapping[str, Tier], moves: list[Move]
+    ) -> tuple[str, Tier, str] | None:
+        """Every tier is full: on the first workers the ring gives, remove the copy of lowest standing
+        (slowest tier first) if it stands below ``adapter``. Pinned copies stay."""
+        standing = adapter.standing()
+        tries = WALK_LIMIT
+        for worker in self._ring_walk(point):
+            if worker not in siblings:
+                found = self._lowest_standing(worker)
+                if found is not None and self._adapters[found[0]].standing() < standing:
+                    victim, tier = found
+                    self._vacate(victim, worker, tier)
+                    if not self._placement[victim]:
+                        del self._placement[victim]
+                    moves.append(Move(MoveKind.REMOVE, victim, worker, None, tier))
+                    return worker, tier, victim
+            tries -= 1
+            if tries == 0:
+                return None
+        return None
+
+    def _lowest_standing(self, worker: str) -> tuple[str, Tier] | None:
+        """The unpinned copy on ``worker`` to give way first: lowest standing, then slowest tier.
+
+        Cached per worker until a copy arrives there or leaves (or one of its adapters changes
+        standing), so a backlog of copies that find no slot costs O(1) per worker looked at.
+        """
+        if worker in self._lowest:
+            return self._lowest[worker]
+        found = self._lowest[worker] = self._scan_lowest_standing(worker)
+        return found
+
+    def _scan_lowest_standing(self, worker: str) -> tuple[str, Tier] | None:
+        best: tuple[tuple[bool, int, float], int, str] | None = None
+        found: tuple[str, Tier] | None = None
+        for tier in reversed(TIERS):
+            for key in self._resident[worker][tier]:
+                adapter = self._adapters[key]
+                if adapter.pinned:
+                    continue
+                candidate = (adapter.standing(), -tier, key)
+                if best is None or candidate < best:
+                    best, found = candidate, (key, tier)
+        return found
+
+    def _restand(self, adapter: Adapter, before: tuple[bool, int, float], moves: list[Move]) -> None:
+        """Its standing changed: on each of its workers, move its copy up past copies that now stand
+        lower (into a free faster slot, or swapping), or down past copies that now stand higher."""
+        key, standing = adapter.key, adapter.standing()
+        for worker, tier in sorted(self._placement[key].items()):
+            if standing > before:
+                for faster in reversed(TIERS[:tier]):
+                    if self._capacity[worker][faster] == 0:
+                        continue
+                    if self._has_free(worker, faster):
+                        self._retier(key, worker, tier, faster, moves)
+                    else:
+                        victim = self._coldest_unpinned(worker, faster)
+                        if victim is None or self._adapters[victim].standing() >= standing:
+                            break
+                        self._swap(key, victim, worker, faster, tier, moves)
+                    tier = faster
+            else:
+                for slower in TIERS[tier + 1 :]:
+                    hot = self._hottest(worker, slower)
+                    if hot is None or self._adapters[hot].standing() <= standing:
+                        break
+                    self._swap(hot, key, worker, tier, slower, moves)
+                    tier = slower
 
     def _displace_from_gpu(
         self,
@@ -856,6 +966,7 @@ class Planner:
         if len(resident) >= self._capacity[worker][tier]:
             self._free_workers[tier].pop(worker, None)
         self._dirty[worker] = None
+        self._lowest.pop(worker, None)
 
     def _vacate(self, key: str, worker: str, tier: Tier) -> None:
         del self._placement[key][worker]
@@ -863,6 +974,7 @@ class Planner:
         self._tier_free[tier] += 1
         self._free_workers[tier][worker] = None
         self._dirty[worker] = None
+        self._lowest.pop(worker, None)
 
     def _retier(self, key: str, worker: str, old: Tier, new: Tier, moves: list[Move]) -> None:
         self._vacate(key, worker, old)

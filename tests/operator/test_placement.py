@@ -281,6 +281,60 @@ def test_pinning_an_adapter_lifts_its_copies_to_gpu() -> None:
     assert tier_of(planner.placement, "ns/hot") == [Tier.CPU]
 
 
+def test_a_new_higher_priority_adapter_takes_the_slot_of_the_lowest_when_every_tier_is_full() -> None:
+    planner = Planner(fleet(2, gpu=1, cpu=0, disk=1))
+    planner.plan_all([Adapter(f"ns/low{i}") for i in range(3)] + [Adapter("ns/mid", priority=1)])
+    assert not planner.missing
+    moves = planner.adapter_changed(Adapter("ns/urgent", priority=5))
+    assert tier_of(planner.placement, "ns/urgent") == [Tier.GPU]
+    assert planner.missing == {next(m.adapter for m in moves if m.kind is MoveKind.REMOVE): 1}
+    assert set(planner.missing) < {"ns/low0", "ns/low1", "ns/low2"}  # priority 0 gives way, not mid
+    assert "ns/mid" in planner.placement
+    assert_within_capacity(planner.placement, fleet(2, gpu=1, cpu=0, disk=1))
+
+
+def test_an_adapter_of_equal_priority_or_a_pinned_copy_is_never_displaced_by_a_newcomer() -> None:
+    planner = Planner(fleet(1, gpu=1, cpu=0, disk=1))
+    planner.plan_all([Adapter("ns/pinned", pinned=True), Adapter("ns/old", priority=1)])
+    moves = planner.adapter_changed(Adapter("ns/new", priority=1))
+    assert moves == []
+    assert planner.missing == {"ns/new": 1}
+    moves = planner.adapter_changed(Adapter("ns/newer", priority=9))
+    assert [(m.kind, m.adapter) for m in moves if m.kind is MoveKind.REMOVE] == [(MoveKind.REMOVE, "ns/old")]
+    assert "ns/pinned" in planner.placement
+
+
+def test_raising_or_lowering_priority_moves_the_adapters_copies_across_tiers_at_once() -> None:
+    planner = Planner(fleet(1, gpu=1, cpu=1, disk=1))
+    planner.plan_all([Adapter("ns/a", priority=3), Adapter("ns/b", priority=2), Adapter("ns/c", priority=1)])
+    assert [tier_of(planner.placement, k) for k in ("ns/a", "ns/b", "ns/c")] == [
+        [Tier.GPU],
+        [Tier.CPU],
+        [Tier.DISK],
+    ]
+    planner.adapter_changed(Adapter("ns/c", priority=9))  # up past both
+    assert [tier_of(planner.placement, k) for k in ("ns/c", "ns/a", "ns/b")] == [
+        [Tier.GPU],
+        [Tier.CPU],
+        [Tier.DISK],
+    ]
+    planner.adapter_changed(Adapter("ns/c", priority=0))  # down past both
+    assert [tier_of(planner.placement, k) for k in ("ns/a", "ns/b", "ns/c")] == [
+        [Tier.GPU],
+        [Tier.CPU],
+        [Tier.DISK],
+    ]
+
+
+def test_lowering_a_placed_adapters_priority_lets_a_missing_one_of_higher_priority_in() -> None:
+    planner = Planner(fleet(1, gpu=1, cpu=0, disk=0))
+    planner.plan_all([Adapter("ns/a", priority=5), Adapter("ns/b", priority=3)])
+    assert planner.missing == {"ns/b": 1}
+    planner.adapter_changed(Adapter("ns/a", priority=1))
+    assert planner.missing == {"ns/a": 1}
+    assert tier_of(planner.placement, "ns/b") == [Tier.GPU]
+
+
 def test_adding_a_worker_that_is_already_there_is_refused() -> None:
     planner = Planner(fleet(1))
     with pytest.raises(ValueError, match="already in the fleet"):

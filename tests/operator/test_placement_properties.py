@@ -2,7 +2,8 @@
 
 Invariants stated here: (1) no worker tier is ever over capacity and unhealthy workers hold nothing;
 (2) replicas are met when capacity allows; (5) re-planning a plan's own output moves nothing; (6) losing a
-worker moves only the copies that lived there (besides GPU slots they win from colder copies).
+worker moves only the copies that lived there (besides GPU slots they win from colder copies); (7) a changed
+adapter left waiting for a slot has no copy of lower priority holding one it could take.
 """
 
 from __future__ import annotations
@@ -185,3 +186,33 @@ def test_incremental_changes_keep_capacity_and_copy_counts_consistent(
         assert_within_capacity(planner.placement, list(fleet.values()))
         for key, replicas in wanted.items():
             assert len(planner.placement.get(key, {})) + planner.missing.get(key, 0) == replicas
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    workers=workers_strategy(all_healthy=True),
+    adapters=adapter_lists,
+    changes=st.lists(adapter_lists.filter(bool).map(lambda adapters: adapters[0]), max_size=6),
+)
+def test_a_changed_adapter_never_waits_for_a_slot_a_copy_of_lower_priority_holds(
+    workers: list[Worker], adapters: list[Adapter], changes: list[Adapter]
+) -> None:
+    planner = Planner(workers)
+    planner.plan_all(adapters)
+    latest = {adapter.key: adapter for adapter in adapters}
+    for adapter in changes:
+        planner.adapter_changed(adapter)
+        latest[adapter.key] = adapter
+        if adapter.key not in planner.missing:
+            continue
+        for worker in workers:
+            if worker.name in planner.placement.get(adapter.key, {}):
+                continue
+            lower = [
+                other
+                for other, copies in planner.placement.items()
+                if worker.name in copies
+                and not latest[other].pinned
+                and latest[other].standing() < adapter.standing()
+            ]
+            assert not lower, f"{adapter.key} waits while {lower} hold slots on {worker.name}"
