@@ -97,6 +97,26 @@ def test_chat_streams_chunk_by_chunk_and_matches_the_whole_answer(fleet: Fleet) 
     assert "".join(chunks) == whole.choices[0].message.content
 
 
+def test_a_stream_reaches_the_client_while_vllm_generates_and_a_client_that_leaves_aborts_it(
+    fleet: Fleet,
+) -> None:
+    vllm = fleet.vllms["w1"]  # holds `chat` in a GPU slot: the router sends it there
+    length = 200  # nearly the whole context: far more than the moment between two chunks produces
+    tokens_before = vllm.metric("vllm:generation_tokens_total")
+    stream = fleet.client.completions.create(
+        model="chat", prompt="the quick", max_tokens=length, temperature=0, stream=True,
+        extra_body={"min_tokens": length, "ignore_eos": True},
+    )  # fmt: skip
+    first = next(iter(stream))
+    assert first.choices[0].text is not None
+    # Not buffered: the first chunk is here while vLLM is still generating the rest.
+    assert vllm.metric("vllm:num_requests_running") == 1
+    stream.close()  # the client goes away
+    wait_until(lambda: vllm.metric("vllm:num_requests_running") == 0, 60, "vLLM to drop the request")
+    generated = vllm.metric("vllm:generation_tokens_total") - tokens_before
+    assert generated < length, "the request ran to its end: the disconnect did not abort it in vLLM"
+
+
 def test_errors_come_in_openais_shape(fleet: Fleet) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
         fleet.client.completions.create(model="no-such-adapter", prompt="x", max_tokens=1)
