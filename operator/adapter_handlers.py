@@ -85,6 +85,7 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
             return
         if UNLOAD_FINALIZER not in finalizers:  # no admission policy set it at creation
             patch.metadata["finalizers"] = [*finalizers, UNLOAD_FINALIZER]
+            metrics.API_WRITES.labels("LoRAAdapter", "patch").inc()  # kopf sends the patch after the handler
         # Judge once per (adapter generation, BaseModel spec seen): a status write or a resync is not
         # judged again, but an event after the BaseModel appeared or changed is, even when that change's
         # recheck raced with this handler and lost.
@@ -92,12 +93,15 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
         if judged.get(uid) == judging:
             return
         judged[uid] = judging
-        base = _base_model(kwargs["base_models"], key)
-        verdict, planned = _judge(str(namespace), spec, base, generation, dict(status))
-        metrics.RECONCILES.labels("LoRAAdapter", "ok" if verdict.placeable else "invalid").inc()
-        if planned is not None:
-            patch.status.update(planned)
-        _warn_when_newly_invalid(body, dict(status), verdict)
+        with metrics.reconciling("LoRAAdapter") as outcome:
+            base = _base_model(kwargs["base_models"], key)
+            verdict, planned = _judge(str(namespace), spec, base, generation, dict(status))
+            if not verdict.placeable:
+                outcome.result = "invalid"
+            if planned is not None:
+                patch.status.update(planned)
+                metrics.API_WRITES.labels("LoRAAdapter", "patch-status").inc()
+            _warn_when_newly_invalid(body, dict(status), verdict)
 
     @kopf.on.event(GROUP, VERSION, "basemodels", id="recheck-adapters", registry=registry)
     def recheck_adapters(
@@ -131,6 +135,7 @@ def release(patch: kopf.Patch, finalizers: list[str]) -> None:
     """Let a deleted adapter go: no worker wants or holds it any more."""
     if UNLOAD_FINALIZER in finalizers:
         patch.metadata["finalizers"] = [f for f in finalizers if f != UNLOAD_FINALIZER]
+        metrics.API_WRITES.labels("LoRAAdapter", "patch").inc()  # kopf sends the patch after the handler
 
 
 def release_unloaded(

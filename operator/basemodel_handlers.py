@@ -12,7 +12,6 @@ StatefulSet carries the content hash of the one this generation plans.
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,8 +77,7 @@ def register(
         logger: kopf.Logger,
         **kwargs: Any,
     ) -> None:
-        started = time.monotonic()
-        try:
+        with metrics.reconciling("BaseModel"):
             model = _parse_spec(spec)
             ref = BaseModelRef(name, str(namespace), uid)
             if model.engine.api_key_secret_ref is None and applier.create_if_missing(
@@ -93,14 +91,6 @@ def register(
             if writes:
                 logger.info(f"Applied worker fleet of {namespace}/{name} writes={writes}")
             write_fleet_status(model, settings, ref, meta, status, patch, FleetIndexes.of(kwargs))
-        except kopf.PermanentError:
-            metrics.RECONCILES.labels("BaseModel", "error").inc()
-            raise
-        except Exception:
-            metrics.RECONCILES.labels("BaseModel", "retry").inc()
-            raise
-        metrics.RECONCILES.labels("BaseModel", "ok").inc()
-        metrics.RECONCILE_SECONDS.labels("BaseModel").observe(time.monotonic() - started)
 
     @kopf.timer(
         GROUP,
@@ -178,6 +168,7 @@ def write_fleet_status(
     metrics.WORKERS.labels(key[1], "ready").set(planned["readyWorkers"])
     if status_changed(current, planned):
         patch.status.update(planned)
+        metrics.API_WRITES.labels("BaseModel", "patch-status").inc()  # kopf sends it after the handler
 
 
 def _now() -> datetime:

@@ -1,7 +1,23 @@
-"""The operator's Prometheus metrics (prefix loraplex_, base units, bounded labels)."""
+"""The operator's Prometheus metrics (prefix loraplex_, base units, bounded labels).
+
+Labels stay bounded: kinds, results, resources, verbs, tiers, phases and BaseModel names, never
+adapter names. `reconciling` times and counts one reconcile of a kind by its result.
+
+`loraplex_api_writes_total` counts the writes the operator's code decides: those it sends itself
+and those kopf sends for a handler because the handler filled kopf's `patch` (counted where the
+handler fills it: kopf sends the metadata part as one patch of the object and the status part as one
+of its status). kopf's own bookkeeping (its finalizer, handler progress, peering, Events) is not
+counted.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import kopf
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 from loraplex import __version__
@@ -10,11 +26,13 @@ BUILD_INFO = Info("loraplex_build", "Version of the running loraplex operator")
 BUILD_INFO.info({"version": __version__, "component": "operator"})
 
 RECONCILES = Counter(
-    "loraplex_reconciles_total", "Reconciles by kind and result (ok, retry, error)", ["kind", "result"]
+    "loraplex_reconciles_total",
+    "Reconciles by kind and result (ok, invalid, retry, error)",
+    ["kind", "result"],
 )
 RECONCILE_SECONDS = Histogram(
-    "loraplex_reconcile_duration_seconds", "Time one reconcile took", ["kind"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    "loraplex_reconcile_duration_seconds", "Time one reconcile took, by kind and result", ["kind", "result"],
+    buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )  # fmt: skip
 API_WRITES = Counter(
     "loraplex_api_writes_total",
@@ -35,6 +53,11 @@ FLEET_SCALINGS = Counter(
     ["base_model", "direction"],
 )
 PLANNER_SECONDS = Histogram(
+    "loraplex_planner_duration_seconds",
+    "Time the placement planner took in one placement pass (planning only, no API calls)",
+    buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+)
+PLACEMENT_PASS_SECONDS = Histogram(
     "loraplex_placement_pass_duration_seconds", "Time one placement pass took (plan, apply, statuses)",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
 )  # fmt: skip
@@ -62,3 +85,33 @@ TRAINING_PASS_SECONDS = Histogram(
     "loraplex_training_pass_duration_seconds", "Time one training admission pass took",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
 )  # fmt: skip
+
+
+@dataclass
+class Outcome:
+    """The result label of a reconcile in progress; a handler sets `invalid` for bad user input."""
+
+    result: str = "ok"
+
+
+@contextmanager
+def reconciling(kind: str) -> Iterator[Outcome]:
+    """Count and time one reconcile of `kind`, whatever it ends with.
+
+    Results: `ok`; `invalid` (the object cannot be acted on as it stands, e.g. a LoRAAdapter whose
+    BaseModel is missing or cannot take it, and its status says why: the handler sets it); `error`
+    (kopf.PermanentError: kopf gives up until the object changes); `retry` (any other exception:
+    kopf retries a change handler, a timer tries again on its next tick).
+    """
+    outcome, started = Outcome(), time.monotonic()
+    try:
+        yield outcome
+    except kopf.PermanentError:
+        outcome.result = "error"
+        raise
+    except Exception:
+        outcome.result = "retry"
+        raise
+    finally:
+        RECONCILES.labels(kind, outcome.result).inc()
+        RECONCILE_SECONDS.labels(kind, outcome.result).observe(time.monotonic() - started)

@@ -118,11 +118,13 @@ def register(
             pods = list(kwargs["ready_workers"].get(key, []))
             workers = _workers(pods, kwargs["node_zones"], model, settings)
             placements = list(kwargs["worker_placements"].get(key, []))
+            planning = time.monotonic()
             result = sync.sync(
                 FleetSnapshot(workers, {k: a for k, (a, _, _) in adapters.items()}), _recorded(placements)
             )
             specs = {k: s for k, (_, s, _) in adapters.items()}
             planned = plan_worker_placements(ref, sorted(workers), result.placement, specs)
+            metrics.PLANNER_SECONDS.observe(time.monotonic() - planning)
             writes = applier.apply_all(_changed(planned, placements))
             for gone in sorted({p["spec"]["worker"] for p in placements} - workers.keys()):
                 writes += applier.delete(API_VERSION, "WorkerPlacement", gone, str(namespace))
@@ -131,7 +133,7 @@ def register(
                 FleetSize(len(workers), target),
             )  # fmt: skip
             writes += release_unloaded(custom, bodies, placements)
-            metrics.PLANNER_SECONDS.observe(time.monotonic() - started)
+            metrics.PLACEMENT_PASS_SECONDS.observe(time.monotonic() - started)
             _record(name, result.placement, len(result.missing), result.moved)
             if result.moved or writes or statuses:
                 logger.info(

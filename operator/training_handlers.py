@@ -296,7 +296,8 @@ class TrainingLoop:
             if not force and started - self.last_pass < self.settings.training_interval_seconds * 0.9:
                 return
             self.last_pass = started
-            self._pass(indexes, logger)
+            with metrics.reconciling("TrainingJob"):  # one pass reconciles every TrainingJob at once
+                self._pass(indexes, logger)
             metrics.TRAINING_PASS_SECONDS.observe(time.monotonic() - started)
 
     def _pass(self, indexes: Indexes, logger: kopf.Logger) -> None:

@@ -57,6 +57,9 @@ def test_adapter_of_a_missing_base_model_waits_and_recovers(
     )
     managers = {m["manager"] for m in body["metadata"]["managedFields"] if m.get("subresource") == "status"}
     assert managers == {"loraplex-operator"}
+    samples = operator.metrics()  # kopf sent that status from the check's patch: a write, counted once
+    assert samples.get('loraplex_api_writes_total{resource="LoRAAdapter",verb="patch-status"}') == 1
+    assert samples.get('loraplex_reconcile_duration_seconds_count{kind="LoRAAdapter",result="invalid"}') == 1
     events = wait_until(lambda: warnings_for(kube, namespace), 30, "a Warning Event on the adapter")
     assert events[0][0] == "UnknownBaseModel"
     assert "llama-8b does not exist" in events[0][1]

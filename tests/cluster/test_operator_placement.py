@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 
 from loraplex.api import GROUP, VERSION
+from loraplex.e2e.cluster import LocalCluster
 from loraplex.e2e.objects import create_object
 from loraplex.e2e.operator_process import OperatorProcess
 from loraplex.e2e.waiting import wait_until
@@ -42,6 +50,14 @@ def placed(kube: Any, namespace: str, workers: set[str]) -> dict[str, dict[str, 
     return held if complete and within else None
 
 
+def copies_by_tier(operator: OperatorProcess, base_model: str) -> dict[str, float]:
+    samples = operator.metrics()
+    return {
+        tier: samples.get(f'loraplex_adapter_copies{{base_model="{base_model}",tier="{tier}"}}', -1)
+        for tier in ("GPU", "CPU", "Disk")
+    }
+
+
 def test_adapters_are_placed_in_tiers_and_wait_for_agents(
     kube: Any, namespace: str, operator: OperatorProcess
 ) -> None:
@@ -60,7 +76,24 @@ def test_adapters_are_placed_in_tiers_and_wait_for_agents(
         create_object(kube, namespace, "loraadapters", "LoRAAdapter", name, adapter_spec(name))
     workers = {f"tiny-worker-{i}" for i in range(3)}
     held = wait_until(lambda: placed(kube, namespace, workers), 60, "every adapter copy placed")
-    assert operator.metrics().get('loraplex_reconciles_total{kind="LoRAAdapter",result="ok"}') == len(WANTED)
+    samples = operator.metrics()
+    assert samples.get('loraplex_reconciles_total{kind="LoRAAdapter",result="ok"}') == len(WANTED)
+    assert samples.get('loraplex_reconcile_duration_seconds_count{kind="LoRAAdapter",result="ok"}') == len(
+        WANTED
+    )
+    assert samples.get('loraplex_reconcile_duration_seconds_count{kind="BaseModel",result="ok"}', 0) >= 1
+    assert (
+        samples.get('loraplex_api_writes_total{resource="BaseModel",verb="patch-status"}', 0) >= 1
+    )  # via kopf
+    assert samples["loraplex_planner_duration_seconds_count"] >= 1
+    assert samples["loraplex_placement_pass_duration_seconds_count"] >= 1
+    per_tier = Counter(tier for where in held.values() for tier in where.values())
+    wait_until(
+        lambda: copies_by_tier(operator, "tiny") == {tier: per_tier[tier] for tier in ("GPU", "CPU", "Disk")},
+        10,
+        "/metrics counting the copies per tier",
+    )
+    assert operator.metrics()['loraplex_adapters_pending{base_model="tiny"}'] == 0
     assert set(held["sql"].values()) == {"GPU"}  # pinned: GPU slots on two distinct workers
     gpu_copies = [w for where in held.values() for w, tier in where.items() if tier == "GPU"]
     assert len(gpu_copies) <= 3  # one GPU slot per worker (maxLoras 1)
@@ -84,13 +117,20 @@ def test_adapters_are_placed_in_tiers_and_wait_for_agents(
     assert status_writers == {"loraplex-operator"}
 
 
-def test_losing_a_worker_re_places_its_copies(kube: Any, namespace: str, operator: OperatorProcess) -> None:
+def three_workers_five_adapters(kube: Any, namespace: str) -> None:
+    """A BaseModel of 3 workers (2 GPU and 2 CPU slots each) and 5 adapters, `sql` with 2 replicas."""
     create_object(kube, namespace, "basemodels", "BaseModel", "tiny", {
         "model": {"uri": "/models/tiny"}, "replicas": {"min": 3}, "engine": {"maxLoras": 2, "maxCpuLoras": 4},
     })  # fmt: skip
     create_object(kube, namespace, "loraadapters", "LoRAAdapter", "sql", adapter_spec("sql", replicas=2))
     for name in ("chat", "code", "docs", "math"):
         create_object(kube, namespace, "loraadapters", "LoRAAdapter", name, adapter_spec(name))
+
+
+def test_scaling_in_re_places_the_removed_workers_copies(
+    kube: Any, namespace: str, operator: OperatorProcess
+) -> None:
+    three_workers_five_adapters(kube, namespace)
     before = wait_until(lambda: placed(kube, namespace, {f"tiny-worker-{i}" for i in range(3)}), 60, "placed")
     client.CustomObjectsApi(kube).patch_namespaced_custom_object(
         GROUP, VERSION, namespace, "basemodels", "tiny", {"spec": {"replicas": {"min": 2}}}
@@ -102,9 +142,197 @@ def test_losing_a_worker_re_places_its_copies(kube: Any, namespace: str, operato
     assert len(after["sql"]) == 2
 
 
-def test_deleting_an_adapter_unloads_it_everywhere_first(
+@contextmanager
+def gpu_nodes_cordoned(kube: Any) -> Iterator[None]:
+    """No new pod lands on a GPU node meanwhile (`kubectl cordon`); running pods stay."""
+    core = client.CoreV1Api(kube)
+    nodes = [n.metadata.name for n in core.list_node(label_selector="loraplex.dev/gpu-node=true").items]
+    try:
+        for node in nodes:
+            core.patch_node(node, {"spec": {"unschedulable": True}})
+        yield
+    finally:
+        for node in nodes:
+            core.patch_node(node, {"spec": {"unschedulable": None}})
+
+
+def pod_uid(kube: Any, namespace: str, name: str) -> str | None:
+    try:
+        uid: str = client.CoreV1Api(kube).read_namespaced_pod(name, namespace).metadata.uid
+    except client.exceptions.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return uid
+
+
+def worker_placement_names(kube: Any, namespace: str) -> set[str]:
+    listed = client.CustomObjectsApi(kube).list_namespaced_custom_object(
+        GROUP, VERSION, namespace, "workerplacements"
+    )
+    return {item["metadata"]["name"] for item in listed["items"]}
+
+
+def ready_reasons(kube: Any, namespace: str) -> dict[str, str]:
+    """adapter -> its Ready condition's reason, as the operator last wrote it."""
+    listed = client.CustomObjectsApi(kube).list_namespaced_custom_object(
+        GROUP, VERSION, namespace, "loraadapters"
+    )
+    reasons = {}
+    for item in listed["items"]:
+        conditions = (item.get("status") or {}).get("conditions", [])
+        ready = next((c for c in conditions if c["type"] == "Ready"), {})
+        reasons[item["metadata"]["name"]] = ready.get("reason", "")
+    return reasons
+
+
+def all_loading(kube: Any, namespace: str) -> dict[str, str] | None:
+    """The Ready reasons once every adapter is Loading: all its copies placed, none reported loaded."""
+    reasons = ready_reasons(kube, namespace)
+    return reasons if set(reasons.values()) == {"Loading"} else None
+
+
+def test_a_worker_pod_that_disappears_has_its_copies_re_placed_on_the_others(
     kube: Any, namespace: str, operator: OperatorProcess
 ) -> None:
+    # The StatefulSet brings a deleted pod back under the same name, but a real one is not Ready for
+    # minutes (vLLM starting): with the GPU nodes cordoned, the simulated one stays Pending as long.
+    three_workers_five_adapters(kube, namespace)
+    workers = {f"tiny-worker-{i}" for i in range(3)}
+    before = wait_until(lambda: placed(kube, namespace, workers), 60, "every adapter copy placed")
+    copies = {worker: [name for name, where in before.items() if worker in where] for worker in workers}
+    lost = max(sorted(workers), key=lambda worker: len(copies[worker]))  # the worker holding the most
+    survivors = workers - {lost}
+    old_uid = pod_uid(kube, namespace, lost)
+    with gpu_nodes_cordoned(kube):
+        client.CoreV1Api(kube).delete_namespaced_pod(lost, namespace)
+        deleted = time.monotonic()
+        after = wait_until(lambda: placed(kube, namespace, survivors), 30, f"copies of {lost} re-placed")
+        took = time.monotonic() - deleted
+        print(f"worker_loss_re_placed_seconds={took:.1f} copies_lost={len(copies[lost])}")
+        # What a user sees while the pod is away: every adapter has its replicas on the other workers
+        # (`kubectl get workerplacements`), copies that lived elsewhere did not move, the lost worker's
+        # WorkerPlacement is gone, and no adapter waits for workers or capacity.
+        assert {name: len(where) for name, where in after.items()} == WANTED
+        assert all(set(after[name]) == set(before[name]) for name in WANTED if name not in copies[lost])
+        assert all(set(after[name]) >= set(before[name]) - {lost} for name in copies[lost])
+        wait_until(
+            lambda: lost not in worker_placement_names(kube, namespace), 30, f"{lost}'s placement gone"
+        )
+        reasons = wait_until(lambda: all_loading(kube, namespace), 30, "every adapter's copies placed")
+        assert sorted(reasons) == sorted(WANTED)
+        assert pod_uid(kube, namespace, lost) not in (None, old_uid)  # its replacement, still Pending
+    # The pod comes back Ready under its old name: a worker like any other, no adapter over its replicas.
+    wait_until(lambda: lost in worker_placement_names(kube, namespace), 60, f"{lost} back with a placement")
+    final = wait_until(lambda: placed(kube, namespace, workers), 30, "copies placed once the worker is back")
+    assert {name: len(where) for name, where in final.items()} == WANTED
+
+
+BATCH = {f"batch-{i:02d}": 2 if i % 3 == 0 else 1 for i in range(30)}  # adapter -> replicas
+
+
+def adapters_placed_in_status(kube: Any, namespace: str) -> dict[str, dict[str, Any]]:
+    """adapter -> the adapter, for those whose status the placement loop has written."""
+    listed = client.CustomObjectsApi(kube).list_namespaced_custom_object(
+        GROUP, VERSION, namespace, "loraadapters"
+    )
+    return {
+        item["metadata"]["name"]: item
+        for item in listed["items"]
+        if "placements" in (item.get("status") or {})
+    }
+
+
+def kill_on_first_placed_status(kube: Any, namespace: str, operator: OperatorProcess) -> threading.Event:
+    """SIGKILL the operator as soon as a watch shows the first adapter status its placement loop wrote."""
+    killed = threading.Event()
+    custom = client.CustomObjectsApi(kube)
+
+    def watch_and_kill() -> None:
+        stream = watch.Watch()
+        for event in stream.stream(
+            custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            "loraadapters",
+            timeout_seconds=120,
+        ):
+            if "placements" in (event["object"].get("status") or {}):
+                operator.stop(signal.SIGKILL)
+                killed.set()
+                stream.stop()
+
+    threading.Thread(target=watch_and_kill, daemon=True).start()
+    return killed
+
+
+def resumed(kube: Any, namespace: str) -> dict[str, dict[str, Any]] | None:
+    """Every adapter of the batch with its status written and its replicas in the WorkerPlacements."""
+    statuses = adapters_placed_in_status(kube, namespace)
+    held = placements(kube, namespace)
+    complete = {name: len(held.get(name, {})) for name in BATCH} == BATCH
+    return statuses if complete and set(statuses) == set(BATCH) else None
+
+
+@pytest.mark.operator_env(LORAPLEX_STATUS_WRITERS="1")  # one status write at a time: a wider window
+def test_an_operator_killed_mid_placement_resumes_with_nothing_lost(
+    local_cluster: LocalCluster, kube: Any, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    create_object(kube, namespace, "basemodels", "BaseModel", "tiny", {
+        "model": {"uri": "/models/tiny"}, "replicas": {"min": 3}, "engine": {"maxLoras": 2, "maxCpuLoras": 4},
+    })  # fmt: skip
+    workers = {f"tiny-worker-{i}" for i in range(3)}
+    wait_until(lambda: worker_placement_names(kube, namespace) == workers, 60, "the three workers up")
+    killed = kill_on_first_placed_status(kube, namespace, operator)
+    for name, replicas in BATCH.items():
+        create_object(
+            kube, namespace, "loraadapters", "LoRAAdapter", name, adapter_spec(name, replicas=replicas)
+        )
+    wait_until(killed.is_set, 60, "the operator killed mid-placement")
+    at_kill, held_at_kill = adapters_placed_in_status(kube, namespace), placements(kube, namespace)
+    print(
+        f"statuses_at_kill={len(at_kill)} adapters_in_placements_at_kill={len(held_at_kill)} of={len(BATCH)}"
+    )
+    assert 0 < len(at_kill) < len(BATCH)  # killed mid-way: some statuses written, not all
+    # The killed replica's peering record outlives it by its 60 s lifetime; a successor that does not
+    # outrank it pauses until then (as a new pod with a lower priority would), so this one outranks it.
+    again = OperatorProcess(local_cluster.kubeconfig, namespace, tmp_path / "again.log", priority=150).start()
+    restarted = time.monotonic()
+    try:
+        adapters = wait_until(lambda: resumed(kube, namespace), 60, "every adapter placed after the restart")
+    finally:
+        again.stop()
+    print(f"converged_after_restart_seconds={time.monotonic() - restarted:.1f}")
+    held = placements(kube, namespace)
+    listed = client.CustomObjectsApi(kube).list_namespaced_custom_object(
+        GROUP, VERSION, namespace, "workerplacements"
+    )
+    entries = [entry["name"] for item in listed["items"] for entry in item["spec"]["adapters"]]
+    assert len(entries) == sum(BATCH.values())  # no adapter on more workers than its replicas, none twice
+    assert set().union(*(set(where) for where in held.values())) <= workers
+    # Warm copies (GPU, CPU) placed before the kill stayed on their workers: the new operator resumed from
+    # the WorkerPlacements. (Tiers may change: the first plan after a restart ranks adapters of equal
+    # priority afresh, and a copy it promotes from Disk may take a free slot on another worker.)
+    moved = {
+        name: (where, held[name]) for name, where in held_at_kill.items() if not set(where) <= set(held[name])
+    }
+    print(f"copies_moved_by_the_restart={moved}")
+    warm = {name: {w for w, tier in where.items() if tier != "Disk"} for name, where in held_at_kill.items()}
+    assert {name: kept for name, kept in warm.items() if not kept <= set(held[name])} == {}
+    for name, body in adapters.items():
+        status = body["status"]
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        # The status agrees with the WorkerPlacements: all copies placed, none reported loaded yet.
+        assert (ready["reason"], status["copies"], status["observedGeneration"]) == (
+            "Loading",
+            f"0/{BATCH[name]}",
+            1,
+        ), name
+        assert f"{GROUP}/unload" in body["metadata"]["finalizers"]
+
+
+def two_worker_base_model(kube: Any, namespace: str) -> None:
     create_object(
         kube,
         namespace,
@@ -113,6 +341,12 @@ def test_deleting_an_adapter_unloads_it_everywhere_first(
         "tiny",
         {"model": {"uri": "/models/tiny"}, "replicas": {"min": 2}},
     )
+
+
+def test_deleting_an_adapter_unloads_it_everywhere_first(
+    kube: Any, namespace: str, operator: OperatorProcess
+) -> None:
+    two_worker_base_model(kube, namespace)
     create_object(kube, namespace, "loraadapters", "LoRAAdapter", "chat", adapter_spec("chat", replicas=2))
     wait_until(lambda: len(placements(kube, namespace).get("chat", {})) == 2, 60, "chat placed twice")
     custom = client.CustomObjectsApi(kube)
@@ -135,14 +369,7 @@ def test_deleting_a_base_model_with_its_adapters_lets_them_all_go(
     kube: Any, namespace: str, operator: OperatorProcess
 ) -> None:
     # As `kubectl delete -f examples/` does: the BaseModel first, its adapters right after.
-    create_object(
-        kube,
-        namespace,
-        "basemodels",
-        "BaseModel",
-        "tiny",
-        {"model": {"uri": "/models/tiny"}, "replicas": {"min": 2}},
-    )
+    two_worker_base_model(kube, namespace)
     for name, replicas in (("chat", 2), ("code", 1)):
         create_object(
             kube, namespace, "loraadapters", "LoRAAdapter", name, adapter_spec(name, replicas=replicas)
