@@ -39,6 +39,7 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     )
     configured.peering.name = settings.peering_name
     configured.peering.priority = settings.peering_priority
+    configured.peering.lifetime = settings.peering_lifetime_seconds  # kopf renews it 5-10 s before it ends
     configured.peering.mandatory = True
     configured.posting.level = logging.WARNING  # Events for warnings and errors only
     configured.watching.server_timeout = 300

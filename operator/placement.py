@@ -271,6 +271,71 @@ class Planner:
                 moves = placement_moves(current, self._placement, self._workers)
         return Plan(self.placement, moves, self.missing)
 
+    def adopt(self, adapters: Iterable[Adapter], current: PlacementView) -> Plan:
+        """Take ``current`` over as it stands (an operator restart resuming what the cluster records).
+
+        Every copy on a live worker keeps its worker and its tier where the tier has room (else the
+        fastest slower tier there with room); then only what no longer fits the adapters is repaired:
+        copies of unknown adapters and surplus copies (the slowest) go, missing copies take free slots
+        (they displace no placed copy, as after a worker loss), pinned ones are lifted to GPU. Nothing is
+        re-ranked, so copies of equal standing stay in the tiers the incremental changes gave them
+        (``plan_all`` would hand the tiers out afresh by rank and input order and could demote warm
+        copies), and a restart moves nothing the cluster did not change. Only a copy standing strictly
+        higher than one in a faster tier on its worker swaps with it (a priority changed meanwhile).
+        Adapters of higher standing keep their copies first when capacity shrank. O(copies) plus a
+        sort of the adapters by rank.
+        """
+        listed = sorted(adapters, key=Adapter.rank, reverse=True)
+        self._clear_copies()
+        self._adapters = {adapter.key: adapter for adapter in listed}
+        moves: list[Move] = []
+        for adapter in listed:
+            self._adopt_copies(adapter, current.get(adapter.key) or {}, moves)
+        for key, copies in current.items():
+            moves.extend(self._removals(key, copies, self._placement.get(key, {})))
+        for adapter in listed:
+            for _ in range(self._wanted(adapter) - len(self._placement.get(adapter.key, {}))):
+                self._place_copy(adapter, moves, take_from_lower=False)
+            for _ in range(adapter.replicas - self._wanted(adapter)):
+                self._record_missing(adapter.key)
+            if adapter.pinned and adapter.key in self._placement:
+                moves.extend(self._promote_pinned(adapter))
+        for worker in sorted(self._workers):
+            self._order_by_standing(worker, moves)
+        self._dirty = {}
+        return Plan(self.placement, moves, self.missing)
+
+    def _order_by_standing(self, worker: str, moves: list[Move]) -> None:
+        """Swap copies on ``worker`` while one in a slower tier stands strictly higher than one in a
+        faster tier (a priority changed while no operator ran); equal standing never swaps."""
+        swapped = True
+        while swapped:  # each swap lifts a higher standing: it ends
+            swapped = False
+            for faster, slower in ((Tier.GPU, Tier.CPU), (Tier.CPU, Tier.DISK), (Tier.GPU, Tier.DISK)):
+                best = self._hottest(worker, slower)
+                victim = self._coldest_unpinned(worker, faster)
+                if best is None or victim is None:
+                    continue
+                if self._adapters[victim].standing() < self._adapters[best].standing():
+                    self._swap(best, victim, worker, faster, slower, moves)
+                    swapped = True
+
+    def _adopt_copies(self, adapter: Adapter, copies: Mapping[str, Tier], moves: list[Move]) -> None:
+        """Keep up to the wanted number of ``copies`` (fastest first) where their worker has room."""
+        kept, wanted = 0, self._wanted(adapter)
+        for worker, tier in sorted(copies.items(), key=lambda item: (item[1], item[0])):
+            if kept >= wanted:
+                break
+            if worker not in self._workers:
+                continue
+            fits = self._fastest_free_tier(worker, tier)
+            if fits is None:
+                continue
+            self._occupy(adapter.key, worker, fits)
+            if fits != tier:
+                moves.append(Move(MoveKind.RETIER, adapter.key, worker, fits, tier))
+            kept += 1
+
     def _plan_pass(self, listed: list[Adapter], current: PlacementView) -> list[Move]:
         """One planning pass from ``current``; sets ``_settled`` False when a copy fell to an undue tier."""
         self._clear_copies()
@@ -703,15 +768,15 @@ class Planner:
         """Free a GPU slot for ``adapter`` by demoting a colder copy on the same worker to a slower free tier.
 
         Unpinned adapters only look at their first eligible worker, so the cost stays O(1); pinned ones walk
-        the ring. Pinned copies are never displaced.
+        the ring. Pinned copies are never displaced, nor copies of equal standing (a name is no reason).
         """
-        rank = adapter.rank()
+        standing = adapter.standing()
         tries = WALK_LIMIT if adapter.pinned else 1
         for worker in self._ring_walk(point):
             if worker in siblings:
                 continue
             victim = self._coldest_unpinned(worker, Tier.GPU)
-            if victim is not None and self._adapters[victim].rank() < rank:
+            if victim is not None and self._adapters[victim].standing() < standing:
                 slower = self._fastest_free_tier(worker, Tier.CPU)
                 if slower is not None:
                     self._retier(victim, worker, Tier.GPU, slower, moves)

@@ -54,7 +54,10 @@ class PlacementSync:
         """Bring the plan up to `snapshot`; `recorded` is what the cluster holds (read on the first pass)."""
         if self._planner is None:
             self._planner = Planner(snapshot.workers.values(), max_rebalance_moves=self.max_rebalance_moves)
-            moves = list(self._planner.plan_all(snapshot.adapters.values(), _as_view(recorded)).moves)
+            adapters, view = snapshot.adapters.values(), _as_view(recorded)
+            # A restart resumes what the cluster records as it stands; a fresh fleet gets a full plan.
+            start = self._planner.adopt(adapters, view) if view else self._planner.plan_all(adapters)
+            moves = list(start.moves)
         else:
             moves = self._apply_changes(self._planner, snapshot)
         self._seen = snapshot

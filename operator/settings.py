@@ -24,6 +24,7 @@ class OperatorSettings:
     health_port: int = 8081
     peering_name: str = "loraplex"
     peering_priority: int = 0
+    peering_lifetime_seconds: int = 20  # how long a replica that died unannounced still blocks others
     router_replicas: int = 1
     status_interval_seconds: float = 2.0
     placement_interval_seconds: float = 1.0
@@ -57,6 +58,9 @@ class OperatorSettings:
             health_port=integer("LORAPLEX_HEALTH_PORT", cls.health_port),
             peering_name=environ.get("LORAPLEX_PEERING_NAME", cls.peering_name),
             peering_priority=integer("LORAPLEX_PEERING_PRIORITY", default_priority(identity)),
+            peering_lifetime_seconds=integer(
+                "LORAPLEX_PEERING_LIFETIME", cls.peering_lifetime_seconds, minimum=10
+            ),
             router_replicas=integer("LORAPLEX_ROUTER_REPLICAS", cls.router_replicas),
             status_interval_seconds=seconds("LORAPLEX_STATUS_INTERVAL", cls.status_interval_seconds),
             placement_interval_seconds=seconds(

@@ -68,6 +68,8 @@ def test_operator_pod_runs_restricted() -> None:
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+    # kopf's peer identity: a container restarted in the same pod resumes at once as the same peer.
+    assert {"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
 
 
 def test_operator_rbac_never_reads_secrets_or_writes_crds() -> None:

@@ -216,3 +216,27 @@ def test_a_changed_adapter_never_waits_for_a_slot_a_copy_of_lower_priority_holds
                 and latest[other].standing() < adapter.standing()
             ]
             assert not lower, f"{adapter.key} waits while {lower} hold slots on {worker.name}"
+
+
+@settings(max_examples=200, deadline=None)
+@given(workers=workers_strategy(), adapters=adapter_lists, current=placements)
+def test_adopting_a_placement_keeps_capacity_and_copy_counts_and_adopting_again_moves_nothing(
+    workers: list[Worker], adapters: list[Adapter], current: dict[str, dict[str, Tier]]
+) -> None:
+    adopted = Planner(workers).adopt(adapters, current)
+    assert_within_capacity(adopted.placement, workers)
+    live = {w.name for w in workers if w.healthy}
+    for adapter in adapters:
+        copies = adopted.placement.get(adapter.key, {})
+        assert set(copies) <= live
+        assert len(copies) + adopted.missing.get(adapter.key, 0) == adapter.replicas
+    assert not set(adopted.placement) - {adapter.key for adapter in adapters}
+    # A plan's copies all stay (it may still lift a pinned copy or place one a plan left missing) ...
+    planned = plan(workers, adapters).placement
+    first = Planner(workers).adopt(adapters, planned)
+    assert not [move for move in first.moves if move.kind is MoveKind.REMOVE]
+    assert all(set(copies) <= set(first.placement[key]) for key, copies in planned.items())
+    # ... and a restart right after a restart moves nothing.
+    again = Planner(workers).adopt(adapters, first.placement)
+    assert again.moves == []
+    assert again.placement == first.placement

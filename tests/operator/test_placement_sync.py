@@ -96,3 +96,45 @@ def test_copies_that_found_no_slot_are_placed_on_new_workers_at_once() -> None:
     second = sync.sync(FleetSnapshot(workers(4), catalog), recorded={})
     assert second.missing == {}  # not held to the one-move rebalance budget
     assert second.moved >= 58
+
+
+def test_a_restart_keeps_every_copy_in_its_tier_whatever_order_the_adapters_came_in() -> None:
+    # Adapters of equal priority arrive over several passes; the incremental placement hands out tiers
+    # first come, first served. A full re-plan would rank them afresh (by name) and demote some warm GPU
+    # copies to Disk; a restarted operator adopts what the cluster records instead.
+    fleet = {f"w-{i}": Worker(f"w-{i}", f"node-{i}", f"zone-{i}", 2, 2, 64) for i in range(3)}
+    arriving = [f"adapter-{i:02d}" for i in (7, 2, 29, 11, 0, 18, 25, 4, 13, 21, 9, 27, 1, 16, 23)]
+    sync, present = PlacementSync(), {}
+    for batch in range(0, len(arriving), 4):
+        for name in arriving[batch : batch + 4]:
+            present[name] = Adapter(name, replicas=2 if name.endswith("0") else 1)
+        before = sync.sync(FleetSnapshot(fleet, dict(present)), recorded={})
+    # A new operator's index lists them in another order (here: by name).
+    resumed = PlacementSync().sync(FleetSnapshot(fleet, dict(sorted(present.items()))), before.placement)
+    assert resumed.moved == 0
+    assert resumed.placement == before.placement
+
+
+def test_a_restart_repairs_only_what_changed_meanwhile() -> None:
+    fleet = workers(3)
+    first = PlacementSync().sync(FleetSnapshot(fleet, adapters(12)), recorded={})
+    recorded = {name: dict(where) for name, where in first.placement.items()}
+    recorded["gone"] = {"w-0": "Disk"}  # deleted while the operator was down
+    changed = dict(adapters(12), **{"a-3": Adapter("a-3", replicas=2), "new": Adapter("new")})
+    resumed = PlacementSync().sync(FleetSnapshot(fleet, changed), recorded=recorded)
+    assert "gone" not in resumed.placement
+    assert len(resumed.placement["a-3"]) == 2
+    assert len(resumed.placement["new"]) == 1
+    kept = {name for name in first.placement if name != "a-3"}
+    assert all(resumed.placement[name] == first.placement[name] for name in kept)
+    assert resumed.moved == 3  # gone's copy removed, a second copy of a-3, the new adapter's copy
+
+
+def test_a_priority_raised_while_no_operator_ran_lifts_the_adapter_when_one_resumes() -> None:
+    fleet = {"w-0": Worker("w-0", "node-0", "zone-0", gpu_slots=1, cpu_slots=1, disk_slots=4)}
+    first = PlacementSync().sync(FleetSnapshot(fleet, adapters(3)), recorded={})
+    on_disk = next(name for name, where in first.placement.items() if where["w-0"] == "Disk")
+    raised = dict(adapters(3), **{on_disk: Adapter(on_disk, priority=5)})
+    resumed = PlacementSync().sync(FleetSnapshot(fleet, raised), recorded=first.placement)
+    assert resumed.placement[on_disk] == {"w-0": "GPU"}
+    assert sorted(where["w-0"] for where in resumed.placement.values()) == ["CPU", "Disk", "GPU"]

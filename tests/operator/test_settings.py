@@ -19,6 +19,7 @@ VARIABLES: dict[str, tuple[str, str, Any]] = {
     "LORAPLEX_METRICS_PORT": ("9100", "metrics_port", 9100),
     "LORAPLEX_HEALTH_PORT": ("8082", "health_port", 8082),
     "LORAPLEX_PEERING_PRIORITY": ("7", "peering_priority", 7),
+    "LORAPLEX_PEERING_LIFETIME": ("45", "peering_lifetime_seconds", 45),
     "LORAPLEX_IMAGE": ("example/loraplex:2", "image", "example/loraplex:2"),
     "LORAPLEX_ROUTER_REPLICAS": ("3", "router_replicas", 3),
     "LORAPLEX_STATUS_INTERVAL": ("5", "status_interval_seconds", 5.0),
@@ -74,6 +75,7 @@ def test_placement_variables_default_to_what_the_docs_say(variable: str, attribu
         ("LORAPLEX_DISK_SLOTS", "lots"),
         ("LORAPLEX_DISK_SLOTS", "-4"),
         ("LORAPLEX_STATUS_WRITERS", "0"),
+        ("LORAPLEX_PEERING_LIFETIME", "5"),
         ("LORAPLEX_METRICS_PORT", "http"),
     ],
 )
@@ -88,3 +90,11 @@ def test_the_operator_command_exits_with_the_variable_named(
     monkeypatch.setenv("LORAPLEX_STATUS_WRITERS", "none")
     assert cli.main(["operator"]) == 2
     assert "LORAPLEX_STATUS_WRITERS='none' is not a whole number" in capsys.readouterr().err
+
+
+def test_kopf_is_given_the_peering_lifetime() -> None:
+    from loraplex.operator.main import kopf_settings
+
+    settings = OperatorSettings.from_env({"POD_NAME": "a", "LORAPLEX_PEERING_LIFETIME": "30"})
+    configured = kopf_settings(settings)
+    assert configured.peering.lifetime == 30
