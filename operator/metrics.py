@@ -57,6 +57,11 @@ PLANNER_SECONDS = Histogram(
     "Time the placement planner took in one placement pass (planning only, no API calls)",
     buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
 )
+PLACEMENT_PASSES = Counter(
+    "loraplex_placement_passes_total",
+    "Placement loop wake-ups, by outcome: ran (inputs changed or work pending), idle (nothing changed)",
+    ["outcome"],
+)
 PLACEMENT_PASS_SECONDS = Histogram(
     "loraplex_placement_pass_duration_seconds", "Time one placement pass took (plan, apply, statuses)",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),

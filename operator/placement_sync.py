@@ -50,6 +50,11 @@ class PlacementSync:
         self._seen = FleetSnapshot()
         self._rebalancing = False  # workers were added and the last bounded step still moved copies
 
+    @property
+    def rebalancing(self) -> bool:
+        """Workers were added and the last bounded step still moved copies: another step is due."""
+        return self._rebalancing
+
     def sync(self, snapshot: FleetSnapshot, recorded: Mapping[str, Mapping[str, str]]) -> SyncResult:
         """Bring the plan up to `snapshot`; `recorded` is what the cluster holds (read on the first pass)."""
         if self._planner is None:

@@ -171,13 +171,15 @@ def test_each_placement_pass_observes_the_planner_apart_from_its_api_writes(
         ("loraplex_planner_duration_seconds_sum", {}),
         ("loraplex_placement_pass_duration_seconds_count", {}),
         ("loraplex_placement_pass_duration_seconds_sum", {}),
+        ("loraplex_placement_passes_total", {"outcome": "ran"}),
+        ("loraplex_placement_passes_total", {"outcome": "idle"}),
     )
     run_placement_passes(monkeypatch, "timed", [adapter("sql", "timed")], passes=3, clock=clock)
-    planner_count, planner_seconds, pass_count, pass_seconds = moved()
-    assert (planner_count, pass_count) == (3, 3)
-    # Each pass wrote the two WorkerPlacements the (unchanging) index lacks, 5 s each on the fake clock:
-    # the passes took that time, the planner none.
-    assert (planner_seconds, pass_seconds) == (0.0, 30.0)
+    planner_count, planner_seconds, pass_count, pass_seconds, ran, idle = moved()
+    # The first pass wrote the two WorkerPlacements, 5 s each on the fake clock: the pass took that
+    # time, the planner none. The indexes did not change after it, so the next two wake-ups were idle.
+    assert (planner_count, pass_count, ran, idle) == (1, 1, 1, 2)
+    assert (planner_seconds, pass_seconds) == (0.0, 10.0)
 
 
 def test_placement_passes_report_copies_by_tier_and_adapters_pending(
