@@ -97,7 +97,6 @@ class RouterPod:
     ip: str
     base_model: str
     served_name: str
-    workers_service: str
     api_key_secret: tuple[str, str]
 
 
@@ -162,7 +161,6 @@ def pod_processes(pod: dict[str, Any]) -> WorkerPod | RouterPod | TrainerPod | N
         return RouterPod(
             name=meta["name"], namespace=meta["namespace"], ip=ip, base_model=labels[BASE_MODEL],
             served_name=str(_flag(args, "--served-model-name", labels[BASE_MODEL])),
-            workers_service=str(_flag(args, "--workers-service", "")),
             api_key_secret=_secret_ref(containers["router"], "LORAPLEX_VLLM_API_KEY"),
         )  # fmt: skip
     return None
@@ -223,7 +221,7 @@ class Runner:
                 router = RouterProcess(
                     logs / f"{target.namespace}.{target.name}.router.log", base_model=target.base_model,
                     served_name=target.served_name, api_key=key, host=target.ip, port=8000,
-                    cluster=RouterCluster(target.namespace, target.workers_service, self.cluster.kubeconfig),
+                    cluster=RouterCluster(target.namespace, self.cluster.kubeconfig),
                 )  # fmt: skip
                 started.append(router.start())
             log.info("Started real processes behind pod %s/%s", target.namespace, target.name)

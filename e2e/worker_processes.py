@@ -213,7 +213,6 @@ class RouterCluster:
     """Cluster mode for a router: follow the BaseModel's WorkerPlacements and worker pods."""
 
     namespace: str
-    workers_service: str
     kubeconfig: Path
 
 
@@ -256,7 +255,7 @@ class RouterProcess(_Child):
         if self.workers:
             argv += ["--workers", *(f"{n}={a.vllm.url},{a.url}" for n, a in self.workers.items())]
         if self.cluster is not None:
-            argv += ["--namespace", self.cluster.namespace, "--workers-service", self.cluster.workers_service]
+            argv += ["--namespace", self.cluster.namespace]
             argv += ["--kubeconfig", str(self.cluster.kubeconfig)]
         self._spawn(argv, {"LORAPLEX_VLLM_API_KEY": self.api_key, "PYTHONUNBUFFERED": "1"})
         # Synced (every worker's residency read) is not enough with a static list: a worker takes

@@ -342,8 +342,6 @@ def router_deployment(ref: BaseModelRef, spec: BaseModelSpec, settings: Operator
             spec.model.served_name or ref.name,
             "--namespace",
             ref.namespace,
-            "--workers-service",
-            workers_service_name(ref),
             "--port",
             str(ROUTER_PORT),
         ],

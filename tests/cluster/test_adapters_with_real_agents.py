@@ -97,13 +97,13 @@ def test_adapters_become_ready_on_a_real_worker_and_unload_on_delete(
     try:
         create_adapter(kube, namespace, "sql", adapters["a0"])
         create_adapter(kube, namespace, "chat", adapters["a1"])
-        create_adapter(kube, namespace, "broken", adapters["a2"], sha256=adapters["a3"].sha256)
-
         for name in ("sql", "chat"):
             status = wait_until(lambda name=name: when_ready(kube, namespace, name, "status", "True"), 120,
                                 f"{name} Ready")  # fmt: skip
             assert status["placements"] == [{"worker": WORKER, "tier": "GPU"}]
             assert status["copies"] == "1/1"
+        # Equal priority, the GPU slots taken: the newcomer gets the CPU tier, displacing neither.
+        create_adapter(kube, namespace, "broken", adapters["a2"], sha256=adapters["a3"].sha256)
         assert vllm.adapters() == {"sql", "chat"}
         custom = client.CustomObjectsApi(kube)
         wait_until(

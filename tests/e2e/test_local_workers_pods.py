@@ -45,11 +45,7 @@ def test_a_router_pod_gets_a_router_following_the_cluster() -> None:
     template = router_deployment(REF, SPEC, OperatorSettings())["spec"]["template"]
     target = pod_processes(pod_from(template, "tiny-llama-router-abc"))
     assert isinstance(target, RouterPod)
-    assert (target.base_model, target.served_name, target.workers_service) == (
-        "tiny-llama",
-        "tiny",
-        "tiny-llama-workers",
-    )
+    assert (target.base_model, target.served_name) == ("tiny-llama", "tiny")
 
 
 def test_pods_not_running_or_without_an_ip_get_nothing() -> None:

@@ -10,6 +10,7 @@ from loraplex.operator.fleet import (
     BaseModelRef,
     api_key_secret,
     plan_fleet,
+    router_deployment,
 )
 from loraplex.operator.settings import OperatorSettings, default_priority
 
@@ -177,3 +178,17 @@ def test_router_knows_the_name_clients_use_for_the_base_model() -> None:
         args = router["containers"][0]["args"]
         assert args[args.index("--served-model-name") + 1] == expected
         assert router["serviceAccountName"] == "llama-8b-router"
+
+
+def test_the_router_deployment_runs_a_command_line_the_router_accepts() -> None:
+    import argparse
+
+    from loraplex.router.main import configure, settings_from_args
+
+    container = router_deployment(REF, spec(), SETTINGS)["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][0] == "router"
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    configure(parser)
+    settings = settings_from_args(parser.parse_args(container["args"][1:]))  # an unknown flag raises
+    assert (settings.base_model, settings.namespace, settings.port) == ("llama-8b", "serving", 8000)
+    assert not settings.static
