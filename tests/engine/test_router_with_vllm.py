@@ -110,13 +110,14 @@ def test_a_stream_reaches_the_client_while_vllm_generates_and_a_client_that_leav
         extra_body={"min_tokens": length, "ignore_eos": True},
     )  # fmt: skip
     first = next(iter(stream))
+    stream.close()  # the client goes away at once (reading vLLM's metrics first can take a second)
     assert first.choices[0].text is not None
-    # Not buffered: the first chunk is here while vLLM is still generating the rest.
-    assert total("vllm:num_requests_running") == 1
-    stream.close()  # the client goes away
     wait_until(lambda: total("vllm:num_requests_running") == 0, 60, "vLLM to drop the request")
+    # Fewer tokens than asked for: the first chunk came while vLLM was still generating (a router that
+    # buffers would deliver it only after the last), and leaving made vLLM stop (a router that kept
+    # reading would let it finish).
     generated = total("vllm:generation_tokens_total") - tokens_before
-    assert generated < length, "the request ran to its end: the disconnect did not abort it in vLLM"
+    assert generated < length, "the request ran to its end: buffered, or not aborted in vLLM"
 
 
 def test_errors_come_in_openais_shape(fleet: Fleet) -> None:
