@@ -119,11 +119,6 @@ class VllmProcess(_Child):
             raise AssertionError(f"completion with {model} answered {status}: {body}")
         return str(body["choices"][0]["text"])
 
-    def metric(self, name: str) -> float:
-        """The sum of a vLLM metric's samples over its label sets (e.g. `vllm:num_requests_running`)."""
-        samples = prometheus_samples(f"{self.url}/metrics", name)
-        return sum(value for key, value in samples.items() if key.partition("{")[0] == name)
-
     def adapters(self) -> set[str]:
         status, body = http_json(f"{self.url}/v1/models", api_key=self.api_key)
         assert status == 200, body
