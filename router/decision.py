@@ -152,15 +152,10 @@ class Router:
         then the adapter's ranked workers are tried, whose agents may find it in the catalog."""
         best = self._coldest(sorted(placed), cap, exclude, now)
         if best is None:
-            workers = self.table.workers
-            candidates = [
-                (workers[name].load, name)
-                for name in {*placed, *(n for n, tier in holders.items() if tier != "Disk")}
-                if name in workers and workers[name].healthy and name not in exclude
-            ]
-            if not candidates:
+            serving = {*placed, *(name for name, tier in holders.items() if tier != "Disk")}
+            best = least_loaded(self.table, exclude, among=serving)
+            if best is None:
                 return None
-            best = min(candidates)[1]
         return Decision(best, _HIT[holders.get(best)], spread)
 
     def _coldest(
@@ -194,10 +189,15 @@ class Router:
         return min(rate(adapter, now) for adapter in state.gpu)
 
 
-def least_loaded(table: WorkerTable, exclude: Collection[str] = ()) -> str | None:
-    """The healthy worker with the lowest load (ties: the first by name). O(workers)."""
+def least_loaded(
+    table: WorkerTable, exclude: Collection[str] = (), among: Iterable[str] | None = None
+) -> str | None:
+    """The healthy worker (of `among`, default all) with the lowest load (ties: the first by name).
+
+    O(workers), or O(len(among))."""
+    states = table.workers.values() if among is None else (table.workers.get(name) for name in among)
     candidates: Iterable[tuple[int, str]] = (
-        (s.load, s.name) for s in table.workers.values() if s.healthy and s.name not in exclude
+        (s.load, s.name) for s in states if s is not None and s.healthy and s.name not in exclude
     )
     found = min(candidates, default=None)
     return None if found is None else found[1]
