@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,10 +144,12 @@ class AgentProcess(_Child):
         port: int | None = None,
         env: dict[str, str] | None = None,
         host: str = "127.0.0.1",
+        extra_args: Sequence[str] = (),
     ) -> None:
         super().__init__(log_path)
         self.host = host
         self.env = env or {}
+        self.extra_args = list(extra_args)
         self.vllm = vllm
         self.cache_dir = cache_dir
         self.worker = worker
@@ -177,6 +180,7 @@ class AgentProcess(_Child):
             argv += ["--kubeconfig", str(self.kubeconfig)]
         if self.catalog_template is not None:
             argv += ["--catalog-template", self.catalog_template]
+        argv += self.extra_args
         self._spawn(argv, {"LORAPLEX_VLLM_API_KEY": self.vllm.api_key, "PYTHONUNBUFFERED": "1", **self.env})
         wait_until(self.ready, timeout, f"agent on port {self.port} engine-ready")
         return self

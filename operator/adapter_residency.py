@@ -33,6 +33,7 @@ class Resident:
     tier: str
     sha256: str | None
     load_seconds: float | None = None
+    active: bool = False  # used (or loaded) within the agent's active window
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,11 @@ def reports_by_adapter(workers: Mapping[str, WorkerReport]) -> dict[str, Adapter
         adapter: AdapterReports(held.get(adapter, {}), failed.get(adapter, {}))
         for adapter in held.keys() | failed.keys()
     }
+
+
+def active_adapters(workers: Mapping[str, WorkerReport]) -> set[str]:
+    """Adapters some agent reports used within its active window: they rank above idle ones."""
+    return {name for report in workers.values() for name, held in report.held.items() if held.active}
 
 
 def plan_placed_adapter_status(

@@ -36,6 +36,7 @@ from loraplex.operator.adapter_residency import (
     FleetSize,
     Resident,
     WorkerReport,
+    active_adapters,
     agent_failure_to_announce,
     plan_placed_adapter_status,
     reports_by_adapter,
@@ -127,7 +128,8 @@ def register(
                 stopped.wait(settings.placement_interval_seconds)
                 continue
             metrics.PLACEMENT_PASSES.labels("ran").inc()
-            adapters, parsed = _valid_adapters(bodies, model, parsed)
+            reports = _reports(placements)
+            adapters, parsed = _valid_adapters(bodies, model, parsed, active_adapters(reports))
             target = scaler.scale(
                 model, body, [a for a, _, _ in adapters.values()], kwargs["worker_sets"], logger
             )
@@ -142,7 +144,7 @@ def register(
             for gone in sorted({p["spec"]["worker"] for p in placements} - workers.keys()):
                 writes += applier.delete(API_VERSION, "WorkerPlacement", gone, str(namespace))
             statuses = _write_adapter_statuses(
-                custom, writers, str(namespace), adapters, result.placement, placements,
+                custom, writers, str(namespace), adapters, result.placement, reports,
                 FleetSize(len(workers), target),
             )  # fmt: skip
             writes += release_unloaded(custom, bodies, placements)
@@ -245,9 +247,13 @@ ParsedSpecs = dict[tuple[str, int], LoRAAdapterSpec | None]
 
 
 def _valid_adapters(
-    bodies: list[Mapping[str, Any]], model: BaseModelSpec, parsed: ParsedSpecs
+    bodies: list[Mapping[str, Any]], model: BaseModelSpec, parsed: ParsedSpecs, active: set[str]
 ) -> tuple[dict[str, tuple[Adapter, LoRAAdapterSpec, Mapping[str, Any]]], ParsedSpecs]:
     """Adapters of this BaseModel that passed the check and are not being deleted.
+
+    An adapter an agent reports active gets warmth 1 (idle ones 0): among copies of equal priority,
+    used ones win the faster tiers and idle ones give way first. Two levels, switched by the agents'
+    active window, so steady traffic changes no standing and moves nothing.
 
     Specs are parsed once per (name, generation), not on every pass: at 10,000 adapters a
     pass would otherwise spend most of its time validating specs that did not change. The
@@ -263,8 +269,9 @@ def _valid_adapters(
         if not check_adapter(meta["namespace"], spec, model).placeable:
             continue
         adapter = Adapter(
-            meta["name"], replicas=spec.replicas, priority=spec.priority, pinned=spec.policy == "Pinned"
-        )
+            meta["name"], replicas=spec.replicas, priority=spec.priority, pinned=spec.policy == "Pinned",
+            warmth=1.0 if meta["name"] in active else 0.0,
+        )  # fmt: skip
         valid[meta["name"]] = (adapter, spec, body)
     return valid, kept
 
@@ -304,7 +311,7 @@ def _reports(placements: list[Mapping[str, Any]]) -> dict[str, WorkerReport]:
     for body in placements:
         status = body.get("status") or {}
         held = {
-            a["name"]: Resident(a["tier"], a.get("sha256"), a.get("loadSeconds"))
+            a["name"]: Resident(a["tier"], a.get("sha256"), a.get("loadSeconds"), bool(a.get("active")))
             for a in status.get("adapters", [])
         }
         failures = {f["name"]: (f["reason"], f.get("message", "")) for f in status.get("failures", [])}
@@ -318,7 +325,7 @@ def _write_adapter_statuses(
     namespace: str,
     adapters: Mapping[str, tuple[Adapter, LoRAAdapterSpec, Mapping[str, Any]]],
     placement: Mapping[str, Mapping[str, str]],
-    placements: list[Mapping[str, Any]],
+    workers: Mapping[str, WorkerReport],
     fleet: FleetSize,
 ) -> int:
     """Write the statuses that changed, several at once: after a bulk apply that is every adapter.
@@ -327,7 +334,7 @@ def _write_adapter_statuses(
     Warning Event with the condition's message (posted from this thread: kopf's event queue is
     reached through the daemon's context, which the writer threads lack).
     """
-    reports, now = reports_by_adapter(_reports(placements)), datetime.now(UTC)
+    reports, now = reports_by_adapter(workers), datetime.now(UTC)
     changed, announce = [], []
     for name, (_, spec, body) in sorted(adapters.items()):
         current = dict(body.get("status") or {})

@@ -53,6 +53,11 @@ class ResidentAdapter(ApiModel):
     bytes: int | None = Field(default=None, ge=0)
     load_seconds: float | None = Field(default=None, ge=0, description="How long its last load took.")
     catalog: bool = Field(default=False, description="Loaded on demand through the catalog template.")
+    active: bool = Field(
+        default=False,
+        description="vLLM ran a request for it (or it was loaded) within the agent's active window; "
+        "the operator ranks active adapters above idle ones of the same priority.",
+    )
 
 
 class AdapterFailure(ApiModel):

@@ -10,6 +10,8 @@ it before the object goes; a corrupted adapter shows the agent's reason.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,16 +71,15 @@ def create_adapter(
     })  # fmt: skip
 
 
-def test_adapters_become_ready_on_a_real_worker_and_unload_on_delete(
+def start_worker(
     local_cluster: LocalCluster,
     kube: Any,
     namespace: str,
-    chart_rbac: None,
-    operator: OperatorProcess,
     vllm: VllmProcess,
-    adapters: dict[str, AdapterFiles],
     tmp_path: Path,
-) -> None:
+    *agent_args: str,
+) -> AgentProcess:
+    """The BaseModel `tiny`, and a real agent acting as its worker pod with the worker ServiceAccount."""
     create_object(kube, namespace, "basemodels", "BaseModel", "tiny", {
         "model": {"uri": "/models/tiny"}, "replicas": {"min": 1},
         "engine": {"maxLoras": vllm.max_loras, "maxCpuLoras": vllm.max_cpu_loras, "maxLoraRank": 16},
@@ -90,10 +91,23 @@ def test_adapters_become_ready_on_a_real_worker_and_unload_on_delete(
     worker_kubeconfig = service_account_kubeconfig(
         local_cluster.kubeconfig, namespace, "tiny-worker", tmp_path / "worker-kubeconfig.yaml"
     )
-    agent = AgentProcess(
+    return AgentProcess(
         vllm, tmp_path / "cache", tmp_path / "agent.log",
-        worker=WORKER, namespace=namespace, kubeconfig=worker_kubeconfig,
+        worker=WORKER, namespace=namespace, kubeconfig=worker_kubeconfig, extra_args=agent_args,
     ).start()  # fmt: skip
+
+
+def test_adapters_become_ready_on_a_real_worker_and_unload_on_delete(
+    local_cluster: LocalCluster,
+    kube: Any,
+    namespace: str,
+    chart_rbac: None,
+    operator: OperatorProcess,
+    vllm: VllmProcess,
+    adapters: dict[str, AdapterFiles],
+    tmp_path: Path,
+) -> None:
+    agent = start_worker(local_cluster, kube, namespace, vllm, tmp_path)
     try:
         create_adapter(kube, namespace, "sql", adapters["a0"])
         create_adapter(kube, namespace, "chat", adapters["a1"])
@@ -137,5 +151,79 @@ def test_adapters_become_ready_on_a_real_worker_and_unload_on_delete(
         )
         assert "sql" not in vllm.adapters()
         assert "Forbidden" not in agent.log()
+    finally:
+        agent.stop()
+
+
+def active_reported(custom: client.CustomObjectsApi, namespace: str) -> set[str]:
+    placement = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "workerplacements", WORKER)
+    return {a["name"] for a in placement.get("status", {}).get("adapters", []) if a.get("active")}
+
+
+def placed_tier(kube: Any, namespace: str, name: str) -> str:
+    (placement,) = adapter_status(kube, namespace, name)["placements"]
+    return str(placement["tier"])
+
+
+@contextlib.contextmanager
+def requests_for(vllm: VllmProcess, model: str) -> Iterator[None]:
+    """A client sending requests for `model` to the worker's vLLM, one after another.
+
+    Eight tokens each: vLLM records the adapters it runs after each engine step, so a one-token request
+    (done in the step that scheduled it) would leave no trace.
+    """
+    stop = threading.Event()
+
+    def send() -> None:
+        while not stop.is_set():
+            vllm.complete(model, max_tokens=8)
+            stop.wait(0.3)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        sender.join(timeout=30)
+
+
+def test_a_used_adapter_takes_the_gpu_slot_of_one_gone_idle(
+    local_cluster: LocalCluster,
+    kube: Any,
+    namespace: str,
+    chart_rbac: None,
+    operator: OperatorProcess,
+    vllm: VllmProcess,
+    adapters: dict[str, AdapterFiles],
+    tmp_path: Path,
+) -> None:
+    """vLLM's own record of what it ran, read by the agent, reaches the placement: no request log needed."""
+    agent = start_worker(local_cluster, kube, namespace, vllm, tmp_path, "--active-window", "8",
+                         "--activity-interval", "1")  # fmt: skip
+    custom = client.CustomObjectsApi(kube)
+    try:
+        for name, files in (("sql", adapters["a0"]), ("chat", adapters["a1"])):
+            create_adapter(kube, namespace, name, files)
+            wait_until(
+                lambda name=name: when_ready(kube, namespace, name, "status", "True"), 120, f"{name} Ready"
+            )
+        create_adapter(kube, namespace, "news", adapters["a4"])
+        news = wait_until(lambda: when_ready(kube, namespace, "news", "status", "True"), 120, "news Ready")
+        assert news["placements"] == [{"worker": WORKER, "tier": "CPU"}]  # equal priority: it displaced none
+        wait_until(lambda: not active_reported(custom, namespace), 60, "the window since the loads to pass")
+        assert placed_tier(kube, namespace, "news") == "CPU"  # all idle: equal standing, nothing moved
+
+        with requests_for(vllm, "news"):
+            wait_until(lambda: placed_tier(kube, namespace, "news") == "GPU", 90, "news moved to a GPU slot")
+            placement = custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, "workerplacements", WORKER
+            )
+            wanted = {a["name"]: a["tier"] for a in placement["spec"]["adapters"]}
+            assert sorted(wanted.values()) == ["CPU", "GPU", "GPU"]
+            (idle,) = (name for name, tier in wanted.items() if tier == "CPU")
+            reported = {a["name"]: a.get("active") for a in placement["status"]["adapters"]}
+            assert (reported["news"], reported[idle]) == (True, False)  # the CRD defaults it to false
+            wait_until(lambda: agent.held().get("news") == "GPU", 30, "the agent warming news in a GPU slot")
     finally:
         agent.stop()

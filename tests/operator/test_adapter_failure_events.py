@@ -12,7 +12,7 @@ from loraplex.api import API_VERSION
 from loraplex.api.adapter import LoRAAdapterSpec
 from loraplex.operator.adapter_residency import FleetSize
 from loraplex.operator.placement import Adapter
-from loraplex.operator.placement_loop import _write_adapter_statuses
+from loraplex.operator.placement_loop import _reports, _write_adapter_statuses
 
 SPEC = {"baseModel": "llama-8b", "source": {"uri": "s3://adapters/sql/", "sha256": "1" * 64}, "rank": 16}
 PLACEMENT = {"sql": {"w-0": "GPU"}}
@@ -54,7 +54,8 @@ def one_pass(api: StatusApi, status: dict[str, Any], placements: list[dict[str, 
     adapters = {"sql": (Adapter("sql"), LoRAAdapterSpec.model_validate(SPEC), adapter_body(status))}
     before = len(api.written)
     with ThreadPoolExecutor(max_workers=1) as writers:
-        _write_adapter_statuses(api, writers, "team", adapters, PLACEMENT, placements, FLEET)  # type: ignore[arg-type]
+        reports = _reports(placements)
+        _write_adapter_statuses(api, writers, "team", adapters, PLACEMENT, reports, FLEET)  # type: ignore[arg-type]
     return api.written[-1] if len(api.written) > before else status
 
 

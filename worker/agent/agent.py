@@ -32,6 +32,12 @@ from typing import Any
 
 import aiohttp
 
+from loraplex.worker.agent.activity import (
+    DEFAULT_ACTIVE_WINDOW,
+    DEFAULT_ACTIVITY_INTERVAL,
+    Activity,
+    last_use,
+)
 from loraplex.worker.agent.disk_cache import DiskCache
 from loraplex.worker.agent.fetch import Fetcher, FetchError
 from loraplex.worker.agent.metrics import AgentMetrics
@@ -53,6 +59,7 @@ from loraplex.worker.agent.vllm_client import VllmClient, VllmError
 log = logging.getLogger("loraplex.agent")
 FIRST_BACKOFF = 5.0
 MAX_BACKOFF = 300.0
+MAX_ATTEMPT_RECORDS = 4096  # failed revisions whose backoff is remembered; the oldest are forgotten first
 
 
 class EnsureError(Exception):
@@ -86,6 +93,9 @@ class Agent:
         metrics: AgentMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_report: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+        active_window: float = DEFAULT_ACTIVE_WINDOW,
+        activity_interval: float = DEFAULT_ACTIVITY_INTERVAL,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.worker = worker
         self.vllm = vllm
@@ -107,6 +117,10 @@ class Agent:
         self._inflight: dict[str, asyncio.Future[Ensured]] = {}
         self._wake = asyncio.Event()
         self._last_report: dict[str, Any] | None = None
+        self.activity = Activity(active_window)
+        self.activity_interval = activity_interval
+        self.wall_clock = wall_clock  # vLLM stamps activity with the epoch time, not a monotonic clock
+        self._activity_read_at: float | None = None
         self.metrics.disk_budget.set(cache.budget_bytes)
 
     # -- inputs -------------------------------------------------------------------------------
@@ -123,6 +137,8 @@ class Agent:
         while True:
             try:
                 await self.resync()
+                if self.engine_ready:
+                    await self.read_activity()
                 if self.engine_ready and self.wanted is not None:
                     await self.converge()
                 await self.publish()
@@ -166,6 +182,19 @@ class Agent:
                     name, revision, on_demand=name not in wanted, last_used=self.clock()
                 )
 
+    async def read_activity(self) -> None:
+        """Every `activity_interval`, take in which held adapters vLLM ran (see activity.py)."""
+        now = self.clock()
+        if self._activity_read_at is not None and now - self._activity_read_at < self.activity_interval:
+            return
+        self._activity_read_at = now
+        try:
+            seen = last_use(await self.vllm.metrics_text())
+        except (aiohttp.ClientError, TimeoutError, VllmError, ValueError) as error:
+            log.warning("Could not read adapter activity from vLLM of worker %s: %s", self.worker, error)
+            return
+        self.activity.merge(seen, self.registered)
+
     async def converge(self) -> None:
         assert self.wanted is not None
         wanted = self.wanted
@@ -208,6 +237,7 @@ class Agent:
         current = self.registered.get(name)
         if current is not None:
             self.registered[name] = dataclasses.replace(current, last_used=self.clock())
+            self.activity.used(name, self.wall_clock())
             return Ensured(name, "GPU" if current.warm else "CPU", 0.0)
         pending = self._inflight.get(name)
         if pending is None:
@@ -340,8 +370,10 @@ class Agent:
         log.info("Unloaded adapter %s from worker %s", name, self.worker)
 
     def _fail(self, name: str, sha256: str | None, reason: str, message: str, on_demand: bool) -> None:
-        attempts = self._attempts.get((name, sha256), 0) + 1
-        self._attempts[(name, sha256)] = attempts
+        attempts = self._attempts.pop((name, sha256), 0) + 1
+        self._attempts[(name, sha256)] = attempts  # re-inserted: the dict runs oldest failure first
+        while len(self._attempts) > MAX_ATTEMPT_RECORDS:
+            del self._attempts[next(iter(self._attempts))]
         backoff = min(FIRST_BACKOFF * 2 ** (attempts - 1), MAX_BACKOFF)
         self.failures[name] = LoadFailure(name, sha256, reason, message, self.clock() + backoff, on_demand)
         self.metrics.fetch_failures.labels(reason).inc()
@@ -364,6 +396,8 @@ class Agent:
         """The residency report: what the agent holds per tier, and what failed (camelCase, as in status)."""
         wanted = self.wanted or []
         held = plan_report(wanted, self.registered, self.cache.revisions(), self.slots)
+        active = self.activity.active(self.wall_clock()) & self.registered.keys()
+        self.metrics.active_adapters.set(len(active))
         adapters = []
         bytes_by_tier = {"GPU": 0, "CPU": 0, "Disk": 0}
         count_by_tier = {"GPU": 0, "CPU": 0, "Disk": 0}
@@ -378,6 +412,8 @@ class Agent:
                 item["loadSeconds"] = round(self.load_seconds[entry.name], 4)
             if entry.catalog:
                 item["catalog"] = True
+            if entry.name in active:
+                item["active"] = True
             adapters.append(item)
         for tier in bytes_by_tier:
             self.metrics.cache_bytes.labels(tier).set(

@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+from loraplex.worker.agent.activity import DEFAULT_ACTIVE_WINDOW, DEFAULT_ACTIVITY_INTERVAL
+
 GIB = 1 << 30
 
 
@@ -45,6 +47,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--pvc-root", type=Path, default=Path("/mnt/pvc"), help="Where pvc://<claim> is mounted."
     )
     parser.add_argument("--fetch-concurrency", type=int, default=4, help="Concurrent adapter fetches.")
+    parser.add_argument(
+        "--active-window",
+        type=float,
+        default=DEFAULT_ACTIVE_WINDOW,
+        help="Seconds since its last request (or load) that an adapter is reported active (300).",
+    )
+    parser.add_argument(
+        "--activity-interval",
+        type=float,
+        default=DEFAULT_ACTIVITY_INTERVAL,
+        help="Seconds between reads of vLLM's adapter activity from its /metrics (10).",
+    )
     parser.add_argument("--worker", default=os.environ.get("POD_NAME"), help="Worker (pod) name.")
     parser.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE"), help="Worker namespace.")
     parser.add_argument("--kubeconfig", help="Kubeconfig (default: in-cluster, then ~/.kube/config).")
@@ -125,6 +139,8 @@ async def serve(args: argparse.Namespace) -> None:
         cache=cache,
         slots=Slots(gpu=args.max_loras, cpu=args.max_cpu_loras),
         catalog_template=args.catalog_template,
+        active_window=args.active_window,
+        activity_interval=args.activity_interval,
     )
     source: FileSource | WorkerPlacementSource
     if args.wanted_file is not None:

@@ -40,6 +40,11 @@ class AgentMetrics:
         self.disk_budget = Gauge(
             "loraplex_agent_disk_budget_bytes", "Byte budget of the local disk tier.", registry=r
         )
+        self.active_adapters = Gauge(
+            "loraplex_agent_active_adapters",
+            "Adapters held in vLLM that ran a request (or loaded) within the active window.",
+            registry=r,
+        )
         for tier in ("GPU", "CPU", "Disk"):
             self.loads.labels(tier)
             self.evictions.labels(tier)

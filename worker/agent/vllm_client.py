@@ -76,6 +76,14 @@ class VllmClient:
                 return str(model["id"])
         raise VllmError(500, "vLLM lists no base model")
 
+    async def metrics_text(self) -> str:
+        """vLLM's Prometheus exposition (`/metrics`), as text."""
+        async with self._client().get(self.base_url + "/metrics") as response:
+            text = await response.text()
+            if response.status >= 400:
+                raise VllmError(response.status, text[:500])
+            return text
+
     async def load(self, name: str, path: str, *, inplace: bool = False) -> None:
         body: dict[str, Any] = {"lora_name": name, "lora_path": path}
         if inplace:

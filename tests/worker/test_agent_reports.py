@@ -1,0 +1,199 @@
+"""What an agent reports is current: an adapter's failure goes once it left the worker or loaded, and an
+adapter counts as active only while vLLM ran it (or the router ensured it) within the active window."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from loraplex.worker.agent.activity import last_use
+from loraplex.worker.agent.agent import MAX_ATTEMPT_RECORDS, Agent
+from loraplex.worker.agent.disk_cache import DiskCache
+from loraplex.worker.agent.fetch import Fetcher
+from loraplex.worker.agent.residency import Slots, Tier, WantedAdapter
+from loraplex.worker.agent.vllm_client import EngineAdapter, VllmClient, VllmError
+from loraplex.worker.digest import tree_digest
+
+
+class FakeVllm(VllmClient):
+    """A double of vLLM's runtime LoRA API; `refuse` makes the next loads fail as vLLM would."""
+
+    def __init__(self) -> None:
+        super().__init__("http://vllm.invalid", None)
+        self.loaded: dict[str, str] = {}
+        self.refuse = False
+        self.exposition = ""  # what GET /metrics answers
+
+    async def adapters(self) -> list[EngineAdapter]:
+        return [EngineAdapter(name, path) for name, path in self.loaded.items()]
+
+    async def load(self, name: str, path: str, *, inplace: bool = False) -> None:
+        if self.refuse:
+            raise VllmError(400, "rank 64 is above max_lora_rank 16")
+        self.loaded[name] = path
+
+    async def unload(self, name: str) -> None:
+        self.loaded.pop(name, None)
+
+    async def warm(self, name: str) -> None:
+        pass
+
+    async def metrics_text(self) -> str:
+        return self.exposition
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def adapter_files(root: Path) -> tuple[Path, str]:
+    """An adapter directory outside the source location, and its digest."""
+    files = root / "built" / "sql-gen"
+    files.mkdir(parents=True)
+    (files / "adapter_config.json").write_text('{"r": 8}')
+    return files, tree_digest(files)
+
+
+def agent_on(tmp_path: Path, vllm: FakeVllm, clock: Clock) -> Agent:
+    cache = DiskCache(tmp_path / "cache", budget_bytes=1 << 20)
+    agent = Agent(
+        worker="w0", vllm=vllm, fetcher=Fetcher(cache), cache=cache, slots=Slots(gpu=1, cpu=4), clock=clock,
+        wall_clock=clock, active_window=300.0, activity_interval=10.0,
+    )  # fmt: skip
+    agent.engine_ready = True
+    return agent
+
+
+def failures(agent: Agent) -> list[tuple[str, str]]:
+    return [(f["name"], f["reason"]) for f in agent.report()["failures"]]
+
+
+def sql_gen(source: Path, digest: str, tier: Tier = "CPU") -> WantedAdapter:
+    return WantedAdapter("sql-gen", f"file://{source}", digest, tier)
+
+
+async def test_the_failure_of_an_adapter_moved_off_the_worker_is_no_longer_reported(tmp_path: Path) -> None:
+    _, digest = adapter_files(tmp_path)
+    agent = agent_on(tmp_path, FakeVllm(), Clock())
+    agent.set_wanted([sql_gen(tmp_path / "missing", digest)])
+    await agent.converge()
+    assert failures(agent) == [("sql-gen", "SourceNotFound")]
+    agent.set_wanted([])  # the operator placed it elsewhere
+    await agent.converge()
+    assert failures(agent) == []
+
+
+async def test_a_disk_tier_adapter_whose_source_came_back_is_reported_without_its_failure(
+    tmp_path: Path,
+) -> None:
+    files, digest = adapter_files(tmp_path)
+    clock = Clock()
+    agent = agent_on(tmp_path, FakeVllm(), clock)
+    source = tmp_path / "store" / "sql-gen"
+    agent.set_wanted([sql_gen(source, digest, "Disk")])
+    await agent.converge()
+    assert failures(agent) == [("sql-gen", "SourceNotFound")]
+    source.parent.mkdir()
+    shutil.copytree(files, source)
+    clock.now += 60  # past the backoff
+    await agent.converge()
+    report: dict[str, Any] = agent.report()
+    assert [(a["name"], a["tier"]) for a in report["adapters"]] == [("sql-gen", "Disk")]
+    assert report["failures"] == []
+
+
+async def test_a_load_failure_goes_once_that_revision_loads(tmp_path: Path) -> None:
+    files, digest = adapter_files(tmp_path)
+    vllm, clock = FakeVllm(), Clock()
+    agent = agent_on(tmp_path, vllm, clock)
+    agent.set_wanted([sql_gen(files, digest)])
+    vllm.refuse = True
+    await agent.converge()
+    assert failures(agent) == [("sql-gen", "LoadFailed")]
+    vllm.refuse = False
+    clock.now += 60
+    await agent.converge()
+    assert failures(agent) == []
+    assert "sql-gen" in vllm.loaded
+
+
+def lora_info(*series: tuple[str, str, float]) -> str:
+    """vLLM's exposition with one `vllm:lora_requests_info` series per (running, waiting, time)."""
+    lines = [
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.",
+        "# TYPE vllm:num_requests_running gauge",
+        'vllm:num_requests_running{engine="0",model_name="tiny"} 1.0',
+        "# HELP vllm:lora_requests_info Running stats on lora requests.",
+        "# TYPE vllm:lora_requests_info gauge",
+    ]
+    lines += [
+        f'vllm:lora_requests_info{{max_lora="2",running_lora_adapters="{running}",'
+        f'waiting_lora_adapters="{waiting}"}} {when:.6e}'
+        for running, waiting, when in series
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_adapters_last_use_is_the_newest_series_that_names_it_running_or_waiting() -> None:
+    text = lora_info(("sql-gen,chat", "", 1000.0), ("sql-gen", "news", 1200.5), ("", "", 1300.0))
+    assert last_use(text) == {"sql-gen": 1200.5, "chat": 1000.0, "news": 1200.5}
+    assert last_use("") == {}
+
+
+def active(agent: Agent) -> list[str]:
+    return [a["name"] for a in agent.report()["adapters"] if a.get("active")]
+
+
+async def test_an_adapter_is_active_while_used_within_the_window_and_idle_after(tmp_path: Path) -> None:
+    files, digest = adapter_files(tmp_path)
+    vllm, clock = FakeVllm(), Clock()
+    agent = agent_on(tmp_path, vllm, clock)
+    agent.set_wanted([sql_gen(files, digest)])
+    await agent.converge()
+    assert active(agent) == []  # loaded, never asked for
+    assert agent.report()["adapters"][0].get("active") is None  # idle: the field is left out
+
+    vllm.exposition = lora_info(("sql-gen", "", clock.now - 5))
+    await agent.read_activity()
+    assert active(agent) == ["sql-gen"]
+    assert agent.metrics.registry.get_sample_value("loraplex_agent_active_adapters") == 1
+    vllm.exposition = lora_info(("sql-gen", "", clock.now + 1))
+    clock.now += 5
+    await agent.read_activity()  # within the interval: vLLM is not read again
+    clock.now += 300
+    assert active(agent) == []
+    await agent.ensure("sql-gen")  # the router asked for it: a request is on its way
+    assert active(agent) == ["sql-gen"]
+
+
+async def test_only_the_activity_of_adapters_held_is_kept(tmp_path: Path) -> None:
+    """vLLM's series outlive the adapters they name: the record stays as small as what the worker holds."""
+    files, digest = adapter_files(tmp_path)
+    vllm, clock = FakeVllm(), Clock()
+    agent = agent_on(tmp_path, vllm, clock)
+    agent.set_wanted([sql_gen(files, digest)])
+    await agent.converge()
+    vllm.exposition = lora_info(("sql-gen,user-1", "user-2", clock.now))
+    await agent.read_activity()
+    assert agent.activity.active(clock.now) == {"sql-gen"}
+    agent.set_wanted([])
+    await agent.converge()
+    clock.now += 10
+    await agent.read_activity()
+    assert agent.activity.active(clock.now) == set()
+
+
+async def test_the_backoff_record_of_failed_revisions_stays_bounded(tmp_path: Path) -> None:
+    agent = agent_on(tmp_path, FakeVllm(), Clock())
+    for i in range(MAX_ATTEMPT_RECORDS + 10):
+        agent._fail(f"user-{i}", None, "SourceNotFound", "gone", on_demand=True)
+    agent._fail("user-0", None, "SourceNotFound", "gone", on_demand=True)  # forgotten: backoff starts over
+    assert agent.failures["user-0"].retry_at == agent.clock() + 5.0
+    agent._fail("user-20", None, "SourceNotFound", "gone", on_demand=True)  # remembered: twice as long
+    assert agent.failures["user-20"].retry_at == agent.clock() + 10.0
+    assert len(agent._attempts) == MAX_ATTEMPT_RECORDS

@@ -1,0 +1,68 @@
+"""Which adapters were used recently on this worker: the input to the operator's warmth.
+
+vLLM's `vllm:lora_requests_info` gauge keeps one series per distinct set of
+running and waiting adapters it has scheduled, each set to the wall-clock time
+of the last engine step that saw that set; the series stay. So an adapter's
+last use is the newest value among the series that name it. That is activity,
+not residency (an idle adapter can stay registered), and the agent reads it
+only to tell the operator which of the adapters it holds were used within a
+window (`status.adapters[].active`). The operator ranks a used adapter above
+an idle one of the same priority for the faster tiers (docs/residency.md).
+
+A router's `ensure` call counts too (a request for the adapter is on its
+way). Loading alone does not: an adapter placed and never asked for stays idle.
+vLLM takes the sets after each engine step, so a request done within the step
+that scheduled it (one token: the agent's own warm-up requests) leaves no trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from prometheus_client.parser import text_string_to_metric_families
+
+DEFAULT_ACTIVE_WINDOW = 300.0  # seconds since its last use that an adapter counts as active
+DEFAULT_ACTIVITY_INTERVAL = 10.0  # seconds between reads of vLLM's /metrics
+LORA_INFO = "vllm:lora_requests_info"
+ADAPTER_LABELS = ("running_lora_adapters", "waiting_lora_adapters")
+
+
+def last_use(metrics_text: str) -> dict[str, float]:
+    """adapter -> the newest time (seconds since the epoch) vLLM scheduled a request for it."""
+    # Only this gauge's lines are parsed: vLLM's whole exposition is mostly histograms.
+    lines = "\n".join(line for line in metrics_text.splitlines() if line.startswith(LORA_INFO + "{"))
+    seen: dict[str, float] = {}
+    for family in text_string_to_metric_families(lines + "\n"):
+        for sample in family.samples:
+            for label in ADAPTER_LABELS:
+                for name in filter(None, sample.labels.get(label, "").split(",")):
+                    if sample.value > seen.get(name, float("-inf")):
+                        seen[name] = sample.value
+    return seen
+
+
+class Activity:
+    """Each held adapter's last use (wall-clock seconds), and which were used within `window`."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._last: dict[str, float] = {}
+
+    def used(self, name: str, when: float) -> None:
+        if when > self._last.get(name, float("-inf")):
+            self._last[name] = when
+
+    def merge(self, seen: Mapping[str, float], held: Iterable[str]) -> None:
+        """Take in what vLLM reports, for the adapters held now; forget the rest.
+
+        vLLM's series outlive the adapters they name, so an adapter unloaded long ago must not come
+        back through them, and the record stays as small as what the worker holds.
+        """
+        held = set(held)
+        self._last = {name: when for name, when in self._last.items() if name in held}
+        for name, when in seen.items():
+            if name in held:
+                self.used(name, when)
+
+    def active(self, now: float) -> set[str]:
+        return {name for name, when in self._last.items() if now - when < self.window}
