@@ -262,14 +262,55 @@ class Planner:
         current = current or {}
         with _collector_paused():
             moves = self._plan_pass(listed, current)
-            passes = 1
-            while not self._settled and passes < MAX_SETTLE_PASSES:
+            lifted = self._lift_into_free_faster_slots()
+            passes, diff = 1, lifted
+            while (lifted or not self._settled) and passes < MAX_SETTLE_PASSES:
                 first = {key: dict(copies) for key, copies in self._placement.items()}
-                if not self._plan_pass(listed, first):
+                self._plan_pass(listed, first)
+                lifted = self._lift_into_free_faster_slots()
+                passes, diff = passes + 1, True
+                if self._placement == first:
                     break
-                passes += 1
+            if diff:
                 moves = placement_moves(current, self._placement, self._workers)
         return Plan(self.placement, moves, self.missing)
+
+    def _lift_into_free_faster_slots(self) -> bool:
+        """Move copies left in a slower tier into GPU/CPU slots the ranked passes left free, best rank first.
+
+        Those passes hand each tier's budget out by rank position, so a copy that spread pushed to a
+        slower tier (its free GPU slots were on workers holding its siblings) leaves a GPU slot that no
+        later copy was due: without this a pinned adapter could sit on Disk beside a free GPU slot. A
+        copy goes up on its own worker, else to the worker ``_find_worker`` picks (a fresh plan has
+        loaded nothing yet). Costs nothing when the fast tiers are full (the fleets of the benchmark);
+        else O(adapters) plus a sort of the adapters that compete for them.
+        """
+        moved = False
+        fast = (Tier.GPU, Tier.CPU)
+        if not any(self._tier_free[tier] for tier in fast):
+            return False
+        for adapter in self._placement_order():
+            copies = self._placement.get(adapter.key)
+            if not copies:
+                continue
+            for worker, tier in sorted(copies.items(), key=lambda item: (-item[1], item[0])):
+                for faster in TIERS[:tier]:
+                    if self._tier_free[faster] <= 0:
+                        continue
+                    target = worker if self._has_free(worker, faster) else None
+                    if target is None:
+                        siblings = {w: t for w, t in copies.items() if w != worker}
+                        target = self._find_worker(adapter_point(adapter.key), faster, siblings)
+                    if target is None:
+                        continue
+                    self._vacate(adapter.key, worker, tier)
+                    self._occupy(adapter.key, target, faster)
+                    moved = True
+                    break
+            if not any(self._tier_free[tier] for tier in fast):
+                break
+        self._dirty = {}
+        return moved
 
     def adopt(self, adapters: Iterable[Adapter], current: PlacementView) -> Plan:
         """Take ``current`` over as it stands (an operator restart resuming what the cluster records).

@@ -3,7 +3,8 @@
 Invariants stated here: (1) no worker tier is ever over capacity and unhealthy workers hold nothing;
 (2) replicas are met when capacity allows; (5) re-planning a plan's own output moves nothing; (6) losing a
 worker moves only the copies that lived there (besides GPU slots they win from colder copies); (7) a changed
-adapter left waiting for a slot has no copy of lower priority holding one it could take.
+adapter left waiting for a slot has no copy of lower priority holding one it could take; (8) a fresh plan
+leaves no copy in a slower tier while a faster slot it could take is free.
 """
 
 from __future__ import annotations
@@ -117,6 +118,26 @@ def test_replanning_a_plans_own_output_moves_nothing(
     again = plan(workers, adapters, first.placement)
     assert again.moves == []
     assert again.placement == first.placement
+
+
+@settings(max_examples=300, deadline=None)
+@given(workers=workers_strategy(), adapters=adapter_lists)
+def test_a_fresh_plan_leaves_no_copy_below_a_free_faster_slot_it_could_take(
+    workers: list[Worker], adapters: list[Adapter]
+) -> None:
+    """Spread can push a copy to a slower tier; the GPU slot it leaves must not stay idle (a pinned
+    adapter on Disk beside a free GPU slot was the case found)."""
+    placement = plan(workers, adapters).placement
+    used = Counter((worker, tier) for copies in placement.values() for worker, tier in copies.items())
+    live = [w for w in workers if w.healthy]
+    for key, copies in placement.items():
+        for worker, tier in copies.items():
+            for faster in Tier:
+                if faster >= tier:
+                    break
+                takeable = [w for w in live if w.name == worker or w.name not in copies]
+                free = [w.name for w in takeable if used[(w.name, faster)] < w.slots()[faster]]
+                assert not free, f"{key} sits in {tier.name} on {worker}; {faster.name} free on {free}"
 
 
 @settings(max_examples=100, deadline=None)
