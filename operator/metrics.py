@@ -72,6 +72,11 @@ ADAPTER_COPIES = Gauge(
 ADAPTERS_PENDING = Gauge(
     "loraplex_adapters_pending", "Adapters of a BaseModel short of their replicas (capacity)", ["base_model"]
 )
+ADAPTERS_ACTIVE = Gauge(
+    "loraplex_adapters_active",
+    "Adapters of a BaseModel that an agent reports used within its active window (they outrank idle ones)",
+    ["base_model"],
+)
 PLACEMENT_MOVES = Counter(
     "loraplex_placement_moves_total", "Adapter copies the planner moved", ["base_model"]
 )

@@ -129,7 +129,8 @@ def register(
                 continue
             metrics.PLACEMENT_PASSES.labels("ran").inc()
             reports = _reports(placements)
-            adapters, parsed = _valid_adapters(bodies, model, parsed, active_adapters(reports))
+            active = active_adapters(reports)
+            adapters, parsed = _valid_adapters(bodies, model, parsed, active)
             target = scaler.scale(
                 model, body, [a for a, _, _ in adapters.values()], kwargs["worker_sets"], logger
             )
@@ -150,6 +151,7 @@ def register(
             writes += release_unloaded(custom, bodies, placements)
             metrics.PLACEMENT_PASS_SECONDS.observe(time.monotonic() - started)
             _record(name, result.placement, len(result.missing), result.moved)
+            metrics.ADAPTERS_ACTIVE.labels(name).set(len(active & adapters.keys()))
             if result.moved or writes or statuses:
                 logger.info(
                     f"Placed adapters of {namespace}/{name} moved={result.moved} "

@@ -139,8 +139,9 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 
 def run_placement_passes(
-    monkeypatch: pytest.MonkeyPatch, base: str, adapters: list[dict[str, Any]], passes: int, clock: Clock
-) -> StatusApi:
+    monkeypatch: pytest.MonkeyPatch, base: str, adapters: list[dict[str, Any]], passes: int, clock: Clock,
+    placements: list[dict[str, Any]] | None = None,
+) -> StatusApi:  # fmt: skip
     """Run BaseModel `base`'s placement daemon for `passes` passes on two ready workers, in two zones."""
     api = StatusApi()
     monkeypatch.setattr(
@@ -158,7 +159,7 @@ def run_placement_passes(
         body={"metadata": {"name": base, "namespace": "ns"}}, logger=LOGGER,
         adapters_by_base={key: adapters}, worker_sets={},
         ready_workers={key: [("w-0", "node-a", True), ("w-1", "node-b", True)]},
-        node_zones={"node-a": ["zone-a"], "node-b": ["zone-b"]}, worker_placements={key: []},
+        node_zones={"node-a": ["zone-a"], "node-b": ["zone-b"]}, worker_placements={key: placements or []},
     )  # fmt: skip
     return api
 
@@ -196,6 +197,20 @@ def test_placement_passes_report_copies_by_tier_and_adapters_pending(
     assert tiers == {"GPU": 2, "CPU": 2, "Disk": 0}
     assert sample("loraplex_adapters_pending", base_model="gauged") == 1
     assert sorted(api.written) == ["chat", "sql"]
+
+
+def test_placement_passes_count_the_adapters_agents_report_active(
+    monkeypatch: pytest.MonkeyPatch, clock: Clock
+) -> None:
+    held = [
+        {"name": "sql", "sha256": "1" * 64, "tier": "GPU", "active": True},
+        {"name": "gone", "sha256": "1" * 64, "tier": "CPU", "active": True},  # no such LoRAAdapter
+        {"name": "chat", "sha256": "1" * 64, "tier": "CPU"},
+    ]
+    placement = {"metadata": {"name": "w-0"}, "spec": {"worker": "w-0"}, "status": {"adapters": held}}
+    adapters = [adapter("sql", "active"), adapter("chat", "active")]
+    run_placement_passes(monkeypatch, "active", adapters, passes=1, clock=clock, placements=[placement])
+    assert sample("loraplex_adapters_active", base_model="active") == 1
 
 
 # Reconciles of every kind, by result, and the writes kopf sends from the handlers' patches.
