@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,29 @@ def test_crds_follow_the_toggles() -> None:
     dropped = [d for d in render("ops", "crds.keep=false") if d["kind"] == "CustomResourceDefinition"]
     assert all("annotations" not in d["metadata"] for d in dropped)
     assert not [d for d in render("ops", "crds.enabled=false") if d["kind"] == "CustomResourceDefinition"]
+
+
+def test_monitoring_objects_follow_the_toggles() -> None:
+    assert not [d for d in render("ops") if d["kind"] in ("PodMonitor", "ConfigMap")]
+    rendered = render("ops", "metrics.podMonitor.enabled=true", "metrics.grafanaDashboard.enabled=true")
+    (pods,) = [d for d in rendered if d["kind"] == "PodMonitor"]
+    assert pods["spec"]["namespaceSelector"] == {"any": True}  # BaseModels live in users' namespaces
+    assert pods["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/managed-by": "loraplex"}
+    endpoints = pods["spec"]["podMetricsEndpoints"]
+    assert sorted(e["port"] for e in endpoints) == ["agent", "http", "vllm"]
+    by_base_model = {
+        "sourceLabels": ["__meta_kubernetes_pod_label_loraplex_dev_base_model"],
+        "targetLabel": "base_model",
+    }
+    assert all(by_base_model in e["relabelings"] for e in endpoints)
+    (dashboard,) = [d for d in rendered if d["kind"] == "ConfigMap"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+    assert json.loads(dashboard["data"]["loraplex.json"]) == shipped
+    labelled = render(
+        "ops", "metrics.grafanaDashboard.enabled=true", "metrics.grafanaDashboard.label=dashboards"
+    )
+    assert [d["metadata"]["labels"].get("dashboards") for d in labelled if d["kind"] == "ConfigMap"] == ["1"]
 
 
 MAP_V1 = "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy"
