@@ -17,27 +17,31 @@ that scheduled it (one token: the agent's own warm-up requests) leaves no trace.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
-
-from prometheus_client.parser import text_string_to_metric_families
 
 DEFAULT_ACTIVE_WINDOW = 300.0  # seconds since its last use that an adapter counts as active
 DEFAULT_ACTIVITY_INTERVAL = 10.0  # seconds between reads of vLLM's /metrics
 LORA_INFO = "vllm:lora_requests_info"
-ADAPTER_LABELS = ("running_lora_adapters", "waiting_lora_adapters")
+_SERIES = re.compile(r"^" + re.escape(LORA_INFO) + r"\{([^}]*)\}\s+(\S+)", re.MULTILINE)
+_ADAPTER_LABEL = re.compile(r'(?:running|waiting)_lora_adapters="([^"]*)"')
 
 
 def last_use(metrics_text: str) -> dict[str, float]:
-    """adapter -> the newest time (seconds since the epoch) vLLM scheduled a request for it."""
-    # Only this gauge's lines are parsed: vLLM's whole exposition is mostly histograms.
-    lines = "\n".join(line for line in metrics_text.splitlines() if line.startswith(LORA_INFO + "{"))
+    """adapter -> the newest time (seconds since the epoch) vLLM scheduled a request for it.
+
+    A regular expression, not a full exposition parser: vLLM never drops a set once seen, so a busy
+    worker's exposition grows to tens of thousands of these series, and the agent reads it every few
+    seconds (off its event loop). Adapter names cannot hold quotes, commas or backslashes (they are
+    Kubernetes names), so label values need no unescaping.
+    """
     seen: dict[str, float] = {}
-    for family in text_string_to_metric_families(lines + "\n"):
-        for sample in family.samples:
-            for label in ADAPTER_LABELS:
-                for name in filter(None, sample.labels.get(label, "").split(",")):
-                    if sample.value > seen.get(name, float("-inf")):
-                        seen[name] = sample.value
+    for labels, value in _SERIES.findall(metrics_text):
+        when = float(value)
+        for names in _ADAPTER_LABEL.findall(labels):
+            for name in filter(None, names.split(",")):
+                if when > seen.get(name, float("-inf")):
+                    seen[name] = when
     return seen
 
 

@@ -189,7 +189,8 @@ class Agent:
             return
         self._activity_read_at = now
         try:
-            seen = last_use(await self.vllm.metrics_text())
+            text = await self.vllm.metrics_text()
+            seen = await asyncio.to_thread(last_use, text)  # a big exposition must not stall ensures
         except (aiohttp.ClientError, TimeoutError, VllmError, ValueError) as error:
             log.warning("Could not read adapter activity from vLLM of worker %s: %s", self.worker, error)
             return
