@@ -33,7 +33,7 @@ class Resident:
     tier: str
     sha256: str | None
     load_seconds: float | None = None
-    active: bool = False  # used (or loaded) within the agent's active window
+    active: bool = False  # vLLM ran it (or the router ensured it) within the agent's active window
 
 
 @dataclass(frozen=True)

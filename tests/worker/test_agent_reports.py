@@ -171,6 +171,16 @@ async def test_an_adapter_is_active_while_used_within_the_window_and_idle_after(
     assert active(agent) == ["sql-gen"]
 
 
+async def test_an_adapter_the_router_has_loaded_on_demand_is_active(tmp_path: Path) -> None:
+    files, digest = adapter_files(tmp_path)
+    agent = agent_on(tmp_path, FakeVllm(), Clock())
+    agent.set_wanted([sql_gen(files, digest, "Disk")])
+    await agent.converge()
+    assert active(agent) == []
+    ensured = await agent.ensure("sql-gen")  # from disk into vLLM, for the request that follows
+    assert (ensured.tier, active(agent)) == ("CPU", ["sql-gen"])
+
+
 async def test_only_the_activity_of_adapters_held_is_kept(tmp_path: Path) -> None:
     """vLLM's series outlive the adapters they name: the record stays as small as what the worker holds."""
     files, digest = adapter_files(tmp_path)

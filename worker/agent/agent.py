@@ -279,6 +279,7 @@ class Agent:
             )
         seconds = self.clock() - started
         self._record_load(name, "CPU", seconds)
+        self.activity.used(name, self.wall_clock())  # the router ensures an adapter to send it a request
         self._wake.set()  # let the next pass drop on-demand adapters beyond the free slots
         return Ensured(name, "CPU", seconds)
 
