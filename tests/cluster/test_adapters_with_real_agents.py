@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,88 +71,86 @@ def create_adapter(
     })  # fmt: skip
 
 
-def start_worker(
-    local_cluster: LocalCluster,
-    kube: Any,
-    namespace: str,
-    vllm: VllmProcess,
-    tmp_path: Path,
-    *agent_args: str,
-) -> AgentProcess:
-    """The BaseModel `tiny`, and a real agent acting as its worker pod with the worker ServiceAccount."""
-    create_object(kube, namespace, "basemodels", "BaseModel", "tiny", {
-        "model": {"uri": "/models/tiny"}, "replicas": {"min": 1},
-        "engine": {"maxLoras": vllm.max_loras, "maxCpuLoras": vllm.max_cpu_loras, "maxLoraRank": 16},
-    })  # fmt: skip
-    core = client.CoreV1Api(kube)
-    by_name = "metadata.name=tiny-worker"
-    wait_until(lambda: core.list_namespaced_service_account(namespace, field_selector=by_name).items, 30,
-               "the worker ServiceAccount")  # fmt: skip
-    worker_kubeconfig = service_account_kubeconfig(
-        local_cluster.kubeconfig, namespace, "tiny-worker", tmp_path / "worker-kubeconfig.yaml"
-    )
-    return AgentProcess(
-        vllm, tmp_path / "cache", tmp_path / "agent.log",
-        worker=WORKER, namespace=namespace, kubeconfig=worker_kubeconfig, extra_args=agent_args,
-    ).start()  # fmt: skip
+@pytest.fixture
+def start_agent(
+    local_cluster: LocalCluster, kube: Any, namespace: str, chart_rbac: None, operator: OperatorProcess,
+    vllm: VllmProcess, tmp_path: Path,
+) -> Iterator[Callable[..., AgentProcess]]:  # fmt: skip
+    """Starts the BaseModel `tiny` and a real agent (with the flags given) acting as its worker pod with
+    the worker ServiceAccount, the operator running; stops the agent after the test."""
+    started: list[AgentProcess] = []
+
+    def start(*agent_args: str) -> AgentProcess:
+        create_object(kube, namespace, "basemodels", "BaseModel", "tiny", {
+            "model": {"uri": "/models/tiny"}, "replicas": {"min": 1},
+            "engine": {"maxLoras": vllm.max_loras, "maxCpuLoras": vllm.max_cpu_loras, "maxLoraRank": 16},
+        })  # fmt: skip
+        core = client.CoreV1Api(kube)
+        by_name = "metadata.name=tiny-worker"
+        wait_until(lambda: core.list_namespaced_service_account(namespace, field_selector=by_name).items, 30,
+                   "the worker ServiceAccount")  # fmt: skip
+        worker_kubeconfig = service_account_kubeconfig(
+            local_cluster.kubeconfig, namespace, "tiny-worker", tmp_path / "worker-kubeconfig.yaml"
+        )
+        started.append(AgentProcess(
+            vllm, tmp_path / "cache", tmp_path / "agent.log",
+            worker=WORKER, namespace=namespace, kubeconfig=worker_kubeconfig, extra_args=agent_args,
+        ).start())  # fmt: skip
+        return started[-1]
+
+    yield start
+    for agent in started:
+        agent.stop()
 
 
 def test_adapters_become_ready_on_a_real_worker_and_unload_on_delete(
-    local_cluster: LocalCluster,
+    start_agent: Callable[..., AgentProcess],
     kube: Any,
     namespace: str,
-    chart_rbac: None,
-    operator: OperatorProcess,
     vllm: VllmProcess,
     adapters: dict[str, AdapterFiles],
-    tmp_path: Path,
 ) -> None:
-    agent = start_worker(local_cluster, kube, namespace, vllm, tmp_path)
-    try:
-        create_adapter(kube, namespace, "sql", adapters["a0"])
-        create_adapter(kube, namespace, "chat", adapters["a1"])
-        for name in ("sql", "chat"):
-            status = wait_until(lambda name=name: when_ready(kube, namespace, name, "status", "True"), 120,
-                                f"{name} Ready")  # fmt: skip
-            assert status["placements"] == [{"worker": WORKER, "tier": "GPU"}]
-            assert status["copies"] == "1/1"
-        # Equal priority, the GPU slots taken: the newcomer gets the CPU tier, displacing neither.
-        create_adapter(kube, namespace, "broken", adapters["a2"], sha256=adapters["a3"].sha256)
-        assert vllm.adapters() == {"sql", "chat"}
-        custom = client.CustomObjectsApi(kube)
-        wait_until(
-            lambda: (
-                custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "basemodels", "tiny")
-                .get("status", {})
-                .get("slotsSummary")
-                == "2/2"
-            ),
-            30,
-            "the BaseModel counting the GPU slots the agent reports",
-        )
-        assert len({vllm.text("sql"), vllm.text("chat"), vllm.text("base")}) == 3
+    agent = start_agent()
+    create_adapter(kube, namespace, "sql", adapters["a0"])
+    create_adapter(kube, namespace, "chat", adapters["a1"])
+    for name in ("sql", "chat"):
+        status = wait_until(lambda name=name: when_ready(kube, namespace, name, "status", "True"), 120,
+                            f"{name} Ready")  # fmt: skip
+        assert status["placements"] == [{"worker": WORKER, "tier": "GPU"}]
+        assert status["copies"] == "1/1"
+    # Equal priority, the GPU slots taken: the newcomer gets the CPU tier, displacing neither.
+    create_adapter(kube, namespace, "broken", adapters["a2"], sha256=adapters["a3"].sha256)
+    assert vllm.adapters() == {"sql", "chat"}
+    custom = client.CustomObjectsApi(kube)
+    wait_until(
+        lambda: (
+            custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "basemodels", "tiny")
+            .get("status", {})
+            .get("slotsSummary")
+            == "2/2"
+        ),
+        30,
+        "the BaseModel counting the GPU slots the agent reports",
+    )
+    assert len({vllm.text("sql"), vllm.text("chat"), vllm.text("base")}) == 3
 
-        broken = wait_until(lambda: when_ready(kube, namespace, "broken", "reason", "DigestMismatch"), 120,
-                            "broken refused with the agent's reason")  # fmt: skip
-        assert ready(broken)["status"] == "False"
-        assert adapters["a3"].sha256 in ready(broken)["message"]
+    broken = wait_until(lambda: when_ready(kube, namespace, "broken", "reason", "DigestMismatch"), 120,
+                        "broken refused with the agent's reason")  # fmt: skip
+    assert ready(broken)["status"] == "False"
+    assert adapters["a3"].sha256 in ready(broken)["message"]
 
-        placement = client.CustomObjectsApi(kube).get_namespaced_custom_object(
-            GROUP, VERSION, namespace, "workerplacements", WORKER
-        )
-        assert {a["name"] for a in placement["status"]["adapters"]} == {"sql", "chat"}
-        assert ready(placement["status"])["reason"] == "LoadFailed"
+    placement = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "workerplacements", WORKER
+    )
+    assert {a["name"] for a in placement["status"]["adapters"]} == {"sql", "chat"}
+    assert ready(placement["status"])["reason"] == "LoadFailed"
 
-        client.CustomObjectsApi(kube).delete_namespaced_custom_object(
-            GROUP, VERSION, namespace, "loraadapters", "sql"
-        )
-        wait_until(
-            lambda: adapter_status(kube, namespace, "sql").get("gone"), 60, "sql deleted after unloading"
-        )
-        assert "sql" not in vllm.adapters()
-        assert "Forbidden" not in agent.log()
-    finally:
-        agent.stop()
+    client.CustomObjectsApi(kube).delete_namespaced_custom_object(
+        GROUP, VERSION, namespace, "loraadapters", "sql"
+    )
+    wait_until(lambda: adapter_status(kube, namespace, "sql").get("gone"), 60, "sql deleted after unloading")
+    assert "sql" not in vllm.adapters()
+    assert "Forbidden" not in agent.log()
 
 
 def active_reported(custom: client.CustomObjectsApi, namespace: str) -> set[str]:
@@ -189,41 +187,32 @@ def requests_for(vllm: VllmProcess, model: str) -> Iterator[None]:
 
 
 def test_a_used_adapter_takes_the_gpu_slot_of_one_gone_idle(
-    local_cluster: LocalCluster,
+    start_agent: Callable[..., AgentProcess],
     kube: Any,
     namespace: str,
-    chart_rbac: None,
-    operator: OperatorProcess,
     vllm: VllmProcess,
     adapters: dict[str, AdapterFiles],
-    tmp_path: Path,
 ) -> None:
     """vLLM's own record of what it ran, read by the agent, reaches the placement: no request log needed."""
-    agent = start_worker(local_cluster, kube, namespace, vllm, tmp_path, "--active-window", "8",
-                         "--activity-interval", "1")  # fmt: skip
+    agent = start_agent("--active-window", "8", "--activity-interval", "1")
     custom = client.CustomObjectsApi(kube)
-    try:
-        for name, files in (("sql", adapters["a0"]), ("chat", adapters["a1"])):
-            create_adapter(kube, namespace, name, files)
-            wait_until(
-                lambda name=name: when_ready(kube, namespace, name, "status", "True"), 120, f"{name} Ready"
-            )
-        create_adapter(kube, namespace, "news", adapters["a4"])
-        news = wait_until(lambda: when_ready(kube, namespace, "news", "status", "True"), 120, "news Ready")
-        assert news["placements"] == [{"worker": WORKER, "tier": "CPU"}]  # equal priority: it displaced none
-        wait_until(lambda: not active_reported(custom, namespace), 60, "the window since the loads to pass")
-        assert placed_tier(kube, namespace, "news") == "CPU"  # all idle: equal standing, nothing moved
+    for name, files in (("sql", adapters["a0"]), ("chat", adapters["a1"])):
+        create_adapter(kube, namespace, name, files)
+        wait_until(
+            lambda name=name: when_ready(kube, namespace, name, "status", "True"), 120, f"{name} Ready"
+        )
+    create_adapter(kube, namespace, "news", adapters["a4"])
+    news = wait_until(lambda: when_ready(kube, namespace, "news", "status", "True"), 120, "news Ready")
+    assert news["placements"] == [{"worker": WORKER, "tier": "CPU"}]  # equal priority: it displaced none
+    wait_until(lambda: not active_reported(custom, namespace), 60, "the window since the loads to pass")
+    assert placed_tier(kube, namespace, "news") == "CPU"  # all idle: equal standing, nothing moved
 
-        with requests_for(vllm, "news"):
-            wait_until(lambda: placed_tier(kube, namespace, "news") == "GPU", 90, "news moved to a GPU slot")
-            placement = custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, "workerplacements", WORKER
-            )
-            wanted = {a["name"]: a["tier"] for a in placement["spec"]["adapters"]}
-            assert sorted(wanted.values()) == ["CPU", "GPU", "GPU"]
-            (idle,) = (name for name, tier in wanted.items() if tier == "CPU")
-            reported = {a["name"]: a.get("active") for a in placement["status"]["adapters"]}
-            assert (reported["news"], reported[idle]) == (True, False)  # the CRD defaults it to false
-            wait_until(lambda: agent.held().get("news") == "GPU", 30, "the agent warming news in a GPU slot")
-    finally:
-        agent.stop()
+    with requests_for(vllm, "news"):
+        wait_until(lambda: placed_tier(kube, namespace, "news") == "GPU", 90, "news moved to a GPU slot")
+        placement = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "workerplacements", WORKER)
+        wanted = {a["name"]: a["tier"] for a in placement["spec"]["adapters"]}
+        assert sorted(wanted.values()) == ["CPU", "GPU", "GPU"]
+        (idle,) = (name for name, tier in wanted.items() if tier == "CPU")
+        reported = {a["name"]: a.get("active") for a in placement["status"]["adapters"]}
+        assert (reported["news"], reported[idle]) == (True, False)  # the CRD defaults it to false
+        wait_until(lambda: agent.held().get("news") == "GPU", 30, "the agent warming news in a GPU slot")
