@@ -109,6 +109,7 @@ def register(
         parsed: ParsedSpecs = {}
         scaler = FleetScaler(key, ref, settings, applier, targets)
         gate = PassGate(RESYNC_SECONDS)
+        announced: dict[str, str] = {}  # adapter -> the agent failure reason its Warning Event told
         while not stopped:
             started = time.monotonic()
             try:
@@ -146,7 +147,7 @@ def register(
                 writes += applier.delete(API_VERSION, "WorkerPlacement", gone, str(namespace))
             statuses = _write_adapter_statuses(
                 custom, writers, str(namespace), adapters, result.placement, reports,
-                FleetSize(len(workers), target),
+                FleetSize(len(workers), target), announced,
             )  # fmt: skip
             writes += release_unloaded(custom, bodies, placements)
             metrics.PLACEMENT_PASS_SECONDS.observe(time.monotonic() - started)
@@ -228,6 +229,11 @@ def _changed(planned: list[Manifest], placements: list[Mapping[str, Any]]) -> li
     """
     live = {body["metadata"]["name"]: _hash(body) for body in placements}
     return [manifest for manifest in planned if live.get(manifest["metadata"]["name"]) != _hash(manifest)]
+
+
+def _ready_reason(status: Mapping[str, Any]) -> str | None:
+    ready = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), None)
+    return None if ready is None else str(ready.get("reason"))
 
 
 def _hash(body: Mapping[str, Any]) -> str | None:
@@ -329,12 +335,15 @@ def _write_adapter_statuses(
     placement: Mapping[str, Mapping[str, str]],
     workers: Mapping[str, WorkerReport],
     fleet: FleetSize,
+    announced: dict[str, str],
 ) -> int:
     """Write the statuses that changed, several at once: after a bulk apply that is every adapter.
 
     Once written, each adapter whose Ready reason turned to a failure an agent reported gets one
     Warning Event with the condition's message (posted from this thread: kopf's event queue is
-    reached through the daemon's context, which the writer threads lack).
+    reached through the daemon's context, which the writer threads lack). `announced` (adapter ->
+    the failure reason last announced, kept by the loop) stops a repeat while kopf's index still
+    shows the status from before this loop's own write.
     """
     reports, now = reports_by_adapter(workers), datetime.now(UTC)
     changed, announce = [], []
@@ -347,8 +356,13 @@ def _write_adapter_statuses(
         )  # fmt: skip
         if status_changed(current, planned):
             changed.append((name, planned))
-            if (failure := agent_failure_to_announce(current, planned)) is not None:
-                announce.append((body, failure))
+            failure = agent_failure_to_announce(current, planned)
+            if failure is not None and announced.get(name) != failure.reason:
+                announce.append((name, body, failure))
+        if name in announced and _ready_reason(planned) != announced[name]:
+            del announced[name]  # that failure is over: a later one is news again
+    for gone in announced.keys() - adapters.keys():
+        del announced[gone]
 
     def write(item: tuple[str, dict[str, Any]]) -> None:
         name, planned = item
@@ -361,6 +375,7 @@ def _write_adapter_statuses(
         metrics.API_WRITES.labels("LoRAAdapter", "patch-status").inc()
 
     list(writers.map(write, changed))
-    for body, failure in announce:
+    for name, body, failure in announce:
+        announced[name] = failure.reason
         kopf.warn(kopf.Body(cast(kopf.RawBody, dict(body))), reason=failure.reason, message=failure.message)
     return len(changed)
