@@ -656,11 +656,11 @@ class Planner:
         if adapter.pinned and key in self._placement:
             moves.extend(self._promote_pinned(adapter))
         restanding = before is not None and before.standing() != adapter.standing()
-        if restanding:
+        if before is not None and restanding:
             for worker in self._placement.get(key, {}):
                 self._lowest.pop(worker, None)
-        if restanding and key in self._placement:
-            self._restand(adapter, before.standing() if before is not None else adapter.standing(), moves)
+            if key in self._placement:
+                self._restand(adapter, before.standing(), moves)
         if surplus > 0 or (restanding and self._missing):
             moves.extend(self._retry_missing())
         return moves

@@ -43,6 +43,7 @@ from loraplex.operator.adapter_residency import (
 )
 from loraplex.operator.adapter_status import check_adapter
 from loraplex.operator.apply import Applier
+from loraplex.operator.conditions import condition
 from loraplex.operator.fleet import (
     BASE_MODEL_LABEL,
     COMPONENT_LABEL,
@@ -231,11 +232,6 @@ def _changed(planned: list[Manifest], placements: list[Mapping[str, Any]]) -> li
     return [manifest for manifest in planned if live.get(manifest["metadata"]["name"]) != _hash(manifest)]
 
 
-def _ready_reason(status: Mapping[str, Any]) -> str | None:
-    ready = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), None)
-    return None if ready is None else str(ready.get("reason"))
-
-
 def _hash(body: Mapping[str, Any]) -> str | None:
     return (body["metadata"].get("annotations") or {}).get(HASH_ANNOTATION)
 
@@ -359,7 +355,10 @@ def _write_adapter_statuses(
             failure = agent_failure_to_announce(current, planned)
             if failure is not None and announced.get(name) != failure.reason:
                 announce.append((name, body, failure))
-        if name in announced and _ready_reason(planned) != announced[name]:
+        if (
+            name in announced
+            and (condition(planned["conditions"], "Ready") or {}).get("reason") != announced[name]
+        ):
             del announced[name]  # that failure is over: a later one is news again
     for gone in announced.keys() - adapters.keys():
         del announced[gone]
