@@ -162,11 +162,11 @@ async def test_an_adapter_is_active_while_used_within_the_window_and_idle_after(
     await agent.read_activity()
     assert active(agent) == ["sql-gen"]
     assert agent.metrics.registry.get_sample_value("loraplex_agent_active_adapters") == 1
-    vllm.exposition = lora_info(("sql-gen", "", clock.now + 1))
+    vllm.exposition = lora_info(("sql-gen", "", clock.now + 5))
     clock.now += 5
-    await agent.read_activity()  # within the interval: vLLM is not read again
-    clock.now += 300
-    assert active(agent) == []
+    await agent.read_activity()  # within the interval: vLLM is not read again, this use is not seen
+    clock.now += 297
+    assert active(agent) == []  # 302 s since the use seen before, which the window has passed
     await agent.ensure("sql-gen")  # the router asked for it: a request is on its way
     assert active(agent) == ["sql-gen"]
 
