@@ -318,7 +318,9 @@ class Planner:
         Every copy on a live worker keeps its worker and its tier where the tier has room (else the
         fastest slower tier there with room); then only what no longer fits the adapters is repaired:
         copies of unknown adapters and surplus copies (the slowest) go, missing copies take free slots
-        (they displace no placed copy, as after a worker loss), pinned ones are lifted to GPU. Nothing is
+        first, pinned ones are lifted to GPU, and a copy still missing then takes the slot of a copy of
+        lower standing, as it would have with an operator running (an adapter created or raised while
+        none ran does not wait for the next change to the fleet). Nothing is
         re-ranked, so copies of equal standing stay in the tiers the incremental changes gave them
         (``plan_all`` would hand the tiers out afresh by rank and input order and could demote warm
         copies), and a restart moves nothing the cluster did not change. Only a copy standing strictly
@@ -341,6 +343,8 @@ class Planner:
                 self._record_missing(adapter.key)
             if adapter.pinned and adapter.key in self._placement:
                 moves.extend(self._promote_pinned(adapter))
+        while retried := self._retry_missing():  # each round places copies of strictly higher standing
+            moves.extend(retried)
         for worker in sorted(self._workers):
             self._order_by_standing(worker, moves)
         self._dirty = {}

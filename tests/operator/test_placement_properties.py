@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from loraplex.operator.placement import (
     Adapter,
     MoveKind,
+    Plan,
     PlacementView,
     Planner,
     Tier,
@@ -239,6 +240,24 @@ def test_a_changed_adapter_never_waits_for_a_slot_a_copy_of_lower_priority_holds
             assert not lower, f"{adapter.key} waits while {lower} hold slots on {worker.name}"
 
 
+def assert_no_missing_copy_below_a_lower_one(result: Plan, adapters: list[Adapter], workers: list[Worker]) -> None:
+    """An adapter short of copies has no unpinned copy of lower standing on a live worker it is not on."""
+    by_key = {adapter.key: adapter for adapter in adapters}
+    for key in result.missing:
+        adapter = by_key[key]
+        for worker in workers:
+            if not worker.healthy or worker.name in result.placement.get(key, {}):
+                continue
+            lower = [
+                other
+                for other, copies in result.placement.items()
+                if worker.name in copies
+                and not by_key[other].pinned
+                and by_key[other].standing() < adapter.standing()
+            ]
+            assert not lower, f"{key} is short of a copy while {lower} hold slots on {worker.name}"
+
+
 @settings(max_examples=200, deadline=None)
 @given(workers=workers_strategy(), adapters=adapter_lists, current=placements)
 def test_adopting_a_placement_keeps_capacity_and_copy_counts_and_adopting_again_moves_nothing(
@@ -252,11 +271,16 @@ def test_adopting_a_placement_keeps_capacity_and_copy_counts_and_adopting_again_
         assert set(copies) <= live
         assert len(copies) + adopted.missing.get(adapter.key, 0) == adapter.replicas
     assert not set(adopted.placement) - {adapter.key for adapter in adapters}
-    # A plan's copies all stay (it may still lift a pinned copy or place one a plan left missing) ...
+    assert_no_missing_copy_below_a_lower_one(adopted, adapters, workers)
+    # A plan's copies stay (it may still lift a pinned copy or place one a plan left missing), bar copies
+    # that give way to an adapter of higher standing the plan left short ...
     planned = plan(workers, adapters).placement
     first = Planner(workers).adopt(adapters, planned)
-    assert not [move for move in first.moves if move.kind is MoveKind.REMOVE]
-    assert all(set(copies) <= set(first.placement[key]) for key, copies in planned.items())
+    by_key = {adapter.key: adapter for adapter in adapters}
+    gained = [by_key[key] for key, copies in first.placement.items() if len(copies) > len(planned.get(key, {}))]
+    for move in first.moves:
+        if move.kind is MoveKind.REMOVE:
+            assert any(by_key[move.adapter].standing() < adapter.standing() for adapter in gained), move
     # ... and a restart right after a restart moves nothing.
     again = Planner(workers).adopt(adapters, first.placement)
     assert again.moves == []

@@ -138,3 +138,14 @@ def test_a_priority_raised_while_no_operator_ran_lifts_the_adapter_when_one_resu
     resumed = PlacementSync().sync(FleetSnapshot(fleet, raised), recorded=first.placement)
     assert resumed.placement[on_disk] == {"w-0": "GPU"}
     assert sorted(where["w-0"] for where in resumed.placement.values()) == ["CPU", "Disk", "GPU"]
+
+
+def test_an_adapter_created_with_higher_priority_while_no_operator_ran_takes_a_lower_ones_slot() -> None:
+    fleet = {"w-0": Worker("w-0", "node-0", "zone-0", gpu_slots=1, cpu_slots=1, disk_slots=1)}
+    first = PlacementSync().sync(FleetSnapshot(fleet, adapters(3)), recorded={})
+    assert first.missing == {}  # every slot is taken
+    urgent = dict(adapters(3), urgent=Adapter("urgent", priority=100))
+    resumed = PlacementSync().sync(FleetSnapshot(fleet, urgent), recorded=first.placement)
+    assert resumed.placement["urgent"] == {"w-0": "GPU"}
+    assert sum(resumed.missing.values()) == 1  # one priority-0 copy gave way
+    assert sorted(where["w-0"] for where in resumed.placement.values()) == ["CPU", "Disk", "GPU"]
