@@ -4,7 +4,8 @@ Invariants stated here: (1) no worker tier is ever over capacity and unhealthy w
 (2) replicas are met when capacity allows; (5) re-planning a plan's own output moves nothing; (6) losing a
 worker moves only the copies that lived there (besides GPU slots they win from colder copies); (7) a changed
 adapter left waiting for a slot has no copy of lower priority holding one it could take; (8) a fresh plan
-leaves no copy in a slower tier while a faster slot it could take is free.
+leaves no copy in a slower tier while a faster slot it could take is free; (9) adopting a placement (an
+operator restart) leaves no adapter short of a copy while a copy of lower standing holds a slot it could take.
 """
 
 from __future__ import annotations
