@@ -54,6 +54,12 @@ def test_monitoring_objects_follow_the_toggles() -> None:
         "targetLabel": "base_model",
     }
     assert all(by_base_model in e["relabelings"] for e in endpoints)
+    drop_lora_info = {"sourceLabels": ["__name__"], "regex": "vllm:lora_requests_info", "action": "drop"}
+    dropping = [e["port"] for e in endpoints if drop_lora_info in e.get("metricRelabelings", [])]
+    assert dropping == ["vllm"]  # unbounded cardinality, kept out of Prometheus by default
+    kept = render("ops", "metrics.podMonitor.enabled=true", "metrics.podMonitor.keepLoraRequestsInfo=true")
+    (pods,) = [d for d in kept if d["kind"] == "PodMonitor"]
+    assert not [e for e in pods["spec"]["podMetricsEndpoints"] if "metricRelabelings" in e]
     (dashboard,) = [d for d in rendered if d["kind"] == "ConfigMap"]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     shipped = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())

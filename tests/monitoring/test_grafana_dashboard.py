@@ -64,6 +64,7 @@ def test_every_panel_asks_for_a_series_that_is_exported() -> None:
             assert f'"{name}"' in vllm, f"vLLM exports no {name}"
         else:
             assert name in series, f"loraplex exports no {name}"
+    assert "vllm:lora_requests_info" not in asked  # the chart's PodMonitor drops it by default
 
 
 def test_every_label_a_panel_groups_or_selects_by_is_on_its_series() -> None:
