@@ -74,6 +74,7 @@ class Decision:
     worker: str
     hit: Hit
     spread: int = 1
+    over_bound: bool = False  # every worker that could serve it was at the load bound (steps 5, named)
 
 
 class Router:
@@ -131,11 +132,12 @@ class Router:
                 if state.healthy and state.load < cap and name not in exclude:
                     best = name
                     break
+        over_bound = best is None
         if best is None:
             best = least_loaded(table, exclude)
             if best is None:
                 return None
-        return Decision(best, _HIT[holders.get(best)], spread)
+        return Decision(best, _HIT[holders.get(best)], spread, over_bound)
 
     def _decide_named(
         self,
@@ -148,15 +150,17 @@ class Router:
     ) -> Decision | None:
         """Steps 3-5 for a named adapter: only the workers its placement names can load it, so they
         are the candidates; when all of them are at the bound, the least loaded of them and of the
-        adapter's holders still serves it. None when none of them is healthy (and not excluded):
-        then the adapter's ranked workers are tried, whose agents may find it in the catalog."""
+        adapter's holders still serves it (`over_bound`: the adapter wants more `replicas`). None when
+        none of them is healthy (and not excluded): then the adapter's ranked workers are tried, whose
+        agents may find it in the catalog."""
         best = self._coldest(sorted(placed), cap, exclude, now)
+        over_bound = best is None
         if best is None:
             serving = {*placed, *(name for name, tier in holders.items() if tier != "Disk")}
             best = least_loaded(self.table, exclude, among=serving)
             if best is None:
                 return None
-        return Decision(best, _HIT[holders.get(best)], spread)
+        return Decision(best, _HIT[holders.get(best)], spread, over_bound)
 
     def _coldest(
         self, candidates: Sequence[str], cap: int, exclude: Collection[str], now: float

@@ -85,14 +85,27 @@ class RouterMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.over_bound = Counter(
+            "loraplex_router_over_bound_requests_total",
+            "Requests sent to a worker at the load bound because every worker that could serve the adapter"
+            " was there (a named adapter: raise its replicas; catalog adapters: _catalog)",
+            ["adapter"],
+            registry=r,
+        )
         self._adapter_labels: set[str] = set()  # the label values with series, so pruning reads no samples
         self._worker_labels: set[str] = set()
+        self._over_bound_labels: set[str] = set()
 
     def adapter_request(self, label: str, seconds: float) -> None:
         """Count one request of an adapter label (a named adapter, CATALOG or BASE) and its latency."""
         self._adapter_labels.add(label)
         self.adapter_requests.labels(label).inc()
         self.adapter_latency_seconds.labels(label).observe(seconds)
+
+    def over_bound_request(self, label: str) -> None:
+        """Count one request of an adapter label sent past the load bound (nowhere else could serve it)."""
+        self._over_bound_labels.add(label)
+        self.over_bound.labels(label).inc()
 
     def worker_inflight(self, worker: str) -> Gauge:
         """The in-flight gauge of one worker."""
@@ -104,6 +117,9 @@ class RouterMetrics:
         for adapter in [a for a in self._adapter_labels if a not in (CATALOG, BASE) and not named(a)]:
             self.adapter_requests.remove(adapter)
             self.adapter_latency_seconds.remove(adapter)
+            if adapter in self._over_bound_labels:
+                self.over_bound.remove(adapter)
+                self._over_bound_labels.discard(adapter)
             self._adapter_labels.discard(adapter)
         for worker in [w for w in self._worker_labels if w not in workers]:
             self.inflight.remove(worker)

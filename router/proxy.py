@@ -205,6 +205,8 @@ def _decide(proxy: Proxy, adapter: str | None, tried: list[str], first: bool) ->
     proxy.metrics.decision_seconds.observe(time.perf_counter() - start)
     if decision is not None and first:
         proxy.metrics.requests.labels(decision.hit).inc()
+        if decision.over_bound and adapter is not None:
+            proxy.metrics.over_bound_request(adapter if proxy.state.table.is_named(adapter) else CATALOG)
     return decision
 
 

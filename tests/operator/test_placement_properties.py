@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from loraplex.operator.placement import (
     Adapter,
     MoveKind,
-    Plan,
     PlacementView,
+    Plan,
     Planner,
     Tier,
     Worker,
@@ -241,7 +241,9 @@ def test_a_changed_adapter_never_waits_for_a_slot_a_copy_of_lower_priority_holds
             assert not lower, f"{adapter.key} waits while {lower} hold slots on {worker.name}"
 
 
-def assert_no_missing_copy_below_a_lower_one(result: Plan, adapters: list[Adapter], workers: list[Worker]) -> None:
+def assert_no_missing_copy_below_a_lower_one(
+    result: Plan, adapters: list[Adapter], workers: list[Worker]
+) -> None:
     """An adapter short of copies has no unpinned copy of lower standing on a live worker it is not on."""
     by_key = {adapter.key: adapter for adapter in adapters}
     for key in result.missing:
@@ -278,7 +280,9 @@ def test_adopting_a_placement_keeps_capacity_and_copy_counts_and_adopting_again_
     planned = plan(workers, adapters).placement
     first = Planner(workers).adopt(adapters, planned)
     by_key = {adapter.key: adapter for adapter in adapters}
-    gained = [by_key[key] for key, copies in first.placement.items() if len(copies) > len(planned.get(key, {}))]
+    gained = [
+        by_key[key] for key, copies in first.placement.items() if len(copies) > len(planned.get(key, {}))
+    ]
     for move in first.moves:
         if move.kind is MoveKind.REMOVE:
             assert any(by_key[move.adapter].standing() < adapter.standing() for adapter in gained), move

@@ -163,6 +163,7 @@ def test_a_named_adapter_goes_only_to_the_workers_its_placement_names_even_past_
     assert decision is not None
     assert decision.worker in ("worker-5", "worker-6")
     assert decision.hit == "disk"
+    assert not decision.over_bound
     # Both are busy past the bound, and so is a worker holding it in GPU outside the placement.
     table.set_residency("worker-2", {"sql-gen": "GPU"})
     for name, load in (("worker-5", 10), ("worker-6", 12), ("worker-2", 11)):
@@ -171,6 +172,7 @@ def test_a_named_adapter_goes_only_to_the_workers_its_placement_names_even_past_
     decision = router.decide("sql-gen", 0.1)
     assert decision is not None
     assert (decision.worker, decision.hit) == ("worker-5", "disk")  # the least loaded that can serve it
+    assert decision.over_bound  # the adapter wants more replicas
 
 
 def test_a_named_adapter_with_no_healthy_placement_tries_its_ranked_workers() -> None:

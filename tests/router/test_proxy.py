@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -294,6 +295,21 @@ async def test_metrics_count_tiers_and_keep_catalog_adapters_in_one_series(fleet
         "loraplex_build_info",
     ):
         assert family in text
+
+
+async def test_requests_a_named_adapter_sends_past_the_load_bound_are_counted_by_adapter(fleet: Any) -> None:
+    fleet.state.report_residency("worker-0", [], named=["sql-gen"])  # placed on worker-0 only
+    async with client(fleet) as api:
+        await api.completions.create(model="sql-gen", prompt="x")
+        assert "loraplex_router_over_bound_requests_total{" not in await fleet.metrics_text()
+        fleet.state.report_load("worker-0", 9, time.monotonic())  # far past the bound; worker-1 idle
+        await api.completions.create(model="sql-gen", prompt="x")
+        await api.completions.create(model="sql-gen", prompt="x")
+    assert [len(w.calls) for w in fleet.workers.values()] == [3, 0]  # worker-1 cannot load it
+    text = await fleet.metrics_text()
+    assert 'loraplex_router_over_bound_requests_total{adapter="sql-gen"} 2.0' in text
+    fleet.state.report_residency("worker-0", [], named=[])  # the LoRAAdapter is deleted
+    assert 'loraplex_router_over_bound_requests_total{adapter="sql-gen"}' not in await fleet.metrics_text()
 
 
 async def test_series_of_an_adapter_no_longer_named_and_of_a_gone_worker_are_dropped(fleet: Any) -> None:
