@@ -11,6 +11,7 @@ operator restart) leaves no adapter short of a copy while a copy of lower standi
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,7 +20,6 @@ from loraplex.operator.placement import (
     Adapter,
     MoveKind,
     PlacementView,
-    Plan,
     Planner,
     Tier,
     Worker,
@@ -211,6 +211,22 @@ def test_incremental_changes_keep_capacity_and_copy_counts_consistent(
             assert len(planner.placement.get(key, {})) + planner.missing.get(key, 0) == replicas
 
 
+def assert_takes_no_lower_copys_slot(
+    key: str, placement: PlacementView, adapters: Mapping[str, Adapter], workers: list[Worker]
+) -> None:
+    """`key`, short of a copy, has no unpinned copy of lower standing on a live worker it is not on."""
+    standing = adapters[key].standing()
+    for worker in workers:
+        if not worker.healthy or worker.name in placement.get(key, {}):
+            continue
+        lower = [
+            other
+            for other, copies in placement.items()
+            if worker.name in copies and not adapters[other].pinned and adapters[other].standing() < standing
+        ]
+        assert not lower, f"{key} waits while {lower} hold slots on {worker.name}"
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     workers=workers_strategy(all_healthy=True),
@@ -226,39 +242,8 @@ def test_a_changed_adapter_never_waits_for_a_slot_a_copy_of_lower_priority_holds
     for adapter in changes:
         planner.adapter_changed(adapter)
         latest[adapter.key] = adapter
-        if adapter.key not in planner.missing:
-            continue
-        for worker in workers:
-            if worker.name in planner.placement.get(adapter.key, {}):
-                continue
-            lower = [
-                other
-                for other, copies in planner.placement.items()
-                if worker.name in copies
-                and not latest[other].pinned
-                and latest[other].standing() < adapter.standing()
-            ]
-            assert not lower, f"{adapter.key} waits while {lower} hold slots on {worker.name}"
-
-
-def assert_no_missing_copy_below_a_lower_one(
-    result: Plan, adapters: list[Adapter], workers: list[Worker]
-) -> None:
-    """An adapter short of copies has no unpinned copy of lower standing on a live worker it is not on."""
-    by_key = {adapter.key: adapter for adapter in adapters}
-    for key in result.missing:
-        adapter = by_key[key]
-        for worker in workers:
-            if not worker.healthy or worker.name in result.placement.get(key, {}):
-                continue
-            lower = [
-                other
-                for other, copies in result.placement.items()
-                if worker.name in copies
-                and not by_key[other].pinned
-                and by_key[other].standing() < adapter.standing()
-            ]
-            assert not lower, f"{key} is short of a copy while {lower} hold slots on {worker.name}"
+        if adapter.key in planner.missing:
+            assert_takes_no_lower_copys_slot(adapter.key, planner.placement, latest, workers)
 
 
 @settings(max_examples=200, deadline=None)
@@ -274,12 +259,13 @@ def test_adopting_a_placement_keeps_capacity_and_copy_counts_and_adopting_again_
         assert set(copies) <= live
         assert len(copies) + adopted.missing.get(adapter.key, 0) == adapter.replicas
     assert not set(adopted.placement) - {adapter.key for adapter in adapters}
-    assert_no_missing_copy_below_a_lower_one(adopted, adapters, workers)
+    by_key = {adapter.key: adapter for adapter in adapters}
+    for key in adopted.missing:
+        assert_takes_no_lower_copys_slot(key, adopted.placement, by_key, workers)
     # A plan's copies stay (it may still lift a pinned copy or place one a plan left missing), bar copies
     # that give way to an adapter of higher standing the plan left short ...
     planned = plan(workers, adapters).placement
     first = Planner(workers).adopt(adapters, planned)
-    by_key = {adapter.key: adapter for adapter in adapters}
     gained = [
         by_key[key] for key, copies in first.placement.items() if len(copies) > len(planned.get(key, {}))
     ]
