@@ -256,7 +256,9 @@ class Planner:
         when a copy had to take a tier other than the one its rank was due (spread or capacity left
         no slot there), keeping it can shift what a re-plan keeps, so the plan is re-planned from its
         own output until nothing moves (a few passes at most), and the moves are those from
-        ``current`` to that final placement.
+        ``current`` to that final placement. A copy still missing then takes the slot of a copy of
+        lower standing, as after an ``adapter_changed`` (the ranked passes hand out each tier's budget by
+        position, so a copy that missed its slot could leave a lower-standing copy holding one).
         """
         listed = adapters if isinstance(adapters, list) else list(adapters)
         current = current or {}
@@ -271,6 +273,8 @@ class Planner:
                 passes, diff = passes + 1, True
                 if self._placement == first:
                     break
+            while self._retry_missing():  # each round places copies of strictly higher standing
+                diff = True
             if diff:
                 moves = placement_moves(current, self._placement, self._workers)
         return Plan(self.placement, moves, self.missing)

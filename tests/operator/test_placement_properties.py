@@ -5,7 +5,8 @@ Invariants stated here: (1) no worker tier is ever over capacity and unhealthy w
 worker moves only the copies that lived there (besides GPU slots they win from colder copies); (7) a changed
 adapter left waiting for a slot has no copy of lower priority holding one it could take; (8) a fresh plan
 leaves no copy in a slower tier while a faster slot it could take is free; (9) adopting a placement (an
-operator restart) leaves no adapter short of a copy while a copy of lower standing holds a slot it could take.
+operator restart) leaves no adapter short of a copy while a copy of lower standing holds a slot it could take;
+(10) nor does a fresh plan.
 """
 
 from __future__ import annotations
@@ -276,3 +277,14 @@ def test_adopting_a_placement_keeps_capacity_and_copy_counts_and_adopting_again_
     again = Planner(workers).adopt(adapters, first.placement)
     assert again.moves == []
     assert again.placement == first.placement
+
+
+@settings(max_examples=300, deadline=None)
+@given(workers=workers_strategy(), adapters=adapter_lists)
+def test_a_fresh_plan_leaves_no_adapter_short_while_a_copy_of_lower_standing_holds_a_slot_it_could_take(
+    workers: list[Worker], adapters: list[Adapter]
+) -> None:
+    result = plan(workers, adapters)
+    by_key = {adapter.key: adapter for adapter in adapters}
+    for key in result.missing:
+        assert_takes_no_lower_copys_slot(key, result.placement, by_key, workers)
