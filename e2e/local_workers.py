@@ -88,6 +88,7 @@ class WorkerPod:
     max_lora_rank: int
     api_key_secret: tuple[str, str]
     catalog_template: str | None
+    base_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,7 @@ def pod_processes(pod: dict[str, Any]) -> WorkerPod | RouterPod | TrainerPod | N
             max_lora_rank=int(_flag(vllm_args, "--max-lora-rank", "16") or 16),
             api_key_secret=_secret_ref(containers["vllm"], "VLLM_API_KEY"),
             catalog_template=_flag(agent_args, "--catalog-template"),
+            base_model=_flag(agent_args, "--base-model"),
         )  # fmt: skip
     if labels.get(COMPONENT) == "trainer" and "trainer" in containers:
         finished = any(
@@ -212,7 +214,8 @@ class Runner:
                 agent = AgentProcess(
                     vllm, self.work / "caches" / uid, logs / f"{prefix}.agent.log",
                     worker=target.name, namespace=target.namespace, kubeconfig=self.cluster.kubeconfig,
-                    catalog_template=target.catalog_template, host=target.ip, port=8080,
+                    catalog_template=target.catalog_template, base_model=target.base_model,
+                    host=target.ip, port=8080,
                     env={"SSL_CERT_FILE": str(self.store.ca_file)},
                 )  # fmt: skip
                 started.append(agent.start())

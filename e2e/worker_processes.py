@@ -141,12 +141,14 @@ class AgentProcess(_Child):
         kubeconfig: Path | None = None,
         disk_budget_bytes: int = 1 << 30,
         catalog_template: str | None = None,
+        base_model: str | None = None,
         port: int | None = None,
         env: dict[str, str] | None = None,
         host: str = "127.0.0.1",
         extra_args: Sequence[str] = (),
     ) -> None:
         super().__init__(log_path)
+        self.base_model = base_model
         self.host = host
         self.env = env or {}
         self.extra_args = list(extra_args)
@@ -180,6 +182,8 @@ class AgentProcess(_Child):
             argv += ["--kubeconfig", str(self.kubeconfig)]
         if self.catalog_template is not None:
             argv += ["--catalog-template", self.catalog_template]
+        if self.base_model is not None:
+            argv += ["--base-model", self.base_model]
         argv += self.extra_args
         self._spawn(argv, {"LORAPLEX_VLLM_API_KEY": self.vllm.api_key, "PYTHONUNBUFFERED": "1", **self.env})
         wait_until(self.ready, timeout, f"agent on port {self.port} engine-ready")
@@ -200,8 +204,9 @@ class AgentProcess(_Child):
         """Adapter name -> tier, as the agent reports it."""
         return {a["name"]: a["tier"] for a in self.residency()["adapters"]}
 
-    def ensure(self, name: str) -> tuple[int, Any]:
-        return http_json(f"{self.url}/v1/adapters/ensure", {"name": name}, timeout=120)
+    def ensure(self, name: str, named: bool = False) -> tuple[int, Any]:
+        body = {"name": name, "named": True} if named else {"name": name}
+        return http_json(f"{self.url}/v1/adapters/ensure", body, timeout=120)
 
     def metrics(self) -> dict[str, float]:
         return prometheus_samples(f"{self.url}/metrics", "loraplex_agent_")

@@ -27,12 +27,15 @@ In order, among healthy workers whose load stays within the bound
 
 A named adapter (a LoRAAdapter object) takes steps 1 and 2 as above, but its
 candidates in step 3 are the workers its placement names (WorkerPlacement
-`spec.adapters`), not its ranking: only their agents know its source, so any
-other worker could not load it. When all of them are at the bound, the least
-loaded of them and of its GPU and CPU holders takes the request anyway. Only
-when none of them is healthy does it go to its ranked workers, whose agents can
-load it only if the catalog has it too. More copies of a hot named adapter come
-from its `replicas`, which the operator places.
+`spec.adapters`), not its ranking: they hold it or have it on disk. When all of
+them are at the bound, it spills over: its first ranked workers (as many as a
+recurring adapter's step 3 uses) are candidates the same way, and their agents
+read its source from the LoRAAdapter; its copies there then serve it through
+steps 1 and 2 while they stay in vLLM. Only when those are at the bound too (or
+`spill` is off: a retry) does the least loaded of its placement and of its GPU
+and CPU holders take the request anyway (`over_bound`: it wants more
+`replicas`). When none of its placement is healthy it goes to its ranked
+workers as any adapter does.
 
 Steps 1-4 cost O(1) in the number of adapters (index reads) and O(holders +
 max(max_spread, miss_candidates, first_candidates) x gpu_slots) in workers; only step 5 and requests
@@ -88,12 +91,18 @@ class Router:
         self.rates = AdapterRates(half_life=self.config.half_life)
 
     def decide(
-        self, adapter: str, now: float, exclude: Collection[str] = (), count: bool = True
+        self,
+        adapter: str,
+        now: float,
+        exclude: Collection[str] = (),
+        count: bool = True,
+        spill: bool = True,
     ) -> Decision | None:
         """The worker for one request for `adapter` (None when no healthy worker is left).
 
         `exclude` names workers not to use (a retry after a failure there); `count=False` does not
-        count the request towards the adapter's rate (a retry of one already counted).
+        count the request towards the adapter's rate (a retry of one already counted); `spill=False`
+        keeps a named adapter on its placement and holders even past the bound.
         """
         table = self.table
         rate = self.rates.observe(adapter, now) if count else self.rates.rate(adapter, now)
@@ -119,7 +128,7 @@ class Router:
                     return Decision(best, _HIT[tier], spread)
         placed = table.placed_on(adapter)
         if placed:
-            named = self._decide_named(holders, placed, cap, exclude, now, spread)
+            named = self._decide_named(adapter, holders, placed, cap, exclude, now, spread, spill)
             if named is not None:
                 return named
         ranking = table.rendezvous.ranking(adapter)
@@ -141,19 +150,25 @@ class Router:
 
     def _decide_named(
         self,
+        adapter: str,
         holders: Mapping[str, Tier],
         placed: Collection[str],
         cap: int,
         exclude: Collection[str],
         now: float,
         spread: int,
+        spill: bool,
     ) -> Decision | None:
-        """Steps 3-5 for a named adapter: only the workers its placement names can load it, so they
-        are the candidates; when all of them are at the bound, the least loaded of them and of the
-        adapter's holders still serves it (`over_bound`: the adapter wants more `replicas`). None when
-        none of them is healthy (and not excluded): then the adapter's ranked workers are tried, whose
-        agents may find it in the catalog."""
+        """Steps 3-5 for a named adapter: the workers its placement names are the candidates; when all
+        of them are at the bound, its first ranked workers beyond them (`spill`); when those are too,
+        the least loaded of its placement and holders still serves it (`over_bound`: the adapter wants
+        more `replicas`). None when none of its placement is healthy (and not excluded): then the
+        adapter's ranked workers are tried."""
         best = self._coldest(sorted(placed), cap, exclude, now)
+        if best is None and spill:
+            width = max(spread, self.config.miss_candidates)
+            ranked = self.table.rendezvous.ranking(adapter)[:width]
+            best = self._coldest([name for name in ranked if name not in placed], cap, exclude, now)
         over_bound = best is None
         if best is None:
             serving = {*placed, *(name for name, tier in holders.items() if tier != "Disk")}

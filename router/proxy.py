@@ -201,12 +201,12 @@ def _decide(proxy: Proxy, adapter: str | None, tried: list[str], first: bool) ->
     if adapter is None:
         decision = proxy.router.decide_base(exclude=tried)
     else:
-        decision = proxy.router.decide(adapter, proxy.clock(), exclude=tried, count=first)
+        decision = proxy.router.decide(adapter, proxy.clock(), exclude=tried, count=first, spill=first)
     proxy.metrics.decision_seconds.observe(time.perf_counter() - start)
     if decision is not None and first:
         proxy.metrics.requests.labels(decision.hit).inc()
-        if decision.over_bound and adapter is not None:
-            proxy.metrics.over_bound_request(adapter if proxy.state.table.is_named(adapter) else CATALOG)
+    if decision is not None and decision.over_bound and adapter is not None:
+        proxy.metrics.over_bound_request(adapter if proxy.state.table.is_named(adapter) else CATALOG)
     return decision
 
 
@@ -218,9 +218,12 @@ async def _ensure(proxy: Proxy, worker: str, adapter: str) -> None:
     timeout = aiohttp.ClientTimeout(
         total=proxy.settings.ensure_timeout_seconds, connect=proxy.settings.connect_timeout_seconds
     )
+    body: dict[str, Any] = {"name": adapter}
+    if proxy.state.table.is_named(adapter):
+        body["named"] = True  # its agent may read it from the LoRAAdapter (a spill past its placement)
     try:
         async with proxy.session.post(
-            f"{endpoints.agent_url}/v1/adapters/ensure", json={"name": adapter}, timeout=timeout
+            f"{endpoints.agent_url}/v1/adapters/ensure", json=body, timeout=timeout
         ) as answer:
             data: Any = await answer.json(content_type=None)
             status = answer.status
@@ -249,6 +252,9 @@ async def _ensure(proxy: Proxy, worker: str, adapter: str) -> None:
         raise _Refused(
             error_response(502, f"The adapter '{adapter}' could not be loaded: {message or 'refused'}.", code)
         )
+    if status == 503 and code == "AdapterLookupFailed":  # a spill's agent could not read the LoRAAdapter
+        proxy.metrics.ensures.labels("not_ready").inc()
+        raise _Retryable("not_placed", f"the agent of worker {worker} could not look {adapter} up: {message}")
     if status == 503 and code == "EngineNotReady":  # that worker's vLLM restarts: another can serve
         proxy.metrics.ensures.labels("not_ready").inc()
         raise _Retryable("not_ready", f"worker {worker} is not ready: {message}")

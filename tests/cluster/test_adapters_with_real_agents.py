@@ -63,10 +63,11 @@ def when_ready(kube: Any, namespace: str, name: str, field: str, value: str) -> 
 
 
 def create_adapter(
-    kube: Any, namespace: str, name: str, files: AdapterFiles, sha256: str | None = None
-) -> None:
+    kube: Any, namespace: str, name: str, files: AdapterFiles, sha256: str | None = None, *,
+    replicas: int = 1, base_model: str = "tiny",
+) -> None:  # fmt: skip
     create_object(kube, namespace, "loraadapters", "LoRAAdapter", name, {
-        "baseModel": "tiny", "rank": files.rank, "replicas": 1,
+        "baseModel": base_model, "rank": files.rank, "replicas": replicas,
         "source": {"uri": f"file://{files.path}", "sha256": sha256 or files.sha256},
     })  # fmt: skip
 
@@ -94,7 +95,8 @@ def start_agent(
         )
         started.append(AgentProcess(
             vllm, tmp_path / "cache", tmp_path / "agent.log",
-            worker=WORKER, namespace=namespace, kubeconfig=worker_kubeconfig, extra_args=agent_args,
+            worker=WORKER, namespace=namespace, kubeconfig=worker_kubeconfig, base_model="tiny",
+            extra_args=agent_args,
         ).start())  # fmt: skip
         return started[-1]
 
@@ -150,6 +152,29 @@ def test_adapters_become_ready_on_a_real_worker_and_unload_on_delete(
     )
     wait_until(lambda: adapter_status(kube, namespace, "sql").get("gone"), 60, "sql deleted after unloading")
     assert "sql" not in vllm.adapters()
+    assert "Forbidden" not in agent.log()
+
+
+def test_a_named_adapter_this_worker_was_not_placed_with_loads_through_its_lora_adapter(
+    start_agent: Callable[..., AgentProcess],
+    kube: Any,
+    namespace: str,
+    vllm: VllmProcess,
+    adapters: dict[str, AdapterFiles],
+) -> None:
+    # What the router does when a named adapter's placement is at the load bound: it asks another
+    # worker's agent to load it, saying it is named; that agent reads its source from the LoRAAdapter.
+    agent = start_agent()
+    create_adapter(kube, namespace, "elsewhere", adapters["a0"], replicas=0)  # on no worker's placement
+    create_adapter(kube, namespace, "foreign", adapters["a1"], replicas=0, base_model="other")
+    assert agent.ensure("elsewhere")[0] == 404  # a catalog name as far as it knows, and there is no catalog
+    status, body = agent.ensure("elsewhere", named=True)
+    assert status == 200, body
+    assert "elsewhere" in vllm.adapters()
+    assert vllm.text("elsewhere") != vllm.text("base")
+    assert agent.held()["elsewhere"] == "CPU"
+    assert agent.ensure("foreign", named=True)[0] == 404  # another BaseModel's adapter
+    assert agent.ensure("missing", named=True)[0] == 404
     assert "Forbidden" not in agent.log()
 
 

@@ -52,12 +52,13 @@ class FakeWorker:
 
     name: str
     mode: str = "ok"  # ok | fail | break (stream breaks after the first chunk) | hang | not_loaded
-    agent_mode: str = "ok"  # ok | not_ready (its vLLM restarts: ensure answers 503 EngineNotReady)
+    agent_mode: str = "ok"  # ok | not_ready (its vLLM restarts: 503 EngineNotReady) | lookup_failed
     gated: bool = False  # hold the stream after the first chunk until `release` is set
     known: set[str] = field(default_factory=lambda: {"sql-gen", "chat-bot", "tail-1"})
     calls: list[dict[str, Any]] = field(default_factory=list)
     auth: list[str | None] = field(default_factory=list)
     ensured: list[str] = field(default_factory=list)
+    ensured_named: list[str] = field(default_factory=list)  # ensure calls that said the adapter is named
     release: asyncio.Event = field(default_factory=asyncio.Event)
     first_sent: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
@@ -113,11 +114,21 @@ class FakeWorker:
         return web.Response(text=running + "vllm:num_requests_waiting 2.0\n")
 
     async def ensure(self, request: web.Request) -> web.Response:
-        name = (await request.json())["name"]
+        body = await request.json()
+        name = body["name"]
         self.ensured.append(name)
+        if body.get("named") is True:
+            self.ensured_named.append(name)
         if self.agent_mode == "not_ready":
             error = {"message": "vLLM is not ready", "type": "EngineNotReady", "param": None}
             return web.json_response({"error": {**error, "code": "EngineNotReady"}}, status=503)
+        if self.agent_mode == "lookup_failed":  # the API server could not be asked for the LoRAAdapter
+            error = {
+                "message": "reading LoRAAdapter answered 500",
+                "type": "AdapterLookupFailed",
+                "param": None,
+            }
+            return web.json_response({"error": {**error, "code": "AdapterLookupFailed"}}, status=503)
         if name not in self.known:
             error = {"message": f"no adapter {name}", "type": "NotFound", "param": None, "code": "NotFound"}
             return web.json_response({"error": error}, status=404)

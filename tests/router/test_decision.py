@@ -153,8 +153,8 @@ def test_a_first_time_adapter_takes_its_second_ranked_worker_when_the_first_has_
     assert (decision.worker, decision.hit) == (second, "miss")
 
 
-def test_a_named_adapter_goes_only_to_the_workers_its_placement_names_even_past_the_bound() -> None:
-    table = table_of(8)
+def test_a_named_adapter_spills_to_its_ranked_workers_only_once_its_placement_is_at_the_bound() -> None:
+    table = table_of(16)
     router = Router(table)
     for name in ("worker-5", "worker-6"):  # the operator placed it there, on disk
         table.set_residency(name, {"sql-gen": "Disk"})
@@ -169,10 +169,23 @@ def test_a_named_adapter_goes_only_to_the_workers_its_placement_names_even_past_
     for name, load in (("worker-5", 10), ("worker-6", 12), ("worker-2", 11)):
         table.set_reported_load(name, load)
     assert table.workers["worker-5"].load >= table.capacity(router.config.epsilon)
-    decision = router.decide("sql-gen", 0.1)
-    assert decision is not None
-    assert (decision.worker, decision.hit) == ("worker-5", "disk")  # the least loaded that can serve it
-    assert decision.over_bound  # the adapter wants more replicas
+    spilled = router.decide("sql-gen", 0.1)
+    assert spilled is not None
+    ranked = table.rendezvous.ranking("sql-gen")[: router.config.miss_candidates]
+    assert spilled.worker in set(ranked) - {"worker-5", "worker-6", "worker-2"}
+    assert (spilled.hit, spilled.over_bound) == ("miss", False)  # its agent reads the LoRAAdapter
+    # A retry (no spill), or every ranked worker at the bound too: the least loaded that can serve it.
+    kept = router.decide("sql-gen", 0.2, spill=False)
+    assert kept is not None
+    assert (kept.worker, kept.hit, kept.over_bound) == ("worker-5", "disk", True)
+    for name in ranked:
+        table.set_reported_load(name, 20)
+    assert all(table.workers[name].load >= table.capacity(router.config.epsilon) for name in ranked)
+    crowded = router.decide("sql-gen", 0.3)
+    assert crowded is not None
+    serving = ("worker-5", "worker-6", "worker-2")  # its placement and its GPU holder
+    assert crowded.worker == min(serving, key=lambda name: (table.workers[name].load, name))
+    assert crowded.over_bound
 
 
 def test_a_named_adapter_with_no_healthy_placement_tries_its_ranked_workers() -> None:

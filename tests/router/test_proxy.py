@@ -297,19 +297,39 @@ async def test_metrics_count_tiers_and_keep_catalog_adapters_in_one_series(fleet
         assert family in text
 
 
-async def test_requests_a_named_adapter_sends_past_the_load_bound_are_counted_by_adapter(fleet: Any) -> None:
+async def test_a_named_adapter_spills_past_its_busy_placement_and_past_the_bound_only_when_it_cannot(
+    fleet: Any,
+) -> None:
     fleet.state.report_residency("worker-0", [], named=["sql-gen"])  # placed on worker-0 only
+    spill = fleet.workers["worker-1"]
+    spill.known = set()  # worker-1's agent cannot find it (say, no LoRAAdapter it may read)
     async with client(fleet) as api:
         await api.completions.create(model="sql-gen", prompt="x")
-        assert "loraplex_router_over_bound_requests_total{" not in await fleet.metrics_text()
         fleet.state.report_load("worker-0", 9, time.monotonic())  # far past the bound; worker-1 idle
+        await api.completions.create(model="sql-gen", prompt="x")  # tried on worker-1, back to worker-0
+        assert spill.ensured_named == ["sql-gen"]
+        assert [len(w.calls) for w in fleet.workers.values()] == [2, 0]
+        text = await fleet.metrics_text()
+        assert 'loraplex_router_over_bound_requests_total{adapter="sql-gen"} 1.0' in text
+        assert 'loraplex_router_retries_total{reason="not_placed"} 1.0' in text
+        spill.known = {"sql-gen"}  # now its agent reads the LoRAAdapter and loads it
         await api.completions.create(model="sql-gen", prompt="x")
-        await api.completions.create(model="sql-gen", prompt="x")
-    assert [len(w.calls) for w in fleet.workers.values()] == [3, 0]  # worker-1 cannot load it
-    text = await fleet.metrics_text()
-    assert 'loraplex_router_over_bound_requests_total{adapter="sql-gen"} 2.0' in text
+        await api.completions.create(model="sql-gen", prompt="x")  # its copy there serves it (GPU)
+    assert spill.ensured_named == ["sql-gen", "sql-gen"]
+    assert [len(w.calls) for w in fleet.workers.values()] == [2, 2]
+    assert 'loraplex_router_over_bound_requests_total{adapter="sql-gen"} 1.0' in await fleet.metrics_text()
     fleet.state.report_residency("worker-0", [], named=[])  # the LoRAAdapter is deleted
     assert 'loraplex_router_over_bound_requests_total{adapter="sql-gen"}' not in await fleet.metrics_text()
+
+
+async def test_a_spill_whose_agent_cannot_look_the_adapter_up_is_served_by_its_placement(fleet: Any) -> None:
+    fleet.state.report_residency("worker-0", [], named=["sql-gen"])
+    fleet.state.report_load("worker-0", 9, time.monotonic())
+    fleet.workers["worker-1"].agent_mode = "lookup_failed"
+    async with client(fleet) as api:
+        await api.completions.create(model="sql-gen", prompt="x")
+    assert [len(w.calls) for w in fleet.workers.values()] == [1, 0]
+    assert 'loraplex_router_retries_total{reason="not_placed"} 1.0' in await fleet.metrics_text()
 
 
 async def test_series_of_an_adapter_no_longer_named_and_of_a_gone_worker_are_dropped(fleet: Any) -> None:

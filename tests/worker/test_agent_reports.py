@@ -1,5 +1,7 @@
 """What an agent reports is current: an adapter's failure goes once it left the worker or loaded, and an
-adapter counts as active only while vLLM ran it (or the router ensured it) within the active window."""
+adapter counts as active only while vLLM ran it (or the router ensured it) within the active window. And
+what it loads on demand: a named adapter placed elsewhere is read from its LoRAAdapter when the router
+says it is named."""
 
 from __future__ import annotations
 
@@ -7,8 +9,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from loraplex.worker.agent.activity import last_use
-from loraplex.worker.agent.agent import MAX_ATTEMPT_RECORDS, Agent
+from loraplex.worker.agent.adapter_lookup import AdapterSource, LookupFailed, source_of
+from loraplex.worker.agent.agent import MAX_ATTEMPT_RECORDS, Agent, EnsureError
 from loraplex.worker.agent.disk_cache import DiskCache
 from loraplex.worker.agent.fetch import Fetcher
 from loraplex.worker.agent.residency import Slots, Tier, WantedAdapter
@@ -207,3 +212,56 @@ async def test_the_backoff_record_of_failed_revisions_stays_bounded(tmp_path: Pa
     agent._fail("user-20", None, "SourceNotFound", "gone", on_demand=True)  # remembered: twice as long
     assert agent.failures["user-20"].retry_at == agent.clock() + 10.0
     assert len(agent._attempts) == MAX_ATTEMPT_RECORDS
+
+
+def lora_adapter(base_model: str, uri: str, digest: str, deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = (
+        {"name": "sql-gen", "deletionTimestamp": "2026-11-23T00:00:00Z"} if deleting else {}
+    )
+    return {"metadata": meta, "spec": {"baseModel": base_model, "source": {"uri": uri, "sha256": digest}}}
+
+
+def test_a_lora_adapter_is_a_source_only_for_its_own_base_model_and_while_it_is_not_being_deleted() -> None:
+    assert source_of(lora_adapter("tiny", "file:///a", "d" * 64), "tiny") == AdapterSource(
+        "file:///a", "d" * 64
+    )
+    assert source_of(lora_adapter("other", "file:///a", "d" * 64), "tiny") is None
+    assert source_of(lora_adapter("tiny", "file:///a", "d" * 64, deleting=True), "tiny") is None
+    assert source_of({"metadata": {}, "spec": {"baseModel": "tiny"}}, "tiny") is None
+
+
+async def test_a_named_adapter_placed_elsewhere_loads_from_its_lora_adapter_when_the_router_says_named(
+    tmp_path: Path,
+) -> None:
+    files, digest = adapter_files(tmp_path)
+    looked_up: list[str] = []
+
+    async def lookup(name: str) -> AdapterSource | None:
+        looked_up.append(name)
+        return AdapterSource(f"file://{files}", digest) if name == "sql-gen" else None
+
+    vllm = FakeVllm()
+    agent = agent_on(tmp_path, vllm, Clock())
+    agent.adapter_lookup = lookup
+    agent.set_wanted([])  # its WorkerPlacement does not list it
+    with pytest.raises(EnsureError) as unnamed:
+        await agent.ensure("sql-gen")  # a catalog name, as far as the agent knows: no catalog here
+    assert (unnamed.value.status, looked_up) == (404, [])  # catalog traffic never asks the API server
+    ensured = await agent.ensure("sql-gen", named=True)
+    assert (ensured.tier, looked_up, list(vllm.loaded)) == ("CPU", ["sql-gen"], ["sql-gen"])
+    assert [(a["name"], a.get("catalog", False)) for a in agent.report()["adapters"]] == [("sql-gen", False)]
+    with pytest.raises(EnsureError) as unknown:
+        await agent.ensure("gone", named=True)
+    assert unknown.value.status == 404
+
+
+async def test_a_failed_lookup_answers_503_so_the_router_retries_later(tmp_path: Path) -> None:
+    async def lookup(name: str) -> AdapterSource | None:
+        raise LookupFailed(f"reading LoRAAdapter {name} answered 500: Internal Server Error")
+
+    agent = agent_on(tmp_path, FakeVllm(), Clock())
+    agent.adapter_lookup = lookup
+    agent.set_wanted([])
+    with pytest.raises(EnsureError) as failed:
+        await agent.ensure("sql-gen", named=True)
+    assert (failed.value.status, failed.value.reason) == (503, "AdapterLookupFailed")

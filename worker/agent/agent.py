@@ -38,6 +38,7 @@ from loraplex.worker.agent.activity import (
     Activity,
     last_use,
 )
+from loraplex.worker.agent.adapter_lookup import AdapterLookup, LookupFailed
 from loraplex.worker.agent.disk_cache import DiskCache
 from loraplex.worker.agent.fetch import Fetcher, FetchError
 from loraplex.worker.agent.metrics import AgentMetrics
@@ -90,6 +91,7 @@ class Agent:
         cache: DiskCache,
         slots: Slots,
         catalog_template: str | None = None,
+        adapter_lookup: AdapterLookup | None = None,
         metrics: AgentMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_report: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
@@ -103,6 +105,7 @@ class Agent:
         self.cache = cache
         self.slots = slots
         self.catalog_template = catalog_template
+        self.adapter_lookup = adapter_lookup  # named adapters this worker was not placed with
         self.metrics = metrics or AgentMetrics()
         self.clock = clock
         self.on_report = on_report
@@ -233,8 +236,9 @@ class Agent:
 
     # -- on demand ----------------------------------------------------------------------------
 
-    async def ensure(self, name: str) -> Ensured:
-        """Make `name` servable on this worker now (a catalog adapter or a named one on disk)."""
+    async def ensure(self, name: str, named: bool = False) -> Ensured:
+        """Make `name` servable on this worker now: a named one it holds on disk, a catalog adapter, or
+        (`named`: the router knows a LoRAAdapter of that name) a named one placed elsewhere."""
         current = self.registered.get(name)
         if current is not None:
             self.registered[name] = dataclasses.replace(current, last_used=self.clock())
@@ -244,15 +248,15 @@ class Agent:
         if pending is None:
             pending = asyncio.get_running_loop().create_future()
             self._inflight[name] = pending
-            task = asyncio.ensure_future(self._ensure_once(name))
+            task = asyncio.ensure_future(self._ensure_once(name, named))
             task.add_done_callback(lambda t: _settle(pending, t, self._inflight, name))
         return await asyncio.shield(pending)
 
-    async def _ensure_once(self, name: str) -> Ensured:
+    async def _ensure_once(self, name: str, named: bool) -> Ensured:
         if not self.engine_ready:
             raise EnsureError(503, "EngineNotReady", f"vLLM on worker {self.worker} is not ready", 1.0)
         started = self.clock()
-        uri, sha256, catalog = await self._resolve(name)
+        uri, sha256, catalog = await self._resolve(name, named)
         if backing_off(self.failures, name, sha256, started):
             failure = self.failures[name]
             raise EnsureError(
@@ -283,10 +287,17 @@ class Agent:
         self._wake.set()  # let the next pass drop on-demand adapters beyond the free slots
         return Ensured(name, "CPU", seconds)
 
-    async def _resolve(self, name: str) -> tuple[str, str, bool]:
+    async def _resolve(self, name: str, named: bool) -> tuple[str, str, bool]:
         for want in self.wanted or []:
             if want.name == name:
                 return want.uri, want.sha256, False
+        if named and self.adapter_lookup is not None:
+            try:
+                source = await self.adapter_lookup(name)
+            except LookupFailed as error:
+                raise EnsureError(503, "AdapterLookupFailed", str(error), 1.0) from error
+            if source is not None:
+                return source.uri, source.sha256, False
         if self.catalog_template is None:
             raise EnsureError(
                 404, "AdapterNotFound", f"adapter {name} is not placed on this worker and there is no catalog"

@@ -3,7 +3,8 @@
 - `GET /v1/residency`: what the worker holds per tier, bytes, last load
   latency, failures (the shape of WorkerPlacement status; read by the router).
 - `POST /v1/adapters/ensure` with `{"name": ...}`: make an adapter servable
-  now (catalog adapters, named adapters held on disk). 200 `{name, tier,
+  now (catalog adapters, named adapters held on disk; with `"named": true`,
+  also a named adapter placed elsewhere, read from its LoRAAdapter). 200 `{name, tier,
   loadSeconds}`; errors in OpenAI's shape: 404 unknown adapter, 422 refused
   files (`code` is the reason, e.g. DigestMismatch), 503 with `Retry-After`
   while a failed load backs off or vLLM is not ready.
@@ -44,7 +45,7 @@ async def ensure(request: web.Request) -> web.Response:
     if not isinstance(name, str) or not name:
         return error_response(400, "InvalidRequest", "missing field 'name' (the adapter to load)")
     try:
-        ensured = await request.app[AGENT_KEY].ensure(name)
+        ensured = await request.app[AGENT_KEY].ensure(name, named=body.get("named") is True)
     except EnsureError as error:
         return error_response(error.status, error.reason, error.message, error.retry_after)
     return web.json_response(

@@ -147,11 +147,13 @@ async def serve(args: argparse.Namespace) -> None:
         source = FileSource(args.wanted_file, agent.set_wanted)
     else:
         from loraplex.kube import api_client
+        from loraplex.worker.agent.adapter_lookup import LoRAAdapterLookup
 
-        source = WorkerPlacementSource(
-            api_client(args.kubeconfig), args.namespace, args.worker, agent.set_wanted
-        )
+        kube = api_client(args.kubeconfig)
+        source = WorkerPlacementSource(kube, args.namespace, args.worker, agent.set_wanted)
         agent.on_report = source.report
+        if args.base_model:
+            agent.adapter_lookup = LoRAAdapterLookup(kube, args.namespace, args.base_model)
     runner = web.AppRunner(make_app(agent), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, args.host, args.port).start()
