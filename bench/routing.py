@@ -38,7 +38,13 @@ For each workload it prints, per policy: GPU hit rate, loads, loads as a ratio
 to least-loaded's, max/mean imbalance of requests served per worker, and
 modelled TTFT p50/p99; and the offline lower bound on loads: Belady's MIN on
 one pooled cache with as many slots as all workers' GPU slots together (no
-routing can load less). Then it times the decision itself with 1,000,000
+routing can load less). Then, on (b) with its 128 most requested adapters made
+named LoRAAdapters with ``replicas: 1`` (each placed on one worker, the rest
+catalog adapters), it runs loraplex's policy twice: as the router does (a named
+adapter spills past its placement when every worker it names is at the load
+bound) and with spilling off (it stays on its placement past the bound), and
+prints both, and spilling's imbalance and TTFT p99 as ratios to no spilling.
+Then it times the decision itself with 1,000,000
 adapters (the head resident on 1,000 workers in GPU and CPU tiers) and prints
 p50/p99 against a baseline: plain rendezvous hashing over all workers (a
 weight per worker per request), measured in the same run. The last line is:
@@ -51,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import hashlib
 import heapq
@@ -314,20 +321,30 @@ def gaie_lora_affinity(workload: Workload, seed: int) -> tuple[Simulation, Calla
 
 
 def loraplex_policy(
-    workload: Workload, seed: int, config: RoutingConfig | None = None
+    workload: Workload,
+    seed: int,
+    config: RoutingConfig | None = None,
+    named: Sequence[str] = (),
+    spill: bool = True,
 ) -> tuple[Simulation, Callable[[Request], int]]:
+    """The router's decision; `named` adapters are LoRAAdapters placed on their first ranked worker."""
     names = [f"worker-{i}" for i in range(workload.workers)]
     table = WorkerTable(Rendezvous(seed=seed))
     for name in names:
         table.add_worker(name)
         table.set_residency(name, {}, gpu_slots=workload.gpu_slots, cpu_slots=workload.cpu_slots)
+    placements: dict[str, list[str]] = {}
+    for adapter in named:
+        placements.setdefault(table.rendezvous.ranking(adapter)[0], []).append(adapter)
+    for worker, adapters in placements.items():
+        table.set_wanted(worker, adapters)
     router = Router(table, config or loraplex_config(workload))
     sim = Simulation(workload, on_tier=lambda i, adapter, tier: table.set_tier(names[i], adapter, tier))
     index = {name: i for i, name in enumerate(names)}
     sim.on_done = lambda i, request: table.end(names[i], request.adapter)
 
     def choose(request: Request) -> int:
-        decision = router.decide(request.adapter, request.arrival)
+        decision = router.decide(request.adapter, request.arrival, spill=spill)
         assert decision is not None
         table.begin(decision.worker, request.adapter)
         return index[decision.worker]
@@ -505,6 +522,30 @@ def run_workloads(quick: bool, seed: int, decode_scale: float = 1.0) -> dict[str
     return results
 
 
+def named_head(quick: bool, seed: int, head: int = 128) -> dict[str, Result]:
+    """(b) with its `head` most requested adapters named (replicas 1): loraplex with and without spilling."""
+    workload = next(w for w in workloads(quick) if w.name == "zipf")
+    counts = Counter(request.adapter for request in make_trace(workload, seed))
+    named = [adapter for adapter, _ in counts.most_common(head)]
+    results = {}
+    for label, spill in (("spill", True), ("no_spill", False)):
+        policy = functools.partial(loraplex_policy, named=named, spill=spill)
+        result = results[label] = simulate(workload, policy, seed)
+        print(
+            f"named_head workload=zipf named_adapters={head} replicas=1 policy={label} "
+            f"hit_rate={result.hit_rate:.4f} loads={result.loads} imbalance={result.imbalance:.3f} "
+            f"ttft_p50_ms={result.ttft_p50 * 1e3:.1f} ttft_p99_ms={result.ttft_p99 * 1e3:.1f}"
+        )
+    spilled, kept = results["spill"], results["no_spill"]
+    print(
+        f"named_head spill_imbalance_vs_no_spill={spilled.imbalance / kept.imbalance:.3f} "
+        f"spill_ttft_p99_vs_no_spill={spilled.ttft_p99 / kept.ttft_p99:.3f} "
+        f"spill_loads_vs_no_spill={spilled.loads / kept.loads:.3f}"
+    )
+    sys.stdout.flush()
+    return results
+
+
 # -- decision timing at scale -----------------------------------------------------------------------
 
 
@@ -574,6 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     results = run_workloads(args.quick, args.seed, args.decode_scale)
+    named_head(args.quick, args.seed)
     samples = 50_000 if args.quick else 200_000
     p50, p99, baseline_p99 = decision_timing(1_000_000, 1_000, samples, args.seed)
     print(
