@@ -43,8 +43,11 @@ def apply_placement(state: FleetState, event: str, obj: Mapping[str, Any], base_
         return
     status = obj.get("status") or {}
     gpu, cpu = agent_report_slots(status)
-    named = [a["name"] for a in spec.get("adapters") or [] if isinstance(a, Mapping) and "name" in a]
-    state.report_residency(worker, parse_residency(status.get("adapters") or []), gpu, cpu, named=named)
+    entries = [a for a in spec.get("adapters") or [] if isinstance(a, Mapping) and "name" in a]
+    named = [a["name"] for a in entries]
+    revisions = {a["name"]: a["sha256"] for a in entries if isinstance(a.get("sha256"), str)}
+    residents = parse_residency(status.get("adapters") or [])
+    state.report_residency(worker, residents, gpu, cpu, named=named, revisions=revisions)
 
 
 def apply_pod(

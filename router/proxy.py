@@ -181,7 +181,7 @@ async def _route(
             )
         worker = decision.worker
         try:
-            if adapter is not None and decision.hit in ("disk", "miss"):
+            if adapter is not None and _needs_ensure(proxy, decision, adapter):
                 await _ensure(proxy, worker, adapter)
             return await _forward(proxy, request, worker, body, adapter, stream)
         except _Retryable as error:
@@ -210,6 +210,16 @@ def _decide(proxy: Proxy, adapter: str | None, tried: list[str], first: bool) ->
     return decision
 
 
+def _needs_ensure(proxy: Proxy, decision: Decision, adapter: str) -> bool:
+    """Not in vLLM there (disk or nowhere); or a named adapter on a worker its placement does not name,
+    whose copy the router spilled there: its agent checks that copy is the placement's revision (a
+    local compare; an adapter retrained since is reloaded) before the request goes on."""
+    if decision.hit in ("disk", "miss"):
+        return True
+    table = proxy.state.table
+    return table.is_named(adapter) and decision.worker not in table.placed_on(adapter)
+
+
 async def _ensure(proxy: Proxy, worker: str, adapter: str) -> None:
     """Have the worker's agent make the adapter servable; raise _Refused / _Retryable when it cannot."""
     endpoints = proxy.state.endpoints.get(worker)
@@ -221,6 +231,9 @@ async def _ensure(proxy: Proxy, worker: str, adapter: str) -> None:
     body: dict[str, Any] = {"name": adapter}
     if proxy.state.table.is_named(adapter):
         body["named"] = True  # its agent may read it from the LoRAAdapter (a spill past its placement)
+        revision = proxy.state.revision(adapter)
+        if revision is not None:
+            body["sha256"] = revision
     try:
         async with proxy.session.post(
             f"{endpoints.agent_url}/v1/adapters/ensure", json=body, timeout=timeout

@@ -35,6 +35,7 @@ class _Report:
     gpu_slots: int | None = None
     cpu_slots: int | None = None
     named: tuple[str, ...] | None = None
+    revisions: Mapping[str, str] | None = None  # named adapter -> the digest its placement asks for
 
 
 @dataclass
@@ -95,12 +96,16 @@ class FleetState:
         gpu_slots: int | None = None,
         cpu_slots: int | None = None,
         named: Iterable[str] | None = None,
+        revisions: Mapping[str, str] | None = None,
     ) -> None:
         """What the worker holds; `named` are the named adapters its placement lists (None: those of
-        the report that did not come through the catalog). A report for a worker without a pod (its
-        WorkerPlacement outlives the pod, or comes first) is kept until the pod comes, so a gone
-        worker never returns to the ranking and the holder index as a worker nobody can reach."""
-        report = _Report(tuple(adapters), gpu_slots, cpu_slots, None if named is None else tuple(named))
+        the report that did not come through the catalog), `revisions` their digests there. A report
+        for a worker without a pod (its WorkerPlacement outlives the pod, or comes first) is kept until
+        the pod comes, so a gone worker never returns to the ranking and the holder index as a worker
+        nobody can reach."""
+        report = _Report(
+            tuple(adapters), gpu_slots, cpu_slots, None if named is None else tuple(named), revisions
+        )
         self._reports[name] = report
         if name in self.table.workers:
             self._apply(name, report)
@@ -116,6 +121,14 @@ class FleetState:
         self.table.set_residency(name, {a.name: a.tier for a in entries}, report.gpu_slots, report.cpu_slots)
         named = report.named if report.named is not None else [a.name for a in entries if not a.catalog]
         self.table.set_wanted(name, named)
+
+    def revision(self, adapter: str) -> str | None:
+        """The digest a named adapter's placement asks for (None: not known here). O(its placement)."""
+        for worker in self.table.placed_on(adapter):
+            report = self._reports.get(worker)
+            if report is not None and report.revisions and adapter in report.revisions:
+                return report.revisions[adapter]
+        return None
 
     def report_load(self, name: str, running_and_waiting: int, now: float) -> None:
         if name not in self.table.workers:

@@ -58,7 +58,7 @@ class FakeWorker:
     calls: list[dict[str, Any]] = field(default_factory=list)
     auth: list[str | None] = field(default_factory=list)
     ensured: list[str] = field(default_factory=list)
-    ensured_named: list[str] = field(default_factory=list)  # ensure calls that said the adapter is named
+    ensured_named: list[tuple[str, str | None]] = field(default_factory=list)  # named: (name, sha256)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     first_sent: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
@@ -118,7 +118,7 @@ class FakeWorker:
         name = body["name"]
         self.ensured.append(name)
         if body.get("named") is True:
-            self.ensured_named.append(name)
+            self.ensured_named.append((name, body.get("sha256")))
         if self.agent_mode == "not_ready":
             error = {"message": "vLLM is not ready", "type": "EngineNotReady", "param": None}
             return web.json_response({"error": {**error, "code": "EngineNotReady"}}, status=503)

@@ -300,22 +300,25 @@ async def test_metrics_count_tiers_and_keep_catalog_adapters_in_one_series(fleet
 async def test_a_named_adapter_spills_past_its_busy_placement_and_past_the_bound_only_when_it_cannot(
     fleet: Any,
 ) -> None:
-    fleet.state.report_residency("worker-0", [], named=["sql-gen"])  # placed on worker-0 only
+    revision = "b" * 64
+    fleet.state.report_residency("worker-0", [], named=["sql-gen"], revisions={"sql-gen": revision})
     spill = fleet.workers["worker-1"]
     spill.known = set()  # worker-1's agent cannot find it (say, no LoRAAdapter it may read)
     async with client(fleet) as api:
         await api.completions.create(model="sql-gen", prompt="x")
         fleet.state.report_load("worker-0", 9, time.monotonic())  # far past the bound; worker-1 idle
         await api.completions.create(model="sql-gen", prompt="x")  # tried on worker-1, back to worker-0
-        assert spill.ensured_named == ["sql-gen"]
+        assert spill.ensured_named == [("sql-gen", revision)]
         assert [len(w.calls) for w in fleet.workers.values()] == [2, 0]
         text = await fleet.metrics_text()
         assert 'loraplex_router_over_bound_requests_total{adapter="sql-gen"} 1.0' in text
         assert 'loraplex_router_retries_total{reason="not_placed"} 1.0' in text
         spill.known = {"sql-gen"}  # now its agent reads the LoRAAdapter and loads it
         await api.completions.create(model="sql-gen", prompt="x")
-        await api.completions.create(model="sql-gen", prompt="x")  # its copy there serves it (GPU)
-    assert spill.ensured_named == ["sql-gen", "sql-gen"]
+        # Its copy there (GPU now) serves the next one, its agent checking first that it is the revision
+        # the placement asks for: the adapter may have been retrained since it was spilled.
+        await api.completions.create(model="sql-gen", prompt="x")
+    assert spill.ensured_named == [("sql-gen", revision)] * 3
     assert [len(w.calls) for w in fleet.workers.values()] == [2, 2]
     assert 'loraplex_router_over_bound_requests_total{adapter="sql-gen"} 1.0' in await fleet.metrics_text()
     fleet.state.report_residency("worker-0", [], named=[])  # the LoRAAdapter is deleted

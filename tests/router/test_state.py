@@ -108,11 +108,17 @@ def test_workerplacement_events_set_residency_and_named_adapters() -> None:
     assert state.table.holders("user-7") == {"llama-worker-0": "Disk"}
     assert state.table.is_named("chat")
     assert not state.table.is_named("user-7")
+    assert state.revision("sql-gen") is None  # the spec gave no digest
+    retrained = placement("llama-worker-0", status, [])
+    retrained["spec"]["adapters"] = [{"name": "sql-gen", "sha256": "1" * 64}]
+    apply_placement(state, "MODIFIED", retrained, "llama")
+    assert state.revision("sql-gen") == "1" * 64  # what its placement asks for, not what is loaded
     apply_placement(state, "ADDED", placement("other-worker-0", status, ["x"], base="other"), "llama")
     assert "other-worker-0" not in state.table.workers
     apply_placement(state, "DELETED", placement("llama-worker-0", status, []), "llama")
     assert state.table.holders("sql-gen") == {}
     assert not state.table.is_named("chat")
+    assert state.revision("sql-gen") is None
 
 
 def test_a_placement_without_a_pod_waits_for_it_and_never_brings_a_gone_worker_back() -> None:

@@ -265,3 +265,34 @@ async def test_a_failed_lookup_answers_503_so_the_router_retries_later(tmp_path:
     with pytest.raises(EnsureError) as failed:
         await agent.ensure("sql-gen", named=True)
     assert (failed.value.status, failed.value.reason) == (503, "AdapterLookupFailed")
+
+
+async def test_a_spilled_copy_of_another_revision_is_reloaded_and_a_router_behind_the_times_reloads_nothing(
+    tmp_path: Path,
+) -> None:
+    old_files, old = adapter_files(tmp_path / "old")
+    new_files = tmp_path / "new" / "sql-gen"
+    new_files.mkdir(parents=True)
+    (new_files / "adapter_config.json").write_text('{"r": 16}')  # retrained
+    new = tree_digest(new_files)
+    current = {"source": AdapterSource(f"file://{old_files}", old)}
+    lookups: list[str] = []
+
+    async def lookup(name: str) -> AdapterSource | None:
+        lookups.append(name)
+        return current["source"]
+
+    vllm = FakeVllm()
+    agent = agent_on(tmp_path, vllm, Clock())
+    agent.adapter_lookup = lookup
+    agent.set_wanted([])
+    await agent.ensure("sql-gen", named=True, sha256=old)  # spilled here
+    await agent.ensure("sql-gen", named=True, sha256=old)  # the next request: a local compare only
+    assert (len(lookups), agent.registered["sql-gen"].sha256) == (1, old)
+    current["source"] = AdapterSource(f"file://{new_files}", new)  # the TrainingJob published a revision
+    await agent.ensure("sql-gen", named=True, sha256=new)
+    assert (len(lookups), agent.registered["sql-gen"].sha256) == (2, new)
+    assert new in vllm.loaded["sql-gen"]  # vLLM serves the new files under the same name
+    loaded = dict(vllm.loaded)
+    await agent.ensure("sql-gen", named=True, sha256=old)  # a router that has not seen the new revision
+    assert (len(lookups), agent.registered["sql-gen"].sha256, vllm.loaded) == (3, new, loaded)

@@ -236,11 +236,13 @@ class Agent:
 
     # -- on demand ----------------------------------------------------------------------------
 
-    async def ensure(self, name: str, named: bool = False) -> Ensured:
+    async def ensure(self, name: str, named: bool = False, sha256: str | None = None) -> Ensured:
         """Make `name` servable on this worker now: a named one it holds on disk, a catalog adapter, or
-        (`named`: the router knows a LoRAAdapter of that name) a named one placed elsewhere."""
+        (`named`: the router knows a LoRAAdapter of that name) a named one placed elsewhere. `sha256`
+        is the revision the router's view of the adapter's placement asks for: a copy loaded on demand
+        at another revision (the adapter was retrained since) is looked up again and reloaded."""
         current = self.registered.get(name)
-        if current is not None:
+        if current is not None and not self._outdated(current, named, sha256):
             self.registered[name] = dataclasses.replace(current, last_used=self.clock())
             self.activity.used(name, self.wall_clock())
             return Ensured(name, "GPU" if current.warm else "CPU", 0.0)
@@ -251,6 +253,12 @@ class Agent:
             task = asyncio.ensure_future(self._ensure_once(name, named))
             task.add_done_callback(lambda t: _settle(pending, t, self._inflight, name))
         return await asyncio.shield(pending)
+
+    def _outdated(self, current: RegisteredAdapter, named: bool, sha256: str | None) -> bool:
+        """A named adapter's copy loaded on demand, not at the revision the router expects."""
+        if not named or sha256 is None or current.sha256 == sha256:
+            return False
+        return not any(want.name == current.name for want in self.wanted or [])
 
     async def _ensure_once(self, name: str, named: bool) -> Ensured:
         if not self.engine_ready:
@@ -273,7 +281,11 @@ class Agent:
         async with self._engine_lock:
             current = self.registered.get(name)
             fresh = current is not None and current.sha256 == sha256
-            loaded = fresh or await self._load(
+            if fresh and current is not None:  # the router's view was older than the LoRAAdapter's
+                self.registered[name] = dataclasses.replace(current, last_used=self.clock())
+                self.activity.used(name, self.wall_clock())
+                return Ensured(name, "GPU" if current.warm else "CPU", 0.0)
+            loaded = await self._load(
                 name, sha256, inplace=current is not None, warm=False, on_demand=True, catalog=catalog
             )
         if not loaded:

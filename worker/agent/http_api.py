@@ -4,7 +4,8 @@
   latency, failures (the shape of WorkerPlacement status; read by the router).
 - `POST /v1/adapters/ensure` with `{"name": ...}`: make an adapter servable
   now (catalog adapters, named adapters held on disk; with `"named": true`,
-  also a named adapter placed elsewhere, read from its LoRAAdapter). 200 `{name, tier,
+  also a named adapter placed elsewhere, read from its LoRAAdapter, and with
+  `"sha256"` such a copy is reloaded if it is another revision). 200 `{name, tier,
   loadSeconds}`; errors in OpenAI's shape: 404 unknown adapter, 422 refused
   files (`code` is the reason, e.g. DigestMismatch), 503 with `Retry-After`
   while a failed load backs off or vLLM is not ready.
@@ -45,7 +46,10 @@ async def ensure(request: web.Request) -> web.Response:
     if not isinstance(name, str) or not name:
         return error_response(400, "InvalidRequest", "missing field 'name' (the adapter to load)")
     try:
-        ensured = await request.app[AGENT_KEY].ensure(name, named=body.get("named") is True)
+        revision = body.get("sha256")
+        ensured = await request.app[AGENT_KEY].ensure(
+            name, named=body.get("named") is True, sha256=revision if isinstance(revision, str) else None
+        )
     except EnsureError as error:
         return error_response(error.status, error.reason, error.message, error.retry_after)
     return web.json_response(
