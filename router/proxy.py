@@ -266,7 +266,7 @@ async def _ensure(proxy: Proxy, worker: str, adapter: str) -> None:
             error_response(502, f"The adapter '{adapter}' could not be loaded: {message or 'refused'}.", code)
         )
     if status == 503 and code == "AdapterLookupFailed":  # a spill's agent could not read the LoRAAdapter
-        proxy.metrics.ensures.labels("not_ready").inc()
+        proxy.metrics.ensures.labels("lookup_failed").inc()
         raise _Retryable("not_placed", f"the agent of worker {worker} could not look {adapter} up: {message}")
     if status == 503 and code == "EngineNotReady":  # that worker's vLLM restarts: another can serve
         proxy.metrics.ensures.labels("not_ready").inc()

@@ -37,7 +37,7 @@ def test_a_running_worker_pod_gets_vllm_and_agent_with_its_own_settings() -> Non
         name="tiny-llama-worker-0", namespace="demo", ip="127.1.1.1", served_name="tiny",
         max_loras=2, max_cpu_loras=4, max_lora_rank=16,
         api_key_secret=("tiny-llama-vllm-api-key", "api-key"),
-        catalog_template="https://localhost:8443/catalog/{adapter}.tar",
+        catalog_template="https://localhost:8443/catalog/{adapter}.tar", base_model="tiny-llama",
     )  # fmt: skip
 
 

@@ -332,7 +332,9 @@ async def test_a_spill_whose_agent_cannot_look_the_adapter_up_is_served_by_its_p
     async with client(fleet) as api:
         await api.completions.create(model="sql-gen", prompt="x")
     assert [len(w.calls) for w in fleet.workers.values()] == [1, 0]
-    assert 'loraplex_router_retries_total{reason="not_placed"} 1.0' in await fleet.metrics_text()
+    text = await fleet.metrics_text()
+    assert 'loraplex_router_retries_total{reason="not_placed"} 1.0' in text
+    assert 'loraplex_router_adapter_loads_total{result="lookup_failed"} 1.0' in text
 
 
 async def test_series_of_an_adapter_no_longer_named_and_of_a_gone_worker_are_dropped(fleet: Any) -> None:
