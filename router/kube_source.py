@@ -1,15 +1,19 @@
 """Cluster mode: the residency table and the worker pods, watched with the official Kubernetes client.
 
-Two watches in the router's namespace, both on the label
+Three watches in the router's namespace, two on the label
 `loraplex.dev/base-model=<base>`: WorkerPlacements (`status.adapters` is what
 each worker's agent holds, per tier; `spec.adapters` names the head adapters)
 and the worker pods of the `<base>-worker` StatefulSet (their IP gives the vLLM
-and agent endpoints, their Ready condition whether they serve). Each watch runs
-in a thread (the client is synchronous), lists first, then watches from the
-list's resourceVersion, and lists again when the watch expires (410 Gone).
-Every event is handed to the event loop, which alone touches the state.
+and agent endpoints, their Ready condition whether they serve); and the
+LoRAAdapters, kept for this base model (`spec.baseModel`; they carry no such
+label): which names are LoRAAdapters, placed or not (`replicas: 0` ones load
+on first use), and the digest each asks for. Each watch runs in a thread (the
+client is synchronous), lists first, then watches from the list's
+resourceVersion, and lists again when the watch expires (410 Gone). Every event
+is handed to the event loop, which alone touches the state.
 
-RBAC: get, list and watch on `workerplacements.loraplex.dev` and on pods.
+RBAC: get, list and watch on `workerplacements.loraplex.dev`,
+`loraadapters.loraplex.dev` and pods.
 """
 
 from __future__ import annotations
@@ -48,6 +52,17 @@ def apply_placement(state: FleetState, event: str, obj: Mapping[str, Any], base_
     revisions = {a["name"]: a["sha256"] for a in entries if isinstance(a.get("sha256"), str)}
     residents = parse_residency(status.get("adapters") or [])
     state.report_residency(worker, residents, gpu, cpu, named=named, revisions=revisions)
+
+
+def apply_adapter(state: FleetState, event: str, obj: Mapping[str, Any], base_model: str) -> None:
+    """One LoRAAdapter event into the state: a named adapter of this base model, and its digest."""
+    name = (obj.get("metadata") or {}).get("name")
+    if not name:
+        return
+    spec = obj.get("spec") or {}
+    sha256 = (spec.get("source") or {}).get("sha256")
+    mine = spec.get("baseModel") == base_model and isinstance(sha256, str)
+    state.table.set_adapter_object(name, sha256 if mine and event != "DELETED" else None)
 
 
 def apply_pod(
@@ -116,6 +131,12 @@ class KubeSource:
         def placements(kind: str, obj: Any) -> None:
             apply_placement(self.state, kind, obj, self.base_model)
 
+        def adapters(kind: str, obj: Any) -> None:
+            apply_adapter(self.state, kind, obj, self.base_model)
+
+        def list_adapters(**kw: Any) -> Any:
+            return custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, "loraadapters", **kw)
+
         def pods(kind: str, obj: Any) -> None:
             apply_pod(self.state, kind, obj, self.vllm_port, self.agent_port, self.clock())
 
@@ -130,13 +151,14 @@ class KubeSource:
             asyncio.to_thread(
                 self._watch, "pods", list_pods, f"{selector},{COMPONENT_LABEL}=worker", pods, loop
             ),
+            asyncio.to_thread(self._watch, "adapters", list_adapters, None, adapters, loop),
         )
 
     def _watch(
         self,
         what: str,
         list_fn: Callable[..., Any],
-        selector: str,
+        selector: str | None,
         handle: Callable[[str, Any], None],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
@@ -149,14 +171,17 @@ class KubeSource:
             lambda kind, obj: loop.call_soon_threadsafe(handle, kind, obj),
             self._stop,
             self.api_client.sanitize_for_serialization,
-            label_selector=selector,
+            **({"label_selector": selector} if selector else {}),
         )
 
     def _relisted(self, what: str, items: list[Any], handle: Callable[[str, Any], None]) -> None:
+        present = {(i.get("metadata") or {}).get("name") for i in items}
         if what == "pods":
-            present = {(i.get("metadata") or {}).get("name") for i in items}
             for name in [n for n in self.state.endpoints if n not in present]:
                 self.state.remove_worker(name)
+        if what == "adapters":  # deleted while the watch was down
+            for name in [n for n in self.state.table.adapter_objects() if n not in present]:
+                self.state.table.set_adapter_object(name, None)
         for item in items:
             handle("ADDED", item)
         self._listed.add(what)

@@ -123,7 +123,11 @@ class FleetState:
         self.table.set_wanted(name, named)
 
     def revision(self, adapter: str) -> str | None:
-        """The digest a named adapter's placement asks for (None: not known here). O(its placement)."""
+        """The digest a named adapter's LoRAAdapter asks for, else its placement (None: not known here).
+        O(its placement)."""
+        revision = self.table.object_revision(adapter)
+        if revision is not None:
+            return revision
         for worker in self.table.placed_on(adapter):
             report = self._reports.get(worker)
             if report is not None and report.revisions and adapter in report.revisions:

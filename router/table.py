@@ -59,6 +59,7 @@ class WorkerTable:
         self._holders: dict[str, dict[str, Tier]] = {}
         self._named: dict[str, set[str]] = {}  # adapter -> the workers whose placement names it
         self._named_by: dict[str, frozenset[str]] = {}
+        self._objects: dict[str, str] = {}  # LoRAAdapter objects of this base model -> their spec digest
         self.total_load = 0  # over healthy workers
         self.healthy_count = 0
 
@@ -193,8 +194,23 @@ class WorkerTable:
         else:
             self._named_by.pop(name, None)
 
+    def set_adapter_object(self, adapter: str, sha256: str | None) -> None:
+        """A LoRAAdapter object of this base model exists with this digest (None: it is gone)."""
+        if sha256 is None:
+            self._objects.pop(adapter, None)
+        else:
+            self._objects[adapter] = sha256
+
+    def adapter_objects(self) -> Collection[str]:
+        return self._objects.keys()
+
+    def object_revision(self, adapter: str) -> str | None:
+        """The digest the adapter's LoRAAdapter asks for (None: no object seen)."""
+        return self._objects.get(adapter)
+
     def is_named(self, adapter: str) -> bool:
-        return adapter in self._named
+        """A LoRAAdapter object: placed somewhere, or seen by the LoRAAdapter watch (replicas 0 too)."""
+        return adapter in self._named or adapter in self._objects
 
     def placed_on(self, adapter: str) -> Collection[str]:
         """The workers whose placement names the adapter (empty for catalog adapters): only their
@@ -202,7 +218,7 @@ class WorkerTable:
         return self._named.get(adapter, _NOWHERE)
 
     def named_adapters(self) -> Iterable[str]:
-        return self._named.keys()
+        return self._named.keys() | self._objects.keys()
 
 
 _EMPTY: Mapping[str, Tier] = {}

@@ -71,6 +71,21 @@ def test_dev_up_serves_the_examples_through_real_workers_and_dev_down_stops_ever
         with pytest.raises(openai.NotFoundError):
             caller.completions.create(model="no-such-adapter", prompt="select", max_tokens=1)
 
+        # A LoRAAdapter with replicas 0 is on no worker's placement: the router knows it from its watch,
+        # and the worker it picks reads the source from the LoRAAdapter and loads it on first use.
+        with contextlib.closing(cluster.api_client()) as api:
+            custom = client.CustomObjectsApi(api)
+            spec = custom.get_namespaced_custom_object(
+                GROUP, VERSION, "default", "loraadapters", "code-review"
+            )
+            custom.create_namespaced_custom_object(GROUP, VERSION, "default", "loraadapters", {
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "LoRAAdapter", "metadata": {"name": "code-lazy"},
+                "spec": {**spec["spec"], "replicas": 0},
+            })  # fmt: skip
+        lazy = wait_until(lambda: _answer(caller, "code-lazy"), 60, "code-lazy answered on first use")
+        assert lazy == _answer(caller, "code-review")  # the same files, loaded under the new name
+        assert "code-lazy" in {m.id for m in caller.models.list().data}
+
         with contextlib.closing(cluster.api_client()) as api:  # the training example closes the loop
             job = wait_until(
                 lambda: _phase(api, "support-bot-retrain", "Succeeded"), 300, "the TrainingJob done"
@@ -98,6 +113,15 @@ def test_dev_up_serves_the_examples_through_real_workers_and_dev_down_stops_ever
     assert not process_alive(operator_pid)
     assert not process_alive(workers_pid)
     assert not any(process_alive(pid) for pid in [*pids.values(), *children])
+
+
+def _answer(caller: openai.OpenAI, model: str) -> str | None:
+    """The completion's text, or None while the router does not know the model yet (404)."""
+    try:
+        answer = caller.completions.create(model=model, prompt="select", max_tokens=8, temperature=0)
+    except openai.NotFoundError:
+        return None
+    return answer.choices[0].text
 
 
 def _ready(api: Any, plural: str, name: str) -> dict[str, Any] | None:

@@ -325,6 +325,17 @@ async def test_a_named_adapter_spills_past_its_busy_placement_and_past_the_bound
     assert 'loraplex_router_over_bound_requests_total{adapter="sql-gen"}' not in await fleet.metrics_text()
 
 
+async def test_a_named_adapter_placed_nowhere_is_loaded_on_first_use_as_named(fleet: Any) -> None:
+    fleet.state.table.set_adapter_object("chat-bot", "c" * 64)  # a LoRAAdapter with replicas 0
+    async with client(fleet) as api:
+        await api.completions.create(model="chat-bot", prompt="x")
+        listed = {m.id for m in (await api.models.list()).data}
+    assert "chat-bot" in listed
+    ensured = [call for w in fleet.workers.values() for call in w.ensured_named]
+    assert ensured == [("chat-bot", "c" * 64)]  # its agent reads the LoRAAdapter: no catalog involved
+    assert 'loraplex_router_adapter_requests_total{adapter="chat-bot"} 1.0' in await fleet.metrics_text()
+
+
 async def test_a_spill_whose_agent_cannot_look_the_adapter_up_is_served_by_its_placement(fleet: Any) -> None:
     fleet.state.report_residency("worker-0", [], named=["sql-gen"])
     fleet.state.report_load("worker-0", 9, time.monotonic())

@@ -6,7 +6,7 @@ from typing import Any
 
 import aiohttp
 
-from loraplex.router.kube_source import apply_placement, apply_pod
+from loraplex.router.kube_source import apply_adapter, apply_placement, apply_pod
 from loraplex.router.load import LoadPoller, parse_load
 from loraplex.router.rendezvous import Rendezvous
 from loraplex.router.settings import StaticWorker
@@ -154,3 +154,29 @@ def test_pod_events_give_endpoints_and_readiness_and_remove_deleted_workers() ->
     assert not state.table.workers["llama-worker-0"].healthy
     apply_pod(state, "DELETED", pod, 8000, 8080, now=2.0)
     assert "llama-worker-0" not in state.table.workers
+
+
+def lora_adapter(name: str, sha256: str, base: str = "llama") -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "spec": {"baseModel": base, "source": {"uri": "s3://a/b", "sha256": sha256}},
+    }
+
+
+def test_lora_adapter_events_name_the_adapters_of_this_base_model_placed_or_not() -> None:
+    state = new_state()
+    apply_adapter(state, "ADDED", lora_adapter("lazy", "1" * 64), "llama")  # replicas 0: on no placement
+    apply_adapter(state, "ADDED", lora_adapter("theirs", "2" * 64, base="other"), "llama")
+    assert state.table.is_named("lazy")
+    assert not state.table.is_named("theirs")
+    assert state.table.placed_on("lazy") == frozenset()
+    assert state.revision("lazy") == "1" * 64
+    assert state.adapters_served() == ["lazy"]
+    apply_adapter(state, "MODIFIED", lora_adapter("lazy", "3" * 64), "llama")  # retrained
+    assert state.revision("lazy") == "3" * 64  # the object's digest, before any placement catches up
+    apply_adapter(state, "MODIFIED", lora_adapter("lazy", "3" * 64, base="other"), "llama")
+    assert not state.table.is_named("lazy")
+    apply_adapter(state, "ADDED", lora_adapter("lazy", "3" * 64), "llama")
+    apply_adapter(state, "DELETED", lora_adapter("lazy", "3" * 64), "llama")
+    assert not state.table.is_named("lazy")
+    assert state.revision("lazy") is None
