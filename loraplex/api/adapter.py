@@ -37,7 +37,10 @@ class LoRAAdapterSpec(ApiModel):
     source: AdapterSource
     rank: int = Field(ge=1, le=512, description="LoRA rank; at most the base model's engine.maxLoraRank.")
     replicas: int = Field(
-        default=1, ge=0, le=1000, description="Workers that keep this adapter warm at least (0: loaded on first use only)."
+        default=1,
+        ge=0,
+        le=1000,
+        description="Workers that keep this adapter warm at least (0: loaded on first use only).",
     )
     policy: Literal["Pinned", "OnDemand"] = Field(
         default="OnDemand",
