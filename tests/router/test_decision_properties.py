@@ -117,3 +117,30 @@ def test_a_retry_never_returns_to_an_excluded_worker(world: World, adapter: str)
         return
     retry = router.decide(adapter, now=0.0, exclude=[first.worker], count=False)
     assert retry is None or retry.worker != first.worker
+
+
+@given(worlds(), st.sampled_from(ADAPTERS), st.data())
+def test_a_named_adapter_goes_past_the_bound_only_when_its_placement_and_spill_workers_are_at_it(
+    world: World, adapter: str, data: st.DataObject
+) -> None:
+    table = build(world)
+    placed = data.draw(st.lists(st.sampled_from(world.workers), min_size=1, unique=True))
+    for name in placed:
+        table.set_wanted(name, [adapter])
+        table.set_reported_load(name, data.draw(st.integers(0, 60)))  # often past the bound
+    if not any(table.workers[name].healthy for name in placed):
+        return  # then it goes to its ranked workers like any adapter
+    config = RoutingConfig()
+    cap = table.capacity(config.epsilon)
+    spill = [
+        name for name in table.rendezvous.ranking(adapter)[: config.miss_candidates] if name not in placed
+    ]
+    holders = [name for name, tier in table.holders(adapter).items() if tier != "Disk"]
+    decision = Router(table, config).decide(adapter, now=0.0)
+    assert decision is not None
+    assert decision.worker in {*placed, *spill, *holders}
+    candidates = [table.workers[name] for name in {*placed, *spill}]
+    if decision.over_bound:
+        assert all(state.load >= cap for state in candidates if state.healthy)
+    else:
+        assert table.workers[decision.worker].load < cap
