@@ -117,10 +117,10 @@ class RouterMetrics:
         for adapter in [a for a in self._adapter_labels if a not in (CATALOG, BASE) and not named(a)]:
             self.adapter_requests.remove(adapter)
             self.adapter_latency_seconds.remove(adapter)
-            if adapter in self._over_bound_labels:
-                self.over_bound.remove(adapter)
-                self._over_bound_labels.discard(adapter)
             self._adapter_labels.discard(adapter)
+        for adapter in [a for a in self._over_bound_labels if a != CATALOG and not named(a)]:
+            self.over_bound.remove(adapter)
+            self._over_bound_labels.discard(adapter)
         for worker in [w for w in self._worker_labels if w not in workers]:
             self.inflight.remove(worker)
             self._worker_labels.discard(worker)

@@ -243,9 +243,7 @@ class Agent:
         at another revision (the adapter was retrained since) is looked up again and reloaded."""
         current = self.registered.get(name)
         if current is not None and not self._outdated(current, named, sha256):
-            self.registered[name] = dataclasses.replace(current, last_used=self.clock())
-            self.activity.used(name, self.wall_clock())
-            return Ensured(name, "GPU" if current.warm else "CPU", 0.0)
+            return self._already_held(current)
         pending = self._inflight.get(name)
         if pending is None:
             pending = asyncio.get_running_loop().create_future()
@@ -253,6 +251,12 @@ class Agent:
             task = asyncio.ensure_future(self._ensure_once(name, named))
             task.add_done_callback(lambda t: _settle(pending, t, self._inflight, name))
         return await asyncio.shield(pending)
+
+    def _already_held(self, current: RegisteredAdapter) -> Ensured:
+        """An ensure that finds the revision registered: a use of it, no load."""
+        self.registered[current.name] = dataclasses.replace(current, last_used=self.clock())
+        self.activity.used(current.name, self.wall_clock())
+        return Ensured(current.name, "GPU" if current.warm else "CPU", 0.0)
 
     def _outdated(self, current: RegisteredAdapter, named: bool, sha256: str | None) -> bool:
         """A named adapter's copy loaded on demand, not at the revision the router expects."""
@@ -282,9 +286,7 @@ class Agent:
             current = self.registered.get(name)
             fresh = current is not None and current.sha256 == sha256
             if fresh and current is not None:  # the router's view was older than the LoRAAdapter's
-                self.registered[name] = dataclasses.replace(current, last_used=self.clock())
-                self.activity.used(name, self.wall_clock())
-                return Ensured(name, "GPU" if current.warm else "CPU", 0.0)
+                return self._already_held(current)
             loaded = await self._load(
                 name, sha256, inplace=current is not None, warm=False, on_demand=True, catalog=catalog
             )

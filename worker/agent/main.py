@@ -51,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--active-window",
         type=float,
         default=DEFAULT_ACTIVE_WINDOW,
-        help="Seconds since its last request (or load) that an adapter is reported active (300).",
+        help="Seconds since vLLM ran it (or a router ensured it) that an adapter counts as active (300).",
     )
     parser.add_argument(
         "--activity-interval",

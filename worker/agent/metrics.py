@@ -42,7 +42,7 @@ class AgentMetrics:
         )
         self.active_adapters = Gauge(
             "loraplex_agent_active_adapters",
-            "Adapters held in vLLM that ran a request (or loaded) within the active window.",
+            "Adapters held in vLLM that ran a request (or a router ensured) within the active window.",
             registry=r,
         )
         for tier in ("GPU", "CPU", "Disk"):
