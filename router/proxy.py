@@ -211,13 +211,17 @@ def _decide(proxy: Proxy, adapter: str | None, tried: list[str], first: bool) ->
 
 
 def _needs_ensure(proxy: Proxy, decision: Decision, adapter: str) -> bool:
-    """Not in vLLM there (disk or nowhere); or a named adapter on a worker its placement does not name,
-    whose copy the router spilled there: its agent checks that copy is the placement's revision (a
-    local compare; an adapter retrained since is reloaded) before the request goes on."""
+    """Not in vLLM there (disk or nowhere); or a named adapter's copy that the router spilled onto a
+    worker its placement does not name, and that its agent has not said is at the adapter's current
+    revision: the agent then checks (an adapter retrained since is reloaded) before the request goes
+    on. The operator keeps the copies it places at the current revision itself."""
     if decision.hit in ("disk", "miss"):
         return True
     table = proxy.state.table
-    return table.is_named(adapter) and decision.worker not in table.placed_on(adapter)
+    if not table.is_named(adapter) or decision.worker in table.placed_on(adapter):
+        return False
+    revision = proxy.state.revision(adapter)
+    return revision is not None and proxy.state.copy_revision(decision.worker, adapter) != revision
 
 
 async def _ensure(proxy: Proxy, worker: str, adapter: str) -> None:
@@ -254,6 +258,9 @@ async def _ensure(proxy: Proxy, worker: str, adapter: str) -> None:
         tier = data.get("tier") if isinstance(data, dict) else None
         if tier in ("GPU", "CPU"):
             proxy.state.table.set_tier(worker, adapter, tier)
+        sha256 = data.get("sha256") if isinstance(data, dict) else None
+        if isinstance(sha256, str) and proxy.state.table.is_named(adapter):
+            proxy.state.note_copy(worker, adapter, sha256)  # until that worker's next report
         return
     if status == 404:
         proxy.metrics.ensures.labels("unknown").inc()

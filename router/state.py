@@ -52,12 +52,18 @@ class Resident:
     name: str
     tier: Tier
     catalog: bool = False
+    sha256: str | None = None  # the revision of the copy
 
 
 def parse_residency(adapters: Iterable[Mapping[str, Any]]) -> list[Resident]:
     """Entries of WorkerPlacement `status.adapters` or of the agent's `/v1/residency` (camelCase)."""
     return [
-        Resident(str(a["name"]), a["tier"], bool(a.get("catalog", False)))
+        Resident(
+            str(a["name"]),
+            a["tier"],
+            bool(a.get("catalog", False)),
+            a["sha256"] if isinstance(a.get("sha256"), str) else None,
+        )
         for a in adapters
         if isinstance(a, Mapping) and "name" in a and a.get("tier") in TIERS
     ]
@@ -72,6 +78,7 @@ class FleetState:
         self.endpoints: dict[str, Endpoints] = {}
         self._health: dict[str, _Health] = {}
         self._reports: dict[str, _Report] = {}
+        self._copies: dict[str, dict[str, str]] = {}  # worker -> adapter -> the revision its copy holds
         self.synced = False  # the source has reported the whole fleet once
 
     def upsert_worker(self, name: str, vllm_url: str, agent_url: str, ready: bool, now: float) -> None:
@@ -87,6 +94,7 @@ class FleetState:
     def remove_worker(self, name: str) -> None:
         self.endpoints.pop(name, None)
         self._health.pop(name, None)
+        self._copies.pop(name, None)
         self.table.remove_worker(name)
 
     def report_residency(
@@ -119,6 +127,7 @@ class FleetState:
     def _apply(self, name: str, report: _Report) -> None:
         entries = report.adapters
         self.table.set_residency(name, {a.name: a.tier for a in entries}, report.gpu_slots, report.cpu_slots)
+        self._copies[name] = {a.name: a.sha256 for a in entries if a.sha256 is not None}
         named = report.named if report.named is not None else [a.name for a in entries if not a.catalog]
         self.table.set_wanted(name, named)
 
@@ -133,6 +142,15 @@ class FleetState:
             if report is not None and report.revisions and adapter in report.revisions:
                 return report.revisions[adapter]
         return None
+
+    def note_copy(self, worker: str, adapter: str, sha256: str) -> None:
+        """The worker's agent answered that its copy of the adapter is at this revision (an ensure)."""
+        if worker in self.table.workers:
+            self._copies.setdefault(worker, {})[adapter] = sha256
+
+    def copy_revision(self, worker: str, adapter: str) -> str | None:
+        """The revision of the worker's copy of the adapter, as its last report or ensure said."""
+        return self._copies.get(worker, {}).get(adapter)
 
     def report_load(self, name: str, running_and_waiting: int, now: float) -> None:
         if name not in self.table.workers:

@@ -132,7 +132,8 @@ class FakeWorker:
         if name not in self.known:
             error = {"message": f"no adapter {name}", "type": "NotFound", "param": None, "code": "NotFound"}
             return web.json_response({"error": error}, status=404)
-        return web.json_response({"name": name, "tier": "GPU", "loadSeconds": 0.01})
+        revision = body.get("sha256") or "0" * 64  # as a real agent: the revision it registered
+        return web.json_response({"name": name, "tier": "GPU", "loadSeconds": 0.01, "sha256": revision})
 
     async def residency(self, _: web.Request) -> web.Response:
         adapters = [{"name": "sql-gen", "tier": "GPU"}, {"name": "tail-1", "tier": "CPU", "catalog": True}]

@@ -315,11 +315,16 @@ async def test_a_named_adapter_spills_past_its_busy_placement_and_past_the_bound
         assert 'loraplex_router_retries_total{reason="not_placed"} 1.0' in text
         spill.known = {"sql-gen"}  # now its agent reads the LoRAAdapter and loads it
         await api.completions.create(model="sql-gen", prompt="x")
-        # Its copy there (GPU now) serves the next one, its agent checking first that it is the revision
-        # the placement asks for: the adapter may have been retrained since it was spilled.
+        # Its copy there (GPU now, at the revision the agent answered) serves the next one directly.
         await api.completions.create(model="sql-gen", prompt="x")
-    assert spill.ensured_named == [("sql-gen", revision)] * 3
-    assert [len(w.calls) for w in fleet.workers.values()] == [2, 2]
+        assert spill.ensured_named == [("sql-gen", revision)] * 2
+        # The adapter is retrained: the next request has the agent check its copy (and reload it) first.
+        retrained = "c" * 64
+        fleet.state.report_residency("worker-0", [], named=["sql-gen"], revisions={"sql-gen": retrained})
+        await api.completions.create(model="sql-gen", prompt="x")
+        await api.completions.create(model="sql-gen", prompt="x")
+    assert spill.ensured_named == [("sql-gen", revision)] * 2 + [("sql-gen", retrained)]
+    assert [len(w.calls) for w in fleet.workers.values()] == [2, 4]
     assert 'loraplex_router_over_bound_requests_total{adapter="sql-gen"} 1.0' in await fleet.metrics_text()
     fleet.state.report_residency("worker-0", [], named=[])  # the LoRAAdapter is deleted
     assert 'loraplex_router_over_bound_requests_total{adapter="sql-gen"}' not in await fleet.metrics_text()

@@ -113,10 +113,15 @@ def test_workerplacement_events_set_residency_and_named_adapters() -> None:
     retrained["spec"]["adapters"] = [{"name": "sql-gen", "sha256": "1" * 64}]
     apply_placement(state, "MODIFIED", retrained, "llama")
     assert state.revision("sql-gen") == "1" * 64  # what its placement asks for, not what is loaded
+    assert state.copy_revision("llama-worker-0", "sql-gen") == "0" * 64  # what its copy is at
+    assert state.copy_revision("llama-worker-0", "user-7") is None  # the report gave no digest
+    state.note_copy("llama-worker-0", "sql-gen", "1" * 64)  # an ensure answered: reloaded
+    assert state.copy_revision("llama-worker-0", "sql-gen") == "1" * 64
     apply_placement(state, "ADDED", placement("other-worker-0", status, ["x"], base="other"), "llama")
     assert "other-worker-0" not in state.table.workers
     apply_placement(state, "DELETED", placement("llama-worker-0", status, []), "llama")
     assert state.table.holders("sql-gen") == {}
+    assert state.copy_revision("llama-worker-0", "sql-gen") is None
     assert not state.table.is_named("chat")
     assert state.revision("sql-gen") is None
 

@@ -203,6 +203,36 @@ async def test_only_the_activity_of_adapters_held_is_kept(tmp_path: Path) -> Non
     assert agent.activity.active(clock.now) == set()
 
 
+async def test_a_copy_loaded_on_demand_that_vllm_keeps_running_outlasts_one_loaded_later_and_left_idle(
+    tmp_path: Path,
+) -> None:
+    """The router sends requests for a copy vLLM holds straight to vLLM: only vLLM's activity says it is
+    used, and the agent keeps its on-demand copies most recently used first, not in load order."""
+    catalog = tmp_path / "catalog"
+    for name in ("user-1", "user-2", "user-3"):
+        (catalog / name).mkdir(parents=True)
+        (catalog / name / "adapter_config.json").write_text(f'{{"r": 8, "name": "{name}"}}')
+        (catalog / f"{name}.sha256").write_text(tree_digest(catalog / name))
+    vllm, clock = FakeVllm(), Clock()
+    cache = DiskCache(tmp_path / "cache", budget_bytes=1 << 20)
+    agent = Agent(
+        worker="w0", vllm=vllm, fetcher=Fetcher(cache), cache=cache, slots=Slots(gpu=1, cpu=2), clock=clock,
+        wall_clock=lambda: clock.now + 5000.0, catalog_template=f"file://{catalog}/{{adapter}}",
+    )  # fmt: skip
+    agent.engine_ready = True
+    agent.set_wanted([])  # no named adapters: both CPU slots are for copies loaded on demand
+    await agent.ensure("user-1")
+    clock.now += 10
+    await agent.ensure("user-2")
+    clock.now += 10
+    vllm.exposition = lora_info(("user-1", "", clock.now + 5000.0 - 2))  # requests for user-1 ran in vLLM
+    await agent.read_activity()
+    clock.now += 10
+    await agent.ensure("user-3")  # a third copy for two slots: the least recently used goes
+    await agent.converge()
+    assert sorted(vllm.loaded) == ["user-1", "user-3"]
+
+
 async def test_the_backoff_record_of_failed_revisions_stays_bounded(tmp_path: Path) -> None:
     agent = agent_on(tmp_path, FakeVllm(), Clock())
     for i in range(MAX_ATTEMPT_RECORDS + 10):

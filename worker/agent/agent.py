@@ -11,7 +11,9 @@ wanted set is known, so an agent restart never empties a warm worker.
 
 On-demand loads (`ensure`, used by the router for catalog adapters and for
 named adapters held only on disk) share one load per adapter among concurrent
-callers; a failed revision is not retried before its backoff ends.
+callers; a failed revision is not retried before its backoff ends. Copies loaded
+on demand use the CPU slots the WorkerPlacement leaves free, most recently used
+first: used by an ensure, or by a request vLLM ran (read with its activity).
 
 A recorded failure is reported until that revision is fetched (a fetch failure)
 or loaded (any failure), or until it goes stale: each pass drops the failures
@@ -26,7 +28,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +81,7 @@ class Ensured:
     name: str
     tier: Tier
     load_seconds: float
+    sha256: str  # the revision registered
 
 
 class Agent:
@@ -198,6 +201,18 @@ class Agent:
             log.warning("Could not read adapter activity from vLLM of worker %s: %s", self.worker, error)
             return
         self.activity.merge(seen, self.registered)
+        self._take_in_uses(seen)
+
+    def _take_in_uses(self, seen: Mapping[str, float]) -> None:
+        """vLLM's uses of a copy count for keeping it: copies loaded on demand stay most recently used
+        first, and the router sends the requests for a copy vLLM holds straight to vLLM, without an
+        ensure, so without these a busy copy would go in the order it was loaded."""
+        now, wall_now = self.clock(), self.wall_clock()
+        for name, when in seen.items():
+            current = self.registered.get(name)
+            used_at = now - max(0.0, wall_now - when)  # vLLM stamps epoch seconds; last_used is monotonic
+            if current is not None and used_at > current.last_used:
+                self.registered[name] = dataclasses.replace(current, last_used=used_at)
 
     async def converge(self) -> None:
         assert self.wanted is not None
@@ -256,7 +271,7 @@ class Agent:
         """An ensure that finds the revision registered: a use of it, no load."""
         self.registered[current.name] = dataclasses.replace(current, last_used=self.clock())
         self.activity.used(current.name, self.wall_clock())
-        return Ensured(current.name, "GPU" if current.warm else "CPU", 0.0)
+        return Ensured(current.name, "GPU" if current.warm else "CPU", 0.0, current.sha256)
 
     def _outdated(self, current: RegisteredAdapter, named: bool, sha256: str | None) -> bool:
         """A named adapter's copy loaded on demand, not at the revision the router expects."""
@@ -299,7 +314,7 @@ class Agent:
         self._record_load(name, "CPU", seconds)
         self.activity.used(name, self.wall_clock())  # the router ensures an adapter to send it a request
         self._wake.set()  # let the next pass drop on-demand adapters beyond the free slots
-        return Ensured(name, "CPU", seconds)
+        return Ensured(name, "CPU", seconds, sha256)
 
     async def _resolve(self, name: str, named: bool) -> tuple[str, str, bool]:
         for want in self.wanted or []:

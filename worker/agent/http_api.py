@@ -5,10 +5,11 @@
 - `POST /v1/adapters/ensure` with `{"name": ...}`: make an adapter servable
   now (catalog adapters, named adapters held on disk; with `"named": true`,
   also a named adapter placed elsewhere, read from its LoRAAdapter, and with
-  `"sha256"` such a copy is reloaded if it is another revision). 200 `{name, tier,
-  loadSeconds}`; errors in OpenAI's shape: 404 unknown adapter, 422 refused
-  files (`code` is the reason, e.g. DigestMismatch), 503 with `Retry-After`
-  while a failed load backs off or vLLM is not ready.
+  `"sha256"` such a copy is reloaded if it is another revision). 200 `{name,
+  tier, loadSeconds, sha256}` (the revision registered); errors in OpenAI's
+  shape: 404 unknown adapter, 422 refused files (`code` is the reason, e.g.
+  DigestMismatch), 503 with `Retry-After` while a failed load backs off or
+  vLLM is not ready.
 - `GET /healthz`, `GET /metrics`.
 """
 
@@ -53,7 +54,12 @@ async def ensure(request: web.Request) -> web.Response:
     except EnsureError as error:
         return error_response(error.status, error.reason, error.message, error.retry_after)
     return web.json_response(
-        {"name": ensured.name, "tier": ensured.tier, "loadSeconds": round(ensured.load_seconds, 4)}
+        {
+            "name": ensured.name,
+            "tier": ensured.tier,
+            "loadSeconds": round(ensured.load_seconds, 4),
+            "sha256": ensured.sha256,
+        }
     )
 
 
