@@ -20,6 +20,7 @@ from loraplex.e2e.http_probe import http_json
 from loraplex.e2e.tiny_model import AdapterFiles
 from loraplex.e2e.waiting import wait_until
 from loraplex.e2e.worker_processes import AgentProcess, RouterProcess, VllmProcess
+from loraplex.worker.agent.activity import last_use
 from tests.engine.conftest import wanted_entry, write_wanted
 
 pytestmark = pytest.mark.engine
@@ -72,12 +73,22 @@ def fleet(
         second.stop()
 
 
+def adapters_run(vllm: VllmProcess) -> set[str]:
+    """The adapters this vLLM has ever scheduled a request for (its `vllm:lora_requests_info`)."""
+    with urllib.request.urlopen(f"{vllm.url}/metrics", timeout=10) as response:
+        return set(last_use(response.read().decode()))
+
+
 def test_completions_reach_the_worker_that_holds_the_adapter(fleet: Fleet) -> None:
     for adapter, worker in (("sql", "w0"), ("chat", "w1")):
         answer = fleet.client.completions.create(
             model=adapter, prompt="the quick", max_tokens=8, temperature=0
         )
         assert answer.choices[0].text == fleet.vllms[worker].text(adapter)
+    # Both workers would give the same text: what each vLLM ran says where the requests went.
+    assert "sql" not in adapters_run(fleet.vllms["w1"])
+    assert "chat" not in adapters_run(fleet.vllms["w0"])
+    assert "sql" in adapters_run(fleet.vllms["w0"])
     metrics = fleet.router.metrics()
     assert metrics['loraplex_router_requests_total{tier="gpu"}'] >= 2
     models = {m.id for m in fleet.client.models.list()}
