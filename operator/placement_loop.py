@@ -61,7 +61,7 @@ from loraplex.operator.pass_gate import PassGate
 from loraplex.operator.placement import Adapter, Worker
 from loraplex.operator.placement_sync import FleetSnapshot, PlacementSync
 from loraplex.operator.settings import OperatorSettings
-from loraplex.operator.worker_placements import plan_worker_placements
+from loraplex.operator.worker_placements import on_demand_unloads, plan_worker_placements
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
 RESYNC_SECONDS = 30.0  # a pass at least this often, changed inputs or not
@@ -141,7 +141,9 @@ def register(
                 FleetSnapshot(workers, {k: a for k, (a, _, _) in adapters.items()}), _recorded(placements)
             )
             specs = {k: s for k, (_, s, _) in adapters.items()}
-            planned = plan_worker_placements(ref, sorted(workers), result.placement, specs)
+            deleting = {b["metadata"]["name"] for b in bodies if b["metadata"].get("deletionTimestamp")}
+            unloads = on_demand_unloads(deleting, placements)
+            planned = plan_worker_placements(ref, sorted(workers), result.placement, specs, unloads)
             metrics.PLANNER_SECONDS.observe(time.monotonic() - planning)
             writes = applier.apply_all(_changed(planned, placements))
             for gone in sorted({p["spec"]["worker"] for p in placements} - workers.keys()):

@@ -2,13 +2,17 @@
 
 Pure: the target says, per adapter, which workers hold it in which tier; this
 groups it per worker and renders one WorkerPlacement per worker (sorted, with a
-content hash), so the applier writes only the workers whose set changed.
+content hash), so the applier writes only the workers whose set changed. A
+worker whose agent holds a LoRAAdapter being deleted on demand (the router put
+it there past its placement) gets it in `spec.unload` until the agent drops it.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
+from typing import Any
 
 from loraplex.api import API_VERSION
 from loraplex.api.adapter import LoRAAdapterSpec, Tier
@@ -23,8 +27,32 @@ def worker_placement_name(worker: str) -> str:
     return worker
 
 
+def on_demand_unloads(
+    deleting: AbstractSet[str], placements: Iterable[Mapping[str, Any]]
+) -> dict[str, list[str]]:
+    """worker -> the adapters being deleted that its agent reports holding on demand.
+
+    No WorkerPlacement lists such a copy (the router spilled the adapter there past its placement, or
+    loaded it on first use), so only `spec.unload` makes the agent drop it before it ages out; the
+    adapter's unload finalizer waits for it.
+    """
+    unloads: dict[str, list[str]] = {}
+    if not deleting:
+        return unloads
+    for body in placements:
+        held = (body.get("status") or {}).get("adapters") or []
+        names = sorted({a["name"] for a in held if a.get("onDemand") and a["name"] in deleting})
+        if names:
+            unloads[body["spec"]["worker"]] = names
+    return unloads
+
+
 def plan_worker_placements(
-    ref: BaseModelRef, workers: list[str], target: Target, adapters: Mapping[str, LoRAAdapterSpec]
+    ref: BaseModelRef,
+    workers: list[str],
+    target: Target,
+    adapters: Mapping[str, LoRAAdapterSpec],
+    unloads: Mapping[str, list[str]] | None = None,
 ) -> list[Manifest]:
     """One WorkerPlacement per worker (empty for a worker that holds nothing)."""
     wanted: dict[str, list[dict[str, object]]] = defaultdict(list)
@@ -43,10 +71,19 @@ def plan_worker_placements(
                     "pinned": spec.policy == "Pinned",
                 }
             )
-    return [_worker_placement(ref, worker, wanted.get(worker, [])) for worker in sorted(workers)]
+    unloads = unloads or {}
+    return [
+        _worker_placement(ref, worker, wanted.get(worker, []), unloads.get(worker, []))
+        for worker in sorted(workers)
+    ]
 
 
-def _worker_placement(ref: BaseModelRef, worker: str, adapters: list[dict[str, object]]) -> Manifest:
+def _worker_placement(
+    ref: BaseModelRef, worker: str, adapters: list[dict[str, object]], unload: list[str]
+) -> Manifest:
+    spec: dict[str, object] = {"baseModel": ref.name, "worker": worker, "adapters": adapters}
+    if unload:  # left out when empty: the content hash of every other WorkerPlacement stays as it was
+        spec["unload"] = unload
     return owned_by(
         ref,
         {
@@ -57,6 +94,6 @@ def _worker_placement(ref: BaseModelRef, worker: str, adapters: list[dict[str, o
                 "namespace": ref.namespace,
                 "labels": labels(ref, "worker"),
             },
-            "spec": {"baseModel": ref.name, "worker": worker, "adapters": adapters},
+            "spec": spec,
         },
     )

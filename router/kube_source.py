@@ -55,14 +55,17 @@ def apply_placement(state: FleetState, event: str, obj: Mapping[str, Any], base_
 
 
 def apply_adapter(state: FleetState, event: str, obj: Mapping[str, Any], base_model: str) -> None:
-    """One LoRAAdapter event into the state: a named adapter of this base model, and its digest."""
-    name = (obj.get("metadata") or {}).get("name")
+    """One LoRAAdapter event into the state: a named adapter of this base model, and its digest. One
+    being deleted is named no longer (only while a placement still lists it): no new copies of it."""
+    metadata = obj.get("metadata") or {}
+    name = metadata.get("name")
     if not name:
         return
     spec = obj.get("spec") or {}
     sha256 = (spec.get("source") or {}).get("sha256")
     mine = spec.get("baseModel") == base_model and isinstance(sha256, str)
-    state.table.set_adapter_object(name, sha256 if mine and event != "DELETED" else None)
+    live = event != "DELETED" and not metadata.get("deletionTimestamp")
+    state.table.set_adapter_object(name, sha256 if mine and live else None)
 
 
 def apply_pod(

@@ -8,7 +8,7 @@ read the same objects: placement and routing share one truth.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -42,6 +42,13 @@ class WorkerPlacementSpec(ApiModel):
     base_model: LabelName
     worker: str = Field(min_length=1, max_length=253, description="Name of the worker pod.")
     adapters: list[WantedAdapter] = Field(default_factory=list, max_length=20000)
+    unload: list[Annotated[str, AdapterName]] = Field(
+        default_factory=list,
+        max_length=20000,
+        description="LoRAAdapters being deleted that the agent holds on demand (the router loaded them "
+        "past their placement): the agent unloads them and loads none of them on demand, so their "
+        "deletion completes.",
+    )
 
 
 class ResidentAdapter(ApiModel):
@@ -53,10 +60,15 @@ class ResidentAdapter(ApiModel):
     bytes: int | None = Field(default=None, ge=0)
     load_seconds: float | None = Field(default=None, ge=0, description="How long its last load took.")
     catalog: bool = Field(default=False, description="Loaded on demand through the catalog template.")
+    on_demand: bool = Field(
+        default=False,
+        description="Loaded on demand for the router (a catalog adapter, or a LoRAAdapter past its "
+        "placement), not because this WorkerPlacement lists it.",
+    )
     active: bool = Field(
         default=False,
-        description="vLLM ran a request for it (or it was loaded) within the agent's active window; "
-        "the operator ranks active adapters above idle ones of the same priority.",
+        description="vLLM ran a request for it (or the router asked for it) within the agent's active "
+        "window; the operator ranks active adapters above idle ones of the same priority.",
     )
 
 

@@ -176,6 +176,21 @@ def test_a_named_adapter_this_worker_was_not_placed_with_loads_through_its_lora_
     assert agent.ensure("foreign", named=True)[0] == 404  # another BaseModel's adapter
     assert agent.ensure("missing", named=True)[0] == 404
     assert "Forbidden" not in agent.log()
+    # Deleting it unloads this copy too, though no WorkerPlacement lists it: the operator tells the agent
+    # through `spec.unload`, and the unload finalizer waits for the agent's report.
+    custom = client.CustomObjectsApi(kube)
+
+    def reported_on_demand() -> bool:
+        placement = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "workerplacements", WORKER)
+        held = (placement.get("status") or {}).get("adapters") or []
+        return any(a["name"] == "elsewhere" and a.get("onDemand") for a in held)
+
+    wait_until(reported_on_demand, 30, "the agent reporting its copy of elsewhere as loaded on demand")
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "loraadapters", "elsewhere")
+    wait_until(lambda: adapter_status(kube, namespace, "elsewhere").get("gone"), 60,
+               "elsewhere deleted after its copy was unloaded")  # fmt: skip
+    assert "elsewhere" not in vllm.adapters()
+    assert agent.ensure("elsewhere", named=True)[0] == 404
 
 
 def active_reported(custom: client.CustomObjectsApi, namespace: str) -> set[str]:

@@ -19,7 +19,7 @@ from loraplex.operator.adapter_residency import (
 )
 from loraplex.operator.conditions import condition
 from loraplex.operator.fleet import HASH_ANNOTATION, BaseModelRef
-from loraplex.operator.worker_placements import plan_worker_placements
+from loraplex.operator.worker_placements import on_demand_unloads, plan_worker_placements
 
 REF = BaseModelRef("llama-8b", "serving", "uid-1")
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
@@ -65,6 +65,29 @@ def test_only_workers_whose_set_changed_get_a_new_hash() -> None:
         if b["metadata"]["annotations"][HASH_ANNOTATION] != a["metadata"]["annotations"][HASH_ANNOTATION]
     ]  # fmt: skip
     assert changed == ["llama-8b-worker-2"]
+
+
+def test_a_worker_holding_an_adapter_being_deleted_on_demand_is_told_to_unload_it() -> None:
+    def placement(worker: str, *held: tuple[str, bool]) -> dict[str, Any]:
+        adapters = [{"name": n, "tier": "CPU", "onDemand": True} if d else {"name": n, "tier": "GPU"}
+                    for n, d in held]  # fmt: skip
+        return {"spec": {"worker": worker}, "status": {"adapters": adapters}}
+
+    placements = [
+        placement("llama-8b-worker-0", ("sql", False), ("chat", True)),  # chat spilled here
+        placement("llama-8b-worker-1", ("chat", False)),  # its placed copy: the spec change drops it
+        placement("llama-8b-worker-2", ("news", True)),  # not being deleted
+    ]
+    unloads = on_demand_unloads({"chat"}, placements)
+    assert unloads == {"llama-8b-worker-0": ["chat"]}
+    assert on_demand_unloads(set(), placements) == {}
+    manifests = plan_worker_placements(REF, WORKERS, {"sql": {"llama-8b-worker-0": "GPU"}}, {"sql": SQL},
+                                       unloads)  # fmt: skip
+    assert [m["spec"].get("unload") for m in manifests] == [["chat"], None, None]
+    plain = plan_worker_placements(REF, WORKERS, {"sql": {"llama-8b-worker-0": "GPU"}}, {"sql": SQL})
+    hashes = [m["metadata"]["annotations"][HASH_ANNOTATION] for m in (*manifests, *plain)]
+    assert hashes[0] != hashes[3]
+    assert hashes[1:3] == hashes[4:6]  # the other workers' objects are as they were: nothing rewritten
 
 
 def report(**held: Resident) -> WorkerReport:

@@ -182,6 +182,11 @@ def test_lora_adapter_events_name_the_adapters_of_this_base_model_placed_or_not(
     apply_adapter(state, "MODIFIED", lora_adapter("lazy", "3" * 64, base="other"), "llama")
     assert not state.table.is_named("lazy")
     apply_adapter(state, "ADDED", lora_adapter("lazy", "3" * 64), "llama")
+    deleting = lora_adapter("lazy", "3" * 64)
+    deleting["metadata"]["deletionTimestamp"] = "2026-11-23T00:00:00Z"  # its finalizer unloads it first
+    apply_adapter(state, "MODIFIED", deleting, "llama")
+    assert not state.table.is_named("lazy")  # no new copies of an adapter being deleted
+    apply_adapter(state, "ADDED", lora_adapter("lazy", "3" * 64), "llama")
     apply_adapter(state, "DELETED", lora_adapter("lazy", "3" * 64), "llama")
     assert not state.table.is_named("lazy")
     assert state.revision("lazy") is None

@@ -285,6 +285,31 @@ async def test_a_named_adapter_placed_elsewhere_loads_from_its_lora_adapter_when
     assert unknown.value.status == 404
 
 
+async def test_a_named_adapter_held_on_demand_goes_when_its_worker_placement_says_unload_it(
+    tmp_path: Path,
+) -> None:
+    files, digest = adapter_files(tmp_path)
+
+    async def lookup(name: str) -> AdapterSource | None:
+        return AdapterSource(f"file://{files}", digest)
+
+    vllm = FakeVllm()
+    agent = agent_on(tmp_path, vllm, Clock())
+    agent.adapter_lookup = lookup
+    agent.set_wanted([])
+    await agent.ensure("sql-gen", named=True)  # spilled here past its placement
+    assert [(a["name"], a.get("onDemand")) for a in agent.report()["adapters"]] == [("sql-gen", True)]
+    await agent.converge()
+    assert "sql-gen" in vllm.loaded  # room to spare: it would stay until it aged out
+    agent.set_wanted([], unload=["sql-gen"])  # its LoRAAdapter is being deleted
+    await agent.converge()
+    assert (vllm.loaded, agent.report()["adapters"]) == ({}, [])
+    with pytest.raises(EnsureError) as refused:
+        await agent.ensure("sql-gen", named=True)  # a router that has not seen the deletion yet
+    assert refused.value.status == 404
+    assert vllm.loaded == {}
+
+
 async def test_a_failed_lookup_answers_503_so_the_router_retries_later(tmp_path: Path) -> None:
     async def lookup(name: str) -> AdapterSource | None:
         raise LookupFailed(f"reading LoRAAdapter {name} answered 500: Internal Server Error")

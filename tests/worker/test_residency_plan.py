@@ -89,10 +89,26 @@ def test_on_demand_adapters_use_free_slots_least_recently_used_out_newest_always
     assert plan.unload == ["x", "z"]
 
 
+def test_a_copy_loaded_on_demand_of_an_adapter_being_deleted_goes_however_recently_used() -> None:
+    registered = {
+        "x": reg("x", on_demand=True, last_used=9.0),  # spilled here by the router; its LoRAAdapter goes
+        "y": reg("y", on_demand=True, catalog=True, last_used=1.0),
+    }
+    plan = plan_convergence([want("a")], registered, {"aaaa"}, {}, SLOTS, now=0, unload={"x"})
+    assert plan.unload == ["x"]
+    plan = plan_convergence([want("a")], registered, {"aaaa"}, {}, SLOTS, now=0)
+    assert plan.unload == []  # room for both: nothing is told to go
+
+
 def test_report_lists_tiers_and_protects_what_is_wanted_or_loaded() -> None:
     wanted = [want("a", "GPU"), want("b", "CPU"), want("d", "Disk"), want("e", "Disk")]
     registered = {"a": reg("a", warm=True), "b": reg("b"), "c": reg("c", on_demand=True, catalog=True)}
     report = plan_report(wanted, registered, {"dddd"}, SLOTS)
+    assert [(r.name, r.on_demand) for r in report if r.tier != "Disk"] == [
+        ("a", False),
+        ("b", False),
+        ("c", True),
+    ]
     assert [(r.name, r.tier, r.catalog) for r in report] == [
         ("a", "GPU", False),
         ("b", "CPU", False),

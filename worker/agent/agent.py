@@ -28,7 +28,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +113,7 @@ class Agent:
         self.clock = clock
         self.on_report = on_report
         self.wanted: list[WantedAdapter] | None = None  # None until the first wanted set arrives
+        self.unload: frozenset[str] = frozenset()  # LoRAAdapters being deleted: none held on demand
         self.generation: int | None = None
         self.registered: dict[str, RegisteredAdapter] = {}
         self.failures: dict[str, LoadFailure] = {}
@@ -131,9 +132,13 @@ class Agent:
 
     # -- inputs -------------------------------------------------------------------------------
 
-    def set_wanted(self, wanted: list[WantedAdapter], generation: int | None = None) -> None:
+    def set_wanted(
+        self, wanted: list[WantedAdapter], generation: int | None = None, unload: Iterable[str] = ()
+    ) -> None:
+        """The WorkerPlacement's spec: what to hold, and which adapters being deleted to drop."""
         self.wanted = wanted
         self.generation = generation
+        self.unload = frozenset(unload)
         self._wake.set()
 
     # -- the loop -----------------------------------------------------------------------------
@@ -222,7 +227,7 @@ class Agent:
             reason = self.failures.pop(name).reason
             log.info("Dropped stale failure of adapter %s on worker %s reason=%s", name, self.worker, reason)
         plan = plan_convergence(
-            wanted, self.registered, self.cache.revisions(), self.failures, self.slots, now
+            wanted, self.registered, self.cache.revisions(), self.failures, self.slots, now, self.unload
         )
         if plan.empty:
             self._evict_disk()
@@ -320,6 +325,8 @@ class Agent:
         for want in self.wanted or []:
             if want.name == name:
                 return want.uri, want.sha256, False
+        if name in self.unload:
+            raise EnsureError(404, "AdapterNotFound", f"adapter {name} is being deleted")
         if named and self.adapter_lookup is not None:
             try:
                 source = await self.adapter_lookup(name)
@@ -454,6 +461,8 @@ class Agent:
                 item["loadSeconds"] = round(self.load_seconds[entry.name], 4)
             if entry.catalog:
                 item["catalog"] = True
+            if entry.on_demand:
+                item["onDemand"] = True
             if entry.name in active:
                 item["active"] = True
             adapters.append(item)

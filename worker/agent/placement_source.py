@@ -3,8 +3,8 @@
 In a cluster: the worker's own WorkerPlacement (named after the pod), watched
 by name, and its `status` subresource, written only when the report changed
 (and at most every `min_interval` seconds: bursts of loads coalesce into one
-write). For local use and tests: a YAML/JSON file with the same `adapters`
-list as a WorkerPlacement spec, re-read when it changes, and no status.
+write). For local use and tests: a YAML/JSON file with the same `adapters` (and
+`unload`) lists as a WorkerPlacement spec, re-read when it changes, and no status.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from loraplex.worker.agent.residency import WantedAdapter
 
 log = logging.getLogger("loraplex.agent")
 GROUP, VERSION, PLURAL = "loraplex.dev", "v1alpha1", "workerplacements"
-WantedCallback = Callable[[list[WantedAdapter], int | None], None]
+# (wanted adapters, the WorkerPlacement's generation, the adapters being deleted to unload)
+WantedCallback = Callable[[list[WantedAdapter], int | None, list[str]], None]
 
 
 def wanted_from_spec(spec: dict[str, Any]) -> list[WantedAdapter]:
@@ -41,6 +42,10 @@ def wanted_from_spec(spec: dict[str, Any]) -> list[WantedAdapter]:
         )
         for item in spec.get("adapters", [])
     ]
+
+
+def unload_from_spec(spec: dict[str, Any]) -> list[str]:
+    return [str(name) for name in spec.get("unload") or []]
 
 
 class FileSource:
@@ -59,7 +64,7 @@ class FileSource:
                 if mtime != self._seen:
                     self._seen = mtime
                     spec = yaml.safe_load(self.path.read_text()) or {}
-                    self.on_wanted(wanted_from_spec(spec), None)
+                    self.on_wanted(wanted_from_spec(spec), None, unload_from_spec(spec))
             await asyncio.sleep(self.interval)
 
 
@@ -91,8 +96,8 @@ class WorkerPlacementSource:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
 
-        def deliver(wanted: list[WantedAdapter], generation: int | None) -> None:
-            loop.call_soon_threadsafe(self.on_wanted, wanted, generation)
+        def deliver(wanted: list[WantedAdapter], generation: int | None, unload: list[str]) -> None:
+            loop.call_soon_threadsafe(self.on_wanted, wanted, generation, unload)
 
         watcher = threading.Thread(target=self._watch, args=(deliver,), name="placement-watch", daemon=True)
         watcher.start()
@@ -118,9 +123,10 @@ class WorkerPlacementSource:
     @staticmethod
     def _deliver(obj: dict[str, Any] | None, deliver: WantedCallback) -> None:
         if obj is None:
-            deliver([], None)
+            deliver([], None, [])
             return
-        deliver(wanted_from_spec(obj.get("spec", {})), obj["metadata"].get("generation"))
+        spec = obj.get("spec", {})
+        deliver(wanted_from_spec(spec), obj["metadata"].get("generation"), unload_from_spec(spec))
 
     async def report(self, report: dict[str, Any]) -> None:
         """Queue a report for the status; the write loop coalesces and sends it."""

@@ -21,6 +21,7 @@ Tiers as the agent keeps them:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -146,11 +147,14 @@ def plan_convergence(
     failures: Mapping[str, LoadFailure],
     slots: Slots,
     now: float,
+    unload: AbstractSet[str] = frozenset(),
 ) -> ConvergencePlan:
+    """`unload`: adapters being deleted, whose copies loaded on demand go now whatever their use."""
     wanted = list(wanted)
     targets = resident_targets(wanted, slots)
     named_resident = {w.name for w in targets}
-    keep = named_resident | on_demand_kept(registered, named_resident, slots.cpu - len(targets))
+    candidates = {name: r for name, r in registered.items() if name not in unload}
+    keep = named_resident | on_demand_kept(candidates, named_resident, slots.cpu - len(targets))
     plan = ConvergencePlan(unload=sorted(set(registered) - keep))
     fetched: set[str] = set()
     for want in targets:
@@ -179,6 +183,7 @@ class ReportedAdapter:
     sha256: str
     tier: Tier
     catalog: bool
+    on_demand: bool = False  # loaded for the router, not listed by the WorkerPlacement
 
 
 def plan_report(
@@ -193,7 +198,8 @@ def plan_report(
     for reg in registered.values():
         want = wanted_by_name.get(reg.name)
         tier: Tier = "GPU" if reg.warm and want is not None and want.tier == "GPU" else "CPU"
-        report.append(ReportedAdapter(reg.name, reg.sha256, tier, reg.catalog))
+        on_demand = reg.on_demand and want is None
+        report.append(ReportedAdapter(reg.name, reg.sha256, tier, reg.catalog, on_demand))
     for want in wanted_by_name.values():
         if want.name not in registered and want.sha256 in on_disk:
             report.append(ReportedAdapter(want.name, want.sha256, "Disk", False))
