@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from loraplex.api.adapter import live_source
 from loraplex.router.state import FleetState, agent_report_slots, parse_residency
 
 log = logging.getLogger(__name__)
@@ -57,15 +58,11 @@ def apply_placement(state: FleetState, event: str, obj: Mapping[str, Any], base_
 def apply_adapter(state: FleetState, event: str, obj: Mapping[str, Any], base_model: str) -> None:
     """One LoRAAdapter event into the state: a named adapter of this base model, and its digest. One
     being deleted is named no longer (only while a placement still lists it): no new copies of it."""
-    metadata = obj.get("metadata") or {}
-    name = metadata.get("name")
+    name = (obj.get("metadata") or {}).get("name")
     if not name:
         return
-    spec = obj.get("spec") or {}
-    sha256 = (spec.get("source") or {}).get("sha256")
-    mine = spec.get("baseModel") == base_model and isinstance(sha256, str)
-    live = event != "DELETED" and not metadata.get("deletionTimestamp")
-    state.table.set_adapter_object(name, sha256 if mine and live else None)
+    source = live_source(obj, base_model) if event != "DELETED" else None
+    state.table.set_adapter_object(name, None if source is None else source.sha256)
 
 
 def apply_pod(

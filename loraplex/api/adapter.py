@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -26,6 +27,20 @@ class AdapterSource(ApiModel):
 
     uri: AdapterSourceUri
     sha256: Sha256
+
+
+def live_source(body: Mapping[str, Any], base_model: str) -> AdapterSource | None:
+    """The source a LoRAAdapter object (as the API server returns it) names, if it is one of
+    `base_model`'s and not being deleted: what a router names and an agent may load past the placement.
+    Not validated again: the API server admitted it."""
+    meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+    if meta.get("deletionTimestamp") or spec.get("baseModel") != base_model:
+        return None
+    source = spec.get("source") or {}
+    uri, sha256 = source.get("uri"), source.get("sha256")
+    if not isinstance(uri, str) or not isinstance(sha256, str):
+        return None
+    return AdapterSource.model_construct(uri=uri, sha256=sha256)
 
 
 class LoRAAdapterSpec(ApiModel):

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from loraplex.api.adapter import AdapterSource, live_source
 from loraplex.worker.agent.activity import last_use
-from loraplex.worker.agent.adapter_lookup import AdapterSource, LookupFailed, source_of
+from loraplex.worker.agent.adapter_lookup import LookupFailed
 from loraplex.worker.agent.agent import MAX_ATTEMPT_RECORDS, Agent, EnsureError
 from loraplex.worker.agent.disk_cache import DiskCache
 from loraplex.worker.agent.fetch import Fetcher
@@ -252,12 +253,12 @@ def lora_adapter(base_model: str, uri: str, digest: str, deleting: bool = False)
 
 
 def test_a_lora_adapter_is_a_source_only_for_its_own_base_model_and_while_it_is_not_being_deleted() -> None:
-    assert source_of(lora_adapter("tiny", "file:///a", "d" * 64), "tiny") == AdapterSource(
-        "file:///a", "d" * 64
+    assert live_source(lora_adapter("tiny", "file:///a", "d" * 64), "tiny") == AdapterSource(
+        uri="file:///a", sha256="d" * 64
     )
-    assert source_of(lora_adapter("other", "file:///a", "d" * 64), "tiny") is None
-    assert source_of(lora_adapter("tiny", "file:///a", "d" * 64, deleting=True), "tiny") is None
-    assert source_of({"metadata": {}, "spec": {"baseModel": "tiny"}}, "tiny") is None
+    assert live_source(lora_adapter("other", "file:///a", "d" * 64), "tiny") is None
+    assert live_source(lora_adapter("tiny", "file:///a", "d" * 64, deleting=True), "tiny") is None
+    assert live_source({"metadata": {}, "spec": {"baseModel": "tiny"}}, "tiny") is None
 
 
 async def test_a_named_adapter_placed_elsewhere_loads_from_its_lora_adapter_when_the_router_says_named(
@@ -268,7 +269,7 @@ async def test_a_named_adapter_placed_elsewhere_loads_from_its_lora_adapter_when
 
     async def lookup(name: str) -> AdapterSource | None:
         looked_up.append(name)
-        return AdapterSource(f"file://{files}", digest) if name == "sql-gen" else None
+        return AdapterSource(uri=f"file://{files}", sha256=digest) if name == "sql-gen" else None
 
     vllm = FakeVllm()
     agent = agent_on(tmp_path, vllm, Clock())
@@ -291,7 +292,7 @@ async def test_a_named_adapter_held_on_demand_goes_when_its_worker_placement_say
     files, digest = adapter_files(tmp_path)
 
     async def lookup(name: str) -> AdapterSource | None:
-        return AdapterSource(f"file://{files}", digest)
+        return AdapterSource(uri=f"file://{files}", sha256=digest)
 
     vllm = FakeVllm()
     agent = agent_on(tmp_path, vllm, Clock())
@@ -330,7 +331,7 @@ async def test_a_spilled_copy_of_another_revision_is_reloaded_and_a_router_behin
     new_files.mkdir(parents=True)
     (new_files / "adapter_config.json").write_text('{"r": 16}')  # retrained
     new = tree_digest(new_files)
-    current = {"source": AdapterSource(f"file://{old_files}", old)}
+    current = {"source": AdapterSource(uri=f"file://{old_files}", sha256=old)}
     lookups: list[str] = []
 
     async def lookup(name: str) -> AdapterSource | None:
@@ -344,7 +345,9 @@ async def test_a_spilled_copy_of_another_revision_is_reloaded_and_a_router_behin
     await agent.ensure("sql-gen", named=True, sha256=old)  # spilled here
     await agent.ensure("sql-gen", named=True, sha256=old)  # the next request: a local compare only
     assert (len(lookups), agent.registered["sql-gen"].sha256) == (1, old)
-    current["source"] = AdapterSource(f"file://{new_files}", new)  # the TrainingJob published a revision
+    current["source"] = AdapterSource(
+        uri=f"file://{new_files}", sha256=new
+    )  # the TrainingJob published a revision
     await agent.ensure("sql-gen", named=True, sha256=new)
     assert (len(lookups), agent.registered["sql-gen"].sha256) == (2, new)
     assert new in vllm.loaded["sql-gen"]  # vLLM serves the new files under the same name

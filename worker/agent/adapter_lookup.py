@@ -12,36 +12,17 @@ another BaseModel, or one being deleted, is not found.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from loraplex.api import GROUP, VERSION
-
-
-@dataclass(frozen=True)
-class AdapterSource:
-    uri: str
-    sha256: str
-
+from loraplex.api.adapter import AdapterSource, live_source
 
 AdapterLookup = Callable[[str], Awaitable[AdapterSource | None]]
 
 
 class LookupFailed(Exception):
     """The API server could not be asked (an answer other than found / not found)."""
-
-
-def source_of(body: Mapping[str, Any], base_model: str) -> AdapterSource | None:
-    """The source a LoRAAdapter object names, if it is one of `base_model`'s and not being deleted."""
-    meta, spec = body.get("metadata") or {}, body.get("spec") or {}
-    if meta.get("deletionTimestamp") or spec.get("baseModel") != base_model:
-        return None
-    source = spec.get("source") or {}
-    uri, sha256 = source.get("uri"), source.get("sha256")
-    if not isinstance(uri, str) or not isinstance(sha256, str):
-        return None
-    return AdapterSource(uri, sha256)
 
 
 class LoRAAdapterLookup:
@@ -71,4 +52,4 @@ class LoRAAdapterLookup:
             raise LookupFailed(message) from error
         except Exception as error:  # the API server cannot be reached
             raise LookupFailed(f"reading LoRAAdapter {name} failed: {error}") from error
-        return source_of(body, self._base_model) if isinstance(body, dict) else None
+        return live_source(body, self._base_model) if isinstance(body, dict) else None
