@@ -44,6 +44,7 @@ from loraplex.operator.training_status import (
     PodView,
     Step,
     plan_training,
+    publish_refused,
 )
 from loraplex.operator.training_workload import (
     HOSTNAME_LABEL,
@@ -442,7 +443,10 @@ class TrainingLoop:
                     f"node={step.node or '-'} job={attempt_name(attempt_ref, step.create_attempt)}"
                 )
         if step.publish is not None:
-            self._publish(job, step.publish.uri, step.publish.sha256, logger)
+            refused = self._publish(job, step.publish.uri, step.publish.sha256, logger)
+            if refused is not None:
+                published = job.status.get("adapterRevision")
+                step = publish_refused(step.status, published, datetime.now(UTC), *refused)
         if status_changed(job.status, step.status):
             patch = {k: v for k, v in step.status.items() if job.status.get(k) != v}
             self.custom.patch_namespaced_custom_object_status(
@@ -465,8 +469,9 @@ class TrainingLoop:
                 message=event.message,
             )
 
-    def _publish(self, job: _Job, uri: str, sha256: str, logger: kopf.Logger) -> None:
-        """Create or update the output LoRAAdapter with the new revision (workers then swap to it)."""
+    def _publish(self, job: _Job, uri: str, sha256: str, logger: kopf.Logger) -> tuple[str, str] | None:
+        """Create or update the output LoRAAdapter with the new revision (workers then swap to it).
+        (reason, message) when it may not: the LoRAAdapter of that name belongs to another base model."""
         namespace, name = job.ref.namespace, job.spec.output.adapter_name
         public = self.store.public(uri)
         wanted = output_adapter(namespace, job.spec, public, sha256, job.ref.name)
@@ -483,10 +488,18 @@ class TrainingLoop:
             logger.info(
                 f"Created adapter {namespace}/{name} from training job {job.ref.name} sha256={sha256}"
             )
-            return
-        source = (live.get("spec") or {}).get("source") or {}
+            return None
+        live_spec = live.get("spec") or {}
+        if live_spec.get("baseModel") != job.spec.base_model:
+            return (
+                "OutputAdapterOfAnotherBaseModel",
+                f"LoRAAdapter {name} belongs to BaseModel {live_spec.get('baseModel')}, not "
+                f"{job.spec.base_model}, so the adapter trained on {job.spec.base_model} was not published "
+                f"to it; it is at {public} (sha256 {sha256}); set spec.output.adapterName to another name",
+            )
+        source = live_spec.get("source") or {}
         if source.get("sha256") == sha256 and source.get("uri") == public:
-            return
+            return None
         self.custom.patch_namespaced_custom_object(
             GROUP, VERSION, namespace, "loraadapters", name,
             {"spec": {"source": {"uri": public, "sha256": sha256}, "rank": job.spec.lora.rank}},
@@ -495,6 +508,7 @@ class TrainingLoop:
         logger.info(
             f"Updated adapter {namespace}/{name} to a new revision from {job.ref.name} sha256={sha256}"
         )
+        return None
 
 
 def serving_demands(

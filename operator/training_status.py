@@ -114,6 +114,24 @@ def validate(namespace: str, spec: TrainingJobSpec, base: BaseModelSpec | None) 
     return None
 
 
+def publish_refused(
+    planned: Mapping[str, Any], published: str | None, now: datetime, reason: str, message: str
+) -> Step:
+    """The job's step when the adapter it trained cannot be published (`planned`: the Succeeded status
+    its publishing step had; `published`: the revision an earlier run published, if any): Failed,
+    terminal, with the trainer's files left in the store."""
+    step = _failed(
+        planned,
+        int(planned.get("observedGeneration") or 0),
+        now,
+        reason,
+        message,
+        attempts=int(planned.get("attempts") or 0),
+    )
+    step.status["adapterRevision"] = published  # this run's revision was not published
+    return step
+
+
 def parse_result(message: str | None, adapter: str) -> tuple[int | None, dict[str, Any] | None]:
     """The trainer's summary (`resultPath`): its exit code and the entry for `adapter`."""
     if not message:

@@ -47,7 +47,15 @@ class LoRAAdapterSpec(ApiModel):
     """Desired state of a LoRAAdapter."""
 
     base_model: LabelName = Field(
-        description="Name of the BaseModel (same namespace) this adapter was trained on."
+        description="Name of the BaseModel (same namespace) this adapter was trained on; immutable.",
+        json_schema_extra=validations(
+            cel(
+                "self == oldSelf",
+                "baseModel is immutable: an adapter's weights belong to the base model they were trained "
+                "on; create a new LoRAAdapter for another base model",
+                reason="FieldValueForbidden",
+            )
+        ),
     )
     source: AdapterSource
     rank: int = Field(ge=1, le=512, description="LoRA rank; at most the base model's engine.maxLoraRank.")

@@ -223,6 +223,27 @@ def test_refused_naming_the_field(
     assert reason in message, message
 
 
+def test_a_lora_adapter_keeps_its_base_model(kube: Any, namespace: str) -> None:
+    """Moving an adapter to another base model is refused; its other fields still change."""
+    api = client.CustomObjectsApi(kube)
+    body = merged(VALID["loraadapters"], {"metadata": {"name": "moved"}})
+    create(kube, namespace, "loraadapters", body)
+    with pytest.raises(ApiException) as refused:
+        api.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, "loraadapters", "moved", {"spec": {"baseModel": "llama-70b"}}
+        )
+    assert refused.value.status == 422
+    message = json.loads(refused.value.body)["message"]
+    assert "spec.baseModel" in message, message
+    assert "immutable" in message, message
+    api.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, "loraadapters", "moved", {"spec": {"replicas": 3}}
+    )
+    kept = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "loraadapters", "moved")
+    assert kept["spec"]["baseModel"] == "llama-8b"
+    assert kept["spec"]["replicas"] == 3
+
+
 def create(kube: Any, namespace: str, plural: str, body: dict[str, Any]) -> None:
     client.CustomObjectsApi(kube).create_namespaced_custom_object(
         GROUP,

@@ -192,6 +192,27 @@ def test_success_creates_the_output_adapter_and_a_retrain_updates_its_revision(
     assert samples['loraplex_training_jobs{phase="Succeeded"}'] == 2
 
 
+def test_a_revision_is_not_published_to_an_adapter_of_another_base_model(
+    kube: Any, namespace: str, trainer_operator: OperatorProcess, base_model: str, store: str
+) -> None:
+    theirs = {"baseModel": "other", "source": {"uri": "s3://adapters/sql/v1/", "sha256": "f" * 64}, "rank": 8}
+    create_object(kube, namespace, "loraadapters", "LoRAAdapter", "sql", theirs)
+    create_object(kube, namespace, "trainingjobs", "TrainingJob", "mine", training_job(adapter="sql"))
+    pod = running_pod(kube, namespace, "mine")
+    digest = "3" * 64
+    published = f"{store}/adapters/{namespace}/sql/{digest}"
+    result = summary(0, "mine", phase="Succeeded", step=100, totalSteps=100, uri=published, sha256=digest)
+    end_trainer_pod(kube, namespace, pod, 0, result)
+    status = wait_until(lambda: ended(kube, namespace, "mine", "Failed"), 30, "publishing refused")
+    assert ready(status)["reason"] == "OutputAdapterOfAnotherBaseModel"
+    assert published in ready(status)["message"]
+    assert "adapterRevision" not in status
+    assert [e.reason for e in warnings_for(kube, namespace, "mine")] == ["OutputAdapterOfAnotherBaseModel"]
+    kept = adapter(kube, namespace, "sql")
+    assert kept is not None
+    assert kept["spec"] == {**theirs, "replicas": 1, "policy": "OnDemand", "priority": 0}
+
+
 def test_a_scheduled_job_runs_again_when_due_and_publishes_a_new_revision(
     kube: Any, namespace: str, trainer_operator: OperatorProcess, base_model: str, store: str
 ) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.api.trainingjob import TrainingJobSpec
-from loraplex.operator.training_status import JobView, PodView, Step, plan_training
+from loraplex.operator.training_status import JobView, PodView, Step, plan_training, publish_refused
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 BASE = BaseModelSpec.model_validate({"model": {"uri": "/models/tiny"}, "engine": {"maxLoraRank": 16}})
@@ -134,6 +134,21 @@ def test_success_publishes_the_trainers_revision() -> None:
     assert step.publish.sha256 == digest
     assert step.status["adapterRevision"] == digest
     assert plan(step.status, view).publish is None  # terminal: nothing more happens
+
+
+def test_a_revision_that_may_not_be_published_fails_the_job_once_and_for_good() -> None:
+    digest, earlier = "a" * 64, "e" * 64
+    message = result(0, phase="Succeeded", uri="file:///store/adapters/ns/sql/" + digest, sha256=digest)
+    status, view = running(PodView("p", "n1", "Succeeded", exit_code=0, message=message), complete=True)
+    succeeded = plan(status, view)
+    step = publish_refused(succeeded.status, earlier, NOW, "OutputAdapterOfAnotherBaseModel", "not yours")
+    assert step.status["phase"] == "Failed"
+    assert (ready(step)["status"], ready(step)["reason"]) == ("False", "OutputAdapterOfAnotherBaseModel")
+    assert step.status["adapterRevision"] == earlier  # what an earlier run published still stands
+    assert [(e.type, e.reason) for e in step.events] == [("Warning", "OutputAdapterOfAnotherBaseModel")]
+    again = plan(step.status, view)
+    assert again.publish is None  # terminal: not tried again
+    assert again.status["phase"] == "Failed"
 
 
 def test_success_without_a_result_fails_rather_than_publishing_nothing() -> None:
