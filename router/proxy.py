@@ -25,13 +25,14 @@ request. Errors are in OpenAI's shape; unknown adapters get 404, bad bodies
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -60,6 +61,8 @@ class Proxy:
     metrics: RouterMetrics
     session: aiohttp.ClientSession
     clock: Callable[[], float] = time.monotonic
+    # Ensure calls under way, by (worker, adapter, revision asked for): concurrent requests share one.
+    ensuring: dict[tuple[str, str, str | None], asyncio.Task[None]] = field(default_factory=dict)
 
 
 PROXY_KEY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
@@ -182,7 +185,7 @@ async def _route(
         worker = decision.worker
         try:
             if adapter is not None and _needs_ensure(proxy, decision, adapter):
-                await _ensure(proxy, worker, adapter)
+                await _ensure_shared(proxy, worker, adapter)
             return await _forward(proxy, request, worker, body, adapter, stream)
         except _Retryable as error:
             failure = str(error)
@@ -224,8 +227,36 @@ def _needs_ensure(proxy: Proxy, decision: Decision, adapter: str) -> bool:
     return revision is not None and proxy.state.copy_revision(decision.worker, adapter) != revision
 
 
-async def _ensure(proxy: Proxy, worker: str, adapter: str) -> None:
-    """Have the worker's agent make the adapter servable; raise _Refused / _Retryable when it cannot."""
+async def _ensure_shared(proxy: Proxy, worker: str, adapter: str) -> None:
+    """`_ensure`, with concurrent requests for the same copy sharing one call to the agent: a burst
+    of first requests for an adapter makes one ensure, not one each. The shared call runs on its own
+    task, so a client that disconnects does not cancel it for the others; a request whose shared call
+    failed makes its own, so each gets the answer (and the retry) its own call gives."""
+    revision = proxy.state.revision(adapter) if proxy.state.table.is_named(adapter) else None
+    key = (worker, adapter, revision)
+    shared = proxy.ensuring.get(key)
+    if shared is None:
+        shared = asyncio.create_task(_ensure(proxy, worker, adapter, revision))
+        proxy.ensuring[key] = shared
+        shared.add_done_callback(lambda done: _ensure_done(proxy, key, done))
+        await asyncio.shield(shared)
+        return
+    try:
+        await asyncio.shield(shared)
+    except (_Refused, _Retryable):
+        await _ensure(proxy, worker, adapter, revision)
+
+
+def _ensure_done(proxy: Proxy, key: tuple[str, str, str | None], done: asyncio.Task[None]) -> None:
+    if proxy.ensuring.get(key) is done:
+        del proxy.ensuring[key]
+    if not done.cancelled():
+        done.exception()  # retrieved: the requests awaiting it (or none, all gone) have seen it
+
+
+async def _ensure(proxy: Proxy, worker: str, adapter: str, revision: str | None) -> None:
+    """Have the worker's agent make the adapter servable (a named adapter at `revision`, its current
+    digest, where known); raise _Refused / _Retryable when it cannot."""
     endpoints = proxy.state.endpoints.get(worker)
     if endpoints is None:
         raise _Retryable("connect", f"worker {worker} is gone")
@@ -235,7 +266,6 @@ async def _ensure(proxy: Proxy, worker: str, adapter: str) -> None:
     body: dict[str, Any] = {"name": adapter}
     if proxy.state.table.is_named(adapter):
         body["named"] = True  # its agent may read it from the LoRAAdapter (a spill past its placement)
-        revision = proxy.state.revision(adapter)
         if revision is not None:
             body["sha256"] = revision
     try:

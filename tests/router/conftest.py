@@ -54,6 +54,7 @@ class FakeWorker:
     mode: str = "ok"  # ok | fail | break (stream breaks after the first chunk) | hang | not_loaded
     agent_mode: str = "ok"  # ok | not_ready (its vLLM restarts: 503 EngineNotReady) | lookup_failed
     gated: bool = False  # hold the stream after the first chunk until `release` is set
+    ensure_gate: asyncio.Event | None = None  # the agent answers ensure calls once this is set
     known: set[str] = field(default_factory=lambda: {"sql-gen", "chat-bot", "tail-1"})
     calls: list[dict[str, Any]] = field(default_factory=list)
     auth: list[str | None] = field(default_factory=list)
@@ -119,6 +120,8 @@ class FakeWorker:
         self.ensured.append(name)
         if body.get("named") is True:
             self.ensured_named.append((name, body.get("sha256")))
+        if self.ensure_gate is not None:
+            await self.ensure_gate.wait()
         if self.agent_mode == "not_ready":
             error = {"message": "vLLM is not ready", "type": "EngineNotReady", "param": None}
             return web.json_response({"error": {**error, "code": "EngineNotReady"}}, status=503)

@@ -69,6 +69,57 @@ async def test_a_miss_asks_the_chosen_workers_agent_to_load_the_adapter_first(fl
     assert fleet.state.table.holders("tail-1") == {served_by: "GPU"}
 
 
+@pytest.mark.timeout(60)  # a request left waiting on a shared call would hang
+async def test_concurrent_first_requests_for_an_adapter_share_one_ensure_call_per_worker(fleet: Any) -> None:
+    gate = asyncio.Event()
+    for worker in fleet.workers.values():
+        worker.ensure_gate = gate  # the agents take their time loading
+    async with client(fleet) as api:
+        burst = [
+            asyncio.create_task(api.completions.create(model="tail-1", prompt="x", max_tokens=3))
+            for _ in range(6)
+        ]
+        await routed(fleet, len(burst))  # every request decided and waiting on a load
+        gate.set()
+        completions = await asyncio.gather(*burst)
+    served_by = {completion.choices[0].text.removeprefix("served by ") for completion in completions}
+    for name, worker in fleet.workers.items():
+        assert worker.ensured == (["tail-1"] if name in served_by else [])
+    assert fleet.proxy.ensuring == {}
+
+
+@pytest.mark.timeout(60)  # a request left waiting on a shared call would hang
+async def test_requests_that_shared_a_failed_ensure_call_each_get_their_own_answer(fleet: Any) -> None:
+    gate = asyncio.Event()
+    for worker in fleet.workers.values():
+        worker.ensure_gate = gate
+    async with client(fleet) as api:
+        burst = [
+            asyncio.create_task(api.completions.create(model="tail-9", prompt="x", max_tokens=3))
+            for _ in range(3)
+        ]
+        await routed(fleet, len(burst))
+        gate.set()
+        answers = await asyncio.gather(*burst, return_exceptions=True)
+    assert all(isinstance(answer, openai.NotFoundError) for answer in answers), answers
+    assert sum(len(worker.ensured) for worker in fleet.workers.values()) >= len(burst)
+
+
+async def routed(fleet: Any, count: int) -> None:
+    """Wait until the router has decided a worker for `count` requests (`loraplex_router_requests_total`)."""
+    for _ in range(3000):
+        text = await fleet.metrics_text()
+        decided = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("loraplex_router_requests_total{")
+        )
+        if decided >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the router decided {decided} of {count} requests")
+
+
 async def test_unknown_adapter_is_404_in_openais_shape(fleet: Any) -> None:
     async with client(fleet) as api:
         with pytest.raises(openai.NotFoundError) as caught:
