@@ -326,8 +326,7 @@ class TrainingLoop:
             steps[(namespace, name)] = self._plan(by_key[(namespace, name)], node, now)
         phases: dict[str, int] = {p: 0 for p in ("Queued", "Running", "Preempted", "Succeeded", "Failed")}
         for key, job in jobs:
-            step = steps[key]
-            self._apply(job, step, logger)
+            step = self._apply(job, steps[key], logger)
             phase = step.status.get("phase")
             if phase in phases:
                 phases[phase] += 1
@@ -425,7 +424,8 @@ class TrainingLoop:
         serving = serving_demands(indexes.base_models, indexes.pods, indexes.worker_sets, self.targets)
         return Cluster(nodes, serving_used, trainer_used, serving)
 
-    def _apply(self, job: _Job, step: Step, logger: kopf.Logger) -> None:
+    def _apply(self, job: _Job, step: Step, logger: kopf.Logger) -> Step:
+        """Carry the step out; the step carried out (a publish the adapter refused fails the job)."""
         ref, namespace, name = job.ref, job.ref.namespace, job.ref.name
         if step.create_attempt is not None and job.base is not None and job.base_uid is not None:
             generation = int(step.status.get("observedGeneration") or ref.generation)
@@ -468,6 +468,7 @@ class TrainingLoop:
                 reason=event.reason,
                 message=event.message,
             )
+        return step
 
     def _publish(self, job: _Job, uri: str, sha256: str, logger: kopf.Logger) -> tuple[str, str] | None:
         """Create or update the output LoRAAdapter with the new revision (workers then swap to it).
