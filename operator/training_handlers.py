@@ -43,8 +43,8 @@ from loraplex.operator.training_status import (
     JobView,
     PodView,
     Step,
+    output_refused,
     plan_training,
-    publish_refused,
 )
 from loraplex.operator.training_workload import (
     HOSTNAME_LABEL,
@@ -425,8 +425,15 @@ class TrainingLoop:
         return Cluster(nodes, serving_used, trainer_used, serving)
 
     def _apply(self, job: _Job, step: Step, logger: kopf.Logger) -> Step:
-        """Carry the step out; the step carried out (a publish the adapter refused fails the job)."""
+        """Carry the step out; the step carried out (an output adapter that cannot take the job's
+        revision fails the job, before an attempt starts or when it would publish)."""
         ref, namespace, name = job.ref, job.ref.namespace, job.ref.name
+        if step.create_attempt is not None:
+            conflict = self._output_conflict(job, self._output_adapter(job), None)
+            if conflict is not None:
+                step = output_refused(
+                    step.status, job.status.get("adapterRevision"), datetime.now(UTC), *conflict
+                )
         if step.create_attempt is not None and job.base is not None and job.base_uid is not None:
             generation = int(step.status.get("observedGeneration") or ref.generation)
             run = int(step.status.get("run") or 0)
@@ -445,8 +452,9 @@ class TrainingLoop:
         if step.publish is not None:
             refused = self._publish(job, step.publish.uri, step.publish.sha256, logger)
             if refused is not None:
-                published = job.status.get("adapterRevision")
-                step = publish_refused(step.status, published, datetime.now(UTC), *refused)
+                step = output_refused(
+                    step.status, job.status.get("adapterRevision"), datetime.now(UTC), *refused
+                )
         if status_changed(job.status, step.status):
             patch = {k: v for k, v in step.status.items() if job.status.get(k) != v}
             self.custom.patch_namespaced_custom_object_status(
@@ -470,35 +478,58 @@ class TrainingLoop:
             )
         return step
 
-    def _publish(self, job: _Job, uri: str, sha256: str, logger: kopf.Logger) -> tuple[str, str] | None:
-        """Create or update the output LoRAAdapter with the new revision (workers then swap to it).
-        (reason, message) when it may not: the LoRAAdapter of that name belongs to another base model."""
+    def _output_adapter(self, job: _Job) -> dict[str, Any] | None:
+        """The job's output LoRAAdapter as it is now; None when there is none."""
         namespace, name = job.ref.namespace, job.spec.output.adapter_name
-        public = self.store.public(uri)
-        wanted = output_adapter(namespace, job.spec, public, sha256, job.ref.name)
         try:
-            live = cast(
+            return cast(
                 dict[str, Any],
                 self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "loraadapters", name),
             )
         except ApiException as error:
             if error.status != 404:
                 raise
+            return None
+
+    @staticmethod
+    def _output_conflict(
+        job: _Job, live: Mapping[str, Any] | None, trained: str | None
+    ) -> tuple[str, str] | None:
+        """(reason, message) when the output LoRAAdapter belongs to another base model, so no revision
+        this job trains may become its; `trained`: where the revision it did train is, if any."""
+        theirs = (live or {}).get("spec", {}).get("baseModel")
+        if live is None or theirs == job.spec.base_model:
+            return None
+        name, ours = job.spec.output.adapter_name, job.spec.base_model
+        what = (
+            f"the adapter trained on {ours} was not published to it; it is at {trained}"
+            if trained
+            else "so the job was not started"
+        )
+        return (
+            "OutputAdapterOfAnotherBaseModel",
+            f"LoRAAdapter {name} belongs to BaseModel {theirs}, not {ours}: {what}; "
+            "set spec.output.adapterName to another name",
+        )
+
+    def _publish(self, job: _Job, uri: str, sha256: str, logger: kopf.Logger) -> tuple[str, str] | None:
+        """Create or update the output LoRAAdapter with the new revision (workers then swap to it).
+        (reason, message) when it may not: the LoRAAdapter of that name belongs to another base model."""
+        namespace, name = job.ref.namespace, job.spec.output.adapter_name
+        public = self.store.public(uri)
+        live = self._output_adapter(job)
+        if live is None:
+            wanted = output_adapter(namespace, job.spec, public, sha256, job.ref.name)
             self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "loraadapters", wanted)
             metrics.API_WRITES.labels("LoRAAdapter", "create").inc()
             logger.info(
                 f"Created adapter {namespace}/{name} from training job {job.ref.name} sha256={sha256}"
             )
             return None
-        live_spec = live.get("spec") or {}
-        if live_spec.get("baseModel") != job.spec.base_model:
-            return (
-                "OutputAdapterOfAnotherBaseModel",
-                f"LoRAAdapter {name} belongs to BaseModel {live_spec.get('baseModel')}, not "
-                f"{job.spec.base_model}, so the adapter trained on {job.spec.base_model} was not published "
-                f"to it; it is at {public} (sha256 {sha256}); set spec.output.adapterName to another name",
-            )
-        source = live_spec.get("source") or {}
+        conflict = self._output_conflict(job, live, f"{public} (sha256 {sha256})")
+        if conflict is not None:
+            return conflict
+        source = live["spec"].get("source") or {}
         if source.get("sha256") == sha256 and source.get("uri") == public:
             return None
         self.custom.patch_namespaced_custom_object(

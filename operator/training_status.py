@@ -114,12 +114,12 @@ def validate(namespace: str, spec: TrainingJobSpec, base: BaseModelSpec | None) 
     return None
 
 
-def publish_refused(
+def output_refused(
     planned: Mapping[str, Any], published: str | None, now: datetime, reason: str, message: str
 ) -> Step:
-    """The job's step when the adapter it trained cannot be published (`planned`: the Succeeded status
-    its publishing step had; `published`: the revision an earlier run published, if any): Failed,
-    terminal, with the trainer's files left in the store."""
+    """The job's step when its output LoRAAdapter cannot take a revision from it (`planned`: the status
+    the step had, starting an attempt or publishing one; `published`: the revision an earlier run
+    published, if any): Failed, terminal; a trained revision's files stay in the store."""
     step = _failed(
         planned,
         int(planned.get("observedGeneration") or 0),

@@ -192,13 +192,28 @@ def test_success_creates_the_output_adapter_and_a_retrain_updates_its_revision(
     assert samples['loraplex_training_jobs{phase="Succeeded"}'] == 2
 
 
+THEIRS = {"baseModel": "other", "source": {"uri": "s3://adapters/sql/v1/", "sha256": "f" * 64}, "rank": 8}
+
+
+def test_a_job_whose_output_adapter_is_another_base_models_fails_before_training(
+    kube: Any, namespace: str, trainer_operator: OperatorProcess, base_model: str
+) -> None:
+    create_object(kube, namespace, "loraadapters", "LoRAAdapter", "sql", THEIRS)
+    create_object(kube, namespace, "trainingjobs", "TrainingJob", "mine", training_job(adapter="sql"))
+    status = wait_until(lambda: ended(kube, namespace, "mine", "Failed"), 30, "job refused")
+    assert ready(status)["reason"] == "OutputAdapterOfAnotherBaseModel"
+    assert "belongs to BaseModel other" in ready(status)["message"]
+    assert [e.reason for e in warnings_for(kube, namespace, "mine")] == ["OutputAdapterOfAnotherBaseModel"]
+    assert trainer_pods(kube, namespace, "mine") == []
+    assert client.BatchV1Api(kube).list_namespaced_job(namespace).items == []
+
+
 def test_a_revision_is_not_published_to_an_adapter_of_another_base_model(
     kube: Any, namespace: str, trainer_operator: OperatorProcess, base_model: str, store: str
 ) -> None:
-    theirs = {"baseModel": "other", "source": {"uri": "s3://adapters/sql/v1/", "sha256": "f" * 64}, "rank": 8}
-    create_object(kube, namespace, "loraadapters", "LoRAAdapter", "sql", theirs)
     create_object(kube, namespace, "trainingjobs", "TrainingJob", "mine", training_job(adapter="sql"))
     pod = running_pod(kube, namespace, "mine")
+    create_object(kube, namespace, "loraadapters", "LoRAAdapter", "sql", THEIRS)  # made while it trained
     digest = "3" * 64
     published = f"{store}/adapters/{namespace}/sql/{digest}"
     result = summary(0, "mine", phase="Succeeded", step=100, totalSteps=100, uri=published, sha256=digest)
@@ -210,7 +225,7 @@ def test_a_revision_is_not_published_to_an_adapter_of_another_base_model(
     assert [e.reason for e in warnings_for(kube, namespace, "mine")] == ["OutputAdapterOfAnotherBaseModel"]
     kept = adapter(kube, namespace, "sql")
     assert kept is not None
-    assert kept["spec"] == {**theirs, "replicas": 1, "policy": "OnDemand", "priority": 0}
+    assert kept["spec"] == {**THEIRS, "replicas": 1, "policy": "OnDemand", "priority": 0}
 
 
 def test_a_scheduled_job_runs_again_when_due_and_publishes_a_new_revision(

@@ -9,7 +9,7 @@ import pytest
 
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.api.trainingjob import TrainingJobSpec
-from loraplex.operator.training_status import JobView, PodView, Step, plan_training, publish_refused
+from loraplex.operator.training_status import JobView, PodView, Step, output_refused, plan_training
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 BASE = BaseModelSpec.model_validate({"model": {"uri": "/models/tiny"}, "engine": {"maxLoraRank": 16}})
@@ -141,7 +141,7 @@ def test_a_revision_that_may_not_be_published_fails_the_job_once_and_for_good() 
     message = result(0, phase="Succeeded", uri="file:///store/adapters/ns/sql/" + digest, sha256=digest)
     status, view = running(PodView("p", "n1", "Succeeded", exit_code=0, message=message), complete=True)
     succeeded = plan(status, view)
-    step = publish_refused(succeeded.status, earlier, NOW, "OutputAdapterOfAnotherBaseModel", "not yours")
+    step = output_refused(succeeded.status, earlier, NOW, "OutputAdapterOfAnotherBaseModel", "not yours")
     assert step.status["phase"] == "Failed"
     assert (ready(step)["status"], ready(step)["reason"]) == ("False", "OutputAdapterOfAnotherBaseModel")
     assert step.status["adapterRevision"] == earlier  # what an earlier run published still stands
