@@ -105,6 +105,25 @@ async def test_requests_that_shared_a_failed_ensure_call_each_get_their_own_answ
     assert sum(len(worker.ensured) for worker in fleet.workers.values()) >= len(burst)
 
 
+@pytest.mark.timeout(60)
+async def test_a_client_that_disconnects_does_not_cancel_the_load_others_wait_for(fleet: Any) -> None:
+    fleet.state.report_failure("worker-0", time.monotonic())  # one worker left: both requests meet there
+    loading = fleet.workers["worker-1"]
+    loading.ensure_gate = asyncio.Event()
+    async with aiohttp.ClientSession() as session, client(fleet) as api:
+        body = {"model": "tail-1", "prompt": "x", "max_tokens": 3}
+        first = asyncio.create_task(session.post(f"{fleet.url}/v1/completions", json=body))
+        await routed(fleet, 1)
+        second = asyncio.create_task(api.completions.create(**body))
+        await routed(fleet, 2)
+        first.cancel()  # the client whose request started the load goes away
+        await asyncio.sleep(0.2)  # its handler is cancelled meanwhile (the load must go on)
+        loading.ensure_gate.set()
+        completion = await second
+    assert completion.choices[0].text == "served by worker-1"
+    assert loading.ensured == ["tail-1"]
+
+
 async def routed(fleet: Any, count: int) -> None:
     """Wait until the router has decided a worker for `count` requests (`loraplex_router_requests_total`)."""
     for _ in range(3000):
