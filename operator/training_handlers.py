@@ -43,6 +43,7 @@ from loraplex.operator.training_status import (
     JobView,
     PodView,
     Step,
+    output_conflict,
     output_refused,
     plan_training,
 )
@@ -429,7 +430,7 @@ class TrainingLoop:
         revision fails the job, before an attempt starts or when it would publish)."""
         ref, namespace, name = job.ref, job.ref.namespace, job.ref.name
         if step.create_attempt is not None:
-            conflict = self._output_conflict(job, self._output_adapter(job), None)
+            conflict = output_conflict(job.spec, self._output_adapter(job), None)
             if conflict is not None:
                 step = output_refused(
                     step.status, job.status.get("adapterRevision"), datetime.now(UTC), *conflict
@@ -491,27 +492,6 @@ class TrainingLoop:
                 raise
             return None
 
-    @staticmethod
-    def _output_conflict(
-        job: _Job, live: Mapping[str, Any] | None, trained: str | None
-    ) -> tuple[str, str] | None:
-        """(reason, message) when the output LoRAAdapter belongs to another base model, so no revision
-        this job trains may become its; `trained`: where the revision it did train is, if any."""
-        theirs = (live or {}).get("spec", {}).get("baseModel")
-        if live is None or theirs == job.spec.base_model:
-            return None
-        name, ours = job.spec.output.adapter_name, job.spec.base_model
-        what = (
-            f"the adapter trained on {ours} was not published to it; it is at {trained}"
-            if trained
-            else "so the job was not started"
-        )
-        return (
-            "OutputAdapterOfAnotherBaseModel",
-            f"LoRAAdapter {name} belongs to BaseModel {theirs}, not {ours}: {what}; "
-            "set spec.output.adapterName to another name",
-        )
-
     def _publish(self, job: _Job, uri: str, sha256: str, logger: kopf.Logger) -> tuple[str, str] | None:
         """Create or update the output LoRAAdapter with the new revision (workers then swap to it).
         (reason, message) when it may not: the LoRAAdapter of that name belongs to another base model."""
@@ -526,7 +506,7 @@ class TrainingLoop:
                 f"Created adapter {namespace}/{name} from training job {job.ref.name} sha256={sha256}"
             )
             return None
-        conflict = self._output_conflict(job, live, f"{public} (sha256 {sha256})")
+        conflict = output_conflict(job.spec, live, f"{public} (sha256 {sha256})")
         if conflict is not None:
             return conflict
         source = live["spec"].get("source") or {}

@@ -114,6 +114,28 @@ def validate(namespace: str, spec: TrainingJobSpec, base: BaseModelSpec | None) 
     return None
 
 
+def output_conflict(
+    spec: TrainingJobSpec, live: Mapping[str, Any] | None, trained: str | None
+) -> tuple[str, str] | None:
+    """(reason, message) when the job's output LoRAAdapter (`live`, as the API server has it; None:
+    there is none) belongs to another base model, so no revision the job trains may become its;
+    `trained`: where the revision it did train is, if any."""
+    theirs = (live or {}).get("spec", {}).get("baseModel")
+    if live is None or theirs == spec.base_model:
+        return None
+    name, ours = spec.output.adapter_name, spec.base_model
+    what = (
+        f"the adapter trained on {ours} was not published to it; it is at {trained}"
+        if trained
+        else "so the job was not started"
+    )
+    return (
+        "OutputAdapterOfAnotherBaseModel",
+        f"LoRAAdapter {name} belongs to BaseModel {theirs}, not {ours}: {what}; "
+        "set spec.output.adapterName to another name",
+    )
+
+
 def output_refused(
     planned: Mapping[str, Any], published: str | None, now: datetime, reason: str, message: str
 ) -> Step:

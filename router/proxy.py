@@ -184,8 +184,10 @@ async def _route(
             )
         worker = decision.worker
         try:
-            if adapter is not None and _needs_ensure(proxy, decision, adapter):
-                await _ensure_shared(proxy, worker, adapter)
+            if adapter is not None:
+                needed, revision = _ensure_needed(proxy, decision, adapter)
+                if needed:
+                    await _ensure_shared(proxy, worker, adapter, revision)
             return await _forward(proxy, request, worker, body, adapter, stream)
         except _Retryable as error:
             failure = str(error)
@@ -213,26 +215,29 @@ def _decide(proxy: Proxy, adapter: str | None, tried: list[str], first: bool) ->
     return decision
 
 
-def _needs_ensure(proxy: Proxy, decision: Decision, adapter: str) -> bool:
-    """Not in vLLM there (disk or nowhere); or a named adapter's copy that the router spilled onto a
-    worker its placement does not name, and that its agent has not said is at the adapter's current
-    revision: the agent then checks (an adapter retrained since is reloaded) before the request goes
-    on. The operator keeps the copies it places at the current revision itself."""
-    if decision.hit in ("disk", "miss"):
-        return True
+def _ensure_needed(proxy: Proxy, decision: Decision, adapter: str) -> tuple[bool, str | None]:
+    """Whether the worker's agent must make the adapter servable first, and the revision to ask for
+    (a named adapter's current digest; looked up once per request, only where an ensure may follow).
+
+    Needed when it is not in vLLM there (disk or nowhere); or for a named adapter's copy that the
+    router spilled onto a worker its placement does not name, and that its agent has not said is at
+    the adapter's current revision: the agent then checks (an adapter retrained since is reloaded)
+    before the request goes on. The operator keeps the copies it places at the current revision."""
     table = proxy.state.table
-    if not table.is_named(adapter) or decision.worker in table.placed_on(adapter):
-        return False
+    named = table.is_named(adapter)
+    if decision.hit in ("disk", "miss"):
+        return True, proxy.state.revision(adapter) if named else None
+    if not named or decision.worker in table.placed_on(adapter):
+        return False, None
     revision = proxy.state.revision(adapter)
-    return revision is not None and proxy.state.copy_revision(decision.worker, adapter) != revision
+    return revision is not None and proxy.state.copy_revision(decision.worker, adapter) != revision, revision
 
 
-async def _ensure_shared(proxy: Proxy, worker: str, adapter: str) -> None:
+async def _ensure_shared(proxy: Proxy, worker: str, adapter: str, revision: str | None) -> None:
     """`_ensure`, with concurrent requests for the same copy sharing one call to the agent: a burst
     of first requests for an adapter makes one ensure, not one each. The shared call runs on its own
     task, so a client that disconnects does not cancel it for the others; a request whose shared call
     failed makes its own, so each gets the answer (and the retry) its own call gives."""
-    revision = proxy.state.revision(adapter) if proxy.state.table.is_named(adapter) else None
     key = (worker, adapter, revision)
     shared = proxy.ensuring.get(key)
     if shared is None:
