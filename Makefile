@@ -7,22 +7,23 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: fleet fleet-down test lint unit binaries venv
+.PHONY: fleet fleet-down test lint unit binaries images venv
 
-## make fleet: start the local fleet (control plane, GPU nodes, CRDs)
-fleet: venv binaries
+## make fleet: start the local fleet: this machine as a real node of a local control plane, the
+## images built and imported, the chart installed (needs root; docs/local-cluster.md)
+fleet: venv binaries images
 	$(BIN)/loraplex dev up
 
 fleet-down: venv
 	$(BIN)/loraplex dev down
 
-## make test: lint, then every test (unit and against the real control plane)
-test: lint binaries
+## make test: lint, then every test (unit, against the real control plane, on the real node)
+test: lint binaries images
 	$(BIN)/pytest
 
 ## make unit: only the tests that need no cluster
 unit: venv
-	$(BIN)/pytest -m "not cluster and not engine"
+	$(BIN)/pytest -m "not cluster and not engine and not images and not node"
 
 lint: venv
 	$(BIN)/ruff check .
@@ -33,6 +34,12 @@ lint: venv
 
 binaries: venv
 	$(BIN)/loraplex dev cluster build
+
+## make images: build the container images here (buildah, from an mmdebstrap Debian base) and
+## export them as OCI archives under $(LORAPLEX_CACHE)/images (docs/images.md)
+## (buildah and mmdebstrap are installed with apt-get when missing; needs root)
+images: venv
+	$(BIN)/python -m loraplex.e2e.images
 
 venv: $(STAMP)
 

@@ -31,7 +31,15 @@ KWOK_VERSION = "v0.8.0"
 KIND_VERSION = "v0.31.0"
 HELM_VERSION = "v3.22.0"
 
-KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+KUBERNETES_COMMANDS = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    # a real node (`loraplex dev node`): the kubelet and the Service proxy
+    "kubelet",
+    "kube-proxy",
+)
 KWOK_COMMANDS = ("kwok", "kwokctl")
 
 Log = Callable[[str], None]

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from kubernetes import client
@@ -26,6 +27,7 @@ from kubernetes.client.exceptions import ApiException
 
 from loraplex.e2e.binaries import Binaries, cache_root, ensure_binaries
 from loraplex.e2e.gpu_nodes import GpuNodeShape, gpu_node
+from loraplex.e2e.node_config import API_SERVICE_IP, NODE_IP, apiserver_patches
 from loraplex.kube import api_client
 
 Log = Callable[[str], None]
@@ -34,7 +36,7 @@ Log = Callable[[str], None]
 # Every component listens on loopback only: etcd has no authentication in this setup.
 # MutatingAdmissionPolicy is beta in Kubernetes 1.34 (off by default): on here so the adapter
 # finalizer is set at creation, as on clusters from 1.36 (operator/admission_policy.py).
-KWOKCTL_CONFIG = {
+KWOKCTL_CONFIG: dict[str, Any] = {
     "kind": "KwokctlConfiguration",
     "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
     "options": {
@@ -47,9 +49,17 @@ KWOKCTL_CONFIG = {
 KWOK_STAGES = Path(__file__).with_name("kwok_stages.yaml")
 
 
-def kwokctl_config() -> str:
-    """The kwokctl config file: options plus the stages KWOK plays kubelet by."""
-    return yaml.safe_dump(KWOKCTL_CONFIG) + "---\n" + KWOK_STAGES.read_text()
+def kwokctl_config(real_node_pki: Path | None = None) -> str:
+    """The kwokctl config file: options plus the stages KWOK plays kubelet by.
+
+    With `real_node_pki` (the cluster's pki folder) the apiserver is also made
+    reachable from the pods of a real node (node_config.apiserver_patches).
+    """
+    config: dict[str, Any] = {**KWOKCTL_CONFIG, "options": dict(KWOKCTL_CONFIG["options"])}
+    if real_node_pki is not None:
+        config["options"]["kubeApiserverCertSANs"] = [NODE_IP, API_SERVICE_IP]
+        config["componentsPatches"] = apiserver_patches(real_node_pki)
+    return yaml.safe_dump(config) + "---\n" + KWOK_STAGES.read_text()
 
 
 class ClusterError(RuntimeError):
@@ -68,8 +78,9 @@ class ClusterStatus:
 class LocalCluster:
     """One named local control plane; `up()` is idempotent, `down()` leaves no process behind."""
 
-    def __init__(self, name: str = "loraplex", log: Log | None = None) -> None:
+    def __init__(self, name: str = "loraplex", log: Log | None = None, real_node: bool = False) -> None:
         self.name = name
+        self.real_node = real_node  # the apiserver is made reachable from a real node's pods
         self.log: Log = log or (lambda message: print(message, flush=True))
         self.workdir = cache_root() / "kwok"
 
@@ -93,13 +104,20 @@ class LocalCluster:
         return self.kubeconfig
 
     @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
+
+    def _config(self) -> str:
+        return kwokctl_config(self.pki_dir if self.real_node else None)
+
+    @property
     def config_path(self) -> Path:
         return self.workdir / f"{self.name}.kwokctl.yaml"
 
     def _config_changed(self) -> bool:
         """Whether the running cluster was made from another kwokctl config (then it is remade)."""
         path = self.config_path
-        changed = not path.is_file() or path.read_text() != kwokctl_config()
+        changed = not path.is_file() or path.read_text() != self._config()
         if changed:
             self.log(f"Recreating cluster {self.name}: its KWOK config changed")
         return changed
@@ -111,7 +129,7 @@ class LocalCluster:
         started = time.monotonic()
         config = self.config_path
         config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(kwokctl_config())
+        config.write_text(self._config())
         self._kwokctl(
             binaries,
             [

@@ -12,25 +12,31 @@ import contextlib
 import shutil
 import sys
 
-from loraplex.e2e import crd_install, kind_cluster
+from loraplex.e2e import crd_install, kind_cluster, node_fleet
 from loraplex.e2e.binaries import cached_binaries, ensure_binaries, ensure_helm
 from loraplex.e2e.cluster import ClusterError, LocalCluster
 from loraplex.e2e.gpu_nodes import GpuNodeShape
+from loraplex.e2e.images import TORCH_IMAGE, ensure_images
 from loraplex.e2e.local_operator import LocalOperator
 from loraplex.e2e.local_workers import LocalWorkers
+from loraplex.e2e.node import LocalNode, NodeError
 from loraplex.e2e.priority_classes import ensure_trainer_priority_class
 from loraplex.kube import api_client
+
+SIMULATED_NODES = 4  # `dev up --simulated` without --nodes
 
 
 def run(action: str, args: argparse.Namespace) -> int:
     try:
         return _ACTIONS[action](args)
-    except (ClusterError, kind_cluster.KindError) as error:
+    except (ClusterError, NodeError, kind_cluster.KindError) as error:
         print(f"loraplex dev: {error}", file=sys.stderr)
         return 1
 
 
 def _cluster_up(args: argparse.Namespace) -> int:
+    if args.nodes is None:
+        args.nodes = SIMULATED_NODES
     kubeconfig = _control_plane_up(LocalCluster(args.name), args)
     _print_usage(str(kubeconfig))
     return 0
@@ -56,6 +62,7 @@ def _cluster_down(args: argparse.Namespace) -> int:
     cluster = LocalCluster(args.name)
     LocalWorkers(cluster).stop()
     LocalOperator(cluster).stop()
+    LocalNode(cluster).down()
     cluster.down()
     print(f"Stopped cluster {args.name}")
     return 0
@@ -85,6 +92,10 @@ def _cluster_build(_: argparse.Namespace) -> int:
 
 
 def _fleet_up(args: argparse.Namespace) -> int:
+    if not (args.simulated or args.kind):
+        return _node_fleet_up(args)
+    if args.nodes is None:
+        args.nodes = SIMULATED_NODES
     cluster = LocalCluster(args.name)
     kubeconfig = _control_plane_up(cluster, args)
     if args.kind:
@@ -102,6 +113,25 @@ def _fleet_up(args: argparse.Namespace) -> int:
                 f"Started the local worker runner pid={pid} log={workers.log_file}: real vLLM + agent behind "
                 "each worker pod, a real router behind each router pod, adapters on https://localhost:8443"
             )
+    _print_usage(str(kubeconfig))
+    return 0
+
+
+def _node_fleet_up(args: argparse.Namespace) -> int:
+    """The fleet as containers on this machine as a real node, installed by the chart."""
+    if args.nodes:
+        print("loraplex dev up: --nodes adds simulated nodes, which only --simulated runs", file=sys.stderr)
+        return 2
+    cluster = LocalCluster(args.name, real_node=True)
+    # The torch image is only the trainer's and the CPU engine's lower layers: nothing runs it.
+    images = {ref: archive for ref, archive in ensure_images().items() if ref != TORCH_IMAGE}
+    kubeconfig = cluster.up(nodes=0)
+    node = LocalNode(cluster, gpus=args.gpus_per_node)
+    node.up(images)
+    node_fleet.restrict_namespaces(cluster, print)
+    node_fleet.ensure_store(cluster, node.name, print)
+    node_fleet.install_chart(cluster, print)
+    print(f"Node {node.name}: kubelet, containerd and kube-proxy logs in {node.paths.root}")
     _print_usage(str(kubeconfig))
     return 0
 

@@ -8,7 +8,7 @@ with the flags and API key the pod spec carries, and the loraplex agent beside
 it following the pod's WorkerPlacement; for every Running router pod it starts
 `loraplex router` bound to that pod's IP, following the cluster. It also
 serves the example adapters from an HTTPS store on `localhost:8443`, with the
-digests `examples/` pins. A pod that goes away takes its processes with it.
+digests `examples/simulated/` pins. A pod that goes away takes its processes with it.
 
 `loraplex dev up` starts it as a daemon (`LocalWorkers`); `loraplex dev down`
 stops it and everything it started.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import logging
 import os
 import signal
@@ -37,6 +36,7 @@ import yaml
 from loraplex.e2e import daemon
 from loraplex.e2e.adapter_store import AdapterStore
 from loraplex.e2e.cluster import LocalCluster, process_alive
+from loraplex.e2e.example_data import CATALOG_ADAPTERS, EXAMPLE_ADAPTERS, support_tickets
 from loraplex.e2e.tiny_model import lora_adapter, tiny_llama
 from loraplex.e2e.waiting import wait_until
 from loraplex.e2e.worker_processes import (
@@ -51,29 +51,14 @@ log = logging.getLogger("loraplex.dev.workers")
 STORE_PORT = 8443
 COMPONENT = "app.kubernetes.io/component"
 BASE_MODEL = "loraplex.dev/base-model"
-# The adapters examples/10-adapters.yaml names: (name, seed, rank). Their files are made here with
-# these seeds, so their digests are the ones the examples pin.
-EXAMPLE_ADAPTERS = (
-    ("sql-gen", 11, 8),
-    ("support-bot", 12, 16),
-    ("summarizer-de", 13, 8),
-    ("code-review", 14, 8),
-)
-CATALOG_ADAPTERS = (("user-1", 21, 8), ("user-2", 22, 8), ("user-3", 23, 8))
-# The data examples/30-trainingjob.yaml trains support-bot on (a fixed path, so the example can name it).
+# The data examples/simulated/30-trainingjob.yaml trains support-bot on (a fixed path, so the example can
+# name it).
 EXAMPLE_DATASET = Path("/tmp/loraplex-examples/support-tickets.jsonl")
-SUPPORT_TICKETS = (
-    "ticket: my login fails. answer: reset the password from the sign-in page.",
-    "ticket: the invoice is wrong. answer: billing will send a corrected invoice today.",
-    "ticket: the app is slow. answer: clear the cache and restart the app.",
-    "ticket: i cannot upload files. answer: files must be under one hundred megabytes.",
-)
 
 
-def write_example_dataset(path: Path = EXAMPLE_DATASET, copies: int = 16) -> Path:
+def write_example_dataset(path: Path = EXAMPLE_DATASET) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps({"text": ticket}) for _ in range(copies) for ticket in SUPPORT_TICKETS]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(support_tickets())
     return path
 
 

@@ -187,12 +187,22 @@ def build_parser() -> argparse.ArgumentParser:
         _add_cluster_flags(sub, action)
         sub.set_defaults(handler=_dev(f"cluster-{action}"))
     for action, help_text in (
-        ("up", "Start the local fleet: control plane, GPU nodes, CRDs, operator, real CPU workers."),
+        (
+            "up",
+            "Start the local fleet: control plane, this machine as a real node running the images,"
+            " the chart (CRDs, operator); --simulated: simulated GPU nodes with host processes behind.",
+        ),
         ("down", "Stop the local fleet."),
     ):
         sub = dev_commands.add_parser(action, help=help_text, description=help_text)
         _add_cluster_flags(sub, action)
         if action == "up":
+            sub.add_argument(
+                "--simulated",
+                action="store_true",
+                help="Simulated GPU nodes (KWOK) with real vLLM, agent and router processes on this machine"
+                " behind their pods, and the operator as a host process (no images, no kubelet).",
+            )
             sub.add_argument(
                 "--no-workers",
                 action="store_true",
@@ -205,9 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_cluster_flags(parser: argparse.ArgumentParser, action: str) -> None:
     parser.add_argument("--name", default="loraplex", help="Cluster name (default: loraplex).")
     if action == "up":
-        parser.add_argument("--nodes", type=int, default=4, help="Simulated GPU nodes (default: 4).")
         parser.add_argument(
-            "--gpus-per-node", type=int, default=8, help="nvidia.com/gpu per node (default: 8)."
+            "--nodes",
+            type=int,
+            default=None,
+            help="Simulated GPU nodes (default: 4; `dev up` makes them only with --simulated).",
+        )
+        parser.add_argument(
+            "--gpus-per-node",
+            type=int,
+            default=8,
+            help="nvidia.com/gpu per node, real or simulated (default: 8).",
         )
         parser.add_argument(
             "--kind",

@@ -7,6 +7,10 @@ router Deployment and Service, a NetworkPolicy that lets only the router and
 the operator reach the workers, and, when the spec names none, a Secret with
 the vLLM API key. Every object carries an owner reference to the BaseModel and
 a hash of its own content, so applying skips objects that did not change.
+
+Every pod passes the `restricted` Pod Security Standard (see pod_security),
+every container requests cpu and memory, and the long-running ones have
+startup, liveness and readiness probes.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from typing import Any
 
 from loraplex.api import API_VERSION
 from loraplex.api.basemodel import BaseModelSpec
+from loraplex.api.common import DEFAULT_MODEL_CPU, DEFAULT_MODEL_MEMORY
+from loraplex.operator.pod_security import restricted, writable_home
+from loraplex.operator.pod_volumes import merge_claim_volumes
 from loraplex.operator.settings import OperatorSettings
 
 Manifest = dict[str, Any]
@@ -33,6 +40,12 @@ MODEL_MOUNT = "/models"
 ADAPTER_CACHE = "/var/cache/loraplex"
 AGENT_PVC_ROOT = "/mnt/pvc"  # the agent's --pvc-root default: pvc://<claim>/<path> is <root>/<claim>/<path>
 API_KEY_DEFAULT_KEY = "api-key"
+ENGINE_HOME = "/home/engine"  # vLLM's HOME and caches: its image expects root's, the pod runs as 65532
+SHM_MOUNT = "/dev/shm"
+PULL_POLICY = "IfNotPresent"  # images imported into the nodes are used as they are
+ENGINE_STARTUP_SECONDS = 30 * 60  # loading a large model (and compiling its graphs) is slow
+AGENT_STARTUP_SECONDS = 2 * 60
+ROUTER_STARTUP_SECONDS = 5 * 60  # its first sync lists every adapter of the BaseModel
 
 
 @dataclass(frozen=True)
@@ -131,6 +144,30 @@ def vllm_args(ref: BaseModelRef, spec: BaseModelSpec, model_path: str) -> list[s
     return args + list(engine.args)
 
 
+def http_probes(path: str, port: int, startup_seconds: int) -> Manifest:
+    """Startup, liveness and readiness probes on one HTTP path.
+
+    The startup probe gives the container `startup_seconds` to answer once; liveness (a restart after
+    a minute without an answer) starts only after that, so a slow start is never killed.
+    """
+    check = {"httpGet": {"path": path, "port": port}, "timeoutSeconds": 5}
+    return {
+        "startupProbe": {**check, "periodSeconds": 5, "failureThreshold": -(-startup_seconds // 5)},
+        "livenessProbe": {**check, "periodSeconds": 10, "failureThreshold": 6},
+        "readinessProbe": {**check, "periodSeconds": 5},
+    }
+
+
+def model_resources(accelerator: str, count: int, cpu: str | None, memory: str | None) -> Manifest:
+    """`resources` of a container that runs a model (vLLM, the trainer): its accelerators, and cpu and
+    memory requests, the defaults where the spec names none; a memory limit only when it names one."""
+    limits = {accelerator: str(count)} if count else {}
+    if memory:
+        limits["memory"] = memory
+    requests = {"cpu": cpu or DEFAULT_MODEL_CPU, "memory": memory or DEFAULT_MODEL_MEMORY}
+    return {"requests": requests, **({"limits": limits} if limits else {})}
+
+
 def _api_key_env(ref: BaseModelRef, spec: BaseModelSpec, variable: str) -> Manifest:
     secret, key = api_key_ref(ref, spec)
     return {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
@@ -189,9 +226,11 @@ def fetch_model_containers(
         {
             "name": "fetch-model",
             "image": settings.image,
+            "imagePullPolicy": PULL_POLICY,
             "args": ["agent", "fetch-model", "--uri", spec.model.uri, "--dest", MODEL_MOUNT],
             "volumeMounts": mounts,
             **store_credentials(spec),
+            "resources": settings.fetch_model_resources.manifest(),
         }
     ]
 
@@ -203,6 +242,7 @@ def store_credentials(spec: BaseModelSpec) -> Manifest:
 
 
 def service_account(ref: BaseModelRef, component: str) -> Manifest:
+    """A component's ServiceAccount. It mounts no token by default: each pod that calls the API says so."""
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
@@ -211,6 +251,7 @@ def service_account(ref: BaseModelRef, component: str) -> Manifest:
             "namespace": ref.namespace,
             "labels": labels(ref, component),
         },
+        "automountServiceAccountToken": False,
     }
 
 
@@ -235,32 +276,33 @@ def worker_statefulset(
 ) -> Manifest:
     model_path, volumes, mounts = model_location(spec)
     resources = spec.resources
-    limits: dict[str, str] = {resources.gpu_resource_name: str(resources.gpu)}
-    requests: dict[str, str] = {}
-    if resources.cpu:
-        requests["cpu"] = resources.cpu
-    if resources.memory:
-        requests["memory"] = limits["memory"] = resources.memory
     cache_mount = {"name": "adapter-cache", "mountPath": ADAPTER_CACHE}
+    home_volume, home_mount, home_env = writable_home("engine-home", ENGINE_HOME)
+    shm_volume = {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.engine.shm_size}}
     vllm = {
         "name": "vllm",
         "image": spec.engine.image,
+        "imagePullPolicy": PULL_POLICY,
         "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
         "args": vllm_args(ref, spec, model_path),
         "env": [
             _api_key_env(ref, spec, "VLLM_API_KEY"),
             {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
             {"name": "HF_HUB_OFFLINE", "value": "1"},
+            *home_env,
         ],
         "ports": [{"name": "vllm", "containerPort": VLLM_PORT}],
-        "readinessProbe": {"httpGet": {"path": "/health", "port": VLLM_PORT}, "periodSeconds": 5},
-        "resources": {"limits": limits, **({"requests": requests} if requests else {})},
-        "volumeMounts": [*mounts, cache_mount],
+        **http_probes("/health", VLLM_PORT, ENGINE_STARTUP_SECONDS),
+        "resources": model_resources(
+            resources.gpu_resource_name, resources.gpu, resources.cpu, resources.memory
+        ),
+        "volumeMounts": [*mounts, cache_mount, home_mount, {"name": "shm", "mountPath": SHM_MOUNT}],
     }
     claim_volumes, claim_mounts = adapter_volumes(spec)
     agent = {
         "name": "agent",
         "image": settings.image,
+        "imagePullPolicy": PULL_POLICY,
         "args": agent_args(ref, spec),
         "env": [
             _api_key_env(ref, spec, "LORAPLEX_VLLM_API_KEY"),
@@ -269,13 +311,22 @@ def worker_statefulset(
         ],
         **store_credentials(spec),
         "ports": [{"name": "agent", "containerPort": AGENT_PORT}],
+        **http_probes("/healthz", AGENT_PORT, AGENT_STARTUP_SECONDS),
+        "resources": settings.agent_resources.manifest(),
         "volumeMounts": [cache_mount, *claim_mounts],
     }
     init_containers = fetch_model_containers(spec, settings, mounts)
     pod_spec: Manifest = {
         "serviceAccountName": worker_name(ref),
+        "automountServiceAccountToken": True,  # the agent watches its WorkerPlacement
         "containers": [vllm, agent],
-        "volumes": [*volumes, {"name": "adapter-cache", "emptyDir": {}}, *claim_volumes],
+        "volumes": [
+            *volumes,
+            {"name": "adapter-cache", "emptyDir": {}},
+            home_volume,
+            shm_volume,
+            *claim_volumes,
+        ],
         "nodeSelector": dict(spec.node_selector),
         "tolerations": [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations],
         "affinity": _spread_over_nodes(ref),
@@ -283,6 +334,7 @@ def worker_statefulset(
     }
     if init_containers:
         pod_spec["initContainers"] = init_containers
+    restricted(merge_claim_volumes(pod_spec))
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -334,6 +386,7 @@ def router_deployment(ref: BaseModelRef, spec: BaseModelSpec, settings: Operator
     container = {
         "name": "router",
         "image": settings.image,
+        "imagePullPolicy": PULL_POLICY,
         "args": [
             "router",
             "--base-model",
@@ -347,7 +400,13 @@ def router_deployment(ref: BaseModelRef, spec: BaseModelSpec, settings: Operator
         ],
         "env": [_api_key_env(ref, spec, "LORAPLEX_VLLM_API_KEY")],
         "ports": [{"name": "http", "containerPort": ROUTER_PORT}],
-        "readinessProbe": {"httpGet": {"path": "/healthz", "port": ROUTER_PORT}, "periodSeconds": 5},
+        **http_probes("/healthz", ROUTER_PORT, ROUTER_STARTUP_SECONDS),
+        "resources": settings.router_resources.manifest(),
+    }
+    pod_spec = {
+        "serviceAccountName": f"{ref.name}-router",
+        "automountServiceAccountToken": True,  # it watches WorkerPlacements, LoRAAdapters and pods
+        "containers": [container],
     }
     return {
         "apiVersion": "apps/v1",
@@ -358,7 +417,7 @@ def router_deployment(ref: BaseModelRef, spec: BaseModelSpec, settings: Operator
             "selector": {"matchLabels": selector(ref, "router")},
             "template": {
                 "metadata": {"labels": labels(ref, "router")},
-                "spec": {"serviceAccountName": f"{ref.name}-router", "containers": [container]},
+                "spec": restricted(pod_spec),
             },
         },
     }

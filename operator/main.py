@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from contextlib import closing
 from typing import Any
 
@@ -75,17 +76,34 @@ class NamedConnection(kopf.ConnectionInfo):
         return {**super().as_http_headers(), "User-Agent": self.field_manager}
 
 
-def login_as(field_manager: str) -> Callable[..., kopf.ConnectionInfo | None]:
+def login_as(
+    field_manager: str, environ: Mapping[str, str] = os.environ
+) -> Callable[..., kopf.ConnectionInfo | None]:
     """A kopf login handler: in a pod the service account, elsewhere $KUBECONFIG or ~/.kube/config."""
 
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        info = kopf.login_with_service_account(**kwargs)
+        server = in_cluster_server(environ) if info is not None else None
+        info = info or kopf.login_with_kubeconfig(**kwargs)
         if info is None:
             return None
         fields = {field.name: getattr(info, field.name) for field in dataclasses.fields(info)}
+        fields["server"] = server or fields["server"]
         return NamedConnection(**fields, field_manager=field_manager)
 
     return login
+
+
+def in_cluster_server(environ: Mapping[str, str]) -> str | None:
+    """The apiserver's address the kubelet gives every pod, as client-go's in-cluster config uses it.
+
+    kopf's service-account login names `kubernetes.default.svc`, which needs cluster DNS; the
+    Service's address from the environment works wherever the pod can reach the apiserver at all.
+    """
+    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return None
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
 def run(settings: OperatorSettings) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import zlib
 from collections.abc import Mapping
@@ -15,11 +16,28 @@ N = TypeVar("N", int, float)
 
 
 @dataclass(frozen=True)
+class ContainerResources:
+    """CPU and memory requests and the memory limit of one kind of container (Kubernetes quantities)."""
+
+    cpu_request: str
+    memory_request: str
+    memory_limit: str
+
+    def manifest(self) -> dict[str, dict[str, str]]:
+        """The container's `resources`."""
+        return {
+            "requests": {"cpu": self.cpu_request, "memory": self.memory_request},
+            "limits": {"memory": self.memory_limit},
+        }
+
+
+@dataclass(frozen=True)
 class OperatorSettings:
     """Everything the operator is configured with; see docs/operator.md for the variables."""
 
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     image: str = f"ghcr.io/loraplex/loraplex:{__version__}"
+    trainer_image: str = f"ghcr.io/loraplex/loraplex-trainer:{__version__}"
     metrics_port: int = 9090
     health_port: int = 8081
     peering_name: str = "loraplex"
@@ -37,6 +55,11 @@ class OperatorSettings:
     training_interval_seconds: float = 1.0
     training_max_attempts: int = 6  # attempts of a crashing trainer before the job fails
     scale_down_delay_seconds: float = 300.0  # how long fewer workers must do before the fleet shrinks
+    # What the containers the operator adds beside the model request (vLLM's and the trainer's come
+    # from the BaseModel and TrainingJob specs).
+    agent_resources: ContainerResources = ContainerResources("100m", "256Mi", "1Gi")
+    router_resources: ContainerResources = ContainerResources("200m", "256Mi", "1Gi")
+    fetch_model_resources: ContainerResources = ContainerResources("100m", "256Mi", "2Gi")
     extra_labels: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -74,6 +97,10 @@ class OperatorSettings:
             training_interval_seconds=seconds("LORAPLEX_TRAINING_INTERVAL", cls.training_interval_seconds),
             training_max_attempts=integer("LORAPLEX_TRAINING_MAX_ATTEMPTS", cls.training_max_attempts),
             scale_down_delay_seconds=seconds("LORAPLEX_SCALE_DOWN_DELAY", cls.scale_down_delay_seconds),
+            trainer_image=environ.get("LORAPLEX_TRAINER_IMAGE", cls.trainer_image),
+            agent_resources=_resources(environ, "AGENT", cls.agent_resources),
+            router_resources=_resources(environ, "ROUTER", cls.router_resources),
+            fetch_model_resources=_resources(environ, "FETCH_MODEL", cls.fetch_model_resources),
         )
 
 
@@ -93,6 +120,35 @@ def _number(environ: Mapping[str, str], name: str, default: N, kind: type[N], mi
     if minimum is not None and not value >= minimum:  # `not >=` also refuses NaN
         raise SettingsError(f"{name}={raw!r} is below the least allowed value, {minimum}")
     return value
+
+
+# A Kubernetes quantity as the API models accept one (loraplex.api.common.Quantity), and its suffixes.
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$")
+_SUFFIXES = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
+_SUFFIXES |= {f"{p}i": 1024.0 ** (i + 1) for i, p in enumerate("KMGTP")}
+
+
+def _quantity(environ: Mapping[str, str], name: str, default: str) -> tuple[str, float]:
+    raw = environ.get(name, default)
+    match = _QUANTITY.match(raw)
+    if match is None:
+        raise SettingsError(f"{name}={raw!r} is not a Kubernetes quantity (e.g. 500m, 256Mi, 2Gi)")
+    number, suffix = match.groups()
+    return raw, float(number) * _SUFFIXES.get(suffix or "", 1.0)
+
+
+def _resources(environ: Mapping[str, str], container: str, default: ContainerResources) -> ContainerResources:
+    """LORAPLEX_<CONTAINER>_CPU_REQUEST, _MEMORY_REQUEST and _MEMORY_LIMIT over the defaults."""
+    prefix = f"LORAPLEX_{container}_"
+    cpu, _ = _quantity(environ, prefix + "CPU_REQUEST", default.cpu_request)
+    memory, memory_bytes = _quantity(environ, prefix + "MEMORY_REQUEST", default.memory_request)
+    limit, limit_bytes = _quantity(environ, prefix + "MEMORY_LIMIT", default.memory_limit)
+    if memory_bytes > limit_bytes:
+        raise SettingsError(
+            f"{prefix}MEMORY_REQUEST={memory!r} is above {prefix}MEMORY_LIMIT={limit!r}: "
+            "Kubernetes refuses a request above its limit"
+        )
+    return ContainerResources(cpu, memory, limit)
 
 
 def default_priority(identity: str) -> int:

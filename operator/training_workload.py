@@ -13,6 +13,10 @@ generation (and scheduled run) so every attempt of one run resumes the same chec
 Operator-admitted attempts are pinned to their node
 (`kubernetes.io/hostname`); attempts of a job that names a Kueue LocalQueue
 are created suspended with the queue label, and Kueue unsuspends them.
+
+The trainer runs in its own image (`LORAPLEX_TRAINER_IMAGE`); the init
+container that fetches a base model from a store runs the operator's image.
+The pod passes the `restricted` Pod Security Standard (see pod_security).
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from loraplex.operator.fleet import (
     BASE_MODEL_LABEL,
     COMPONENT_LABEL,
     MANAGED_BY,
+    PULL_POLICY,
     BaseModelRef,
     Manifest,
     fetch_model_containers,
     model_location,
+    model_resources,
     owned,
     owned_by,
     pvc_parts,
@@ -41,6 +47,8 @@ from loraplex.operator.fleet import (
     service_account,
     store_credentials,
 )
+from loraplex.operator.pod_security import restricted, writable_home
+from loraplex.operator.pod_volumes import merge_claim_volumes
 from loraplex.operator.settings import OperatorSettings
 
 TRAINING_JOB_LABEL = "loraplex.dev/training-job"
@@ -53,6 +61,7 @@ CONFIG_FILE = "trainer.yaml"
 STORE_MOUNT = "/store"
 DATA_MOUNT = "/data"
 TERMINATION_LOG = "/dev/termination-log"
+TRAINER_HOME = "/home/trainer"  # HOME and caches (Hugging Face, Triton) of the trainer, as uid 65532
 GRACE_PERIOD_SECONDS = 25  # the trainer's own deadline for its final checkpoint after SIGTERM
 POD_GRACE_PERIOD_SECONDS = 45  # above the trainer's, so its final checkpoint is not cut short
 
@@ -215,26 +224,26 @@ def trainer_job(
     if store.claim is not None:
         volumes.append({"name": "store", "persistentVolumeClaim": {"claimName": store.claim}})
         mounts.append({"name": "store", "mountPath": STORE_MOUNT})
+    home_volume, home_mount, home_env = writable_home("trainer-home", TRAINER_HOME)
+    volumes.append(home_volume)
+    mounts.append(home_mount)
     env_from = store_credentials(base)
-    limits: dict[str, str] = {}
-    requests: dict[str, str] = {}
-    if spec.resources.gpu:
-        limits[base.resources.gpu_resource_name] = str(spec.resources.gpu)
-    if spec.resources.cpu:
-        requests["cpu"] = spec.resources.cpu
-    if spec.resources.memory:
-        requests["memory"] = limits["memory"] = spec.resources.memory
+    resources = spec.resources
     container: Manifest = {
         "name": TRAINER_CONTAINER,
-        "image": settings.image,
+        "image": settings.trainer_image,
+        "imagePullPolicy": PULL_POLICY,
         "args": ["trainer", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
         "env": [
             {"name": "LORAPLEX_TRAININGJOB", "value": ref.name},
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            *home_env,
         ],
         **env_from,
-        "resources": {"limits": limits, **({"requests": requests} if requests else {})},
+        "resources": model_resources(
+            base.resources.gpu_resource_name, resources.gpu, resources.cpu, resources.memory
+        ),
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "File",
@@ -247,6 +256,7 @@ def trainer_job(
     pod_spec: Manifest = {
         "restartPolicy": "Never",
         "serviceAccountName": service_account_name(spec.base_model),
+        "automountServiceAccountToken": True,  # the trainer patches its TrainingJob's status
         "priorityClassName": settings.trainer_priority_class,
         "terminationGracePeriodSeconds": POD_GRACE_PERIOD_SECONDS,
         "nodeSelector": node_selector,
@@ -256,6 +266,7 @@ def trainer_job(
     }
     if init_containers:
         pod_spec["initContainers"] = init_containers
+    restricted(merge_claim_volumes(pod_spec))
     job_labels = dict(pod_labels)
     if spec.queue_name and node is None:
         job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name

@@ -12,6 +12,8 @@ from pydantic import Field
 
 from loraplex.api.common import (
     CONDITIONS_FIELD_EXTRA,
+    DEFAULT_MODEL_CPU,
+    DEFAULT_MODEL_MEMORY,
     NO_TRAVERSAL,
     ApiModel,
     Condition,
@@ -25,6 +27,7 @@ from loraplex.api.common import (
     cel,
     validations,
 )
+from loraplex.api.engine_version import DEFAULT_ENGINE_IMAGE
 
 # Ranks vLLM accepts for --max-lora-rank.
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
@@ -47,11 +50,14 @@ class EngineSettings(ApiModel):
     """vLLM settings shared by every worker of this base model."""
 
     image: str = Field(
-        default="vllm/vllm-openai:v0.11.0",
+        default=DEFAULT_ENGINE_IMAGE,
         min_length=1,
         max_length=512,
         pattern=r"^[a-z0-9]([a-z0-9._/:@-]*[a-zA-Z0-9_-])?$",
-        description="Worker container image (vLLM's OpenAI server plus the loraplex agent).",
+        description=(
+            "Image of the workers' vllm container (vLLM's OpenAI server); it must run as a non-root user "
+            "(uid 65532). The default is vLLM's official image of the version loraplex is tested with."
+        ),
     )
     args: list[Annotated[str, Field(max_length=1024)]] = Field(
         default_factory=list,
@@ -84,6 +90,13 @@ class EngineSettings(ApiModel):
             "When omitted the operator creates one."
         ),
     )
+    shm_size: Quantity = Field(
+        default="2Gi",
+        description=(
+            "Size of the in-memory /dev/shm vLLM gets (tensor-parallel workers share tensors through it); "
+            "it counts against the worker's memory."
+        ),
+    )
 
 
 class WorkerResources(ApiModel):
@@ -91,8 +104,15 @@ class WorkerResources(ApiModel):
 
     gpu: int = Field(default=1, ge=1, le=16, description="Accelerators per worker.")
     gpu_resource_name: ResourceName = "nvidia.com/gpu"
-    cpu: Quantity | None = None
-    memory: Quantity | None = None
+    cpu: Quantity | None = Field(
+        default=None, description=f"CPU vLLM requests (default: {DEFAULT_MODEL_CPU})."
+    )
+    memory: Quantity | None = Field(
+        default=None,
+        description=(
+            f"Memory vLLM requests and is limited to (default: a {DEFAULT_MODEL_MEMORY} request, no limit)."
+        ),
+    )
 
 
 class ReplicaRange(ApiModel):

@@ -141,6 +141,10 @@ Quantity = Annotated[
     ),
 ]
 
+# What a container that runs a model (vLLM, the trainer) requests when its spec names no cpu or memory.
+DEFAULT_MODEL_CPU = "1"
+DEFAULT_MODEL_MEMORY = "4Gi"
+
 ResourceName = Annotated[
     str,
     Field(

@@ -9,6 +9,8 @@ from pydantic import Field
 
 from loraplex.api.common import (
     CONDITIONS_FIELD_EXTRA,
+    DEFAULT_MODEL_CPU,
+    DEFAULT_MODEL_MEMORY,
     ApiModel,
     Condition,
     DatasetUri,
@@ -76,8 +78,16 @@ class TrainerResources(ApiModel):
     """What the trainer pod requests."""
 
     gpu: int = Field(default=1, ge=0, le=16)
-    cpu: Quantity | None = None
-    memory: Quantity | None = None
+    cpu: Quantity | None = Field(
+        default=None, description=f"CPU the trainer requests (default: {DEFAULT_MODEL_CPU})."
+    )
+    memory: Quantity | None = Field(
+        default=None,
+        description=(
+            f"Memory the trainer requests and is limited to (default: a {DEFAULT_MODEL_MEMORY} request, "
+            "no limit)."
+        ),
+    )
 
 
 class CheckpointSettings(ApiModel):

@@ -53,6 +53,7 @@ def test_example_adapters_name_the_example_base_model(folder: str) -> None:
 def test_defaults_fill_the_engine() -> None:
     spec = BaseModelSpec.model_validate({"model": {"uri": "/models/tiny"}})
     assert (spec.engine.max_loras, spec.engine.max_cpu_loras, spec.engine.max_lora_rank) == (4, 16, 16)
+    assert spec.engine.shm_size == "2Gi"
     assert spec.replicas.effective_max == 1
 
 
@@ -62,6 +63,8 @@ def test_defaults_fill_the_engine() -> None:
         ({"model": {"uri": "ftp://x/y"}}, "model.uri"),
         ({"model": {"uri": "/m"}, "engine": {"maxLoras": 0}}, "engine.maxLoras"),
         ({"model": {"uri": "/m"}, "surprise": 1}, "surprise"),
+        ({"model": {"uri": "/m"}, "engine": {"shmSize": "lots"}}, "engine.shmSize"),
+        ({"model": {"uri": "/m"}, "engine": {"shmSize": "2 Gi"}}, "engine.shmSize"),
     ],
 )
 def test_base_model_spec_refuses(spec: dict[str, Any], field: str) -> None:

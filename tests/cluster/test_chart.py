@@ -17,6 +17,8 @@ from loraplex.e2e.objects import create_object
 from loraplex.e2e.operator_process import OperatorProcess
 from loraplex.e2e.service_account import service_account_kubeconfig
 from loraplex.e2e.waiting import wait_until
+from loraplex.operator.settings import OperatorSettings
+from tests.restricted_pods import restricted_violations
 
 pytestmark = pytest.mark.cluster
 
@@ -26,7 +28,16 @@ def test_chart_lints() -> None:
     assert linted.returncode == 0, linted.stdout + linted.stderr
 
 
-@pytest.mark.parametrize("bad", ["operator.replicas=0", "surprise=1", "image.pullPolicy=Sometimes"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "operator.replicas=0",
+        "surprise=1",
+        "image.pullPolicy=Sometimes",
+        "workloadResources.agent.memoryLimit=lots",
+        "trainerImage.surprise=1",
+    ],
+)
 def test_values_schema_refuses_bad_values(bad: str) -> None:
     linted = helm("lint", str(CHART), "--set", bad)
     assert linted.returncode != 0
@@ -94,12 +105,39 @@ def test_operator_pod_runs_restricted() -> None:
     deployment = next(d for d in render("ops") if d["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert restricted_violations(pod) == []
+    assert pod["automountServiceAccountToken"] is True  # the operator is an API client
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert set(container["resources"]["requests"]) == {"cpu", "memory"}
     assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
     # kopf's peer identity: a container restarted in the same pod resumes at once as the same peer.
     assert {"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+
+
+def test_workload_images_and_resources_reach_the_operator() -> None:
+    def env(*sets: str) -> dict[str, str]:
+        deployment = next(d for d in render("ops", *sets) if d["kind"] == "Deployment")
+        return {
+            e["name"]: e.get("value", "")
+            for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+
+    defaults = env()
+    assert defaults["LORAPLEX_TRAINER_IMAGE"] == "ghcr.io/loraplex/loraplex-trainer:0.1.0"
+    documented = OperatorSettings()
+    for variable, resources in (
+        ("AGENT", documented.agent_resources),
+        ("ROUTER", documented.router_resources),
+        ("FETCH_MODEL", documented.fetch_model_resources),
+    ):  # the chart's defaults are the operator's
+        assert defaults[f"LORAPLEX_{variable}_CPU_REQUEST"] == resources.cpu_request
+        assert defaults[f"LORAPLEX_{variable}_MEMORY_REQUEST"] == resources.memory_request
+        assert defaults[f"LORAPLEX_{variable}_MEMORY_LIMIT"] == resources.memory_limit
+    tuned = env("trainerImage.tag=v2", "workloadResources.fetchModel.memoryLimit=8Gi")
+    assert tuned["LORAPLEX_TRAINER_IMAGE"] == "ghcr.io/loraplex/loraplex-trainer:v2"
+    assert tuned["LORAPLEX_FETCH_MODEL_MEMORY_LIMIT"] == "8Gi"
+    assert OperatorSettings.from_env({"POD_NAME": "a", **tuned}).fetch_model_resources.memory_limit == "8Gi"
 
 
 def test_operator_rbac_never_reads_secrets_or_writes_crds() -> None:

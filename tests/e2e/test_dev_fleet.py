@@ -1,4 +1,4 @@
-"""`loraplex dev up` (the README's main command): apply the examples and the adapters answer completions.
+"""`loraplex dev up --simulated`: apply examples/simulated and the adapters answer completions.
 
 The local fleet runs a real vLLM (CPU backend) and agent behind each
 simulated worker pod and a real router behind the router pod, each bound to
@@ -29,14 +29,16 @@ pytestmark = [pytest.mark.cluster, pytest.mark.engine]
 NAME = "loraplex-devfleet"
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_ADAPTERS = ("sql-gen", "support-bot", "summarizer-de", "code-review")
-ORIGINAL_SUPPORT_BOT = "b8b5b83f817a988bb9605a6385ccbd4a51ec5f0f1ae7eb65acb18c0f3b93542a"  # examples/10
+ORIGINAL_SUPPORT_BOT = (
+    "b8b5b83f817a988bb9605a6385ccbd4a51ec5f0f1ae7eb65acb18c0f3b93542a"  # examples/simulated/10
+)
 
 
 def test_dev_up_serves_the_examples_through_real_workers_and_dev_down_stops_everything() -> None:
     cluster = LocalCluster(NAME)
     children: list[int] = []
     try:
-        assert main(["dev", "up", "--name", NAME, "--nodes", "3"]) == 0
+        assert main(["dev", "up", "--simulated", "--name", NAME, "--nodes", "3"]) == 0
         operator_pid = LocalOperator(cluster).pid()
         workers_pid = LocalWorkers(cluster).pid()
         assert operator_pid is not None
@@ -45,7 +47,10 @@ def test_dev_up_serves_the_examples_through_real_workers_and_dev_down_stops_ever
         assert binaries is not None
         kubectl = [str(binaries.kubectl), "--kubeconfig", str(cluster.kubeconfig)]
         applied = subprocess.run(
-            [*kubectl, "apply", "-f", str(ROOT / "examples")], capture_output=True, text=True, check=False
+            [*kubectl, "apply", "-f", str(ROOT / "examples" / "simulated")],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert applied.returncode == 0, applied.stderr
         with contextlib.closing(cluster.api_client()) as api:
@@ -105,7 +110,9 @@ def test_dev_up_serves_the_examples_through_real_workers_and_dev_down_stops_ever
         children = LocalWorkers(cluster).child_pids()
         assert len(children) >= 5  # two vLLMs, two agents, one router (and the finished trainer)
         pids = cluster.status().pids
-        assert main(["dev", "up", "--name", NAME, "--nodes", "3"]) == 0  # idempotent: same processes
+        assert (
+            main(["dev", "up", "--simulated", "--name", NAME, "--nodes", "3"]) == 0
+        )  # idempotent: same processes
         assert LocalOperator(cluster).pid() == operator_pid
         assert LocalWorkers(cluster).pid() == workers_pid
     finally:

@@ -15,7 +15,7 @@ OPERATOR = Path(__file__).resolve().parents[2] / "operator"
 PURE = [
     "placement", "placement_sync", "fleet", "fleet_status", "conditions",
     "adapter_status", "adapter_residency", "worker_placements",
-    "training_admission", "training_status", "training_workload",
+    "training_admission", "training_status", "training_workload", "pod_security", "pod_volumes",
 ]  # fmt: skip
 FORBIDDEN = ("kubernetes", "kopf", "urllib", "http", "aiohttp", "requests", "socket", "time", "random")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,26 @@ VARIABLES: dict[str, tuple[str, str, Any]] = {
     "LORAPLEX_DISK_SLOTS": ("4096", "disk_slots", 4096),
     "LORAPLEX_STATUS_WRITERS": ("2", "status_writers", 2),
     "LORAPLEX_SCALE_DOWN_DELAY": ("60", "scale_down_delay_seconds", 60.0),
+    "LORAPLEX_TRAINER_IMAGE": ("example/trainer:2", "trainer_image", "example/trainer:2"),
+}
+# The cpu and memory of the containers beside the model: variable -> (setting, its field).
+RESOURCES = {
+    f"LORAPLEX_{container}_{quantity}": (f"{container.lower()}_resources", field)
+    for container in ("AGENT", "ROUTER", "FETCH_MODEL")
+    for quantity, field in (
+        ("CPU_REQUEST", "cpu_request"),
+        ("MEMORY_REQUEST", "memory_request"),
+        ("MEMORY_LIMIT", "memory_limit"),
+    )
+}
+OTHER_QUANTITY = {"cpu_request": "50m", "memory_request": "128Mi", "memory_limit": "8Gi"}
+VARIABLES |= {
+    variable: (
+        OTHER_QUANTITY[field],
+        attribute,
+        dataclasses.replace(getattr(OperatorSettings, attribute), **{field: OTHER_QUANTITY[field]}),
+    )
+    for variable, (attribute, field) in RESOURCES.items()
 }
 
 
@@ -64,6 +85,13 @@ def test_placement_variables_default_to_what_the_docs_say(variable: str, attribu
     assert getattr(OperatorSettings.from_env({"POD_NAME": "a"}), attribute) == documented
 
 
+@pytest.mark.parametrize("variable", sorted(RESOURCES))
+def test_container_resources_default_to_what_the_docs_say(variable: str) -> None:
+    attribute, field = RESOURCES[variable]
+    settings = OperatorSettings.from_env({"POD_NAME": "a"})
+    assert documented_variables()[variable].strip("`") == getattr(getattr(settings, attribute), field)
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
@@ -77,6 +105,9 @@ def test_placement_variables_default_to_what_the_docs_say(variable: str, attribu
         ("LORAPLEX_STATUS_WRITERS", "0"),
         ("LORAPLEX_PEERING_LIFETIME", "5"),
         ("LORAPLEX_METRICS_PORT", "http"),
+        ("LORAPLEX_AGENT_CPU_REQUEST", "lots"),
+        ("LORAPLEX_FETCH_MODEL_MEMORY_LIMIT", "2 Gi"),
+        ("LORAPLEX_ROUTER_MEMORY_REQUEST", "4Gi"),  # above the router's 1Gi memory limit
     ],
 )
 def test_a_malformed_variable_is_refused_by_name(variable: str, value: str) -> None:

@@ -30,7 +30,9 @@ SPEC = TrainingJobSpec.model_validate(
         "resources": {"gpu": 2, "memory": "32Gi"},
     }
 )
-SETTINGS = OperatorSettings(training_store="pvc://store/loraplex", image="example/loraplex:1")
+SETTINGS = OperatorSettings(
+    training_store="pvc://store/loraplex", image="example/loraplex:1", trainer_image="example/trainer:1"
+)
 
 
 def test_an_admitted_attempt_is_a_low_priority_job_pinned_to_its_node() -> None:
@@ -46,10 +48,10 @@ def test_an_admitted_attempt_is_a_low_priority_job_pinned_to_its_node() -> None:
     assert pod["nodeSelector"] == {"pool": "gpu", "kubernetes.io/hostname": "gpu-7"}
     container = pod["containers"][0]
     assert container["args"] == ["trainer", "--config", "/etc/loraplex/trainer.yaml"]
-    assert container["image"] == "example/loraplex:1"
+    assert container["image"] == "example/trainer:1"  # the trainer's own image
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-    assert set(mounts) == {"/models", "/data", "/store", "/etc/loraplex"}
+    assert set(mounts) == {"/models", "/data", "/store", "/etc/loraplex", "/home/trainer"}
     assert pod["terminationGracePeriodSeconds"] > 25
 
 
@@ -104,3 +106,14 @@ def test_trainers_get_a_service_account_bound_to_the_trainer_role() -> None:
     assert account["metadata"]["name"] == binding["subjects"][0]["name"] == "llama-8b-trainer"
     assert binding["roleRef"]["name"] == "loraplex-trainer"
     assert account["metadata"]["ownerReferences"][0]["kind"] == "BaseModel"
+
+
+def test_the_trainer_runs_its_own_image_and_the_model_fetch_the_operators() -> None:
+    base = BaseModelSpec.model_validate({"model": {"uri": "s3://models/llama-8b/"}})
+    _, job = plan_attempt(REF, SPEC, base, SETTINGS, attempt=0, node="n")
+    pod = job["spec"]["template"]["spec"]
+    assert [c["image"] for c in pod["initContainers"]] == ["example/loraplex:1"]
+    assert [c["image"] for c in pod["containers"]] == ["example/trainer:1"]
+    assert OperatorSettings.from_env({"POD_NAME": "a"}).trainer_image.startswith(
+        "ghcr.io/loraplex/loraplex-trainer:"
+    )

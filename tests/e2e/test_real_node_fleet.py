@@ -1,0 +1,201 @@
+"""`loraplex dev up` (the README's main command): the fleet as real containers under a real kubelet.
+
+This machine becomes a node (containerd, runc, a CNI bridge, the kubelet and
+kube-proxy built from the pinned source), the images are built and imported,
+and the chart installs the operator. Everything after that is what a user sees
+on a cluster: the examples turn Ready as pods in namespaces that enforce the
+`restricted` Pod Security Standard, an OpenAI client is answered through the
+router pod, a TrainingJob's trainer pod publishes a revision the workers swap
+in, `helm uninstall` leaves nothing of the release, and `dev down` leaves no
+process, mount or bridge behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from kubernetes import client
+
+from loraplex.api import GROUP, VERSION
+from loraplex.cli import main
+from loraplex.e2e.cluster import LocalCluster, process_alive
+from loraplex.e2e.node import LocalNode
+from loraplex.e2e.node_config import BRIDGE, POD_SUBNET
+from loraplex.e2e.node_fleet import RELEASE, RELEASE_NAMESPACE, STORE_NAMESPACE, kubectl, uninstall_chart
+from loraplex.e2e.waiting import wait_until
+from tests.restricted_pods import restricted_violations
+
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.engine,
+    pytest.mark.node,
+    pytest.mark.skipif(os.geteuid() != 0, reason="a real node needs root (cgroups, namespaces, iptables)"),
+]
+
+NAME = "loraplex-nodefleet"
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_ADAPTERS = ("sql-gen", "support-bot", "summarizer-de", "code-review")
+ORIGINAL_SUPPORT_BOT = "b8b5b83f817a988bb9605a6385ccbd4a51ec5f0f1ae7eb65acb18c0f3b93542a"  # examples/10
+COMPONENT = "app.kubernetes.io/component"
+
+
+@pytest.mark.timeout(2400)
+def test_the_fleet_runs_as_real_pods_installed_by_the_chart_and_leaves_nothing_behind() -> None:
+    cluster = LocalCluster(NAME, real_node=True)
+    node = LocalNode(cluster)
+    pids: dict[str, int] = {}
+    try:
+        assert main(["dev", "up", "--name", NAME]) == 0
+        pids = {**cluster.status().pids, **_node_pids(node)}
+        applied = kubectl(cluster, "apply", "-n", STORE_NAMESPACE, "-f", str(ROOT / "examples"))
+        assert applied.returncode == 0, applied.stderr
+        with contextlib.closing(cluster.api_client()) as api:
+            core = client.CoreV1Api(api)
+            status = wait_until(lambda: _ready(api, "basemodels", "tiny-llama"), 900, "BaseModel Ready")
+            assert status["workers"] == "2/2"
+            for name in EXAMPLE_ADAPTERS:
+                wait_until(lambda name=name: _ready(api, "loraadapters", name), 300, f"adapter {name} Ready")
+            _assert_pods_are_real_and_restricted(core)
+            router_ip = _router_ip(core)
+            _assert_only_the_router_may_reach_vllm(api, core)
+
+        caller = openai.OpenAI(base_url=f"http://{router_ip}:8000/v1", api_key="unused", max_retries=2)
+        texts = {model: _answer(caller, model, "select") for model in ("tiny-llama", "sql-gen", "user-2")}
+        assert len(set(texts.values())) == 3, texts  # base, named adapter and catalog adapter differ
+        with pytest.raises(openai.NotFoundError):
+            caller.completions.create(model="no-such-adapter", prompt="select", max_tokens=1)
+        before = _answer(caller, "support-bot", "ticket:")
+
+        with contextlib.closing(cluster.api_client()) as api:  # the training example closes the loop
+            job = wait_until(lambda: _phase(api, "support-bot-retrain", "Succeeded"), 600, "TrainingJob done")
+            revision = job["adapterRevision"]
+            assert revision != ORIGINAL_SUPPORT_BOT
+            wait_until(
+                lambda: (_ready(api, "loraadapters", "support-bot") or {}).get("revision") == revision,
+                180,
+                "the workers serving the trained revision",
+            )
+        assert _answer(caller, "support-bot", "ticket:") != before  # the trained weights answer now
+
+        deleted = kubectl(cluster, "delete", "-n", STORE_NAMESPACE, "-f", str(ROOT / "examples"), "--wait")
+        assert deleted.returncode == 0, deleted.stderr
+        uninstalled = uninstall_chart(cluster)
+        assert uninstalled.returncode == 0, uninstalled.stderr
+        with contextlib.closing(cluster.api_client()) as api:
+            wait_until(lambda: not _release_pods(api), 180, "no pod of the fleet left")
+            assert not _release_cluster_objects(api)
+    finally:
+        assert main(["dev", "down", "--name", NAME]) == 0
+    assert not [name for name, pid in pids.items() if process_alive(pid)]
+    assert str(node.paths.root) not in Path("/proc/mounts").read_text()
+    assert not Path(f"/sys/class/net/{BRIDGE}").exists()
+
+
+def _assert_pods_are_real_and_restricted(core: Any) -> None:
+    """Every pod of the fleet was admitted under `restricted`, runs on the real node, and is ready."""
+    for namespace in (RELEASE_NAMESPACE, STORE_NAMESPACE):
+        labels = core.read_namespace(namespace).metadata.labels
+        assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    pods = [
+        *core.list_namespaced_pod(RELEASE_NAMESPACE).items,
+        *core.list_namespaced_pod(STORE_NAMESPACE).items,
+    ]
+    components = {pod.metadata.labels.get(COMPONENT) for pod in pods if pod.status.phase == "Running"}
+    assert {"worker", "router"} <= components
+    for pod in pods:
+        if pod.status.phase != "Running":
+            continue
+        spec = client.ApiClient().sanitize_for_serialization(pod.spec)
+        assert restricted_violations(spec) == [], pod.metadata.name
+        assert pod.spec.node_name.endswith("-node")
+        assert _in_pod_subnet(pod.status.pod_ip), pod.status.pod_ip
+        assert all(c.ready and c.started for c in pod.status.container_statuses), pod.metadata.name
+
+
+def _assert_only_the_router_may_reach_vllm(api: Any, core: Any) -> None:
+    """The workers' NetworkPolicy selects the real worker pods and admits only the router to vLLM.
+
+    The node's bridge CNI does not enforce NetworkPolicy (no enforcing plugin is packaged for
+    these machines), so this checks the policy the operator wrote against the live pods' labels.
+    """
+    policy = client.NetworkingV1Api(api).read_namespaced_network_policy("tiny-llama-worker", STORE_NAMESPACE)
+    pods = core.list_namespaced_pod(STORE_NAMESPACE).items
+
+    def selected(selector: Any, pod: Any) -> bool:
+        return all(pod.metadata.labels.get(k) == v for k, v in (selector.match_labels or {}).items())
+
+    workers = [p for p in pods if selected(policy.spec.pod_selector, p)]
+    assert {p.metadata.labels[COMPONENT] for p in workers} == {"worker"}
+    assert len(workers) == 2
+    vllm_rule = next(rule for rule in policy.spec.ingress if rule.ports[0].port == 8000)
+    allowed = [p for p in pods for peer in vllm_rule._from if selected(peer.pod_selector, p)]
+    assert {p.metadata.labels[COMPONENT] for p in allowed} == {"router"}
+
+
+def _in_pod_subnet(ip: str | None) -> bool:
+    import ipaddress
+
+    return ip is not None and ipaddress.ip_address(ip) in ipaddress.ip_network(POD_SUBNET)
+
+
+def _release_pods(api: Any) -> list[str]:
+    core = client.CoreV1Api(api)
+    return [
+        p.metadata.name
+        for namespace in (RELEASE_NAMESPACE, STORE_NAMESPACE)
+        for p in core.list_namespaced_pod(namespace).items
+    ]
+
+
+def _release_cluster_objects(api: Any) -> list[str]:
+    """Cluster-wide objects the release made (RBAC, PriorityClass, admission policy) still there."""
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    rbac = client.RbacAuthorizationV1Api(api)
+    names = [r.metadata.name for r in rbac.list_cluster_role(label_selector=selector).items]
+    names += [b.metadata.name for b in rbac.list_cluster_role_binding(label_selector=selector).items]
+    names += [
+        c.metadata.name
+        for c in client.SchedulingV1Api(api).list_priority_class(label_selector=selector).items
+    ]
+    return names
+
+
+def _node_pids(node: LocalNode) -> dict[str, int]:
+    from loraplex.e2e.node import node_pids
+
+    return node_pids(node)
+
+
+def _answer(caller: openai.OpenAI, model: str, prompt: str) -> str:
+    answer = caller.completions.create(model=model, prompt=prompt, max_tokens=8, temperature=0)
+    return answer.choices[0].text
+
+
+def _ready(api: Any, plural: str, name: str) -> dict[str, Any] | None:
+    body = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, STORE_NAMESPACE, plural, name
+    )
+    status: dict[str, Any] = body.get("status", {})
+    ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+    return status if ready.get("status") == "True" else None
+
+
+def _phase(api: Any, name: str, phase: str) -> dict[str, Any] | None:
+    body = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, STORE_NAMESPACE, "trainingjobs", name
+    )
+    status: dict[str, Any] = body.get("status", {})
+    assert status.get("phase") != "Failed", status
+    return status if status.get("phase") == phase else None
+
+
+def _router_ip(core: Any) -> str:
+    pods = core.list_namespaced_pod(STORE_NAMESPACE, label_selector=f"{COMPONENT}=router").items
+    ip = pods[0].status.pod_ip if pods else None
+    assert ip, "the router pod has no IP"
+    return str(ip)
