@@ -313,6 +313,7 @@ def ensure_images(log: Log = _stderr_log, only: Iterable[str] | None = None) -> 
         keys = image_keys(specs, ROOT, base_key)
         revision = _revision()
         archives: dict[str, Path] = {}
+        rebuilt = False
         for spec in specs:
             key = keys[spec.name]
             archive = archive_path(spec, key, folder)
@@ -320,7 +321,10 @@ def ensure_images(log: Log = _stderr_log, only: Iterable[str] | None = None) -> 
                 _ensure_in_storage(spec, key, archive, log)
             else:
                 _build(spec, key, archive, revision, log)
+                rebuilt = True
             archives[spec.ref] = archive
+        if rebuilt:  # the layers of the images' earlier builds, tagged no more
+            _run(["buildah", "rmi", "--prune"], log_file=None, check=False)
     return archives
 
 

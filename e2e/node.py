@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -236,7 +237,9 @@ class LocalNode:
         if shutil.which("iptables"):
             kube_dir = ensure_binaries(self.log).kube_apiserver.parent
             _run([str(kube_dir / "kube-proxy"), "--cleanup"], check=False)
-            _drop_chains("nat", "CNI-")
+            for table in ("nat", "filter", "mangle"):
+                _drop_chains(table, "CNI-")  # the bridge plugin's masquerading
+                _drop_chains(table, "KUBE-")  # the kubelet's canaries, what kube-proxy left
         _run(["ip", "link", "del", BRIDGE], check=False)
 
     def _ctr(self, args: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -248,7 +251,7 @@ def _drop_chains(table: str, prefix: str) -> None:
     """Remove the iptables rules that jump to chains named `prefix`*, then those chains."""
     rules = _run(["iptables", "-t", table, "-S"], check=False).stdout.splitlines()
     for rule in rules:
-        parts = rule.split()
+        parts = shlex.split(rule)  # comments are quoted and hold spaces
         if (
             parts[:1] == ["-A"]
             and not parts[1].startswith(prefix)

@@ -52,8 +52,9 @@ def test_the_fleet_runs_as_real_pods_installed_by_the_chart_and_leaves_nothing_b
     try:
         assert main(["dev", "up", "--name", NAME]) == 0
         pids = {**cluster.status().pids, **_node_pids(node)}
-        applied = kubectl(cluster, "apply", "-n", STORE_NAMESPACE, "-f", str(ROOT / "examples"))
-        assert applied.returncode == 0, applied.stderr
+        for example in ("00-basemodel.yaml", "10-adapters.yaml"):  # the TrainingJob once serving is seen
+            applied = kubectl(cluster, "apply", "-n", STORE_NAMESPACE, "-f", str(ROOT / "examples" / example))
+            assert applied.returncode == 0, applied.stderr
         with contextlib.closing(cluster.api_client()) as api:
             core = client.CoreV1Api(api)
             status = wait_until(lambda: _ready(api, "basemodels", "tiny-llama"), 900, "BaseModel Ready")
@@ -70,6 +71,9 @@ def test_the_fleet_runs_as_real_pods_installed_by_the_chart_and_leaves_nothing_b
         with pytest.raises(openai.NotFoundError):
             caller.completions.create(model="no-such-adapter", prompt="select", max_tokens=1)
         before = _answer(caller, "support-bot", "ticket:")
+        training = ROOT / "examples" / "30-trainingjob.yaml"
+        applied = kubectl(cluster, "apply", "-n", STORE_NAMESPACE, "-f", str(training))
+        assert applied.returncode == 0, applied.stderr
 
         with contextlib.closing(cluster.api_client()) as api:  # the training example closes the loop
             job = wait_until(lambda: _phase(api, "support-bot-retrain", "Succeeded"), 600, "TrainingJob done")
