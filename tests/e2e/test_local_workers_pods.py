@@ -68,7 +68,7 @@ def test_a_running_trainer_pod_gets_the_trainer_until_it_has_ended() -> None:
     target = pod_processes(pod_from(template, "retrain-a0-xyz"))
     assert target == TrainerPod(
         name="retrain-a0-xyz", namespace="demo", config_map="retrain-a0", training_job="retrain",
-        image=OperatorSettings().image,
+        image=OperatorSettings().trainer_image,
     )  # fmt: skip
     ended = pod_from(template, "retrain-a0-xyz")
     ended["status"]["containerStatuses"] = [{"name": "trainer", "state": {"terminated": {"exitCode": 0}}}]
