@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -35,6 +34,8 @@ from pathlib import Path
 
 from loraplex import __version__
 from loraplex.api.engine_version import VLLM_VERSION
+from loraplex.e2e.binaries import cache_root
+from loraplex.e2e.debian_packages import ensure_packages
 
 Log = Callable[[str], None]
 
@@ -80,6 +81,7 @@ TORCH_IMAGE = f"ghcr.io/loraplex/torch:{TORCH_VERSION}"
 TRAINER_IMAGE = f"ghcr.io/loraplex/loraplex-trainer:{__version__}"
 VLLM_CPU_IMAGE = f"ghcr.io/loraplex/vllm-cpu:v{VLLM_VERSION}"
 PAUSE_IMAGE = "localhost/loraplex/pause:3.10"
+BUILD_PACKAGES = {"buildah": "buildah", "mmdebstrap": "mmdebstrap"}  # command -> Debian package
 
 IMAGES: tuple[ImageSpec, ...] = (
     ImageSpec("pause", "images/pause/Containerfile", PAUSE_IMAGE, context="images/pause"),
@@ -105,10 +107,6 @@ IMAGES: tuple[ImageSpec, ...] = (
         depends_on=("torch",),
     ),
 )
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("LORAPLEX_CACHE", Path.home() / ".cache" / "loraplex"))
 
 
 def images_dir() -> Path:
@@ -330,14 +328,7 @@ def ensure_images(log: Log = _stderr_log, only: Iterable[str] | None = None) -> 
 
 def ensure_tools(log: Log) -> None:
     """Install buildah and mmdebstrap from Debian when they are missing (needs root)."""
-    missing = [tool for tool in ("buildah", "mmdebstrap") if shutil.which(tool) is None]
-    if not missing:
-        return
-    log(f"Installing {' '.join(missing)} with apt-get")
-    install = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
-    if subprocess.run(install, check=False, capture_output=True).returncode != 0:
-        _run(["apt-get", "update"], log_file=None)
-        _run(install, log_file=None)
+    ensure_packages(BUILD_PACKAGES, log)
 
 
 def ensure_base(log: Log) -> str:

@@ -17,13 +17,14 @@ from typing import Any
 
 import yaml
 
+from loraplex.e2e.images import PAUSE_IMAGE  # built by images.py: no registry serves one here
+
 BRIDGE = "loraplex0"
 POD_SUBNET = "10.88.0.0/16"
 NODE_IP = "10.88.0.1"  # the bridge's gateway: pods reach the node (and the apiserver) here
 NODE_PREFIX = 16
 SERVICE_SUBNET = "10.96.0.0/16"
 API_SERVICE_IP = "10.96.0.1"  # the `kubernetes` Service: the first address of SERVICE_SUBNET
-PAUSE_IMAGE = "localhost/loraplex/pause:3.10"
 CNI_BIN_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
 CRI_NAMESPACE = "k8s.io"
 GPU_RESOURCE = "nvidia.com/gpu"
