@@ -175,9 +175,13 @@ class LocalNode:
     # -- tear-down --------------------------------------------------------------------------------
 
     def _evict_all_pods(self, timeout: float) -> None:
-        """Delete every pod bound to the node and wait until the kubelet has torn them down."""
+        """Cordon the node, delete every pod bound to it, and wait until the kubelet has torn them down.
+
+        Cordoned first, so the pods controllers make again stay Pending instead of starting here.
+        """
         with contextlib.closing(self.cluster.api_client()) as api:
             core = client.CoreV1Api(api)
+            core.patch_node(self.name, {"spec": {"unschedulable": True}})
             selector = f"spec.nodeName={self.name}"
             for pod in core.list_pod_for_all_namespaces(field_selector=selector).items:
                 if pod.metadata is None or not pod.metadata.name or not pod.metadata.namespace:
