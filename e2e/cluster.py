@@ -33,7 +33,8 @@ from loraplex.kube import api_client
 Log = Callable[[str], None]
 
 
-# Every component listens on loopback only: etcd has no authentication in this setup.
+# Every component listens on loopback only: etcd has no authentication in this setup. (With a real
+# node, kube-apiserver alone also listens on the pod bridge: node_config.apiserver_patches.)
 # MutatingAdmissionPolicy is beta in Kubernetes 1.34 (off by default): on here so the adapter
 # finalizer is set at creation, as on clusters from 1.36 (operator/admission_policy.py).
 KWOKCTL_CONFIG: dict[str, Any] = {

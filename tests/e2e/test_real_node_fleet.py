@@ -13,6 +13,7 @@ process, mount or bridge behind.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from kubernetes import client
 from loraplex.api import GROUP, VERSION
 from loraplex.cli import main
 from loraplex.e2e.cluster import LocalCluster, process_alive
-from loraplex.e2e.node import LocalNode
+from loraplex.e2e.node import LocalNode, node_pids
 from loraplex.e2e.node_config import BRIDGE, POD_SUBNET
 from loraplex.e2e.node_fleet import RELEASE, RELEASE_NAMESPACE, STORE_NAMESPACE, kubectl, uninstall_chart
 from loraplex.e2e.waiting import wait_until
@@ -51,7 +52,7 @@ def test_the_fleet_runs_as_real_pods_installed_by_the_chart_and_leaves_nothing_b
     pids: dict[str, int] = {}
     try:
         assert main(["dev", "up", "--name", NAME]) == 0
-        pids = {**cluster.status().pids, **_node_pids(node)}
+        pids = {**cluster.status().pids, **node_pids(node)}
         for example in ("00-basemodel.yaml", "10-adapters.yaml"):  # the TrainingJob once serving is seen
             applied = kubectl(cluster, "apply", "-n", STORE_NAMESPACE, "-f", str(ROOT / "examples" / example))
             assert applied.returncode == 0, applied.stderr
@@ -142,8 +143,6 @@ def _assert_only_the_router_may_reach_vllm(api: Any, core: Any) -> None:
 
 
 def _in_pod_subnet(ip: str | None) -> bool:
-    import ipaddress
-
     return ip is not None and ipaddress.ip_address(ip) in ipaddress.ip_network(POD_SUBNET)
 
 
@@ -167,12 +166,6 @@ def _release_cluster_objects(api: Any) -> list[str]:
         for c in client.SchedulingV1Api(api).list_priority_class(label_selector=selector).items
     ]
     return names
-
-
-def _node_pids(node: LocalNode) -> dict[str, int]:
-    from loraplex.e2e.node import node_pids
-
-    return node_pids(node)
 
 
 def _answer(caller: openai.OpenAI, model: str, prompt: str) -> str:
