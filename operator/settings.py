@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from loraplex import __version__
+from loraplex.api.release import __version__
 
 N = TypeVar("N", int, float)
 
@@ -66,7 +65,7 @@ class OperatorSettings:
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> OperatorSettings:
         """Settings from the LORAPLEX_* variables; a malformed value raises SettingsError naming it."""
         namespaces = tuple(n for n in environ.get("LORAPLEX_NAMESPACES", "").split(",") if n)
-        identity = environ.get("POD_NAME") or socket.gethostname()
+        identity = environ.get("POD_NAME") or os.uname().nodename
 
         def integer(name: str, default: int, minimum: int | None = None) -> int:
             return _number(environ, name, default, int, minimum)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-from loraplex import __version__
+from loraplex.api.release import __version__
 
 CATALOG = "_catalog"
 BASE = "_base"

@@ -17,8 +17,8 @@ from types import ModuleType
 
 import pytest
 
-from loraplex import __version__
 from loraplex.api.engine_version import VLLM_VERSION
+from loraplex.api.release import __version__
 from loraplex.e2e import images
 from loraplex.e2e.images import IMAGES, ImageSpec
 
