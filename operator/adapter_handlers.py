@@ -29,29 +29,26 @@ from loraplex.api.adapter import LoRAAdapterSpec
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.operator import metrics
 from loraplex.operator.adapter_status import AdapterCheck, check_adapter, plan_adapter_status
+from loraplex.operator.adapter_writes import (
+    fill_status_patch,
+    release_unloaded,
+    remove_unload_finalizer,
+    write_status,
+)
 from loraplex.operator.admission_policy import UNLOAD_FINALIZER
 from loraplex.operator.conditions import condition
 from loraplex.operator.fleet_status import status_changed
-from loraplex.operator.observe import index_essentials
+from loraplex.operator.indexes import Indexes
+from loraplex.operator.worker_placements import workers_holding
 
 BaseKey = tuple[str, str]
 
 
 def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
-    """Attach the LoRAAdapter handlers and the indexes they read to `registry`."""
+    """Attach the LoRAAdapter handlers to `registry` (they read the indexes of operator/indexes.py)."""
     custom = client.CustomObjectsApi(api)
     seen_generations: dict[BaseKey, int] = {}
     judged: dict[str, tuple[int, str]] = {}  # adapter uid -> (generation, BaseModel fingerprint) judged
-
-    @kopf.index(GROUP, VERSION, "basemodels", id="base_models", registry=registry)
-    async def base_models(spec: kopf.Spec, name: str, namespace: str | None, **_: Any) -> dict[Any, Any]:
-        return {(str(namespace), name): dict(spec)}
-
-    @kopf.index(GROUP, VERSION, "loraadapters", id="adapters_by_base", registry=registry)
-    async def adapters_by_base(
-        body: kopf.Body, spec: kopf.Spec, namespace: str | None, **_: Any
-    ) -> dict[Any, Any]:
-        return {(str(namespace), spec.get("baseModel", "")): index_essentials(body)}
 
     @kopf.on.event(GROUP, VERSION, "loraadapters", id="check", registry=registry)
     async def check(
@@ -77,11 +74,12 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
             judged.pop(uid, None)
             return
         key = (str(namespace), spec.get("baseModel", ""))
+        indexes = Indexes.from_kwargs(kwargs)
         finalizers = list(meta.get("finalizers", []))
         if meta.get("deletionTimestamp"):
-            base_gone = not kwargs["base_models"].get(key)  # its workers go with it: nothing to unload from
-            if base_gone or not workers_holding(list(kwargs["worker_placements"].get(key, [])), name):
-                release(patch, finalizers)
+            base_gone = not indexes.base_model_entries(key)  # its workers go with it: nothing to unload from
+            if base_gone or not workers_holding(indexes.placements(key), name):
+                remove_unload_finalizer(meta, patch=patch)
             return
         if UNLOAD_FINALIZER not in finalizers:  # no admission policy set it at creation
             patch.metadata["finalizers"] = [*finalizers, UNLOAD_FINALIZER]
@@ -89,18 +87,17 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
         # Judge once per (adapter generation, BaseModel spec seen): a status write or a resync is not
         # judged again, but an event after the BaseModel appeared or changed is, even when that change's
         # recheck raced with this handler and lost.
-        judging = (generation, _fingerprint(kwargs["base_models"].get(key, [])))
+        judging = (generation, _fingerprint(indexes.base_model_specs(key)))
         if judged.get(uid) == judging:
             return
         judged[uid] = judging
         with metrics.reconciling("LoRAAdapter") as outcome:
-            base = _base_model(kwargs["base_models"], key)
+            base = _base_model(indexes.base_model_specs(key))
             verdict, planned = _judge(str(namespace), spec, base, generation, dict(status))
             if not verdict.placeable:
                 outcome.result = "invalid"
             if planned is not None:
-                patch.status.update(planned)
-                metrics.API_WRITES.labels("LoRAAdapter", "patch-status").inc()
+                fill_status_patch(patch, planned)
             _warn_when_newly_invalid(body, dict(status), verdict)
 
     @kopf.on.event(GROUP, VERSION, "basemodels", id="recheck-adapters", registry=registry)
@@ -117,8 +114,9 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
         if seen_generations.get(key) == generation:
             return  # a status write or a resync: nothing adapters care about moved
         seen_generations[key] = generation
-        base = None if type == "DELETED" else _base_model(kwargs["base_models"], key)
-        bodies = list(kwargs["adapters_by_base"].get(key, []))  # a snapshot: the writes below change it
+        indexes = Indexes.from_kwargs(kwargs)
+        base = None if type == "DELETED" else _base_model(indexes.base_model_specs(key))
+        bodies = indexes.adapters(key)  # a snapshot: the writes below change it
         if type == "DELETED":
             # Its placement loop stopped and its workers and WorkerPlacements are being garbage-collected:
             # no adapter event would follow, so its deleted adapters are let go now.
@@ -131,49 +129,13 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
             _recheck(custom, adapter_body, base)
 
 
-def release(patch: kopf.Patch, finalizers: list[str]) -> None:
-    """Let a deleted adapter go: no worker wants or holds it any more."""
-    if UNLOAD_FINALIZER in finalizers:
-        patch.metadata["finalizers"] = [f for f in finalizers if f != UNLOAD_FINALIZER]
-        metrics.API_WRITES.labels("LoRAAdapter", "patch").inc()  # kopf sends the patch after the handler
-
-
-def release_unloaded(
-    custom: client.CustomObjectsApi, bodies: Iterable[Mapping[str, Any]], placements: list[Mapping[str, Any]]
-) -> int:
-    """Remove the finalizer of deleted adapters that no worker wants or holds; return the writes."""
-    writes = 0
-    for body in bodies:
-        meta = body["metadata"]
-        finalizers = list(meta.get("finalizers", []))
-        if not meta.get("deletionTimestamp") or UNLOAD_FINALIZER not in finalizers:
-            continue
-        if workers_holding(placements, meta["name"]):
-            continue
-        try:
-            custom.patch_namespaced_custom_object(
-                GROUP, VERSION, meta["namespace"], "loraadapters", meta["name"],
-                {"metadata": {"finalizers": [f for f in finalizers if f != UNLOAD_FINALIZER]}},
-            )  # fmt: skip
-        except client.ApiException as error:
-            if error.status == 404:
-                continue  # already gone: another pass or event let it go first
-            raise
-        metrics.API_WRITES.labels("LoRAAdapter", "patch").inc()
-        writes += 1
-    return writes
-
-
 def _recheck(custom: client.CustomObjectsApi, body: Mapping[str, Any], base: BaseModelSpec | None) -> None:
     meta, current = body["metadata"], dict(body.get("status") or {})
     if meta.get("deletionTimestamp"):
         return  # the placement loop, the adapter's own events or its BaseModel's deletion let it go
     verdict, planned = _judge(meta["namespace"], body["spec"], base, int(meta.get("generation", 0)), current)
     if planned is not None:
-        custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, meta["namespace"], "loraadapters", meta["name"], {"status": planned}
-        )
-        metrics.API_WRITES.labels("LoRAAdapter", "patch-status").inc()
+        write_status(custom, meta["namespace"], meta["name"], planned)
     _warn_when_newly_invalid(body, current, verdict)
 
 
@@ -197,17 +159,6 @@ def _judge(
     return verdict, planned if status_changed(current, planned) else None
 
 
-def workers_holding(placements: Iterable[Mapping[str, Any]], adapter: str) -> list[str]:
-    """Workers whose WorkerPlacement still wants (spec) or holds (status) the adapter."""
-    holding = []
-    for body in placements:
-        wanted = {a["name"] for a in body.get("spec", {}).get("adapters", [])}
-        held = {a["name"] for a in (body.get("status") or {}).get("adapters", [])}
-        if adapter in wanted | held:
-            holding.append(body["spec"]["worker"])
-    return sorted(holding)
-
-
 def _warn_when_newly_invalid(
     body: Mapping[str, Any], previous: Mapping[str, Any], verdict: AdapterCheck
 ) -> None:
@@ -226,8 +177,8 @@ def _fingerprint(specs: Iterable[Mapping[str, Any]]) -> str:
     return json.dumps(list(specs), sort_keys=True, default=str)
 
 
-def _base_model(index: kopf.Index[BaseKey, dict[str, Any]], key: BaseKey) -> BaseModelSpec | None:
-    for spec in index.get(key, []):
+def _base_model(specs: Iterable[Mapping[str, Any]]) -> BaseModelSpec | None:
+    for spec in specs:
         try:
             return BaseModelSpec.model_validate(spec)
         except ValidationError:

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from loraplex.api.adapter import LoRAAdapterSpec
+from loraplex.api.adapter import LoRAAdapterSpec, LoRAAdapterStatus
+from loraplex.api.tiers import Tier
+from loraplex.api.wire import to_wire
 from loraplex.operator.conditions import ConditionUpdate, condition, merge_conditions
 
-TIER_ORDER = {"GPU": 0, "CPU": 1, "Disk": 2}
 # The Ready reasons this module decides itself; any other is a failure an agent reported.
 PLACEMENT_REASONS = frozenset({"Placed", "Loading", "WaitingForWorkers", "InsufficientCapacity"})
 IN_PROGRESS_REASONS = frozenset({"Loading", "WaitingForWorkers"})
@@ -97,7 +98,7 @@ def plan_placed_adapter_status(
     previous: dict[str, Any],
     now: datetime,
 ) -> dict[str, Any]:
-    """The adapter's status once the placement planner has given it workers."""
+    """The adapter's status once the placement planner has given it workers: its LoRAAdapterStatus."""
     placements, latencies = [], []
     for worker, resident in reports.held.items():
         if resident.sha256 == spec.source.sha256:
@@ -107,18 +108,19 @@ def plan_placed_adapter_status(
     # Only the workers the plan puts it on now: a failure on a worker it has left says nothing now.
     failing = sorted(reports.failures.keys() & set(planned_workers))
     failures = [(worker, *reports.failures[worker]) for worker in failing]
-    placements.sort(key=lambda p: (TIER_ORDER[p["tier"]], p["worker"]))
+    placements.sort(key=lambda p: (Tier(p["tier"]).rank, p["worker"]))
     ready_copies = len(placements)
     desired = spec.replicas
     ready = _ready(ready_copies, desired, len(planned_workers), fleet, failures)
-    status: dict[str, Any] = {
-        "observedGeneration": generation,
-        "phase": _phase(ready, ready_copies),
-        "placements": placements,
-        "readyReplicas": ready_copies,
-        "copies": f"{ready_copies}/{desired}",
-        "revision": spec.source.sha256,
-        "conditions": merge_conditions(
+    latency = {"last_load_latency_seconds": max(latencies)} if latencies else {}  # unset: not written
+    status = LoRAAdapterStatus(
+        observed_generation=generation,
+        phase=_phase(ready, ready_copies),
+        placements=placements,
+        ready_replicas=ready_copies,
+        copies=f"{ready_copies}/{desired}",
+        revision=spec.source.sha256,
+        conditions=merge_conditions(
             previous.get("conditions", []),
             [
                 ready,
@@ -130,10 +132,9 @@ def plan_placed_adapter_status(
             generation,
             now,
         ),
-    }
-    if latencies:
-        status["lastLoadLatencySeconds"] = max(latencies)
-    return status
+        **latency,
+    )
+    return to_wire(status)
 
 
 def agent_failure_to_announce(

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from loraplex.api.adapter import LoRAAdapterSpec
+from loraplex.api.adapter import LoRAAdapterSpec, LoRAAdapterStatus
 from loraplex.api.basemodel import BaseModelSpec
+from loraplex.api.wire import to_wire
 from loraplex.operator.conditions import ConditionUpdate, merge_conditions
 from loraplex.operator.fleet import adapter_claims, pvc_parts
 
@@ -56,7 +57,8 @@ def check_adapter(namespace: str, spec: LoRAAdapterSpec, base: BaseModelSpec | N
 def plan_adapter_status(
     check: AdapterCheck, spec: LoRAAdapterSpec, generation: int, previous: dict[str, Any], now: datetime
 ) -> dict[str, Any]:
-    """Status for an adapter that is not (yet) placed: Failed when invalid, Pending otherwise."""
+    """Status for an adapter that is not (yet) placed: Failed when invalid, Pending otherwise; the
+    fields of its LoRAAdapterStatus this writes."""
     invalid = not check.placeable
     stalled = (
         ConditionUpdate("Stalled", "True", check.ready.reason, check.ready.message)
@@ -65,15 +67,16 @@ def plan_adapter_status(
     )
     reconciling = ConditionUpdate("Reconciling", "False" if invalid else "True", check.ready.reason)
     ready_copies = int(previous.get("readyReplicas", 0)) if not invalid else 0
-    return {
-        "observedGeneration": generation,
-        "phase": "Failed" if invalid else _phase_while_valid(previous.get("phase")),
-        "conditions": merge_conditions(
+    status = LoRAAdapterStatus(  # placements are left as they are: the placement loop writes them
+        observed_generation=generation,
+        phase="Failed" if invalid else _phase_while_valid(previous.get("phase")),
+        conditions=merge_conditions(
             previous.get("conditions", []), [check.ready, reconciling, stalled], generation, now
         ),
-        "readyReplicas": ready_copies,
-        "copies": f"{ready_copies}/{spec.replicas}",
-    }
+        ready_replicas=ready_copies,
+        copies=f"{ready_copies}/{spec.replicas}",
+    )
+    return to_wire(status)
 
 
 def _phase_while_valid(previous: str | None) -> str:

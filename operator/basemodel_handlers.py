@@ -7,17 +7,23 @@ worker StatefulSets and pods (kept by watches), read by a per-BaseModel timer
 that writes status only when it changed. The index lags behind the operator's
 own writes, so the status calls the fleet ready only once the indexed worker
 StatefulSet carries the content hash of the one this generation plans.
+
+These handlers are the one writer of the worker StatefulSet: its template on a
+spec change (the fleet handler), its replicas whenever the BaseModel's placement
+loop decided another worker count (FleetTargets; the status timer applies it,
+with a `Scaled` Event).
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from loraplex.api import GROUP, VERSION
@@ -25,43 +31,29 @@ from loraplex.api.basemodel import BaseModelSpec
 from loraplex.operator import metrics
 from loraplex.operator.apply import Applier
 from loraplex.operator.fleet import (
-    BASE_MODEL_LABEL,
-    COMPONENT_LABEL,
-    MANAGED_BY,
     BaseModelRef,
     api_key_secret,
     content_hash,
+    owned_by,
     plan_fleet,
     worker_selector,
     worker_statefulset,
 )
-from loraplex.operator.fleet_scale import FleetTargets, workers_to_run
+from loraplex.operator.fleet_scale import FleetTargets, scaling_message, workers_to_run
 from loraplex.operator.fleet_status import WorkerPod, plan_base_model_status, status_changed
-from loraplex.operator.observe import fleet_observation, index_essentials, running_workers, worker_pod
+from loraplex.operator.indexes import Indexes
+from loraplex.operator.observe import fleet_observation, running_workers
 from loraplex.operator.settings import OperatorSettings
-
-WORKER_LABELS = {**MANAGED_BY, COMPONENT_LABEL: "worker"}
 
 
 def register(
     registry: kopf.OperatorRegistry, settings: OperatorSettings, applier: Applier, targets: FleetTargets
 ) -> None:
-    """Attach the BaseModel handlers, indexes and timer to `registry`.
+    """Attach the BaseModel handlers and timer to `registry` (they read the indexes of operator/indexes.py).
 
-    `targets` holds the worker counts the placement loops decided (see fleet_scale).
+    `targets` holds the worker counts the placement loops decided (see fleet_scale): these
+    handlers apply them to the worker StatefulSet.
     """
-
-    @kopf.index("apps", "v1", "statefulsets", labels=WORKER_LABELS, id="worker_sets", registry=registry)
-    async def worker_sets(
-        body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
-    ) -> dict[Any, Any]:
-        return {(str(namespace), labels[BASE_MODEL_LABEL]): index_essentials(body)}
-
-    @kopf.index("", "v1", "pods", labels=WORKER_LABELS, id="worker_pods", registry=registry)
-    async def worker_pods(
-        body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
-    ) -> dict[Any, Any]:
-        return {(str(namespace), labels[BASE_MODEL_LABEL]): worker_pod(body)}
 
     @kopf.on.resume(GROUP, VERSION, "basemodels", id="fleet", registry=registry)
     @kopf.on.create(GROUP, VERSION, "basemodels", id="fleet", registry=registry)
@@ -85,12 +77,13 @@ def register(
             ):
                 logger.info(f"Created vLLM API key secret for {namespace}/{name}")
             key = (str(namespace), name)
-            running = running_workers(list(kwargs["worker_sets"].get(key, [])))
+            indexes = Indexes.from_kwargs(kwargs)
+            running = running_workers(indexes.worker_statefulsets(key))
             workers = workers_to_run(model, targets.get(key), running)
             writes = applier.apply_all(plan_fleet(ref, model, settings, workers))
             if writes:
                 logger.info(f"Applied worker fleet of {namespace}/{name} writes={writes}")
-            write_fleet_status(model, settings, ref, meta, status, patch, FleetIndexes.of(kwargs))
+            write_fleet_status(model, settings, ref, meta, status, patch, FleetIndexes.of(indexes, key))
 
     @kopf.timer(
         GROUP,
@@ -108,6 +101,8 @@ def register(
         meta: kopf.Meta,
         status: kopf.Status,
         patch: kopf.Patch,
+        body: kopf.Body,
+        logger: kopf.Logger,
         **kwargs: Any,
     ) -> None:
         try:
@@ -115,7 +110,34 @@ def register(
         except ValidationError:
             return  # reconcile_fleet reports it
         ref = BaseModelRef(name, str(namespace), uid)
-        write_fleet_status(model, settings, ref, meta, status, patch, FleetIndexes.of(kwargs))
+        indexes = Indexes.from_kwargs(kwargs)
+        key = (ref.namespace, ref.name)
+        scale_workers(ref, model, running_workers(indexes.worker_statefulsets(key)), body, logger)
+        write_fleet_status(model, settings, ref, meta, status, patch, FleetIndexes.of(indexes, key))
+
+    def scale_workers(
+        ref: BaseModelRef, model: BaseModelSpec, running: int | None, body: kopf.Body, logger: kopf.Logger
+    ) -> None:
+        """Resize the worker StatefulSet to the count the placement loop decided, if it differs."""
+        key = (ref.namespace, ref.name)
+        decided = targets.get(key)
+        if running is None or decided is None:
+            return  # the fleet handler creates the StatefulSet; the placement loop has not decided yet
+        workers = workers_to_run(model, decided, running)
+        if workers == running:
+            return
+        statefulset = owned_by(ref, worker_statefulset(ref, model, settings, workers))
+        try:
+            written = applier.apply(statefulset)  # a no-op while the index still shows the old count
+        except ApiException as error:
+            logger.warning(f"Scaling the workers to {workers} failed, will retry: {error.reason}")
+            return
+        if not written:
+            return
+        message = scaling_message(model, running, workers, targets.demand(key))
+        kopf.event(body, type="Normal", reason="Scaled", message=message)  # kopf.info is filtered by level
+        logger.info(message)
+        metrics.FLEET_SCALINGS.labels(ref.name, "up" if workers > running else "down").inc()
 
 
 def _parse_spec(spec: Mapping[str, Any]) -> BaseModelSpec:
@@ -127,16 +149,17 @@ def _parse_spec(spec: Mapping[str, Any]) -> BaseModelSpec:
 
 @dataclass(frozen=True)
 class FleetIndexes:
-    """The kopf indexes of worker StatefulSets, pods and WorkerPlacements, keyed by (namespace, BaseModel)."""
+    """Worker StatefulSets, pods and WorkerPlacements as the indexes show them, by (namespace, BaseModel)."""
 
-    worker_sets: kopf.Index[tuple[str, str], dict[str, Any]]
-    worker_pods: kopf.Index[tuple[str, str], WorkerPod]
-    worker_placements: kopf.Index[tuple[str, str], dict[str, Any]]
+    worker_sets: Mapping[tuple[str, str], Iterable[dict[str, Any]]]
+    worker_pods: Mapping[tuple[str, str], Iterable[WorkerPod]]
+    worker_placements: Mapping[tuple[str, str], Iterable[dict[str, Any]]]
 
     @classmethod
-    def of(cls, kwargs: Mapping[str, Any]) -> FleetIndexes:
-        """kopf passes each index as a keyword argument named after its function."""
-        return cls(kwargs["worker_sets"], kwargs["worker_pods"], kwargs["worker_placements"])
+    def of(cls, indexes: Indexes, key: tuple[str, str]) -> FleetIndexes:
+        """BaseModel `key`'s part of the operator's indexes."""
+        pods = [pod.status_view() for pod in indexes.workers(key)]
+        return cls({key: indexes.worker_statefulsets(key)}, {key: pods}, {key: indexes.placements(key)})
 
 
 def write_fleet_status(

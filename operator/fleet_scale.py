@@ -98,21 +98,38 @@ def workers_to_run(spec: BaseModelSpec, decided: int | None, observed: int | Non
     return within_range(spec, count)
 
 
-class FleetTargets:
-    """The worker count each BaseModel's placement loop decided, read by the fleet and training handlers.
+def scaling_message(spec: BaseModelSpec, running: int, target: int, demand: SlotDemand) -> str:
+    """The `Scaled` Event's message: from how many workers to how many, and why."""
+    return (
+        f"Workers {running} -> {target}: the adapters want {demand.warm_copies} warm copies "
+        f"({demand.pinned_copies} pinned in GPU slots, at most {demand.widest} of one adapter); "
+        f"replicas {spec.replicas.min}..{spec.replicas.effective_max}"
+    )
 
-    In memory: one operator replica acts at a time (peering), and a restarted one starts from the
-    StatefulSets as they are (see `workers_to_run`).
+
+class FleetTargets:
+    """The worker count each BaseModel's placement loop decided (and the demand it decided it for).
+
+    The placement loop decides; the BaseModel handlers apply it to the worker StatefulSet (its one
+    writer); the training handlers keep the GPUs it needs free. In memory: one operator replica acts
+    at a time (peering), and a restarted one starts from the StatefulSets as they are (see
+    `workers_to_run`).
     """
 
     def __init__(self) -> None:
-        self._targets: dict[tuple[str, str], int] = {}
+        self._targets: dict[tuple[str, str], tuple[int, SlotDemand]] = {}
 
     def get(self, key: tuple[str, str]) -> int | None:
-        return self._targets.get(key)
+        found = self._targets.get(key)
+        return found[0] if found is not None else None
 
-    def set(self, key: tuple[str, str], target: int) -> None:
-        self._targets[key] = target
+    def demand(self, key: tuple[str, str]) -> SlotDemand:
+        """What the adapters asked for when the target was decided."""
+        found = self._targets.get(key)
+        return found[1] if found is not None else SlotDemand()
+
+    def set(self, key: tuple[str, str], target: int, demand: SlotDemand | None = None) -> None:
+        self._targets[key] = (target, demand if demand is not None else SlotDemand())
 
     def forget(self, key: tuple[str, str]) -> None:
         self._targets.pop(key, None)

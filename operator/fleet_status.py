@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from loraplex.api.basemodel import BaseModelSpec
+from loraplex.api.basemodel import BaseModelSpec, BaseModelStatus, SlotUsage
+from loraplex.api.wire import to_wire
 from loraplex.operator.conditions import ConditionUpdate, merge_conditions
 
 
@@ -54,7 +55,8 @@ def plan_base_model_status(
     worker_selector: str = "",
     planned_hash: str | None = None,
 ) -> dict[str, Any]:
-    """The whole status subresource for this generation of the BaseModel.
+    """The whole status subresource for this generation of the BaseModel, as its BaseModelStatus
+    writes it.
 
     `worker_selector` is the worker pods' label selector, which `kubectl scale` and HPAs read.
     `planned_hash` is the content hash of the worker StatefulSet this generation plans: until the
@@ -75,21 +77,23 @@ def plan_base_model_status(
     gpu_total = ready * spec.engine.max_loras
     cpu_total = ready * spec.engine.max_cpu_loras
     gpu_used = min(observed.gpu_used, gpu_total)
-    return {
-        "observedGeneration": generation,
-        "conditions": merge_conditions(previous.get("conditions", []), updates, generation, now),
-        "desiredWorkers": desired,
-        "readyWorkers": ready,
-        "workers": f"{ready}/{desired}",
-        "slots": {
-            "gpuTotal": gpu_total,
-            "gpuUsed": gpu_used,
-            "cpuTotal": cpu_total,
-            "cpuUsed": min(observed.gpu_used + observed.cpu_used, cpu_total),
-        },
-        "slotsSummary": f"{gpu_used}/{gpu_total}",
-        **({"workerSelector": worker_selector} if worker_selector else {}),
-    }
+    selector = {"worker_selector": worker_selector} if worker_selector else {}  # unset: not written
+    status = BaseModelStatus(
+        observed_generation=generation,
+        conditions=merge_conditions(previous.get("conditions", []), updates, generation, now),
+        desired_workers=desired,
+        ready_workers=ready,
+        workers=f"{ready}/{desired}",
+        slots=SlotUsage(
+            gpu_total=gpu_total,
+            gpu_used=gpu_used,
+            cpu_total=cpu_total,
+            cpu_used=min(observed.gpu_used + observed.cpu_used, cpu_total),
+        ),
+        slots_summary=f"{gpu_used}/{gpu_total}",
+        **selector,
+    )
+    return to_wire(status)
 
 
 # Ready=False reasons that waiting alone will not fix: the fleet is stuck, not starting.

@@ -4,7 +4,7 @@ kopf's own bookkeeping (finalizer, handler progress, last-handled spec) lives
 under our API group (`loraplex.dev/...`). Peering is mandatory, so two replicas
 never act at once: the one with the lower priority pauses while the other runs.
 
-Index functions and the per-event adapter check are `async def` although they
+Index functions (operator/indexes.py) and the per-event adapter check are `async def` although they
 never await: kopf runs a sync one in its thread pool, a thread hop per watch
 event, which during a 10,000-adapter bulk apply costs more than the work.
 """
@@ -24,7 +24,7 @@ from prometheus_client import start_http_server
 
 from loraplex.api import GROUP
 from loraplex.kube import api_client
-from loraplex.operator import adapter_handlers, basemodel_handlers, placement_loop, training_handlers
+from loraplex.operator import adapter_handlers, basemodel_handlers, indexes, placement_loop, training_handlers
 from loraplex.operator.apply import Applier
 from loraplex.operator.fleet_scale import FleetTargets
 from loraplex.operator.peering import ensure_peering_objects
@@ -119,6 +119,7 @@ def run(settings: OperatorSettings) -> int:
         kopf.on.login(registry=registry)(login_as(settings.field_manager))
         applier = Applier(api, settings.field_manager)
         targets = FleetTargets()  # worker counts the placement loops decide, read by the others
+        indexes.register(registry)  # every index, once: the handlers read them through indexes.Indexes
         basemodel_handlers.register(registry, settings, applier, targets)
         adapter_handlers.register(registry, api)
         placement_loop.register(registry, settings, api, applier, targets)

@@ -59,7 +59,8 @@ PLANNER_SECONDS = Histogram(
 )
 PLACEMENT_PASSES = Counter(
     "loraplex_placement_passes_total",
-    "Placement loop wake-ups, by outcome: ran (inputs changed or work pending), idle (nothing changed)",
+    "Placement loop wake-ups, by outcome: ran (inputs changed or work pending), idle (nothing changed), "
+    "failed (an API call failed during the pass; the next wake-up runs it again)",
     ["outcome"],
 )
 PLACEMENT_PASS_SECONDS = Histogram(

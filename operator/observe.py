@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from loraplex.api.tiers import Tier
+from loraplex.api.workerplacement import read_status
 from loraplex.operator.fleet import HASH_ANNOTATION
 from loraplex.operator.fleet_status import FleetObservation, WorkerPod
 
@@ -54,8 +56,8 @@ def worker_pod(body: Mapping[str, Any]) -> WorkerPod:
 
 def slots_used(placements: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
     """(GPU, CPU) slots in use over the workers, as their agents report them in WorkerPlacement status."""
-    tiers = [a.get("tier") for p in placements for a in (p.get("status") or {}).get("adapters", [])]
-    return tiers.count("GPU"), tiers.count("CPU")
+    tiers = [a.tier for p in placements for a in read_status(p.get("status")).adapters]
+    return tiers.count(Tier.GPU), tiers.count(Tier.CPU)
 
 
 def fleet_observation(

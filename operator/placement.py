@@ -24,22 +24,18 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from functools import partial
 from operator import attrgetter
 from types import MappingProxyType
 from typing import NamedTuple
 
+from loraplex.api.tiers import TierRank
 
-class Tier(IntEnum):
-    """Where a copy lives on its worker; a lower value is a faster tier."""
-
-    GPU = 0
-    CPU = 1
-    DISK = 2
-
-
-TIERS = (Tier.GPU, Tier.CPU, Tier.DISK)
+# Where a copy lives on its worker, as a position in speed order (a lower value is a faster tier):
+# the planner indexes per-tier arrays with it. Its wire form is ``Tier.tier`` (loraplex.api.tiers).
+Tier = TierRank
+TIERS = tuple(TierRank)
 
 # Ring steps tried before falling back to rendezvous hashing over the workers that still have a free slot.
 WALK_LIMIT = 64

@@ -17,11 +17,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from loraplex.api.adapter import Tier as TierName
+from loraplex.api.tiers import Tier as TierName
 from loraplex.operator.placement import Adapter, Move, PlacementView, Planner, Tier, Worker, moved_copies
 
-TIER_NAMES: dict[Tier, TierName] = {Tier.GPU: "GPU", Tier.CPU: "CPU", Tier.DISK: "Disk"}
-TIERS_BY_NAME = {name: tier for tier, name in TIER_NAMES.items()}
+# The planner's tiers and their wire names (loraplex.api.tiers), as lookups for the per-pass hot path.
+TIER_NAMES: dict[Tier, TierName] = {tier: tier.tier for tier in Tier}
+TIERS_BY_NAME: dict[str, Tier] = {name.value: tier for tier, name in TIER_NAMES.items()}
 
 
 @dataclass(frozen=True)

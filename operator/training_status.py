@@ -36,13 +36,12 @@ from datetime import datetime
 from typing import Any, Literal
 
 from loraplex.api.basemodel import BaseModelSpec
-from loraplex.api.trainingjob import TrainingJobSpec
+from loraplex.api.trainer import EXIT_CONFIG, EXIT_FAILED, EXIT_PREEMPTED
+from loraplex.api.trainingjob import TrainingJobSpec, TrainingJobStatus
+from loraplex.api.wire import as_wire
 from loraplex.operator.conditions import ConditionUpdate, merge_conditions, timestamp
 from loraplex.operator.training_schedule import next_run_time, parse_time
 
-EXIT_PREEMPTED = 75
-EXIT_CONFIG = 2
-EXIT_FAILED = 3
 VALIDATION_REASONS = ("UnknownBaseModel", "RankTooHigh")
 TERMINAL = ("Succeeded", "Failed")
 
@@ -91,7 +90,7 @@ class Event:
 
 @dataclass(frozen=True)
 class Step:
-    status: dict[str, Any]
+    status: dict[str, Any]  # the TrainingJobStatus to write, wire names; None deletes a field
     create_attempt: int | None = None  # create this attempt's Job (and ConfigMap)
     node: str | None = None  # on this node (None with create_attempt: suspended, for Kueue)
     publish: Result | None = None
@@ -151,7 +150,7 @@ def output_refused(
         attempts=int(planned.get("attempts") or 0),
     )
     step.status["adapterRevision"] = published  # this run's revision was not published
-    return step
+    return as_status(step)
 
 
 def parse_result(message: str | None, adapter: str) -> tuple[int | None, dict[str, Any] | None]:
@@ -187,6 +186,30 @@ def plan_training(
     now: datetime,
 ) -> Step:
     """The status this job should have now and the one action that gets it there."""
+    step = _plan(namespace, name, generation, spec, base, status, job, admitted_node, max_attempts, now)
+    return as_status(step)
+
+
+def as_status(step: Step) -> Step:
+    """`step` with its status checked against TrainingJobStatus and written as the model writes it.
+
+    A field the step sets to None stays None: in the status merge patch it deletes the field.
+    """
+    return replace(step, status=as_wire(TrainingJobStatus, step.status))
+
+
+def _plan(
+    namespace: str,
+    name: str,
+    generation: int,
+    spec: TrainingJobSpec,
+    base: BaseModelSpec | None,
+    status: Mapping[str, Any],
+    job: JobView | None,
+    admitted_node: str | None,
+    max_attempts: int,
+    now: datetime,
+) -> Step:
     current = dict(status)
     phase = current.get("phase")
     attempts = int(current.get("attempts") or 0)

@@ -15,7 +15,9 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 from loraplex.api import API_VERSION
-from loraplex.api.adapter import LoRAAdapterSpec, Tier
+from loraplex.api.adapter import LoRAAdapterSpec
+from loraplex.api.tiers import Tier
+from loraplex.api.workerplacement import read_status
 from loraplex.operator.fleet import BaseModelRef, Manifest, labels, owned_by
 
 # adapter name -> worker name -> tier
@@ -40,8 +42,8 @@ def on_demand_unloads(
     if not deleting:
         return unloads
     for body in placements:
-        held = (body.get("status") or {}).get("adapters") or []
-        names = sorted({a["name"] for a in held if a.get("onDemand") and a["name"] in deleting})
+        held = read_status(body.get("status")).adapters
+        names = sorted({a.name for a in held if a.on_demand and a.name in deleting})
         if names:
             unloads[body["spec"]["worker"]] = names
     return unloads
@@ -97,3 +99,17 @@ def _worker_placement(
             "spec": spec,
         },
     )
+
+
+def workers_holding(placements: Iterable[Mapping[str, Any]], adapter: str) -> list[str]:
+    """Workers whose WorkerPlacement still wants (spec) or holds (status) the adapter.
+
+    A deleted adapter's unload finalizer stays until this is empty.
+    """
+    holding = []
+    for body in placements:
+        wanted = {a["name"] for a in body.get("spec", {}).get("adapters", [])}
+        held = {a.name for a in read_status(body.get("status")).adapters}
+        if adapter in wanted | held:
+            holding.append(body["spec"]["worker"])
+    return sorted(holding)

@@ -49,11 +49,13 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from loraplex.api.tiers import Tier
 from loraplex.router.rates import AdapterRates
-from loraplex.router.table import Tier, WorkerState, WorkerTable
+from loraplex.router.table import WorkerState, WorkerTable
 
 Hit = Literal["gpu", "cpu", "disk", "miss", "base"]  # base: a request for the base model
-_HIT: dict[Tier | None, Hit] = {"GPU": "gpu", "CPU": "cpu", "Disk": "disk", None: "miss"}
+_HIT: dict[Tier | None, Hit] = {Tier.GPU: "gpu", Tier.CPU: "cpu", Tier.DISK: "disk", None: "miss"}
+IN_MEMORY = (Tier.GPU, Tier.CPU)  # the tiers vLLM serves from, fastest first
 
 
 @dataclass(frozen=True)
@@ -113,9 +115,9 @@ class Router:
         if holders:
             # A hot adapter held on fewer workers than its spread takes a holder only while that
             # holder is at most at the mean load; else it gains a copy on a further ranked worker.
-            spreading = spread > 1 and sum(1 for held in holders.values() if held == "GPU") < spread
+            spreading = spread > 1 and sum(1 for held in holders.values() if held == Tier.GPU) < spread
             holder_cap = min(cap, table.capacity(0.0)) if spreading else cap
-            for tier in ("GPU", "CPU"):
+            for tier in IN_MEMORY:
                 best: str | None = None
                 best_load = holder_cap  # within the bound: load + 1 <= cap
                 for name, held in holders.items():
@@ -171,7 +173,7 @@ class Router:
             best = self._coldest([name for name in ranked if name not in placed], cap, exclude, now)
         over_bound = best is None
         if best is None:
-            serving = {*placed, *(name for name, tier in holders.items() if tier != "Disk")}
+            serving = {*placed, *(name for name, tier in holders.items() if tier != Tier.DISK)}
             best = least_loaded(self.table, exclude, among=serving)
             if best is None:
                 return None

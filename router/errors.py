@@ -2,7 +2,9 @@
 
 Clients written against OpenAI's API (the official SDKs included) read these
 fields, so every error the router itself returns has them; errors from a
-worker's vLLM already have this shape and pass through unchanged.
+worker's vLLM already have this shape and pass through unchanged. `Retryable` and
+`Refused` are how a request's steps (the agent's ensure, the forward to vLLM)
+tell the proxy to try another worker or to answer as they say.
 """
 
 from __future__ import annotations
@@ -49,3 +51,28 @@ def error_response(
 def sse_error(message: str, status: int, code: str | int | None = None) -> bytes:
     """An error as one server-sent event, for a failure after a stream has begun."""
     return f"data: {json.dumps(error_body(message, status, code))}\n\n".encode()
+
+
+def unknown_model(model: str) -> web.Response:
+    return error_response(404, f"The model '{model}' does not exist.", "model_not_found", "model")
+
+
+class Retryable(Exception):
+    """The worker failed before anything reached the client: try another one."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Refused(Exception):
+    """An answer to give the client as it is (the agent refused the adapter, ...)."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        super().__init__()
+        self.response = response
+
+
+def describe(error: BaseException) -> str:
+    """An exception in a few words, for an error message: its text, else its type."""
+    return str(error) or type(error).__name__

@@ -25,12 +25,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from loraplex.api import GROUP, VERSION
 from loraplex.api.adapter import live_source
-from loraplex.router.state import FleetState, agent_report_slots, parse_residency
+from loraplex.api.workerplacement import read_status
+from loraplex.router.state import FleetState, residents
 
 log = logging.getLogger(__name__)
 
-GROUP, VERSION, PLURAL = "loraplex.dev", "v1alpha1", "workerplacements"
+PLURAL = "workerplacements"
 BASE_MODEL_LABEL = "loraplex.dev/base-model"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 
@@ -46,13 +48,13 @@ def apply_placement(state: FleetState, event: str, obj: Mapping[str, Any], base_
     if event == "DELETED":
         state.forget_residency(worker)
         return
-    status = obj.get("status") or {}
-    gpu, cpu = agent_report_slots(status)
+    status = read_status(obj.get("status"))
     entries = [a for a in spec.get("adapters") or [] if isinstance(a, Mapping) and "name" in a]
     named = [a["name"] for a in entries]
     revisions = {a["name"]: a["sha256"] for a in entries if isinstance(a.get("sha256"), str)}
-    residents = parse_residency(status.get("adapters") or [])
-    state.report_residency(worker, residents, gpu, cpu, named=named, revisions=revisions)
+    state.report_residency(
+        worker, residents(status), status.gpu_slots, status.cpu_slots, named=named, revisions=revisions
+    )
 
 
 def apply_adapter(state: FleetState, event: str, obj: Mapping[str, Any], base_model: str) -> None:

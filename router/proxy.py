@@ -3,7 +3,7 @@
 `POST /v1/completions` and `/v1/chat/completions`: the body's `model` names an
 adapter (or the base model). The decision (loraplex.router.decision) picks a
 worker; when that worker does not hold the adapter in memory its agent is asked
-to load it (`POST /v1/adapters/ensure`) first; then the body goes to the
+to load it (loraplex.router.agent_client) first; then the body goes to the
 worker's vLLM unchanged, with the worker's API key. Streaming responses are
 passed through chunk by chunk as they arrive.
 
@@ -25,13 +25,12 @@ request. Errors are in OpenAI's shape; unknown adapters get 404, bad bodies
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,8 +38,9 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from loraplex.router.agent_client import AgentClient, CopyKey
 from loraplex.router.decision import Decision, Router
-from loraplex.router.errors import error_response, sse_error
+from loraplex.router.errors import Refused, Retryable, describe, error_response, sse_error, unknown_model
 from loraplex.router.metrics import BASE, CATALOG, RouterMetrics
 from loraplex.router.settings import RouterSettings
 from loraplex.router.state import FleetState
@@ -61,31 +61,22 @@ class Proxy:
     metrics: RouterMetrics
     session: aiohttp.ClientSession
     clock: Callable[[], float] = time.monotonic
-    # Ensure calls under way, by (worker, adapter, revision asked for): concurrent requests share one.
-    ensuring: dict[tuple[str, str, str | None], asyncio.Task[None]] = field(default_factory=dict)
+    agents: AgentClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.agents = AgentClient(self.settings, self.state, self.metrics, self.session)
+
+    @property
+    def ensuring(self) -> Mapping[CopyKey, object]:
+        """Ensure calls under way, by (worker, adapter, revision asked for)."""
+        return self.agents.ensuring
 
 
 PROXY_KEY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
 
 
-class _Retryable(Exception):
-    """The worker failed before anything reached the client: try another one."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
 # Retries whose cause is the adapter's whereabouts, not the worker: it stays in rotation.
 _WORKER_IS_FINE = frozenset({"not_loaded", "not_placed"})
-
-
-class _Refused(Exception):
-    """An answer to give the client as it is (the agent refused the adapter, ...)."""
-
-    def __init__(self, response: web.StreamResponse) -> None:
-        super().__init__()
-        self.response = response
 
 
 def make_app(proxy: Proxy) -> web.Application:
@@ -140,12 +131,12 @@ async def _completions(proxy: Proxy, request: web.Request) -> tuple[web.StreamRe
     base = proxy.settings.base_name
     adapter = None if model == base else model
     if adapter is not None and (len(adapter) > 253 or not ADAPTER_NAME.match(adapter)):
-        return _unknown_model(model), None
+        return unknown_model(model), None
     label = BASE if adapter is None else adapter if proxy.state.table.is_named(adapter) else CATALOG
     stream = payload.get("stream") is True
     try:
         return await _route(proxy, request, body, adapter, stream), label
-    except _Refused as refused:
+    except Refused as refused:
         return refused.response, label
 
 
@@ -161,10 +152,6 @@ async def _read_body(request: web.Request, limit: int) -> bytes | None:
         if size > limit:
             return None
     return b"".join(parts)
-
-
-def _unknown_model(model: str) -> web.Response:
-    return error_response(404, f"The model '{model}' does not exist.", "model_not_found", "model")
 
 
 async def _route(
@@ -187,9 +174,9 @@ async def _route(
             if adapter is not None:
                 needed, revision = _ensure_needed(proxy, decision, adapter)
                 if needed:
-                    await _ensure_shared(proxy, worker, adapter, revision)
+                    await proxy.agents.ensure(worker, adapter, revision)
             return await _forward(proxy, request, worker, body, adapter, stream)
-        except _Retryable as error:
+        except Retryable as error:
             failure = str(error)
             tried.append(worker)
             if error.reason not in _WORKER_IS_FINE:
@@ -233,106 +220,12 @@ def _ensure_needed(proxy: Proxy, decision: Decision, adapter: str) -> tuple[bool
     return revision is not None and proxy.state.copy_revision(decision.worker, adapter) != revision, revision
 
 
-async def _ensure_shared(proxy: Proxy, worker: str, adapter: str, revision: str | None) -> None:
-    """`_ensure`, with concurrent requests for the same copy sharing one call to the agent: a burst
-    of first requests for an adapter makes one ensure, not one each. The shared call runs on its own
-    task, so a client that disconnects does not cancel it for the others; a request whose shared call
-    failed makes its own, so each gets the answer (and the retry) its own call gives."""
-    key = (worker, adapter, revision)
-    shared = proxy.ensuring.get(key)
-    if shared is None:
-        shared = asyncio.create_task(_ensure(proxy, worker, adapter, revision))
-        proxy.ensuring[key] = shared
-        shared.add_done_callback(lambda done: _ensure_done(proxy, key, done))
-        await asyncio.shield(shared)
-        return
-    try:
-        await asyncio.shield(shared)
-    except (_Refused, _Retryable):
-        await _ensure(proxy, worker, adapter, revision)
-
-
-def _ensure_done(proxy: Proxy, key: tuple[str, str, str | None], done: asyncio.Task[None]) -> None:
-    if proxy.ensuring.get(key) is done:
-        del proxy.ensuring[key]
-    if not done.cancelled():
-        done.exception()  # retrieved: the requests awaiting it (or none, all gone) have seen it
-
-
-async def _ensure(proxy: Proxy, worker: str, adapter: str, revision: str | None) -> None:
-    """Have the worker's agent make the adapter servable (a named adapter at `revision`, its current
-    digest, where known); raise _Refused / _Retryable when it cannot."""
-    endpoints = proxy.state.endpoints.get(worker)
-    if endpoints is None:
-        raise _Retryable("connect", f"worker {worker} is gone")
-    timeout = aiohttp.ClientTimeout(
-        total=proxy.settings.ensure_timeout_seconds, connect=proxy.settings.connect_timeout_seconds
-    )
-    body: dict[str, Any] = {"name": adapter}
-    if proxy.state.table.is_named(adapter):
-        body["named"] = True  # its agent may read it from the LoRAAdapter (a spill past its placement)
-        if revision is not None:
-            body["sha256"] = revision
-    try:
-        async with proxy.session.post(
-            f"{endpoints.agent_url}/v1/adapters/ensure", json=body, timeout=timeout
-        ) as answer:
-            data: Any = await answer.json(content_type=None)
-            status = answer.status
-            retry_after = answer.headers.get("Retry-After")
-    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-        proxy.metrics.ensures.labels("unreachable").inc()
-        raise _Retryable(
-            "connect", f"the agent of worker {worker} did not answer ({_describe(error)})"
-        ) from error
-    problem = data.get("error") if isinstance(data, dict) else None
-    message = problem.get("message") if isinstance(problem, dict) else None
-    code = problem.get("code") if isinstance(problem, dict) else None
-    if status == 200:
-        proxy.metrics.ensures.labels("loaded").inc()
-        tier = data.get("tier") if isinstance(data, dict) else None
-        if tier in ("GPU", "CPU"):
-            proxy.state.table.set_tier(worker, adapter, tier)
-        sha256 = data.get("sha256") if isinstance(data, dict) else None
-        if isinstance(sha256, str) and proxy.state.table.is_named(adapter):
-            proxy.state.note_copy(worker, adapter, sha256)  # until that worker's next report
-        return
-    if status == 404:
-        proxy.metrics.ensures.labels("unknown").inc()
-        if proxy.state.table.is_named(adapter):  # placed elsewhere now (a residency we had was stale)
-            raise _Retryable("not_placed", f"the agent of worker {worker} does not have adapter {adapter}")
-        raise _Refused(_unknown_model(adapter))
-    if status == 422:
-        proxy.metrics.ensures.labels("refused").inc()
-        raise _Refused(
-            error_response(502, f"The adapter '{adapter}' could not be loaded: {message or 'refused'}.", code)
-        )
-    if status == 503 and code == "AdapterLookupFailed":  # a spill's agent could not read the LoRAAdapter
-        proxy.metrics.ensures.labels("lookup_failed").inc()
-        raise _Retryable("not_placed", f"the agent of worker {worker} could not look {adapter} up: {message}")
-    if status == 503 and code == "EngineNotReady":  # that worker's vLLM restarts: another can serve
-        proxy.metrics.ensures.labels("not_ready").inc()
-        raise _Retryable("not_ready", f"worker {worker} is not ready: {message}")
-    if status == 503:
-        proxy.metrics.ensures.labels("backing_off").inc()
-        raise _Refused(
-            error_response(
-                503,
-                f"The adapter '{adapter}' is not available right now: {message or 'loading failed'}.",
-                code or 503,
-                retry_after=retry_after,
-            )
-        )
-    proxy.metrics.ensures.labels("error").inc()
-    raise _Retryable("status", f"the agent of worker {worker} answered {status}: {message}")
-
-
 async def _forward(
     proxy: Proxy, request: web.Request, worker: str, body: bytes, adapter: str | None, stream: bool
 ) -> web.StreamResponse:
     endpoints = proxy.state.endpoints.get(worker)
     if endpoints is None:
-        raise _Retryable("connect", f"worker {worker} is gone")
+        raise Retryable("connect", f"worker {worker} is gone")
     headers = {"Content-Type": "application/json"}
     if proxy.settings.api_key:
         headers["Authorization"] = f"Bearer {proxy.settings.api_key}"
@@ -354,16 +247,16 @@ async def _forward(
         ) as upstream:
             if upstream.status >= 500:
                 detail = (await upstream.text())[:200]
-                raise _Retryable("status", f"worker {worker} answered {upstream.status}: {detail}")
+                raise Retryable("status", f"worker {worker} answered {upstream.status}: {detail}")
             if upstream.status == 404 and adapter is not None:
                 # Not loaded there after all (the residency we had was stale): forget it, retry elsewhere.
                 table.set_tier(worker, adapter, None)
-                raise _Retryable("not_loaded", f"worker {worker} does not have adapter {adapter} loaded")
+                raise Retryable("not_loaded", f"worker {worker} does not have adapter {adapter} loaded")
             chunks = upstream.content.iter_any()
             try:
                 first = await anext(chunks, b"")
             except (aiohttp.ClientError, TimeoutError) as error:
-                raise _Retryable("stream", f"worker {worker} broke off ({_describe(error)})") from error
+                raise Retryable("stream", f"worker {worker} broke off ({describe(error)})") from error
             if not stream or upstream.status != 200:
                 rest = await _read_rest(chunks, worker)
                 answer = web.Response(status=upstream.status, body=first + rest)
@@ -373,7 +266,7 @@ async def _forward(
             return await _stream(proxy, request, upstream, first, chunks, worker)
     except (aiohttp.ClientError, TimeoutError) as error:
         reason = "timeout" if isinstance(error, TimeoutError) else "connect"
-        raise _Retryable(reason, f"worker {worker} could not be reached ({_describe(error)})") from error
+        raise Retryable(reason, f"worker {worker} could not be reached ({describe(error)})") from error
     finally:
         proxy.metrics.latency_seconds.observe(time.perf_counter() - sent)
         table.end(worker, adapter)
@@ -386,7 +279,7 @@ async def _read_rest(chunks: AsyncIterator[bytes], worker: str) -> bytes:
         async for chunk in chunks:
             parts.append(chunk)
     except (aiohttp.ClientError, TimeoutError) as error:
-        raise _Retryable("stream", f"worker {worker} broke off ({_describe(error)})") from error
+        raise Retryable("stream", f"worker {worker} broke off ({describe(error)})") from error
     return b"".join(parts)
 
 
@@ -411,7 +304,7 @@ async def _stream(
             except StopAsyncIteration:
                 break
             except (aiohttp.ClientError, TimeoutError) as error:
-                why = _describe(error)
+                why = describe(error)
                 log.warning("Stream from worker %s broke off mid-way (%s)", worker, why)
                 proxy.state.report_failure(worker, proxy.clock())
                 message = f"Worker {worker} broke off the stream ({why}); the response is incomplete."
@@ -422,10 +315,6 @@ async def _stream(
     except ConnectionResetError:  # the client went away: leaving closes the upstream request
         log.info("Client went away while streaming from worker %s", worker)
     return response
-
-
-def _describe(error: BaseException) -> str:
-    return str(error) or type(error).__name__
 
 
 async def models(request: web.Request) -> web.Response:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from loraplex.router.table import TIERS, Tier, WorkerTable
+from loraplex.api.tiers import Tier
+from loraplex.api.workerplacement import WorkerPlacementStatus
+from loraplex.router.table import WorkerTable
 
 
 @dataclass(frozen=True)
@@ -55,18 +56,10 @@ class Resident:
     sha256: str | None = None  # the revision of the copy
 
 
-def parse_residency(adapters: Iterable[Mapping[str, Any]]) -> list[Resident]:
-    """Entries of WorkerPlacement `status.adapters` or of the agent's `/v1/residency` (camelCase)."""
-    return [
-        Resident(
-            str(a["name"]),
-            a["tier"],
-            bool(a.get("catalog", False)),
-            a["sha256"] if isinstance(a.get("sha256"), str) else None,
-        )
-        for a in adapters
-        if isinstance(a, Mapping) and "name" in a and a.get("tier") in TIERS
-    ]
+def residents(status: WorkerPlacementStatus) -> list[Resident]:
+    """The adapters of a WorkerPlacement status, or of an agent's `/v1/residency` (both read with
+    loraplex.api.workerplacement.read_status)."""
+    return [Resident(a.name, a.tier, a.catalog, a.sha256) for a in status.adapters]
 
 
 class FleetState:
@@ -191,8 +184,3 @@ class FleetState:
     def adapters_served(self) -> list[str]:
         """Named adapters and whatever any worker holds, sorted."""
         return sorted(set(self.table.named_adapters()) | set(self.table.resident_adapters()))
-
-
-def agent_report_slots(report: Mapping[str, Any]) -> tuple[int | None, int | None]:
-    gpu, cpu = report.get("gpuSlots"), report.get("cpuSlots")
-    return (gpu if isinstance(gpu, int) else None, cpu if isinstance(cpu, int) else None)

@@ -16,8 +16,10 @@ from typing import Any
 
 import aiohttp
 
+from loraplex.api.agent import RESIDENCY_PATH
+from loraplex.api.workerplacement import read_status
 from loraplex.router.settings import StaticWorker
-from loraplex.router.state import FleetState, agent_report_slots, parse_residency
+from loraplex.router.state import FleetState, residents
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ class StaticSource:
     async def _poll(self, worker: StaticWorker) -> None:
         timeout = aiohttp.ClientTimeout(total=max(1.0, 2 * self.interval))
         try:
-            async with self.session.get(f"{worker.agent_url}/v1/residency", timeout=timeout) as response:
+            async with self.session.get(f"{worker.agent_url}{RESIDENCY_PATH}", timeout=timeout) as response:
                 response.raise_for_status()
                 report: Any = await response.json()
         except (aiohttp.ClientError, TimeoutError, ValueError) as error:
@@ -61,5 +63,5 @@ class StaticSource:
             return
         if not isinstance(report, dict):
             return
-        gpu, cpu = agent_report_slots(report)
-        self.state.report_residency(worker.name, parse_residency(report.get("adapters") or []), gpu, cpu)
+        status = read_status(report)
+        self.state.report_residency(worker.name, residents(status), status.gpu_slots, status.cpu_slots)

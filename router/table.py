@@ -18,12 +18,9 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
 
+from loraplex.api.tiers import Tier
 from loraplex.router.rendezvous import Rendezvous
-
-Tier = Literal["GPU", "CPU", "Disk"]
-TIERS: tuple[Tier, ...] = ("GPU", "CPU", "Disk")
 
 
 @dataclass
@@ -163,7 +160,7 @@ class WorkerTable:
                 del self._holders[adapter]
             return
         state.holds[adapter] = tier
-        if tier == "GPU":
+        if tier == Tier.GPU:
             state.gpu.add(adapter)
         else:
             state.gpu.discard(adapter)

@@ -17,8 +17,8 @@ from loraplex.api.common import (
     cel,
     validations,
 )
+from loraplex.api.tiers import Tier
 
-Tier = Literal["GPU", "CPU", "Disk"]
 AdapterPhase = Literal["Pending", "Loading", "Ready", "Degraded", "Failed"]
 
 

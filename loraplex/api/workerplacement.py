@@ -4,13 +4,18 @@
 from the placement plan); `status` is what the worker's agent really holds, per
 tier (written by the agent, checked against vLLM). The operator and the router
 read the same objects: placement and routing share one truth.
+
+The status is built as a `WorkerPlacementStatus` by its one writer (the agent)
+and written as `loraplex.api.wire.to_wire` makes it; its readers (the operator, the router) parse it
+with `read_status`, which never fails on what an agent wrote.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from loraplex.api.common import (
     CONDITIONS_FIELD_EXTRA,
@@ -20,8 +25,8 @@ from loraplex.api.common import (
     PlacedAdapterUri,
     Sha256,
 )
+from loraplex.api.tiers import Tier
 
-ResidentTier = Literal["GPU", "CPU", "Disk"]
 AdapterName = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
@@ -32,7 +37,7 @@ class WantedAdapter(ApiModel):
     uri: PlacedAdapterUri
     sha256: Sha256
     rank: int = Field(ge=1, le=512)
-    tier: ResidentTier
+    tier: Tier
     pinned: bool = False
 
 
@@ -56,7 +61,7 @@ class ResidentAdapter(ApiModel):
 
     name: str = AdapterName
     sha256: Sha256 | None = None
-    tier: ResidentTier
+    tier: Tier
     bytes: int | None = Field(default=None, ge=0)
     load_seconds: float | None = Field(default=None, ge=0, description="How long its last load took.")
     catalog: bool = Field(default=False, description="Loaded on demand through the catalog template.")
@@ -90,3 +95,57 @@ class WorkerPlacementStatus(ApiModel):
     gpu_slots: int | None = Field(default=None, ge=0)
     cpu_slots: int | None = Field(default=None, ge=0)
     held: str | None = Field(default=None, max_length=32, description="Adapters held / wanted, for humans.")
+
+
+_STATUS_KEYS = frozenset(field.alias or name for name, field in WorkerPlacementStatus.model_fields.items())
+_ENTRY_MODELS: dict[str, type[ApiModel]] = {
+    "adapters": ResidentAdapter,
+    "failures": AdapterFailure,
+    "conditions": Condition,
+}
+
+
+def read_status(raw: Mapping[str, Any] | None) -> WorkerPlacementStatus:
+    """A WorkerPlacement status (or an agent's residency report) as its readers take it.
+
+    Keys it does not know are ignored (the agent's report carries `worker` and `engineReady`
+    besides). Tolerant like the readers before it: a missing field takes its default, and where
+    the whole does not validate, each entry of a list that does not, and each other field that
+    does not, is left out rather than failing the status.
+    """
+    if not raw:
+        return WorkerPlacementStatus()
+    known = {key: value for key, value in raw.items() if key in _STATUS_KEYS}
+    try:
+        return WorkerPlacementStatus.model_validate(known)
+    except ValidationError:
+        return WorkerPlacementStatus.model_validate(_salvage(known))
+
+
+def _salvage(known: Mapping[str, Any]) -> dict[str, Any]:
+    kept: dict[str, Any] = {}
+    for key, value in known.items():
+        model = _ENTRY_MODELS.get(key)
+        if model is not None:
+            kept[key] = [entry for entry in value or [] if _valid_entry(model, entry)]
+        elif _valid_field(key, value):
+            kept[key] = value
+    return kept
+
+
+def _valid_entry(model: type[ApiModel], entry: object) -> bool:
+    if not isinstance(entry, Mapping):
+        return False
+    try:
+        model.model_validate(entry)
+    except ValidationError:
+        return False
+    return True
+
+
+def _valid_field(key: str, value: object) -> bool:
+    try:
+        WorkerPlacementStatus.model_validate({key: value})
+    except ValidationError:
+        return False
+    return True

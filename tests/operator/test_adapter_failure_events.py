@@ -12,7 +12,8 @@ from loraplex.api import API_VERSION
 from loraplex.api.adapter import LoRAAdapterSpec
 from loraplex.operator.adapter_residency import FleetSize
 from loraplex.operator.placement import Adapter
-from loraplex.operator.placement_loop import _reports, _write_adapter_statuses
+from loraplex.operator.placement_loop import write_adapter_statuses as _write_adapter_statuses
+from loraplex.operator.placement_pass import worker_reports as _reports
 
 SPEC = {"baseModel": "llama-8b", "source": {"uri": "s3://adapters/sql/", "sha256": "1" * 64}, "rank": 16}
 PLACEMENT = {"sql": {"w-0": "GPU"}}

@@ -8,7 +8,9 @@ from typing import Any
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.operator.adapter_residency import active_adapters
 from loraplex.operator.placement import Worker
-from loraplex.operator.placement_loop import ParsedSpecs, _reports, _valid_adapters
+from loraplex.operator.placement_pass import ParsedSpecs
+from loraplex.operator.placement_pass import valid_adapters as _valid_adapters
+from loraplex.operator.placement_pass import worker_reports as _reports
 from loraplex.operator.placement_sync import FleetSnapshot, PlacementSync
 
 MODEL = BaseModelSpec.model_validate(

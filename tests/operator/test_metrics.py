@@ -22,12 +22,14 @@ from loraplex.api import API_VERSION
 from loraplex.operator import adapter_handlers, basemodel_handlers, placement_loop
 from loraplex.operator.admission_policy import UNLOAD_FINALIZER
 from loraplex.operator.fleet_scale import FleetTargets
+from loraplex.operator.indexes import ZONE_LABEL, Indexes, NodeView, WorkerPodView
 from loraplex.operator.settings import OperatorSettings
-from loraplex.operator.training_handlers import Indexes, TrainingLoop
+from loraplex.operator.training_handlers import TrainingLoop
 
 SETTINGS = OperatorSettings(image="loraplex:test")
 LOGGER = logging.getLogger("test")
 SHA = "1" * 64
+ZONES = {"node-a": "zone-a", "node-b": "zone-b"}
 
 
 def sample(name: str, **labels: str) -> float:
@@ -158,8 +160,9 @@ def run_placement_passes(
         spec={"model": {"uri": "/m"}, "replicas": {"min": 2}, "engine": {"maxLoras": 1, "maxCpuLoras": 2}},
         body={"metadata": {"name": base, "namespace": "ns"}}, logger=LOGGER,
         adapters_by_base={key: adapters}, worker_sets={},
-        ready_workers={key: [("w-0", "node-a", True), ("w-1", "node-b", True)]},
-        node_zones={"node-a": ["zone-a"], "node-b": ["zone-b"]}, worker_placements={key: placements or []},
+        worker_pods={key: [WorkerPodView(f"w-{i}", node, ready=True) for i, node in enumerate(ZONES)]},
+        nodes={node: [NodeView({}, {ZONE_LABEL: zone}, True)] for node, zone in ZONES.items()},
+        worker_placements={key: placements or []},
     )  # fmt: skip
     return api
 
@@ -302,7 +305,9 @@ def test_adapter_checks_are_timed_by_result_and_their_patches_counted(no_events:
     assert writes() == [2, 1]
     placeable = adapter("sql", "tiny")
     placeable["metadata"]["finalizers"] = [UNLOAD_FINALIZER]
-    check_handler(base_models={("ns", "tiny"): [{"model": {"uri": "/m"}}]})(placeable, kopf.Patch())
+    check_handler(base_models={("ns", "tiny"): [("uid-tiny", {"model": {"uri": "/m"}})]})(
+        placeable, kopf.Patch()
+    )
     assert durations() == [1, 1]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from loraplex.operator.fleet_scale import FleetTargets
-from loraplex.operator.training_handlers import serving_demands
+from loraplex.operator.training_capacity import serving_demands
 
 BASE = {"model": {"uri": "/m"}, "replicas": {"min": 1, "max": 4}, "resources": {"gpu": 2}}
 KEY = ("team", "llama")

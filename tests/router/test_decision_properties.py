@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loraplex.api.tiers import TIERS, Tier
 from loraplex.router.decision import Router, RoutingConfig
 from loraplex.router.rendezvous import Rendezvous
-from loraplex.router.table import TIERS, Tier, WorkerTable
+from loraplex.router.table import WorkerTable
 
 ADAPTERS = [f"adapter-{i}" for i in range(12)]
 

@@ -16,9 +16,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from loraplex.api.trainer import EXIT_PREEMPTED
 from loraplex.worker.trainer import checkpoint
 from loraplex.worker.trainer.config import TrainerConfig, local_path
-from loraplex.worker.trainer.failures import EXIT_PREEMPTED
 from loraplex.worker.trainer.progress import Recorder
 from loraplex.worker.trainer.training import AdapterResult, Trainer
 from tests.trainer.conftest import adapter_job

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from loraplex.api.trainer import EXIT_CONFIG, EXIT_FAILED
 from loraplex.cli import main
 from loraplex.worker.trainer.config import ConfigError, TrainerConfig
-from loraplex.worker.trainer.failures import EXIT_CONFIG, EXIT_FAILED
 from loraplex.worker.trainer.multi_lora import AdapterWeights, BatchLosses, MultiLoraModel
 from loraplex.worker.trainer.progress import Recorder
 from loraplex.worker.trainer.training import Trainer

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from loraplex.api.trainer import EXIT_PREEMPTED
 from loraplex.worker.agent.disk_cache import DiskCache
 from loraplex.worker.agent.fetch import Fetcher
 from loraplex.worker.digest import tree_digest
 from loraplex.worker.trainer.config import TrainerConfig
-from loraplex.worker.trainer.failures import EXIT_PREEMPTED
 from loraplex.worker.trainer.progress import Recorder
 from loraplex.worker.trainer.training import Trainer
 from tests.trainer.conftest import adapter_job

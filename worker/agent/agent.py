@@ -34,6 +34,11 @@ from typing import Any
 
 import aiohttp
 
+from loraplex.api.agent import REFUSED_REASONS, AgentResidency, EnsureCode, EnsureStatus
+from loraplex.api.tiers import TIERS, Tier
+from loraplex.api.wire import to_wire
+from loraplex.api.workerplacement import AdapterFailure, ResidentAdapter
+from loraplex.singleflight import SingleFlight
 from loraplex.worker.agent.activity import (
     DEFAULT_ACTIVE_WINDOW,
     DEFAULT_ACTIVITY_INTERVAL,
@@ -48,7 +53,6 @@ from loraplex.worker.agent.residency import (
     LoadFailure,
     RegisteredAdapter,
     Slots,
-    Tier,
     WantedAdapter,
     backing_off,
     plan_convergence,
@@ -66,9 +70,12 @@ MAX_ATTEMPT_RECORDS = 4096  # failed revisions whose backoff is remembered; the 
 
 
 class EnsureError(Exception):
-    """An on-demand load that cannot be served: `status` is the HTTP status to answer with."""
+    """An on-demand load that cannot be served: what kind of refusal (`status`, as the agent's API
+    answers it) and why (`reason`: an EnsureCode, or the reason the adapter's fetch or load failed)."""
 
-    def __init__(self, status: int, reason: str, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, status: EnsureStatus, reason: str, message: str, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
@@ -97,7 +104,7 @@ class Agent:
         adapter_lookup: AdapterLookup | None = None,
         metrics: AgentMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
-        on_report: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+        on_report: Callable[[AgentResidency], Awaitable[None]] | None = None,
         active_window: float = DEFAULT_ACTIVE_WINDOW,
         activity_interval: float = DEFAULT_ACTIVITY_INTERVAL,
         wall_clock: Callable[[], float] = time.time,
@@ -121,9 +128,9 @@ class Agent:
         self.load_seconds: dict[str, float] = {}
         self.engine_ready = False
         self._engine_lock = asyncio.Lock()
-        self._inflight: dict[str, asyncio.Future[Ensured]] = {}
+        self._ensuring: SingleFlight[str, Ensured] = SingleFlight()  # on-demand loads under way
         self._wake = asyncio.Event()
-        self._last_report: dict[str, Any] | None = None
+        self._last_report: AgentResidency | None = None
         self.activity = Activity(active_window)
         self.activity_interval = activity_interval
         self.wall_clock = wall_clock  # vLLM stamps activity with the epoch time, not a monotonic clock
@@ -223,7 +230,7 @@ class Agent:
         assert self.wanted is not None
         wanted = self.wanted
         now = self.clock()
-        for name in stale_failures(self.failures, wanted, set(self._inflight), now):
+        for name in stale_failures(self.failures, wanted, set(self._ensuring), now):
             reason = self.failures.pop(name).reason
             log.info("Dropped stale failure of adapter %s on worker %s reason=%s", name, self.worker, reason)
         plan = plan_convergence(
@@ -240,7 +247,7 @@ class Agent:
             f.sha256: took for f, took in zip(plan.fetch, results, strict=True) if took is not None
         }
         loading = {load.sha256 for load in plan.load}
-        self.metrics.loads.labels("Disk").inc(len(fetch_seconds.keys() - loading))  # fetched for disk only
+        self.metrics.loads.labels(Tier.DISK).inc(len(fetch_seconds.keys() - loading))  # fetched for disk only
         tiers = {w.name: w.tier for w in wanted}
         async with self._engine_lock:
             for name in plan.warm:
@@ -251,7 +258,7 @@ class Agent:
                 started = self.clock()
                 if await self._load(load.name, load.sha256, inplace=load.inplace, warm=load.warm):
                     seconds = self.clock() - started + fetch_seconds.get(load.sha256, 0.0)
-                    self._record_load(load.name, tiers.get(load.name, "CPU"), seconds)
+                    self._record_load(load.name, tiers.get(load.name, Tier.CPU), seconds)
         self._evict_disk()
 
     # -- on demand ----------------------------------------------------------------------------
@@ -264,19 +271,13 @@ class Agent:
         current = self.registered.get(name)
         if current is not None and not self._outdated(current, named, sha256):
             return self._already_held(current)
-        pending = self._inflight.get(name)
-        if pending is None:
-            pending = asyncio.get_running_loop().create_future()
-            self._inflight[name] = pending
-            task = asyncio.ensure_future(self._ensure_once(name, named))
-            task.add_done_callback(lambda t: _settle(pending, t, self._inflight, name))
-        return await asyncio.shield(pending)
+        return await self._ensuring.run(name, lambda: self._ensure_once(name, named))
 
     def _already_held(self, current: RegisteredAdapter) -> Ensured:
         """An ensure that finds the revision registered: a use of it, no load."""
         self.registered[current.name] = dataclasses.replace(current, last_used=self.clock())
         self.activity.used(current.name, self.wall_clock())
-        return Ensured(current.name, "GPU" if current.warm else "CPU", 0.0, current.sha256)
+        return Ensured(current.name, Tier.GPU if current.warm else Tier.CPU, 0.0, current.sha256)
 
     def _outdated(self, current: RegisteredAdapter, named: bool, sha256: str | None) -> bool:
         """A named adapter's copy loaded on demand, not at the revision the router expects."""
@@ -286,13 +287,18 @@ class Agent:
 
     async def _ensure_once(self, name: str, named: bool) -> Ensured:
         if not self.engine_ready:
-            raise EnsureError(503, "EngineNotReady", f"vLLM on worker {self.worker} is not ready", 1.0)
+            raise EnsureError(
+                EnsureStatus.UNAVAILABLE,
+                EnsureCode.ENGINE_NOT_READY,
+                f"vLLM on worker {self.worker} is not ready",
+                1.0,
+            )
         started = self.clock()
         uri, sha256, catalog = await self._resolve(name, named)
         if backing_off(self.failures, name, sha256, started):
             failure = self.failures[name]
             raise EnsureError(
-                503,
+                EnsureStatus.UNAVAILABLE,
                 failure.reason,
                 f"adapter {name} failed to load: {failure.message}",
                 failure.retry_at - started,
@@ -300,7 +306,7 @@ class Agent:
         if await self._fetch(name, uri, sha256, on_demand=True) is None:
             failure = self.failures[name]
             raise EnsureError(
-                _status_of(failure.reason), failure.reason, failure.message, failure.retry_at - started
+                _refusal_of(failure.reason), failure.reason, failure.message, failure.retry_at - started
             )
         async with self._engine_lock:
             current = self.registered.get(name)
@@ -313,44 +319,52 @@ class Agent:
         if not loaded:
             failure = self.failures[name]
             raise EnsureError(
-                _status_of(failure.reason), failure.reason, failure.message, failure.retry_at - started
+                _refusal_of(failure.reason), failure.reason, failure.message, failure.retry_at - started
             )
         seconds = self.clock() - started
-        self._record_load(name, "CPU", seconds)
+        self._record_load(name, Tier.CPU, seconds)
         self.activity.used(name, self.wall_clock())  # the router ensures an adapter to send it a request
         self._wake.set()  # let the next pass drop on-demand adapters beyond the free slots
-        return Ensured(name, "CPU", seconds, sha256)
+        return Ensured(name, Tier.CPU, seconds, sha256)
 
     async def _resolve(self, name: str, named: bool) -> tuple[str, str, bool]:
         for want in self.wanted or []:
             if want.name == name:
                 return want.uri, want.sha256, False
         if name in self.unload:
-            raise EnsureError(404, "AdapterNotFound", f"adapter {name} is being deleted")
+            raise EnsureError(
+                EnsureStatus.NOT_FOUND, EnsureCode.ADAPTER_NOT_FOUND, f"adapter {name} is being deleted"
+            )
         if named and self.adapter_lookup is not None:
             try:
                 source = await self.adapter_lookup(name)
             except LookupFailed as error:
-                raise EnsureError(503, "AdapterLookupFailed", str(error), 1.0) from error
+                raise EnsureError(
+                    EnsureStatus.UNAVAILABLE, EnsureCode.ADAPTER_LOOKUP_FAILED, str(error), 1.0
+                ) from error
             if source is not None:
                 return source.uri, source.sha256, False
         if self.catalog_template is None:
             raise EnsureError(
-                404, "AdapterNotFound", f"adapter {name} is not placed on this worker and there is no catalog"
+                EnsureStatus.NOT_FOUND,
+                EnsureCode.ADAPTER_NOT_FOUND,
+                f"adapter {name} is not placed on this worker and there is no catalog",
             )
         try:
             uri = catalog_uri(self.catalog_template, name)
         except InvalidSource as error:
-            raise EnsureError(400, "InvalidAdapterName", str(error)) from error
+            raise EnsureError(EnsureStatus.INVALID, EnsureCode.INVALID_ADAPTER_NAME, str(error)) from error
         try:
             return uri, await self.fetcher.read_digest(uri), True
         except FetchError as error:
             self.metrics.fetch_failures.labels(error.reason).inc()
             if error.reason in ("SourceNotFound", "DigestMissing"):
                 raise EnsureError(
-                    404, "AdapterNotFound", f"adapter {name} is not in the catalog: {error.message}"
+                    EnsureStatus.NOT_FOUND,
+                    EnsureCode.ADAPTER_NOT_FOUND,
+                    f"adapter {name} is not in the catalog: {error.message}",
                 ) from error
-            raise EnsureError(_status_of(error.reason), error.reason, error.message) from error
+            raise EnsureError(_refusal_of(error.reason), error.reason, error.message) from error
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -366,7 +380,7 @@ class Agent:
             self._fail(name, sha256, error.reason, error.message, on_demand)
             return None
         failure = self.failures.get(name)
-        if failure is not None and failure.sha256 == sha256 and failure.reason != "LoadFailed":
+        if failure is not None and failure.sha256 == sha256 and failure.reason != EnsureCode.LOAD_FAILED:
             del self.failures[name]
         return self.clock() - started
 
@@ -386,7 +400,7 @@ class Agent:
             if warm:
                 await self.vllm.warm(name)
         except VllmError as error:
-            self._fail(name, sha256, "LoadFailed", error.message, on_demand)
+            self._fail(name, sha256, EnsureCode.LOAD_FAILED, error.message, on_demand)
             return False
         self.cache.touch(sha256)
         self.registered[name] = RegisteredAdapter(name, sha256, on_demand, catalog, self.clock(), warm)
@@ -412,7 +426,7 @@ class Agent:
 
     async def _unload(self, name: str) -> None:
         current = self.registered.get(name)
-        tier = "GPU" if current is not None and current.warm else "CPU"
+        tier = Tier.GPU if current is not None and current.warm else Tier.CPU
         await self.vllm.unload(name)
         self.registered.pop(name, None)
         self.metrics.evictions.labels(tier).inc()
@@ -437,19 +451,25 @@ class Agent:
 
     def _evict_disk(self) -> None:
         protected = protected_revisions(self.wanted or [], self.registered)
-        self.cache.evict(protected, on_evict=lambda _sha, _size: self.metrics.evictions.labels("Disk").inc())
+        self.cache.evict(
+            protected, on_evict=lambda _sha, _size: self.metrics.evictions.labels(Tier.DISK).inc()
+        )
 
     # -- reporting ----------------------------------------------------------------------------
 
     def report(self) -> dict[str, Any]:
-        """The residency report: what the agent holds per tier, and what failed (camelCase, as in status)."""
+        """The residency report as the agent's API answers it (camelCase, as in status)."""
+        return to_wire(self.residency())
+
+    def residency(self) -> AgentResidency:
+        """What the agent holds per tier, and what failed: its WorkerPlacement status, and more."""
         wanted = self.wanted or []
         held = plan_report(wanted, self.registered, self.cache.revisions(), self.slots)
         active = self.activity.active(self.wall_clock()) & self.registered.keys()
         self.metrics.active_adapters.set(len(active))
         adapters = []
-        bytes_by_tier = {"GPU": 0, "CPU": 0, "Disk": 0}
-        count_by_tier = {"GPU": 0, "CPU": 0, "Disk": 0}
+        bytes_by_tier = dict.fromkeys(TIERS, 0)
+        count_by_tier = dict.fromkeys(TIERS, 0)
         for entry in held:
             size = self.cache.size(entry.sha256)
             bytes_by_tier[entry.tier] += size or 0
@@ -458,57 +478,42 @@ class Agent:
             if size is not None:
                 item["bytes"] = size
             if entry.name in self.load_seconds:
-                item["loadSeconds"] = round(self.load_seconds[entry.name], 4)
+                item["load_seconds"] = round(self.load_seconds[entry.name], 4)
             if entry.catalog:
                 item["catalog"] = True
             if entry.on_demand:
-                item["onDemand"] = True
+                item["on_demand"] = True
             if entry.name in active:
                 item["active"] = True
-            adapters.append(item)
-        for tier in bytes_by_tier:
+            adapters.append(ResidentAdapter(**item))
+        for tier in TIERS:
             self.metrics.cache_bytes.labels(tier).set(
-                bytes_by_tier[tier] if tier != "Disk" else self.cache.used_bytes
+                bytes_by_tier[tier] if tier != Tier.DISK else self.cache.used_bytes
             )
             self.metrics.adapters.labels(tier).set(count_by_tier[tier])
         wanted_names = {w.name for w in wanted}
         held_wanted = sum(1 for entry in held if entry.name in wanted_names)
-        return {
-            "worker": self.worker,
-            "engineReady": self.engine_ready,
-            "adapters": adapters,
-            "failures": [
-                {"name": f.name, "reason": f.reason, "message": f.message[:1024]}
+        return AgentResidency(
+            worker=self.worker,
+            engine_ready=self.engine_ready,
+            adapters=adapters,
+            failures=[
+                AdapterFailure(name=f.name, reason=f.reason, message=f.message[:1024])
                 for f in sorted(self.failures.values(), key=lambda f: f.name)
             ],
-            "gpuSlots": self.slots.gpu,
-            "cpuSlots": self.slots.cpu,
-            "held": f"{held_wanted}/{len(wanted)}",
-            "observedGeneration": self.generation,
-        }
+            gpu_slots=self.slots.gpu,
+            cpu_slots=self.slots.cpu,
+            held=f"{held_wanted}/{len(wanted)}",
+            observed_generation=self.generation,
+        )
 
     async def publish(self) -> None:
-        report = self.report()
+        report = self.residency()
         if report != self._last_report and self.on_report is not None:
             await self.on_report(report)
         self._last_report = report
 
 
-def _status_of(reason: str) -> int:
-    return {"DigestMismatch": 422, "UnsafeArchive": 422, "InvalidArchive": 422, "LoadFailed": 422}.get(
-        reason, 503
-    )
-
-
-def _settle(
-    future: asyncio.Future[Ensured], task: asyncio.Future[Ensured], inflight: dict[str, Any], name: str
-) -> None:
-    inflight.pop(name, None)
-    if future.done():
-        return
-    if task.cancelled():
-        future.cancel()
-    elif (error := task.exception()) is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(task.result())
+def _refusal_of(reason: str) -> EnsureStatus:
+    """A failed fetch or load: refused for good (that revision fails again), or unavailable for now."""
+    return EnsureStatus.REFUSED if reason in REFUSED_REASONS else EnsureStatus.UNAVAILABLE

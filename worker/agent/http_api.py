@@ -1,5 +1,8 @@
 """The agent's HTTP endpoint: residency report, on-demand loads, health and metrics.
 
+The contract (paths, refusal kinds and codes, the report's shape) is loraplex.api.agent; this
+module turns the agent's answers and its EnsureErrors into HTTP.
+
 - `GET /v1/residency`: what the worker holds per tier, bytes, last load
   latency, failures (the shape of WorkerPlacement status; read by the router).
 - `POST /v1/adapters/ensure` with `{"name": ...}`: make an adapter servable
@@ -22,16 +25,19 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from loraplex.api.agent import ENSURE_PATH, RESIDENCY_PATH, EnsureCode, EnsureStatus
 from loraplex.worker.agent.agent import Agent, EnsureError
 
 AGENT_KEY: web.AppKey[Agent] = web.AppKey("agent", Agent)
 MAX_BODY = 64 * 1024
 
 
-def error_response(status: int, code: str, message: str, retry_after: float | None = None) -> web.Response:
+def error_response(
+    status: EnsureStatus, code: str, message: str, retry_after: float | None = None
+) -> web.Response:
     headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after else None
     body = {"error": {"message": message, "type": code, "param": None, "code": code}}
-    return web.json_response(body, status=status, headers=headers)
+    return web.json_response(body, status=int(status), headers=headers)
 
 
 async def residency(request: web.Request) -> web.Response:
@@ -42,10 +48,14 @@ async def ensure(request: web.Request) -> web.Response:
     try:
         body: Any = json.loads(await request.read())
     except ValueError:
-        return error_response(400, "InvalidRequest", 'the body must be JSON: {"name": "<adapter>"}')
+        return error_response(
+            EnsureStatus.INVALID, EnsureCode.INVALID_REQUEST, 'the body must be JSON: {"name": "<adapter>"}'
+        )
     name = body.get("name") if isinstance(body, dict) else None
     if not isinstance(name, str) or not name:
-        return error_response(400, "InvalidRequest", "missing field 'name' (the adapter to load)")
+        return error_response(
+            EnsureStatus.INVALID, EnsureCode.INVALID_REQUEST, "missing field 'name' (the adapter to load)"
+        )
     try:
         revision = body.get("sha256")
         ensured = await request.app[AGENT_KEY].ensure(
@@ -75,8 +85,8 @@ async def metrics(request: web.Request) -> web.Response:
 def make_app(agent: Agent) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app[AGENT_KEY] = agent
-    app.router.add_get("/v1/residency", residency)
-    app.router.add_post("/v1/adapters/ensure", ensure)
+    app.router.add_get(RESIDENCY_PATH, residency)
+    app.router.add_post(ENSURE_PATH, ensure)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     return app

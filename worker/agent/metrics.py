@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from loraplex.api.tiers import TIERS
+
 LOAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -45,7 +47,7 @@ class AgentMetrics:
             "Adapters held in vLLM that ran a request (or a router ensured) within the active window.",
             registry=r,
         )
-        for tier in ("GPU", "CPU", "Disk"):
+        for tier in TIERS:
             self.loads.labels(tier)
             self.evictions.labels(tier)
             self.cache_bytes.labels(tier)

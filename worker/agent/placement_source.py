@@ -21,12 +21,16 @@ from typing import Any
 
 import yaml
 
+from loraplex.api import GROUP, VERSION
+from loraplex.api.agent import AgentResidency
+from loraplex.api.conditions import ConditionUpdate, merge_conditions
+from loraplex.api.tiers import Tier
+from loraplex.api.wire import to_wire
 from loraplex.kube import list_and_watch
-from loraplex.operator.conditions import ConditionUpdate, merge_conditions
 from loraplex.worker.agent.residency import WantedAdapter
 
 log = logging.getLogger("loraplex.agent")
-GROUP, VERSION, PLURAL = "loraplex.dev", "v1alpha1", "workerplacements"
+PLURAL = "workerplacements"
 # (wanted adapters, the WorkerPlacement's generation, the adapters being deleted to unload)
 WantedCallback = Callable[[list[WantedAdapter], int | None, list[str]], None]
 
@@ -37,7 +41,7 @@ def wanted_from_spec(spec: dict[str, Any]) -> list[WantedAdapter]:
             name=item["name"],
             uri=item["uri"],
             sha256=item["sha256"],
-            tier=item.get("tier", "CPU"),
+            tier=Tier(item.get("tier", Tier.CPU)),
             pinned=bool(item.get("pinned", False)),
         )
         for item in spec.get("adapters", [])
@@ -88,8 +92,8 @@ class WorkerPlacementSource:
         self.on_wanted = on_wanted
         self.min_interval = min_interval
         self._conditions: list[dict[str, Any]] = []
-        self._written: dict[str, Any] | None = None
-        self._pending: dict[str, Any] | None = None
+        self._written: AgentResidency | None = None
+        self._pending: AgentResidency | None = None
         self._changed = asyncio.Event()
         self._stop = threading.Event()
 
@@ -128,7 +132,7 @@ class WorkerPlacementSource:
         spec = obj.get("spec", {})
         deliver(wanted_from_spec(spec), obj["metadata"].get("generation"), unload_from_spec(spec))
 
-    async def report(self, report: dict[str, Any]) -> None:
+    async def report(self, report: AgentResidency) -> None:
         """Queue a report for the status; the write loop coalesces and sends it."""
         self._pending = report
         self._changed.set()
@@ -147,17 +151,16 @@ class WorkerPlacementSource:
                     self._changed.set()
             await asyncio.sleep(self.min_interval)
 
-    def _write(self, report: dict[str, Any]) -> None:
+    def _write(self, report: AgentResidency) -> None:
         from kubernetes.client.exceptions import ApiException
 
-        generation = report.get("observedGeneration")
+        generation = report.observed_generation
         if generation is None:
             return  # no WorkerPlacement yet: nothing to write on
         self._conditions = merge_conditions(
             self._conditions, [ready_condition(report)], generation, datetime.now(UTC)
         )
-        status = {key: value for key, value in report.items() if key not in ("worker", "engineReady")}
-        status["conditions"] = self._conditions
+        status = to_wire(report.placement_status(self._conditions))
         try:
             self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, self.namespace, PLURAL, self.name, {"status": status}
@@ -167,12 +170,12 @@ class WorkerPlacementSource:
                 raise
 
 
-def ready_condition(report: dict[str, Any]) -> ConditionUpdate:
-    if not report.get("engineReady"):
+def ready_condition(report: AgentResidency) -> ConditionUpdate:
+    if not report.engine_ready:
         return ConditionUpdate("Ready", "False", "EngineNotReady", "vLLM is not answering yet")
-    held, _, wanted = str(report.get("held", "0/0")).partition("/")
-    if report.get("failures"):
-        names = ", ".join(f["name"] for f in report["failures"][:5])
+    held, _, wanted = (report.held or "0/0").partition("/")
+    if report.failures:
+        names = ", ".join(f.name for f in report.failures[:5])
         return ConditionUpdate("Ready", "False", "LoadFailed", f"held {held} of {wanted}; failed: {names}")
     if held != wanted:
         return ConditionUpdate("Ready", "False", "Loading", f"held {held} of {wanted} adapters")

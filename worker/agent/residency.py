@@ -23,10 +23,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Literal
 
-Tier = Literal["GPU", "CPU", "Disk"]
-TIER_ORDER: dict[str, int] = {"GPU": 0, "CPU": 1, "Disk": 2}
+from loraplex.api.tiers import Tier
 
 
 @dataclass(frozen=True)
@@ -124,8 +122,8 @@ def stale_failures(
 
 def resident_targets(wanted: Iterable[WantedAdapter], slots: Slots) -> list[WantedAdapter]:
     """The named adapters to keep registered: GPU ones first, at most `cpu_slots`."""
-    loaded = [w for w in wanted if w.tier != "Disk"]
-    loaded.sort(key=lambda w: (TIER_ORDER[w.tier], not w.pinned, w.name))
+    loaded = [w for w in wanted if w.tier != Tier.DISK]
+    loaded.sort(key=lambda w: (Tier(w.tier).rank, not w.pinned, w.name))
     return loaded[: slots.cpu]
 
 
@@ -162,16 +160,18 @@ def plan_convergence(
             continue
         current = registered.get(want.name)
         if current is not None and current.sha256 == want.sha256:
-            if want.tier == "GPU" and not current.warm:
+            if want.tier == Tier.GPU and not current.warm:
                 plan.warm.append(want.name)
             continue
         if want.sha256 not in on_disk and want.sha256 not in fetched:
             plan.fetch.append(Fetch(want.name, want.uri, want.sha256))
             fetched.add(want.sha256)
-        plan.load.append(Load(want.name, want.sha256, inplace=current is not None, warm=want.tier == "GPU"))
+        plan.load.append(
+            Load(want.name, want.sha256, inplace=current is not None, warm=want.tier == Tier.GPU)
+        )
     for want in wanted:
         missing = want.sha256 not in on_disk and want.sha256 not in fetched
-        if want.tier == "Disk" and missing and not backing_off(failures, want.name, want.sha256, now):
+        if want.tier == Tier.DISK and missing and not backing_off(failures, want.name, want.sha256, now):
             plan.fetch.append(Fetch(want.name, want.uri, want.sha256))
             fetched.add(want.sha256)
     return plan
@@ -197,13 +197,13 @@ def plan_report(
     report: list[ReportedAdapter] = []
     for reg in registered.values():
         want = wanted_by_name.get(reg.name)
-        tier: Tier = "GPU" if reg.warm and want is not None and want.tier == "GPU" else "CPU"
+        tier = Tier.GPU if reg.warm and want is not None and want.tier == Tier.GPU else Tier.CPU
         on_demand = reg.on_demand and want is None
         report.append(ReportedAdapter(reg.name, reg.sha256, tier, reg.catalog, on_demand))
     for want in wanted_by_name.values():
         if want.name not in registered and want.sha256 in on_disk:
-            report.append(ReportedAdapter(want.name, want.sha256, "Disk", False))
-    report.sort(key=lambda r: (TIER_ORDER[r.tier], r.name))
+            report.append(ReportedAdapter(want.name, want.sha256, Tier.DISK, False))
+    report.sort(key=lambda r: (Tier(r.tier).rank, r.name))
     return report
 
 

@@ -24,8 +24,8 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from loraplex.api.trainer import EXIT_CONFIG, EXIT_PREEMPTED
 from loraplex.worker.trainer.config import ConfigError, TrainerConfig
-from loraplex.worker.trainer.failures import EXIT_CONFIG, EXIT_PREEMPTED
 from loraplex.worker.trainer.progress import Event, JsonLines
 from loraplex.worker.trainer.status_sink import with_status
 from loraplex.worker.trainer.training import StopFlag, Trainer

@@ -24,9 +24,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from loraplex.api import GROUP, VERSION
 from loraplex.worker.trainer.progress import Event, Fanout, ProgressSink
 
-GROUP, VERSION, PLURAL = "loraplex.dev", "v1alpha1", "trainingjobs"
+PLURAL = "trainingjobs"
 Patcher = Callable[[str, str, dict[str, Any]], None]  # namespace, name, status patch
 
 

@@ -23,18 +23,13 @@ from typing import Any, Literal
 
 import torch
 
+from loraplex.api.trainer import EXIT_FAILED, EXIT_PREEMPTED, EXIT_SUCCEEDED
 from loraplex.worker.durable import write_atomic
 from loraplex.worker.s3 import s3_client_from_env
 from loraplex.worker.trainer import checkpoint
 from loraplex.worker.trainer.config import AdapterJob, ConfigError, TrainerConfig
 from loraplex.worker.trainer.data import BatchStream, LoadedDataset, Tokenizer, load_dataset
-from loraplex.worker.trainer.failures import (
-    EXIT_FAILED,
-    EXIT_PREEMPTED,
-    EXIT_SUCCEEDED,
-    Reason,
-    TrainingFailure,
-)
+from loraplex.worker.trainer.failures import Reason, TrainingFailure
 from loraplex.worker.trainer.multi_lora import AdapterWeights, MultiLoraModel
 from loraplex.worker.trainer.progress import Event, JsonLines, ProgressSink
 from loraplex.worker.trainer.publish import publish

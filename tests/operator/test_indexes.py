@@ -1,0 +1,98 @@
+"""Every kopf index of the operator is declared once, in operator/indexes.py, and read through accessors."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from loraplex.operator import adapter_handlers, basemodel_handlers, indexes, placement_loop, training_handlers
+from loraplex.operator.fleet_scale import FleetTargets
+from loraplex.operator.indexes import (
+    INDEX_IDS,
+    ZONE_LABEL,
+    Indexes,
+    NodeView,
+    WorkerPodView,
+    node_view,
+    worker_pod_view,
+)
+from loraplex.operator.settings import OperatorSettings
+
+OPERATOR = Path(__file__).resolve().parents[2] / "operator"
+SETTINGS = OperatorSettings(image="loraplex:test")
+
+
+def operator_registry() -> kopf.OperatorRegistry:
+    """A registry filled as operator/main.py fills it."""
+    registry = kopf.OperatorRegistry()
+    indexes.register(registry)
+    basemodel_handlers.register(registry, SETTINGS, None, FleetTargets())  # type: ignore[arg-type]
+    adapter_handlers.register(registry, None)  # type: ignore[arg-type]
+    placement_loop.register(registry, SETTINGS, None, None, FleetTargets())  # type: ignore[arg-type]
+    training_handlers.register(registry, SETTINGS, None, None, FleetTargets())  # type: ignore[arg-type]
+    return registry
+
+
+def test_every_index_is_registered_once_by_the_indexes_module() -> None:
+    declared = Counter(handler.id for handler in operator_registry()._indexing.get_all_handlers())
+    assert declared == Counter(INDEX_IDS)  # each id once, and none declared by a handler module
+
+
+def test_every_accessor_reads_an_index_that_is_registered() -> None:
+    fields = [field.name for field in dataclasses.fields(Indexes)]
+    assert fields == list(INDEX_IDS)
+
+
+def test_no_operator_module_reads_kopf_keyword_arguments_by_name() -> None:
+    pattern = re.compile(r"""kwargs(\[|\.get\()\s*["']""")
+    offending = [
+        path.name
+        for path in sorted(OPERATOR.glob("*.py"))
+        if path.name != "indexes.py" and pattern.search(path.read_text())
+    ]
+    assert offending == []
+
+
+def test_no_index_is_declared_outside_the_indexes_module() -> None:
+    offending = [
+        path.name
+        for path in sorted(OPERATOR.glob("*.py"))
+        if path.name != "indexes.py" and "kopf.index(" in path.read_text()
+    ]
+    assert offending == []
+
+
+def test_accessors_read_what_kopf_passes_and_treat_a_missing_index_as_empty() -> None:
+    key = ("ns", "tiny")
+    pod = worker_pod_view(
+        {
+            "metadata": {"name": "tiny-worker-0", "deletionTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"nodeName": "node-a"},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        }
+    )
+    node = node_view(
+        {"status": {"allocatable": {"nvidia.com/gpu": "4", "cpu": "8"}}},
+        {"topology.kubernetes.io/zone": "zone-a"},
+    )
+    kwargs: dict[str, Any] = {
+        "base_models": {key: [("uid-tiny", {"model": {"uri": "/m"}})]},
+        "worker_pods": {key: [pod]},
+        "nodes": {"node-a": [node]},
+        "unrelated": object(),  # kopf's other keyword arguments are left alone
+    }
+    read = Indexes.from_kwargs(kwargs)
+    assert read.base_model_specs(key) == [{"model": {"uri": "/m"}}]
+    assert read.base_model_entries(("ns", "gone")) == []
+    assert read.workers(key) == [WorkerPodView("tiny-worker-0", "node-a", ready=True, deleting=True)]
+    assert not read.workers(key)[0].healthy  # being deleted: no adapters go there
+    assert read.workers(key)[0].status_view().ready
+    assert read.node("node-a") == NodeView({"nvidia.com/gpu": 4}, {ZONE_LABEL: "zone-a"}, False)
+    assert read.node_zone("node-a") == "zone-a"
+    assert read.node_zone("node-b") == ""
+    assert (read.adapters(key), read.placements(key), read.worker_statefulsets(key)) == ([], [], [])
