@@ -16,7 +16,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
-from loraplex.api import GROUP, VERSION, crd, peering
+from loraplex.api import GROUP, LORA_ADAPTERS, VERSION, crd, peering
 from loraplex.kube import api_client
 from loraplex.operator.admission_policy import (
     POLICY_GROUP,
@@ -85,7 +85,7 @@ def wait_policy_effective(api: client.ApiClient, timeout: float) -> None:
             created = cast(
                 dict[str, Any],
                 custom.create_namespaced_custom_object(
-                    GROUP, VERSION, PROBE_NAMESPACE, "loraadapters", probe, dry_run="All"
+                    GROUP, VERSION, PROBE_NAMESPACE, LORA_ADAPTERS, probe, dry_run="All"
                 ),
             )
         except ApiException as error:

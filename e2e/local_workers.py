@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from loraplex.api.labels import BASE_MODEL_LABEL, COMPONENT_LABEL, ROUTER, TRAINER, TRAINING_JOB_LABEL, WORKER
 from loraplex.e2e import daemon
 from loraplex.e2e.adapter_store import AdapterStore
 from loraplex.e2e.cluster import LocalCluster, process_alive
@@ -49,8 +50,6 @@ from loraplex.e2e.worker_processes import (
 
 log = logging.getLogger("loraplex.dev.workers")
 STORE_PORT = 8443
-COMPONENT = "app.kubernetes.io/component"
-BASE_MODEL = "loraplex.dev/base-model"
 # The data examples/simulated/30-trainingjob.yaml trains support-bot on (a fixed path, so the example can
 # name it).
 EXAMPLE_DATASET = Path("/tmp/loraplex-examples/support-tickets.jsonl")
@@ -116,15 +115,15 @@ def pod_processes(pod: dict[str, Any]) -> WorkerPod | RouterPod | TrainerPod | N
         status.get("phase") != "Running"
         or not ip
         or meta.get("deletionTimestamp")
-        or BASE_MODEL not in labels
+        or BASE_MODEL_LABEL not in labels
     ):
         return None
     containers = {c["name"]: c for c in spec["containers"]}
-    if labels.get(COMPONENT) == "worker" and "vllm" in containers:
+    if labels.get(COMPONENT_LABEL) == WORKER and "vllm" in containers:
         vllm_args, agent_args = containers["vllm"]["args"], containers["agent"]["args"]
         return WorkerPod(
             name=meta["name"], namespace=meta["namespace"], ip=ip,
-            served_name=str(_flag(vllm_args, "--served-model-name", labels[BASE_MODEL])),
+            served_name=str(_flag(vllm_args, "--served-model-name", labels[BASE_MODEL_LABEL])),
             max_loras=int(_flag(vllm_args, "--max-loras", "4") or 4),
             max_cpu_loras=int(_flag(vllm_args, "--max-cpu-loras", "16") or 16),
             max_lora_rank=int(_flag(vllm_args, "--max-lora-rank", "16") or 16),
@@ -132,7 +131,7 @@ def pod_processes(pod: dict[str, Any]) -> WorkerPod | RouterPod | TrainerPod | N
             catalog_template=_flag(agent_args, "--catalog-template"),
             base_model=_flag(agent_args, "--base-model"),
         )  # fmt: skip
-    if labels.get(COMPONENT) == "trainer" and "trainer" in containers:
+    if labels.get(COMPONENT_LABEL) == TRAINER and "trainer" in containers:
         finished = any(
             (c.get("state") or {}).get("terminated") for c in status.get("containerStatuses") or []
         )
@@ -141,13 +140,13 @@ def pod_processes(pod: dict[str, Any]) -> WorkerPod | RouterPod | TrainerPod | N
             return None
         return TrainerPod(
             name=meta["name"], namespace=meta["namespace"], config_map=config,
-            training_job=labels.get("loraplex.dev/training-job", ""), image=containers["trainer"]["image"],
+            training_job=labels.get(TRAINING_JOB_LABEL, ""), image=containers["trainer"]["image"],
         )  # fmt: skip
-    if labels.get(COMPONENT) == "router" and "router" in containers:
+    if labels.get(COMPONENT_LABEL) == ROUTER and "router" in containers:
         args = containers["router"]["args"]
         return RouterPod(
-            name=meta["name"], namespace=meta["namespace"], ip=ip, base_model=labels[BASE_MODEL],
-            served_name=str(_flag(args, "--served-model-name", labels[BASE_MODEL])),
+            name=meta["name"], namespace=meta["namespace"], ip=ip, base_model=labels[BASE_MODEL_LABEL],
+            served_name=str(_flag(args, "--served-model-name", labels[BASE_MODEL_LABEL])),
             api_key_secret=_secret_ref(containers["router"], "LORAPLEX_VLLM_API_KEY"),
         )  # fmt: skip
     return None
@@ -312,7 +311,7 @@ class Runner:
         self.store.start()
         self.publish_examples()
         write_example_dataset()
-        selector = f"{COMPONENT} in (worker,router,trainer),{BASE_MODEL}"
+        selector = f"{COMPONENT_LABEL} in ({WORKER},{ROUTER},{TRAINER}),{BASE_MODEL_LABEL}"
         while not stop.is_set():
             try:
                 pods = self.core.list_pod_for_all_namespaces(label_selector=selector)

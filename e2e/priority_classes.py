@@ -7,6 +7,8 @@ from typing import Any, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from loraplex.api.labels import PART_OF
+
 TRAINER_PRIORITY_CLASS = "loraplex-trainer"
 TRAINER_PRIORITY = -100  # the chart's default (training.priorityClass.value)
 
@@ -16,7 +18,7 @@ def ensure_trainer_priority_class(api: client.ApiClient) -> None:
     body: dict[str, Any] = {
         "apiVersion": "scheduling.k8s.io/v1",
         "kind": "PriorityClass",
-        "metadata": {"name": TRAINER_PRIORITY_CLASS, "labels": {"app.kubernetes.io/part-of": "loraplex"}},
+        "metadata": {"name": TRAINER_PRIORITY_CLASS, "labels": dict(PART_OF)},
         "value": TRAINER_PRIORITY,
         "globalDefault": False,
         "preemptionPolicy": "Never",

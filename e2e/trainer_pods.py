@@ -14,7 +14,8 @@ from typing import Any
 
 from kubernetes import client
 
-from loraplex.operator.training_workload import TRAINER_CONTAINER, TRAINING_JOB_LABEL
+from loraplex.api.labels import TRAINING_JOB_LABEL
+from loraplex.operator.training_workload import TRAINER_CONTAINER
 
 
 def trainer_pods(api: client.ApiClient, namespace: str, training_job: str) -> list[Any]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loraplex.api.agent import ENSURE_PATH, RESIDENCY_PATH
 from loraplex.e2e.http_probe import free_port, http_json, prometheus_samples
 from loraplex.e2e.waiting import wait_until
 
@@ -196,7 +197,7 @@ class AgentProcess(_Child):
         return status == 200 and bool(body.get("engineReady"))
 
     def residency(self) -> dict[str, Any]:
-        status, body = http_json(f"{self.url}/v1/residency")
+        status, body = http_json(f"{self.url}{RESIDENCY_PATH}")
         assert status == 200, body
         return dict(body)
 
@@ -206,7 +207,7 @@ class AgentProcess(_Child):
 
     def ensure(self, name: str, named: bool = False) -> tuple[int, Any]:
         body = {"name": name, "named": True} if named else {"name": name}
-        return http_json(f"{self.url}/v1/adapters/ensure", body, timeout=120)
+        return http_json(f"{self.url}{ENSURE_PATH}", body, timeout=120)
 
     def metrics(self) -> dict[str, float]:
         return prometheus_samples(f"{self.url}/metrics", "loraplex_agent_")

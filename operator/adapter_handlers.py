@@ -24,7 +24,7 @@ import kopf
 from kubernetes import client
 from pydantic import ValidationError
 
-from loraplex.api import GROUP, VERSION
+from loraplex.api import BASE_MODELS, GROUP, LORA_ADAPTERS, VERSION
 from loraplex.api.adapter import LoRAAdapterSpec
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.operator import metrics
@@ -50,7 +50,7 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
     seen_generations: dict[BaseKey, int] = {}
     judged: dict[str, tuple[int, str]] = {}  # adapter uid -> (generation, BaseModel fingerprint) judged
 
-    @kopf.on.event(GROUP, VERSION, "loraadapters", id="check", registry=registry)
+    @kopf.on.event(GROUP, VERSION, LORA_ADAPTERS, id="check", registry=registry)
     async def check(
         type: str | None,
         body: kopf.Body,
@@ -100,7 +100,7 @@ def register(registry: kopf.OperatorRegistry, api: client.ApiClient) -> None:
                 fill_status_patch(patch, planned)
             _warn_when_newly_invalid(body, dict(status), verdict)
 
-    @kopf.on.event(GROUP, VERSION, "basemodels", id="recheck-adapters", registry=registry)
+    @kopf.on.event(GROUP, VERSION, BASE_MODELS, id="recheck-adapters", registry=registry)
     def recheck_adapters(
         type: str | None,
         name: str,

@@ -23,12 +23,10 @@ import kopf
 from kubernetes import client
 from urllib3 import BaseHTTPResponse
 
-from loraplex.api import GROUP, VERSION
+from loraplex.api import GROUP, LORA_ADAPTERS, VERSION
 from loraplex.operator import metrics
 from loraplex.operator.admission_policy import UNLOAD_FINALIZER
 from loraplex.operator.placement_pass import releasable
-
-PLURAL = "loraadapters"
 
 
 def fill_status_patch(patch: kopf.Patch, status: Mapping[str, Any]) -> None:
@@ -46,7 +44,7 @@ def write_status(
     parsing it is a third of the client's CPU per write, and a bulk apply is a write per adapter.
     """
     response = custom.patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _preload_content=False
+        GROUP, VERSION, namespace, LORA_ADAPTERS, name, {"status": status}, _preload_content=False
     )
     cast(BaseHTTPResponse, response).drain_conn()
     metrics.API_WRITES.labels("LoRAAdapter", "patch-status").inc()
@@ -84,7 +82,12 @@ def remove_unload_finalizer(
         assert custom is not None, "a patch or an API client"
         try:
             custom.patch_namespaced_custom_object(
-                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"metadata": {"finalizers": kept}}
+                GROUP,
+                VERSION,
+                meta["namespace"],
+                LORA_ADAPTERS,
+                meta["name"],
+                {"metadata": {"finalizers": kept}},
             )
         except client.ApiException as error:
             if error.status == 404:

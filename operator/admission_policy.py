@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import yaml
 
-from loraplex.api import GROUP
+from loraplex.api import GROUP, LORA_ADAPTERS
+from loraplex.api.labels import PART_OF
 from loraplex.operator.fleet import Manifest
 
 POLICY_GROUP = "admissionregistration.k8s.io"
@@ -36,7 +37,7 @@ def finalizer_policy(version: str) -> list[Manifest]:
     if version not in POLICY_VERSIONS:
         raise ValueError(f"MutatingAdmissionPolicy version {version!r}: expected one of {POLICY_VERSIONS}")
     api_version = f"{POLICY_GROUP}/{version}"
-    labels = {"app.kubernetes.io/part-of": "loraplex"}
+    labels = dict(PART_OF)
     policy: Manifest = {
         "apiVersion": api_version,
         "kind": POLICY_KIND,
@@ -48,7 +49,7 @@ def finalizer_policy(version: str) -> list[Manifest]:
                         "apiGroups": [GROUP],
                         "apiVersions": ["*"],
                         "operations": ["CREATE"],
-                        "resources": ["loraadapters"],
+                        "resources": [LORA_ADAPTERS],
                     }
                 ]
             },

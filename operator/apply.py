@@ -14,8 +14,9 @@ from kubernetes import client
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 
+from loraplex.api.labels import HASH_ANNOTATION
 from loraplex.operator import metrics
-from loraplex.operator.fleet import HASH_ANNOTATION, Manifest
+from loraplex.operator.fleet import Manifest
 
 
 class Applier:

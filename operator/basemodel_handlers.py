@@ -26,7 +26,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from loraplex.api import GROUP, VERSION
+from loraplex.api import BASE_MODELS, GROUP, VERSION
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.operator import metrics
 from loraplex.operator.apply import Applier
@@ -55,9 +55,9 @@ def register(
     handlers apply them to the worker StatefulSet.
     """
 
-    @kopf.on.resume(GROUP, VERSION, "basemodels", id="fleet", registry=registry)
-    @kopf.on.create(GROUP, VERSION, "basemodels", id="fleet", registry=registry)
-    @kopf.on.update(GROUP, VERSION, "basemodels", field="spec", id="fleet", registry=registry)
+    @kopf.on.resume(GROUP, VERSION, BASE_MODELS, id="fleet", registry=registry)
+    @kopf.on.create(GROUP, VERSION, BASE_MODELS, id="fleet", registry=registry)
+    @kopf.on.update(GROUP, VERSION, BASE_MODELS, field="spec", id="fleet", registry=registry)
     def reconcile_fleet(
         spec: kopf.Spec,
         name: str,
@@ -88,7 +88,7 @@ def register(
     @kopf.timer(
         GROUP,
         VERSION,
-        "basemodels",
+        BASE_MODELS,
         interval=settings.status_interval_seconds,
         id="fleet-status",
         registry=registry,

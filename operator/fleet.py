@@ -23,16 +23,13 @@ from typing import Any
 from loraplex.api import API_VERSION
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.api.common import DEFAULT_MODEL_CPU, DEFAULT_MODEL_MEMORY
+from loraplex.api.labels import BASE_MODEL_LABEL, COMPONENT_LABEL, HASH_ANNOTATION, MANAGED_BY, ROUTER, WORKER
 from loraplex.operator.pod_security import restricted, writable_home
 from loraplex.operator.pod_volumes import merge_claim_volumes
 from loraplex.operator.settings import OperatorSettings
 
 Manifest = dict[str, Any]
 
-MANAGED_BY = {"app.kubernetes.io/managed-by": "loraplex"}
-BASE_MODEL_LABEL = "loraplex.dev/base-model"
-COMPONENT_LABEL = "app.kubernetes.io/component"
-HASH_ANNOTATION = "loraplex.dev/content-hash"
 VLLM_PORT = 8000
 AGENT_PORT = 8080
 ROUTER_PORT = 8000
@@ -90,7 +87,7 @@ def selector(ref: BaseModelRef, component: str) -> dict[str, str]:
 
 def worker_selector(base_model: str) -> str:
     """The worker pods' label selector as a string (the BaseModel scale subresource's selector)."""
-    return f"{BASE_MODEL_LABEL}={base_model},{COMPONENT_LABEL}=worker"
+    return f"{BASE_MODEL_LABEL}={base_model},{COMPONENT_LABEL}={WORKER}"
 
 
 def plan_fleet(
@@ -101,8 +98,8 @@ def plan_fleet(
     `workers` is the worker count to run (see fleet_scale).
     """
     return [
-        *(owned_by(ref, service_account(ref, component)) for component in ("worker", "router")),
-        *(owned_by(ref, role_binding(ref, component)) for component in ("worker", "router")),
+        *(owned_by(ref, service_account(ref, component)) for component in (WORKER, ROUTER)),
+        *(owned_by(ref, role_binding(ref, component)) for component in (WORKER, ROUTER)),
         owned_by(ref, worker_statefulset(ref, spec, settings, workers)),
         owned_by(ref, workers_service(ref)),
         owned_by(ref, router_deployment(ref, spec, settings)),
@@ -338,19 +335,19 @@ def worker_statefulset(
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": {"name": worker_name(ref), "namespace": ref.namespace, "labels": labels(ref, "worker")},
+        "metadata": {"name": worker_name(ref), "namespace": ref.namespace, "labels": labels(ref, WORKER)},
         "spec": {
             "replicas": workers,
             "serviceName": workers_service_name(ref),
             "podManagementPolicy": "Parallel",
-            "selector": {"matchLabels": selector(ref, "worker")},
-            "template": {"metadata": {"labels": labels(ref, "worker")}, "spec": pod_spec},
+            "selector": {"matchLabels": selector(ref, WORKER)},
+            "template": {"metadata": {"labels": labels(ref, WORKER)}, "spec": pod_spec},
         },
     }
 
 
 def _spread_over_nodes(ref: BaseModelRef) -> Manifest:
-    term = {"labelSelector": {"matchLabels": selector(ref, "worker")}}
+    term = {"labelSelector": {"matchLabels": selector(ref, WORKER)}}
     return {
         "podAntiAffinity": {
             "preferredDuringSchedulingIgnoredDuringExecution": [
@@ -368,12 +365,12 @@ def workers_service(ref: BaseModelRef) -> Manifest:
         "metadata": {
             "name": workers_service_name(ref),
             "namespace": ref.namespace,
-            "labels": labels(ref, "worker"),
+            "labels": labels(ref, WORKER),
         },
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": selector(ref, "worker"),
+            "selector": selector(ref, WORKER),
             "ports": [
                 {"name": "vllm", "port": VLLM_PORT, "targetPort": VLLM_PORT},
                 {"name": "agent", "port": AGENT_PORT, "targetPort": AGENT_PORT},
@@ -411,12 +408,12 @@ def router_deployment(ref: BaseModelRef, spec: BaseModelSpec, settings: Operator
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": router_name(ref), "namespace": ref.namespace, "labels": labels(ref, "router")},
+        "metadata": {"name": router_name(ref), "namespace": ref.namespace, "labels": labels(ref, ROUTER)},
         "spec": {
             "replicas": settings.router_replicas,
-            "selector": {"matchLabels": selector(ref, "router")},
+            "selector": {"matchLabels": selector(ref, ROUTER)},
             "template": {
-                "metadata": {"labels": labels(ref, "router")},
+                "metadata": {"labels": labels(ref, ROUTER)},
                 "spec": restricted(pod_spec),
             },
         },
@@ -427,9 +424,9 @@ def router_service(ref: BaseModelRef) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": router_name(ref), "namespace": ref.namespace, "labels": labels(ref, "router")},
+        "metadata": {"name": router_name(ref), "namespace": ref.namespace, "labels": labels(ref, ROUTER)},
         "spec": {
-            "selector": selector(ref, "router"),
+            "selector": selector(ref, ROUTER),
             "ports": [{"name": "http", "port": 80, "targetPort": ROUTER_PORT}],
         },
     }
@@ -437,7 +434,7 @@ def router_service(ref: BaseModelRef) -> Manifest:
 
 def network_policy(ref: BaseModelRef) -> Manifest:
     """Only the router reaches vLLM; only the router and the operator reach the agent."""
-    router = {"podSelector": {"matchLabels": selector(ref, "router")}}
+    router = {"podSelector": {"matchLabels": selector(ref, ROUTER)}}
     operator = {
         "namespaceSelector": {},
         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "loraplex-operator"}},
@@ -445,9 +442,9 @@ def network_policy(ref: BaseModelRef) -> Manifest:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {"name": worker_name(ref), "namespace": ref.namespace, "labels": labels(ref, "worker")},
+        "metadata": {"name": worker_name(ref), "namespace": ref.namespace, "labels": labels(ref, WORKER)},
         "spec": {
-            "podSelector": {"matchLabels": selector(ref, "worker")},
+            "podSelector": {"matchLabels": selector(ref, WORKER)},
             "policyTypes": ["Ingress"],
             "ingress": [
                 {"from": [router], "ports": [{"port": VLLM_PORT}]},
@@ -467,7 +464,7 @@ def api_key_secret(ref: BaseModelRef, api_key: str) -> Manifest:
             "metadata": {
                 "name": api_key_secret_name(ref),
                 "namespace": ref.namespace,
-                "labels": labels(ref, "worker"),
+                "labels": labels(ref, WORKER),
             },
             "type": "Opaque",
             "stringData": {API_KEY_DEFAULT_KEY: api_key},

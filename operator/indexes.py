@@ -32,15 +32,22 @@ from typing import Any, NamedTuple
 
 import kopf
 
-from loraplex.api import GROUP, VERSION
-from loraplex.operator.fleet import BASE_MODEL_LABEL, COMPONENT_LABEL, MANAGED_BY
+from loraplex.api import BASE_MODELS, GROUP, LORA_ADAPTERS, TRAINING_JOBS, VERSION, WORKER_PLACEMENTS
+from loraplex.api.labels import (
+    BASE_MODEL_LABEL,
+    COMPONENT_LABEL,
+    MANAGED_BY,
+    TRAINER,
+    TRAINING_JOB_LABEL,
+    WORKER,
+)
 from loraplex.operator.fleet_status import WorkerPod
 from loraplex.operator.observe import index_essentials
 from loraplex.operator.training_status import JobView, PodView
-from loraplex.operator.training_workload import HOSTNAME_LABEL, TRAINER_CONTAINER, TRAINING_JOB_LABEL
+from loraplex.operator.training_workload import HOSTNAME_LABEL, TRAINER_CONTAINER
 
-WORKER_LABELS = {**MANAGED_BY, COMPONENT_LABEL: "worker"}
-TRAINER_LABELS = {**MANAGED_BY, COMPONENT_LABEL: "trainer"}
+WORKER_LABELS = {**MANAGED_BY, COMPONENT_LABEL: WORKER}
+TRAINER_LABELS = {**MANAGED_BY, COMPONENT_LABEL: TRAINER}
 ZONE_LABEL = "topology.kubernetes.io/zone"
 
 BaseKey = tuple[str, str]  # (namespace, BaseModel name)
@@ -143,7 +150,7 @@ def pod_entries(body: Mapping[str, Any], namespace: str, labels: Mapping[str, st
     phase = status.get("phase", "Pending")
     finished = phase in ("Succeeded", "Failed")
     entries: dict[Any, Any] = {}
-    trainer = labels.get(COMPONENT_LABEL) == "trainer" and TRAINING_JOB_LABEL in labels
+    trainer = labels.get(COMPONENT_LABEL) == TRAINER and TRAINING_JOB_LABEL in labels
     if trainer:
         job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
         if job:
@@ -152,7 +159,7 @@ def pod_entries(body: Mapping[str, Any], namespace: str, labels: Mapping[str, st
     gpus = pod_requests(body)
     if node and gpus and not finished:
         entries[("node", node)] = gpus
-    if labels.get(COMPONENT_LABEL) == "worker" and BASE_MODEL_LABEL in labels:
+    if labels.get(COMPONENT_LABEL) == WORKER and BASE_MODEL_LABEL in labels:
         held = bool(node) and not finished and not meta.get("deletionTimestamp")
         entries[("workers", namespace, labels[BASE_MODEL_LABEL])] = held
     return entries
@@ -215,19 +222,19 @@ def training_job_essentials(body: Mapping[str, Any]) -> dict[str, Any]:
 def register(registry: kopf.OperatorRegistry) -> None:
     """Declare every index of the operator on `registry` (once: kopf refuses an id twice)."""
 
-    @kopf.index(GROUP, VERSION, "basemodels", id="base_models", registry=registry)
+    @kopf.index(GROUP, VERSION, BASE_MODELS, id="base_models", registry=registry)
     async def base_models(
         spec: kopf.Spec, name: str, namespace: str | None, uid: str, **_: Any
     ) -> dict[Any, Any]:
         return {(str(namespace), name): (uid, dict(spec))}
 
-    @kopf.index(GROUP, VERSION, "loraadapters", id="adapters_by_base", registry=registry)
+    @kopf.index(GROUP, VERSION, LORA_ADAPTERS, id="adapters_by_base", registry=registry)
     async def adapters_by_base(
         body: kopf.Body, spec: kopf.Spec, namespace: str | None, **_: Any
     ) -> dict[Any, Any]:
         return {(str(namespace), spec.get("baseModel", "")): index_essentials(body)}
 
-    @kopf.index(GROUP, VERSION, "workerplacements", id="worker_placements", registry=registry)
+    @kopf.index(GROUP, VERSION, WORKER_PLACEMENTS, id="worker_placements", registry=registry)
     async def worker_placements(
         body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any
     ) -> dict[Any, Any]:
@@ -259,7 +266,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
     async def trainer_jobs(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> dict[Any, Any]:
         return {(str(namespace), name): job_view(body)}
 
-    @kopf.index(GROUP, VERSION, "trainingjobs", id="training_jobs", registry=registry)
+    @kopf.index(GROUP, VERSION, TRAINING_JOBS, id="training_jobs", registry=registry)
     async def training_jobs(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> dict[Any, Any]:
         return {(str(namespace), name): training_job_essentials(body)}
 

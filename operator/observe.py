@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from loraplex.api.labels import HASH_ANNOTATION
 from loraplex.api.tiers import Tier
 from loraplex.api.workerplacement import read_status
-from loraplex.operator.fleet import HASH_ANNOTATION
 from loraplex.operator.fleet_status import FleetObservation, WorkerPod
 
 KEPT_METADATA = ("name", "namespace", "uid", "generation", "deletionTimestamp", "finalizers")

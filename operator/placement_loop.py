@@ -34,7 +34,7 @@ import urllib3
 from kubernetes import client
 from pydantic import ValidationError
 
-from loraplex.api import API_VERSION, GROUP, VERSION
+from loraplex.api import API_VERSION, BASE_MODELS, GROUP, VERSION
 from loraplex.api.adapter import LoRAAdapterSpec
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.api.tiers import TIERS
@@ -74,7 +74,7 @@ def register(
     custom = client.CustomObjectsApi(api)
     writers = ThreadPoolExecutor(max_workers=settings.status_writers, thread_name_prefix="status-writer")
 
-    @kopf.daemon(GROUP, VERSION, "basemodels", id="placement", cancellation_timeout=10, registry=registry)
+    @kopf.daemon(GROUP, VERSION, BASE_MODELS, id="placement", cancellation_timeout=10, registry=registry)
     def place_adapters(
         stopped: kopf.DaemonStopped, name: str, namespace: str | None, uid: str, spec: kopf.Spec,
         logger: kopf.Logger, **kwargs: Any,

@@ -27,7 +27,7 @@ from typing import Any, cast
 import kopf
 from kubernetes import client
 
-from loraplex.api import GROUP, VERSION
+from loraplex.api import GROUP, TRAINING_JOBS, VERSION
 from loraplex.operator import metrics
 from loraplex.operator.apply import Applier
 from loraplex.operator.fleet_scale import FleetTargets
@@ -76,13 +76,13 @@ def register(
         return unfinished(spec, status)
 
     @kopf.timer(
-        GROUP, VERSION, "trainingjobs", id="training", interval=settings.training_interval_seconds,
+        GROUP, VERSION, TRAINING_JOBS, id="training", interval=settings.training_interval_seconds,
         when=has_work, registry=registry,
     )  # fmt: skip
     def training(logger: kopf.Logger, **kwargs: Any) -> None:
         loop.run(Indexes.from_kwargs(kwargs), logger)
 
-    @kopf.on.event(GROUP, VERSION, "trainingjobs", id="training-created", registry=registry)
+    @kopf.on.event(GROUP, VERSION, TRAINING_JOBS, id="training-created", registry=registry)
     def training_created(type: str | None, logger: kopf.Logger, **kwargs: Any) -> None:
         """A new job is judged (and maybe admitted) at once rather than at its timer's first tick.
 
@@ -204,7 +204,7 @@ class TrainingLoop:
         if status_changed(job.status, step.status):
             patch = {k: v for k, v in step.status.items() if job.status.get(k) != v}
             self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, "trainingjobs", name, {"status": patch}
+                GROUP, VERSION, namespace, TRAINING_JOBS, name, {"status": patch}
             )
             metrics.API_WRITES.labels("TrainingJob", "patch-status").inc()
             self.recent.remember(ref.uid, {**job.status, **step.status}, time.monotonic())

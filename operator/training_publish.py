@@ -13,7 +13,7 @@ import kopf
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from loraplex.api import GROUP, VERSION
+from loraplex.api import GROUP, LORA_ADAPTERS, VERSION
 from loraplex.api.trainingjob import TrainingJobSpec
 from loraplex.operator import metrics
 from loraplex.operator.training_status import output_conflict
@@ -33,7 +33,7 @@ class AdapterPublisher:
         try:
             return cast(
                 dict[str, Any],
-                self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "loraadapters", name),
+                self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, LORA_ADAPTERS, name),
             )
         except ApiException as error:
             if error.status != 404:
@@ -50,7 +50,7 @@ class AdapterPublisher:
         live = self.output_adapter(namespace, spec)
         if live is None:
             wanted = output_adapter(namespace, spec, public, sha256, job_name)
-            self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "loraadapters", wanted)
+            self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, LORA_ADAPTERS, wanted)
             metrics.API_WRITES.labels("LoRAAdapter", "create").inc()
             logger.info(f"Created adapter {namespace}/{name} from training job {job_name} sha256={sha256}")
             return None
@@ -61,7 +61,7 @@ class AdapterPublisher:
         if source.get("sha256") == sha256 and source.get("uri") == public:
             return None
         self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, "loraadapters", name,
+            GROUP, VERSION, namespace, LORA_ADAPTERS, name,
             {"spec": {"source": {"uri": public, "sha256": sha256}, "rank": spec.lora.rank}},
         )  # fmt: skip
         metrics.API_WRITES.labels("LoRAAdapter", "patch").inc()

@@ -29,11 +29,16 @@ import yaml
 
 from loraplex.api import API_VERSION
 from loraplex.api.basemodel import BaseModelSpec
-from loraplex.api.trainingjob import TrainingJobSpec
-from loraplex.operator.fleet import (
+from loraplex.api.labels import (
+    ATTEMPT_LABEL,
     BASE_MODEL_LABEL,
     COMPONENT_LABEL,
     MANAGED_BY,
+    TRAINER,
+    TRAINING_JOB_LABEL,
+)
+from loraplex.api.trainingjob import TrainingJobSpec
+from loraplex.operator.fleet import (
     PULL_POLICY,
     BaseModelRef,
     Manifest,
@@ -51,8 +56,6 @@ from loraplex.operator.pod_security import restricted, writable_home
 from loraplex.operator.pod_volumes import merge_claim_volumes
 from loraplex.operator.settings import OperatorSettings
 
-TRAINING_JOB_LABEL = "loraplex.dev/training-job"
-ATTEMPT_LABEL = "loraplex.dev/attempt"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 TRAINER_CONTAINER = "trainer"
@@ -174,7 +177,7 @@ def labels(ref: TrainingJobRef, base_model: str, attempt: int) -> dict[str, str]
     return {
         **MANAGED_BY,
         BASE_MODEL_LABEL: base_model,
-        COMPONENT_LABEL: "trainer",
+        COMPONENT_LABEL: TRAINER,
         TRAINING_JOB_LABEL: ref.name,
         ATTEMPT_LABEL: str(attempt),
     }
@@ -289,7 +292,7 @@ def trainer_job(
 def trainer_access(base_model: str, namespace: str, base_model_uid: str) -> list[Manifest]:
     """Trainer pods' ServiceAccount, bound to the chart's loraplex-trainer ClusterRole (BaseModel-owned)."""
     ref = BaseModelRef(base_model, namespace, base_model_uid)
-    return [owned_by(ref, service_account(ref, "trainer")), owned_by(ref, role_binding(ref, "trainer"))]
+    return [owned_by(ref, service_account(ref, TRAINER)), owned_by(ref, role_binding(ref, TRAINER))]
 
 
 def owned_by_job(ref: TrainingJobRef, manifest: Manifest) -> Manifest:

@@ -16,6 +16,7 @@ from typing import Any
 
 from loraplex.api import API_VERSION
 from loraplex.api.adapter import LoRAAdapterSpec
+from loraplex.api.labels import WORKER
 from loraplex.api.tiers import Tier
 from loraplex.api.workerplacement import read_status
 from loraplex.operator.fleet import BaseModelRef, Manifest, labels, owned_by
@@ -94,7 +95,7 @@ def _worker_placement(
             "metadata": {
                 "name": worker_placement_name(worker),
                 "namespace": ref.namespace,
-                "labels": labels(ref, "worker"),
+                "labels": labels(ref, WORKER),
             },
             "spec": spec,
         },

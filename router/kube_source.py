@@ -25,16 +25,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from loraplex.api import GROUP, VERSION
+from loraplex.api import GROUP, LORA_ADAPTERS, VERSION, WORKER_PLACEMENTS
 from loraplex.api.adapter import live_source
+from loraplex.api.labels import BASE_MODEL_LABEL, COMPONENT_LABEL, WORKER
 from loraplex.api.workerplacement import read_status
 from loraplex.router.state import FleetState, residents
 
 log = logging.getLogger(__name__)
-
-PLURAL = "workerplacements"
-BASE_MODEL_LABEL = "loraplex.dev/base-model"
-COMPONENT_LABEL = "app.kubernetes.io/component"
 
 
 def apply_placement(state: FleetState, event: str, obj: Mapping[str, Any], base_model: str) -> None:
@@ -137,13 +134,15 @@ class KubeSource:
             apply_adapter(self.state, kind, obj, self.base_model)
 
         def list_adapters(**kw: Any) -> Any:
-            return custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, "loraadapters", **kw)
+            return custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, LORA_ADAPTERS, **kw)
 
         def pods(kind: str, obj: Any) -> None:
             apply_pod(self.state, kind, obj, self.vllm_port, self.agent_port, self.clock())
 
         def list_placements(**kw: Any) -> Any:
-            return custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, **kw)
+            return custom.list_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, WORKER_PLACEMENTS, **kw
+            )
 
         def list_pods(**kw: Any) -> Any:
             return core.list_namespaced_pod(self.namespace, **kw)
@@ -151,7 +150,7 @@ class KubeSource:
         await asyncio.gather(
             asyncio.to_thread(self._watch, "placements", list_placements, selector, placements, loop),
             asyncio.to_thread(
-                self._watch, "pods", list_pods, f"{selector},{COMPONENT_LABEL}=worker", pods, loop
+                self._watch, "pods", list_pods, f"{selector},{COMPONENT_LABEL}={WORKER}", pods, loop
             ),
             asyncio.to_thread(self._watch, "adapters", list_adapters, None, adapters, loop),
         )

@@ -7,3 +7,9 @@ generated from them (`loraplex crds generate`) and a test keeps the two equal.
 GROUP = "loraplex.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+
+# The kinds' plural resource names (the URL path segment, the kopf and client argument).
+BASE_MODELS = "basemodels"
+LORA_ADAPTERS = "loraadapters"
+TRAINING_JOBS = "trainingjobs"
+WORKER_PLACEMENTS = "workerplacements"

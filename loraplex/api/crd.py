@@ -16,10 +16,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from loraplex.api import GROUP, VERSION
+from loraplex.api import BASE_MODELS, GROUP, LORA_ADAPTERS, TRAINING_JOBS, VERSION, WORKER_PLACEMENTS
 from loraplex.api.adapter import LoRAAdapterSpec, LoRAAdapterStatus
 from loraplex.api.basemodel import BaseModelSpec, BaseModelStatus
 from loraplex.api.common import cel
+from loraplex.api.labels import PART_OF
 from loraplex.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 from loraplex.api.workerplacement import WorkerPlacementSpec, WorkerPlacementStatus
 
@@ -71,7 +72,7 @@ _AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"
 KINDS: tuple[Kind, ...] = (
     Kind(
         kind="BaseModel",
-        plural="basemodels",
+        plural=BASE_MODELS,
         short_names=("bm",),
         spec=BaseModelSpec,
         status=BaseModelStatus,
@@ -103,7 +104,7 @@ KINDS: tuple[Kind, ...] = (
     ),
     Kind(
         kind="LoRAAdapter",
-        plural="loraadapters",
+        plural=LORA_ADAPTERS,
         short_names=("lora", "loras"),
         spec=LoRAAdapterSpec,
         status=LoRAAdapterStatus,
@@ -124,7 +125,7 @@ KINDS: tuple[Kind, ...] = (
     ),
     Kind(
         kind="TrainingJob",
-        plural="trainingjobs",
+        plural=TRAINING_JOBS,
         short_names=("tj",),
         spec=TrainingJobSpec,
         status=TrainingJobStatus,
@@ -142,7 +143,7 @@ KINDS: tuple[Kind, ...] = (
     ),
     Kind(
         kind="WorkerPlacement",
-        plural="workerplacements",
+        plural=WORKER_PLACEMENTS,
         short_names=("wp",),
         spec=WorkerPlacementSpec,
         status=WorkerPlacementStatus,
@@ -253,7 +254,7 @@ def crd(kind: Kind) -> Schema:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": kind.crd_name, "labels": {"app.kubernetes.io/part-of": "loraplex"}},
+        "metadata": {"name": kind.crd_name, "labels": dict(PART_OF)},
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",

@@ -5,13 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from loraplex.api.basemodel import BaseModelSpec
-from loraplex.operator.fleet import (
-    HASH_ANNOTATION,
-    BaseModelRef,
-    api_key_secret,
-    plan_fleet,
-    router_deployment,
-)
+from loraplex.api.labels import HASH_ANNOTATION
+from loraplex.operator.fleet import BaseModelRef, api_key_secret, plan_fleet, router_deployment
 from loraplex.operator.settings import OperatorSettings, default_priority
 
 REF = BaseModelRef("llama-8b", "serving", "uid-1")

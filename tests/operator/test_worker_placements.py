@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from loraplex.api.adapter import LoRAAdapterSpec
+from loraplex.api.labels import HASH_ANNOTATION
 from loraplex.operator.adapter_residency import (
     NOT_REPORTED,
     FleetSize,
@@ -18,7 +19,7 @@ from loraplex.operator.adapter_residency import (
     reports_by_adapter,
 )
 from loraplex.operator.conditions import condition
-from loraplex.operator.fleet import HASH_ANNOTATION, BaseModelRef
+from loraplex.operator.fleet import BaseModelRef
 from loraplex.operator.worker_placements import on_demand_unloads, plan_worker_placements
 
 REF = BaseModelRef("llama-8b", "serving", "uid-1")

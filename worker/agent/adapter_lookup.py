@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from loraplex.api import GROUP, VERSION
+from loraplex.api import GROUP, LORA_ADAPTERS, VERSION
 from loraplex.api.adapter import AdapterSource, live_source
 
 AdapterLookup = Callable[[str], Awaitable[AdapterSource | None]]
@@ -43,7 +43,7 @@ class LoRAAdapterLookup:
 
         try:
             body = self._custom.get_namespaced_custom_object(
-                GROUP, VERSION, self._namespace, "loraadapters", name
+                GROUP, VERSION, self._namespace, LORA_ADAPTERS, name
             )
         except ApiException as error:
             if error.status == 404:

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from loraplex.api import GROUP, VERSION
+from loraplex.api import GROUP, VERSION, WORKER_PLACEMENTS
 from loraplex.api.agent import AgentResidency
 from loraplex.api.conditions import ConditionUpdate, merge_conditions
 from loraplex.api.tiers import Tier
@@ -30,7 +30,6 @@ from loraplex.kube import list_and_watch
 from loraplex.worker.agent.residency import WantedAdapter
 
 log = logging.getLogger("loraplex.agent")
-PLURAL = "workerplacements"
 # (wanted adapters, the WorkerPlacement's generation, the adapters being deleted to unload)
 WantedCallback = Callable[[list[WantedAdapter], int | None, list[str]], None]
 
@@ -112,7 +111,7 @@ class WorkerPlacementSource:
 
     def _watch(self, deliver: WantedCallback) -> None:
         list_fn = functools.partial(
-            self.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL
+            self.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, WORKER_PLACEMENTS
         )
         list_and_watch(
             f"WorkerPlacement {self.namespace}/{self.name}",
@@ -163,7 +162,7 @@ class WorkerPlacementSource:
         status = to_wire(report.placement_status(self._conditions))
         try:
             self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, self.namespace, PLURAL, self.name, {"status": status}
+                GROUP, VERSION, self.namespace, WORKER_PLACEMENTS, self.name, {"status": status}
             )
         except ApiException as error:
             if error.status != 404:

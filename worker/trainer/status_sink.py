@@ -24,10 +24,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from loraplex.api import GROUP, VERSION
+from loraplex.api import GROUP, TRAINING_JOBS, VERSION
 from loraplex.worker.trainer.progress import Event, Fanout, ProgressSink
 
-PLURAL = "trainingjobs"
 Patcher = Callable[[str, str, dict[str, Any]], None]  # namespace, name, status patch
 
 
@@ -89,7 +88,7 @@ def kubernetes_patcher(kubeconfig: str | None = None) -> Patcher:
 
     def patch(namespace: str, name: str, status: dict[str, Any]) -> None:
         custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+            GROUP, VERSION, namespace, TRAINING_JOBS, name, {"status": status}
         )
 
     return patch
