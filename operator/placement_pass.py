@@ -52,6 +52,10 @@ from loraplex.operator.placement_sync import FleetSnapshot, PlacementSync
 from loraplex.operator.worker_placements import on_demand_unloads, plan_worker_placements, workers_holding
 
 ParsedSpecs = dict[tuple[str, int], LoRAAdapterSpec | None]
+# worker -> (the status object last read, its report): a status the index still holds is not read again
+ReportMemo = dict[str, tuple[Mapping[str, Any] | None, WorkerReport]]
+# adapter -> (its body as last seen, what its status depended on, the status planned from them)
+StatusMemo = dict[str, tuple[Mapping[str, Any], tuple[Any, ...], dict[str, Any]]]
 # adapter name -> (the planner's view, its spec, its body as indexed)
 ValidAdapters = dict[str, tuple[Adapter, LoRAAdapterSpec, Mapping[str, Any]]]
 
@@ -108,6 +112,8 @@ class PlacementState:
         self.parsed: ParsedSpecs = {}
         self.step: ScaleStep | None = None
         self.announced: dict[str, str] = {}  # adapter -> the agent failure its Warning Event told
+        self.reports: ReportMemo = {}
+        self.statuses: StatusMemo = {}
 
     @property
     def pending(self) -> bool:
@@ -117,7 +123,7 @@ class PlacementState:
 
 def run_pass(snapshot: PlacementSnapshot, state: PlacementState) -> PassPlan:
     """Plan one pass over `snapshot`, advancing `state`'s planner, parsed specs and scale step."""
-    reports = worker_reports(snapshot.placements)
+    reports = worker_reports(snapshot.placements, state.reports)
     active = active_adapters(reports)
     adapters, state.parsed = valid_adapters(snapshot.adapters, snapshot.model, state.parsed, active)
     demand = slot_demand(a for a, _, _ in adapters.values())
@@ -138,7 +144,13 @@ def run_pass(snapshot: PlacementSnapshot, state: PlacementState) -> PassPlan:
     unloads = on_demand_unloads(deleting, snapshot.placements)
     planned = plan_worker_placements(snapshot.ref, sorted(workers), result.placement, specs, unloads)
     statuses, events, announced = plan_adapter_statuses(
-        adapters, result.placement, reports, FleetSize(len(workers), target), state.announced, snapshot.wall
+        adapters,
+        result.placement,
+        reports,
+        FleetSize(len(workers), target),
+        state.announced,
+        snapshot.wall,
+        state.statuses,
     )
     return PassPlan(
         apply=changed(planned, snapshot.placements),
@@ -167,14 +179,31 @@ def fleet_workers(pods: Iterable[WorkerPodState], model: BaseModelSpec, disk_slo
     }
 
 
-def worker_reports(placements: Iterable[Mapping[str, Any]]) -> dict[str, WorkerReport]:
-    """What each worker's agent reports in its WorkerPlacement's status."""
-    reports = {}
+def worker_reports(
+    placements: Iterable[Mapping[str, Any]], memo: ReportMemo | None = None
+) -> dict[str, WorkerReport]:
+    """What each worker's agent reports in its WorkerPlacement's status.
+
+    With `memo`, a status object that is the very one the last pass read (kopf's index keeps it
+    until the WorkerPlacement changes) is not validated again, and `memo` is left holding this
+    pass's statuses: at 1,000 workers most passes see few statuses change.
+    """
+    reports, seen = {}, {}
     for body in placements:
-        status = read_status(body.get("status"))
-        held = {a.name: Resident(a.tier, a.sha256, a.load_seconds, a.active) for a in status.adapters}
-        failures = {f.name: (f.reason, f.message) for f in status.failures}
-        reports[body["spec"]["worker"]] = WorkerReport(held, failures)
+        worker, raw = body["spec"]["worker"], body.get("status")
+        known = memo.get(worker) if memo is not None else None
+        if known is not None and known[0] is raw:
+            report = known[1]
+        else:
+            status = read_status(raw)
+            held = {a.name: Resident(a.tier, a.sha256, a.load_seconds, a.active) for a in status.adapters}
+            report = WorkerReport(held, {f.name: (f.reason, f.message) for f in status.failures})
+        reports[worker] = seen[worker] = report
+        if memo is not None:
+            memo[worker] = (raw, report)
+    if memo is not None:
+        for gone in memo.keys() - seen.keys():
+            del memo[gone]
     return reports
 
 
@@ -257,8 +286,13 @@ def plan_adapter_statuses(
     fleet: FleetSize,
     announced: Mapping[str, str],
     now: datetime,
+    memo: StatusMemo | None = None,
 ) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[Mapping[str, Any], ConditionUpdate]], dict[str, str]]:
     """The statuses that changed, the Warning Events to post, and the failures announced after them.
+
+    With `memo`, an adapter whose body (the same indexed object), planned workers, reports and
+    fleet size are what the last pass planned from gets that pass's status again, unplanned:
+    building and validating a status costs tens of microseconds, at 10,000 adapters a pass.
 
     An adapter whose Ready reason turned to a failure an agent reported gets one Warning Event with
     the condition's message. `announced` (adapter -> the failure reason last announced, kept by the
@@ -269,11 +303,15 @@ def plan_adapter_statuses(
     changed_statuses, events = [], []
     for name, (_, spec, body) in sorted(adapters.items()):
         current = dict(body.get("status") or {})
-        generation = int(body["metadata"].get("generation", 0))
-        planned = plan_placed_adapter_status(
-            spec, generation, sorted(placement.get(name, {})), reports.get(name, NOT_REPORTED), fleet,
-            current, now,
-        )  # fmt: skip
+        inputs = (sorted(placement.get(name, {})), reports.get(name, NOT_REPORTED), fleet)
+        known = memo.get(name) if memo is not None else None
+        if known is not None and known[0] is body and known[1] == inputs:
+            planned = known[2]
+        else:
+            generation = int(body["metadata"].get("generation", 0))
+            planned = plan_placed_adapter_status(spec, generation, *inputs, current, now)
+        if memo is not None:
+            memo[name] = (body, inputs, planned)
         if status_changed(current, planned):
             changed_statuses.append((name, planned))
             failure = agent_failure_to_announce(current, planned)
@@ -283,6 +321,9 @@ def plan_adapter_statuses(
             del after[name]  # that failure is over: a later one is news again
     for gone in after.keys() - adapters.keys():
         del after[gone]
+    if memo is not None:
+        for gone in memo.keys() - adapters.keys():
+            del memo[gone]
     for body, failure in events:
         after[body["metadata"]["name"]] = failure.reason
     return changed_statuses, events, after

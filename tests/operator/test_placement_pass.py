@@ -115,3 +115,20 @@ def test_a_scale_down_waits_out_its_delay_in_the_state_the_passes_share() -> Non
     assert plan.target == 3
     plan = run_pass(snapshot(adapters, running=3, now=160.0), state)
     assert (plan.target, state.pending) == (1, False)
+
+
+def test_an_adapter_turns_ready_once_its_agents_report_it_though_the_passes_remember_what_they_read() -> None:
+    state = PlacementState()
+    adapters = [adapter("sql", replicas=2)]
+    first = run_pass(snapshot(adapters), state)
+    written = dict(first.statuses)["sql"]
+    adapters[0] = {**adapters[0], "status": written}  # the index's next object, as kopf replaces it
+    placements = as_indexed(first)
+    again = run_pass(snapshot(adapters, placements), state)
+    assert again.statuses == []  # nothing reported yet: nothing to write
+    reported = [
+        {**p, "status": {"adapters": [{"name": "sql", "tier": "GPU", "sha256": SHA}]}} for p in placements
+    ]
+    ready = run_pass(snapshot(adapters, reported), state)
+    (status,) = [status for name, status in ready.statuses if name == "sql"]
+    assert (status["phase"], status["readyReplicas"]) == ("Ready", 2)
