@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from loraplex.api import BASE_MODELS, GROUP, LORA_ADAPTERS, VERSION
 from loraplex.api.adapter import LoRAAdapterSpec
 from loraplex.api.basemodel import BaseModelSpec
+from loraplex.api.conditions import condition
 from loraplex.operator import metrics
 from loraplex.operator.adapter_status import AdapterCheck, check_adapter, plan_adapter_status
 from loraplex.operator.adapter_writes import (
@@ -36,7 +37,6 @@ from loraplex.operator.adapter_writes import (
     write_status,
 )
 from loraplex.operator.admission_policy import UNLOAD_FINALIZER
-from loraplex.operator.conditions import condition
 from loraplex.operator.fleet_status import status_changed
 from loraplex.operator.indexes import Indexes
 from loraplex.operator.worker_placements import workers_holding

@@ -18,9 +18,9 @@ from datetime import datetime
 from typing import Any
 
 from loraplex.api.adapter import LoRAAdapterSpec, LoRAAdapterStatus
+from loraplex.api.conditions import ConditionUpdate, condition, merge_conditions
 from loraplex.api.tiers import Tier
 from loraplex.api.wire import to_wire
-from loraplex.operator.conditions import ConditionUpdate, condition, merge_conditions
 
 # The Ready reasons this module decides itself; any other is a failure an agent reported.
 PLACEMENT_REASONS = frozenset({"Placed", "Loading", "WaitingForWorkers", "InsufficientCapacity"})

@@ -14,8 +14,8 @@ from typing import Any
 
 from loraplex.api.adapter import LoRAAdapterSpec, LoRAAdapterStatus
 from loraplex.api.basemodel import BaseModelSpec
+from loraplex.api.conditions import ConditionUpdate, merge_conditions
 from loraplex.api.wire import to_wire
-from loraplex.operator.conditions import ConditionUpdate, merge_conditions
 from loraplex.operator.fleet import adapter_claims, pvc_parts
 
 

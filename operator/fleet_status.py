@@ -15,8 +15,8 @@ from datetime import datetime
 from typing import Any
 
 from loraplex.api.basemodel import BaseModelSpec, BaseModelStatus, SlotUsage
+from loraplex.api.conditions import ConditionUpdate, merge_conditions
 from loraplex.api.wire import to_wire
-from loraplex.operator.conditions import ConditionUpdate, merge_conditions
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,12 @@ from pydantic import ValidationError
 from loraplex.api import API_VERSION, BASE_MODELS, GROUP, VERSION
 from loraplex.api.adapter import LoRAAdapterSpec
 from loraplex.api.basemodel import BaseModelSpec
+from loraplex.api.conditions import ConditionUpdate
 from loraplex.api.tiers import TIERS
 from loraplex.operator import metrics
 from loraplex.operator.adapter_residency import FleetSize, WorkerReport
 from loraplex.operator.adapter_writes import remove_unload_finalizer, write_statuses
 from loraplex.operator.apply import Applier
-from loraplex.operator.conditions import ConditionUpdate
 from loraplex.operator.fleet import BaseModelRef
 from loraplex.operator.fleet_scale import FleetTargets
 from loraplex.operator.indexes import Indexes

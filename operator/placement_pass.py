@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from loraplex.api.adapter import LoRAAdapterSpec
 from loraplex.api.basemodel import BaseModelSpec
+from loraplex.api.conditions import ConditionUpdate, condition
 from loraplex.api.labels import HASH_ANNOTATION
 from loraplex.api.workerplacement import read_status
 from loraplex.operator.adapter_residency import (
@@ -43,7 +44,6 @@ from loraplex.operator.adapter_residency import (
 )
 from loraplex.operator.adapter_status import check_adapter
 from loraplex.operator.admission_policy import UNLOAD_FINALIZER
-from loraplex.operator.conditions import ConditionUpdate, condition
 from loraplex.operator.fleet import BaseModelRef, Manifest
 from loraplex.operator.fleet_scale import ScaleStep, SlotDemand, next_scale, slot_demand, workers_needed
 from loraplex.operator.fleet_status import status_changed

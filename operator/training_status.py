@@ -36,10 +36,10 @@ from datetime import datetime
 from typing import Any, Literal
 
 from loraplex.api.basemodel import BaseModelSpec
+from loraplex.api.conditions import ConditionUpdate, merge_conditions, timestamp
 from loraplex.api.trainer import EXIT_CONFIG, EXIT_FAILED, EXIT_PREEMPTED
 from loraplex.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 from loraplex.api.wire import as_wire
-from loraplex.operator.conditions import ConditionUpdate, merge_conditions, timestamp
 from loraplex.operator.training_schedule import next_run_time, parse_time
 
 VALIDATION_REASONS = ("UnknownBaseModel", "RankTooHigh")

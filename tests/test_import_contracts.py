@@ -69,7 +69,7 @@ def test_every_contract_holds_for_the_code_as_it_is(name: str) -> None:
 @pytest.mark.parametrize(
     ("name", "importer", "imported"),
     [
-        (DEPLOYABLES, "loraplex.worker.agent.main", "loraplex.operator.conditions"),
+        (DEPLOYABLES, "loraplex.worker.agent.main", "loraplex.operator.fleet"),
         (DEPLOYABLES, "loraplex.router.proxy", "loraplex.worker.agent.agent"),
         (DEPLOYABLES, "loraplex.operator.main", "loraplex.router.main"),
         (DEPLOYABLES, "loraplex.operator.fleet", "loraplex.e2e.cluster"),

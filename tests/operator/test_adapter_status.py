@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 from loraplex.api.adapter import LoRAAdapterSpec
 from loraplex.api.basemodel import BaseModelSpec
+from loraplex.api.conditions import condition
 from loraplex.operator.adapter_status import check_adapter, plan_adapter_status
-from loraplex.operator.conditions import condition
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 DIGEST = "a" * 64

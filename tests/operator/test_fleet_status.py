@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from loraplex.api.basemodel import BaseModelSpec
-from loraplex.operator.conditions import ConditionUpdate, condition, merge_conditions
+from loraplex.api.conditions import ConditionUpdate, condition, merge_conditions
 from loraplex.operator.fleet_status import FleetObservation, WorkerPod, plan_base_model_status, status_changed
 from loraplex.operator.observe import slots_used
 

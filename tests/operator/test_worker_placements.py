@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from loraplex.api.adapter import LoRAAdapterSpec
+from loraplex.api.conditions import condition
 from loraplex.api.labels import HASH_ANNOTATION
 from loraplex.operator.adapter_residency import (
     NOT_REPORTED,
@@ -18,7 +19,6 @@ from loraplex.operator.adapter_residency import (
     plan_placed_adapter_status,
     reports_by_adapter,
 )
-from loraplex.operator.conditions import condition
 from loraplex.operator.fleet import BaseModelRef
 from loraplex.operator.worker_placements import on_demand_unloads, plan_worker_placements
 
