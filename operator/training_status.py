@@ -29,11 +29,12 @@ next time is counted from its success, not from the missed one.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec
 
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.api.conditions import ConditionUpdate, merge_conditions, timestamp
@@ -42,6 +43,7 @@ from loraplex.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 from loraplex.api.wire import as_wire
 from loraplex.operator.training_schedule import next_run_time, parse_time
 
+P = ParamSpec("P")
 VALIDATION_REASONS = ("UnknownBaseModel", "RankTooHigh")
 TERMINAL = ("Succeeded", "Failed")
 
@@ -172,6 +174,23 @@ def _last_pod(job: JobView) -> PodView | None:
     return job.pods[-1] if job.pods else None
 
 
+def as_status(step: Step) -> Step:
+    """`step` with its status checked against TrainingJobStatus and written as the model writes it.
+
+    A field the step sets to None stays None: in the status merge patch it deletes the field.
+    """
+    return replace(step, status=as_wire(TrainingJobStatus, step.status))
+
+
+def _status_checked(plan: Callable[P, Step]) -> Callable[P, Step]:
+    @functools.wraps(plan)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> Step:
+        return as_status(plan(*args, **kwargs))
+
+    return checked
+
+
+@_status_checked
 def plan_training(
     *,
     namespace: str,
@@ -186,30 +205,6 @@ def plan_training(
     now: datetime,
 ) -> Step:
     """The status this job should have now and the one action that gets it there."""
-    step = _plan(namespace, name, generation, spec, base, status, job, admitted_node, max_attempts, now)
-    return as_status(step)
-
-
-def as_status(step: Step) -> Step:
-    """`step` with its status checked against TrainingJobStatus and written as the model writes it.
-
-    A field the step sets to None stays None: in the status merge patch it deletes the field.
-    """
-    return replace(step, status=as_wire(TrainingJobStatus, step.status))
-
-
-def _plan(
-    namespace: str,
-    name: str,
-    generation: int,
-    spec: TrainingJobSpec,
-    base: BaseModelSpec | None,
-    status: Mapping[str, Any],
-    job: JobView | None,
-    admitted_node: str | None,
-    max_attempts: int,
-    now: datetime,
-) -> Step:
     current = dict(status)
     phase = current.get("phase")
     attempts = int(current.get("attempts") or 0)

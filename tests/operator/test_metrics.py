@@ -25,6 +25,7 @@ from loraplex.operator.fleet_scale import FleetTargets
 from loraplex.operator.indexes import ZONE_LABEL, Indexes, NodeView, WorkerPodView
 from loraplex.operator.settings import OperatorSettings
 from loraplex.operator.training_handlers import TrainingLoop
+from tests.operator.standins import StatusApi, Stopped
 
 SETTINGS = OperatorSettings(image="loraplex:test")
 LOGGER = logging.getLogger("test")
@@ -89,35 +90,6 @@ class Clock:
 
     def monotonic(self) -> float:
         return self.now
-
-
-class Response:
-    def drain_conn(self) -> None:
-        pass
-
-
-class StatusApi:
-    """Stands in for CustomObjectsApi: takes the adapter status writes."""
-
-    def __init__(self) -> None:
-        self.written: list[str] = []
-
-    def patch_namespaced_custom_object_status(self, *args: Any, **_: Any) -> Response:
-        self.written.append(args[4])
-        return Response()
-
-
-class Stopped:
-    """kopf.DaemonStopped for a given number of passes."""
-
-    def __init__(self, passes: int) -> None:
-        self.passes = passes
-
-    def __bool__(self) -> bool:
-        return self.passes <= 0
-
-    def wait(self, _: float) -> None:
-        self.passes -= 1
 
 
 def adapter(name: str, base: str, replicas: int = 1, **extra: Any) -> dict[str, Any]:

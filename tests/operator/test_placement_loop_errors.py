@@ -18,6 +18,7 @@ from loraplex.operator.fleet_scale import FleetTargets
 from loraplex.operator.indexes import Indexes, NodeView, WorkerPodView
 from loraplex.operator.placement_loop import PlacementLoop
 from loraplex.operator.settings import OperatorSettings
+from tests.operator.standins import StatusApi, Stopped
 
 SETTINGS = OperatorSettings(image="loraplex:test", scale_down_delay_seconds=300.0)
 REF = BaseModelRef("flaky", "ns", "uid-flaky")
@@ -42,20 +43,6 @@ class Applier:
 
     def delete(self, *_: Any) -> bool:
         return True
-
-
-class Response:
-    def drain_conn(self) -> None:
-        pass
-
-
-class StatusApi:
-    def __init__(self) -> None:
-        self.written: list[str] = []
-
-    def patch_namespaced_custom_object_status(self, *args: Any, **_: Any) -> Response:
-        self.written.append(args[4])
-        return Response()
 
 
 class Writers:
@@ -119,19 +106,6 @@ def test_an_api_error_during_a_pass_keeps_the_loops_state_and_the_next_wake_up_r
     assert (loop.gate, loop.state, loop.state.sync) == (gate, state, sync)
     assert loop.state.step is not None
     assert loop.state.step.below_since == below_since
-
-
-class Stopped:
-    """kopf.DaemonStopped for a given number of wake-ups."""
-
-    def __init__(self, passes: int) -> None:
-        self.passes = passes
-
-    def __bool__(self) -> bool:
-        return self.passes <= 0
-
-    def wait(self, _: float) -> None:
-        self.passes -= 1
 
 
 def test_the_daemon_outlives_api_errors() -> None:
