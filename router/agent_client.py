@@ -12,9 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+from pydantic import ValidationError
 
-from loraplex.api.agent import ENSURE_PATH, EnsureCode, EnsureStatus
-from loraplex.api.tiers import Tier, parse_tier
+from loraplex.api.agent import ENSURE_PATH, EnsureCode, EnsureRequest, EnsureResult, EnsureStatus
+from loraplex.api.tiers import Tier
+from loraplex.api.wire import to_wire
 from loraplex.router.errors import Refused, Retryable, describe, error_response, unknown_model
 from loraplex.router.metrics import RouterMetrics
 from loraplex.router.settings import RouterSettings
@@ -61,14 +63,13 @@ class AgentClient:
             total=self.settings.ensure_timeout_seconds, connect=self.settings.connect_timeout_seconds
         )
         table = self.state.table
-        body: dict[str, Any] = {"name": adapter}
-        if table.is_named(adapter):
-            body["named"] = True  # its agent may read it from the LoRAAdapter (a spill past its placement)
-            if revision is not None:
-                body["sha256"] = revision
+        if table.is_named(adapter):  # its agent may read it from the LoRAAdapter (a spill past its placement)
+            wanted = EnsureRequest(name=adapter, named=True, sha256=revision)
+        else:
+            wanted = EnsureRequest(name=adapter)
         try:
             async with self.session.post(
-                f"{endpoints.agent_url}{ENSURE_PATH}", json=body, timeout=timeout
+                f"{endpoints.agent_url}{ENSURE_PATH}", json=to_wire(wanted), timeout=timeout
             ) as answer:
                 data: Any = await answer.json(content_type=None)
                 status = answer.status
@@ -83,12 +84,11 @@ class AgentClient:
         code = problem.get("code") if isinstance(problem, dict) else None
         if status == 200:
             self.metrics.ensures.labels("loaded").inc()
-            tier = parse_tier(data.get("tier") if isinstance(data, dict) else None)
-            if tier in (Tier.GPU, Tier.CPU):
-                table.set_tier(worker, adapter, tier)
-            sha256 = data.get("sha256") if isinstance(data, dict) else None
-            if isinstance(sha256, str) and table.is_named(adapter):
-                self.state.note_copy(worker, adapter, sha256)  # until that worker's next report
+            result = _result(data)
+            if result is not None and result.tier in (Tier.GPU, Tier.CPU):
+                table.set_tier(worker, adapter, result.tier)
+            if result is not None and result.sha256 is not None and table.is_named(adapter):
+                self.state.note_copy(worker, adapter, result.sha256)  # until that worker's next report
             return
         if status == EnsureStatus.NOT_FOUND:
             self.metrics.ensures.labels("unknown").inc()
@@ -124,3 +124,11 @@ class AgentClient:
             )
         self.metrics.ensures.labels("error").inc()
         raise Retryable("status", f"the agent of worker {worker} answered {status}: {message}")
+
+
+def _result(data: Any) -> EnsureResult | None:
+    """An ensure's answer, or None where it is not one (the load happened; only the details are lost)."""
+    try:
+        return EnsureResult.model_validate(data)
+    except ValidationError:
+        return None

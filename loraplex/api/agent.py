@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import Field
 
+from loraplex.api.common import ApiModel
+from loraplex.api.tiers import Tier
 from loraplex.api.workerplacement import WorkerPlacementStatus
 
 RESIDENCY_PATH = "/v1/residency"
@@ -44,6 +46,26 @@ class EnsureCode(StrEnum):
 
 # Failure reasons that refuse the adapter's files or its load: the same revision fails again.
 REFUSED_REASONS = frozenset({"DigestMismatch", "UnsafeArchive", "InvalidArchive", EnsureCode.LOAD_FAILED})
+
+
+class EnsureRequest(ApiModel):
+    """The body of `POST /v1/adapters/ensure`."""
+
+    name: str = Field(min_length=1, description="The adapter to make servable.")
+    named: bool = Field(
+        default=False,
+        description="A LoRAAdapter the agent may look up where its placement does not list it.",
+    )
+    sha256: str | None = Field(default=None, description="The revision wanted: another one held is reloaded.")
+
+
+class EnsureResult(ApiModel):
+    """What an ensure that succeeded answers: the copy now servable on this worker."""
+
+    name: str
+    tier: Tier
+    load_seconds: float = Field(description="How long this call waited for the copy; 0 when already held.")
+    sha256: str | None = Field(default=None, description="The revision registered in vLLM.")
 
 
 class AgentResidency(WorkerPlacementStatus):

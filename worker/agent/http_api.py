@@ -24,8 +24,17 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 
-from loraplex.api.agent import ENSURE_PATH, RESIDENCY_PATH, EnsureCode, EnsureStatus
+from loraplex.api.agent import (
+    ENSURE_PATH,
+    RESIDENCY_PATH,
+    EnsureCode,
+    EnsureRequest,
+    EnsureResult,
+    EnsureStatus,
+)
+from loraplex.api.wire import to_wire
 from loraplex.worker.agent.agent import Agent, EnsureError
 
 AGENT_KEY: web.AppKey[Agent] = web.AppKey("agent", Agent)
@@ -49,28 +58,37 @@ async def ensure(request: web.Request) -> web.Response:
         body: Any = json.loads(await request.read())
     except ValueError:
         return error_response(
-            EnsureStatus.INVALID, EnsureCode.INVALID_REQUEST, 'the body must be JSON: {"name": "<adapter>"}'
-        )
-    name = body.get("name") if isinstance(body, dict) else None
-    if not isinstance(name, str) or not name:
-        return error_response(
-            EnsureStatus.INVALID, EnsureCode.INVALID_REQUEST, "missing field 'name' (the adapter to load)"
+            EnsureStatus.INVALID, EnsureCode.INVALID_REQUEST, f"the body must be JSON: {ENSURE_BODY}"
         )
     try:
-        revision = body.get("sha256")
-        ensured = await request.app[AGENT_KEY].ensure(
-            name, named=body.get("named") is True, sha256=revision if isinstance(revision, str) else None
+        wanted = EnsureRequest.model_validate(body)
+    except ValidationError as invalid:
+        return error_response(
+            EnsureStatus.INVALID,
+            EnsureCode.INVALID_REQUEST,
+            f"{_first_problem(invalid)} (the body: {ENSURE_BODY})",
         )
+    try:
+        ensured = await request.app[AGENT_KEY].ensure(wanted.name, named=wanted.named, sha256=wanted.sha256)
     except EnsureError as error:
         return error_response(error.status, error.reason, error.message, error.retry_after)
-    return web.json_response(
-        {
-            "name": ensured.name,
-            "tier": ensured.tier,
-            "loadSeconds": round(ensured.load_seconds, 4),
-            "sha256": ensured.sha256,
-        }
+    result = EnsureResult(
+        name=ensured.name,
+        tier=ensured.tier,
+        load_seconds=round(ensured.load_seconds, 4),
+        sha256=ensured.sha256,
     )
+    return web.json_response(to_wire(result))
+
+
+ENSURE_BODY = '{"name": "<adapter>", "named": <bool>, "sha256": "<revision>"}'
+
+
+def _first_problem(invalid: ValidationError) -> str:
+    """The first field a request got wrong, as a client reads it: "missing field 'name'"."""
+    error = invalid.errors()[0]
+    where = ".".join(str(part) for part in error["loc"]) or "body"
+    return f"missing field '{where}'" if error["type"] == "missing" else f"field '{where}': {error['msg']}"
 
 
 async def healthz(request: web.Request) -> web.Response:
