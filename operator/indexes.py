@@ -10,18 +10,16 @@ handlers can share its values:
 - `adapters_by_base`: LoRAAdapters, (namespace, spec.baseModel) -> index essentials
 - `worker_placements`: WorkerPlacements, (namespace, spec.baseModel) -> index essentials
 - `worker_sets`: worker StatefulSets, (namespace, BaseModel) -> index essentials
-- `worker_pods`: worker pods, (namespace, BaseModel) -> WorkerPodView
 - `nodes`: nodes, name -> NodeView (GPUs, labels with the zone, usable)
-- `training_pods`: every pod, ("node", node) -> GPUs a non-trainer pod holds there,
-  ("workers", namespace, BaseModel) -> whether a worker is scheduled,
-  ("attempt", namespace, Job) -> a trainer pod's PodView
+- `pods`: every pod, under the keys of what reads it: ("worker", namespace, BaseModel) -> a worker
+  pod's WorkerPodView (the fleet status, the placement loop); ("workers", namespace, BaseModel) ->
+  whether a worker is scheduled and ("node", node) -> GPUs a non-trainer pod holds there (training
+  admission); ("attempt", namespace, Job) -> a trainer pod's PodView (the training status)
 - `trainer_jobs`: trainer batch/v1 Jobs, (namespace, name) -> JobView
 - `training_jobs`: TrainingJobs, (namespace, name) -> the body's essentials
 
-Worker pods are indexed twice, under clearly different ids: `worker_pods` by BaseModel (the
-fleet status and the placement loop), `training_pods` over every pod, for what holds GPUs on each
-node (training admission). Index functions are `async def` although they never await: kopf runs
-a sync one in its thread pool, a thread hop per watch event.
+Index functions are `async def` although they never await: kopf runs a sync one in its thread
+pool, a thread hop per watch event.
 """
 
 from __future__ import annotations
@@ -140,10 +138,11 @@ def pod_requests(body: Mapping[str, Any]) -> dict[str, int]:
 
 
 def pod_entries(body: Mapping[str, Any], namespace: str, labels: Mapping[str, str]) -> dict[Any, Any]:
-    """What the training pass needs of a pod, under up to two keys:
+    """What the handlers read of a pod, under up to three keys:
 
-    ("node", node) -> GPUs a non-trainer pod holds there; ("workers", ns, base model) -> whether a
-    worker pod is scheduled; ("attempt", ns, job) -> the PodView of a trainer pod.
+    ("worker", ns, base model) -> a worker pod's WorkerPodView; ("workers", ns, base model) ->
+    whether that worker is scheduled and holds its GPUs; ("node", node) -> GPUs a non-trainer pod
+    holds there; ("attempt", ns, job) -> the PodView of a trainer pod.
     """
     meta, status = body.get("metadata", {}), body.get("status", {}) or {}
     node = body.get("spec", {}).get("nodeName")
@@ -162,6 +161,8 @@ def pod_entries(body: Mapping[str, Any], namespace: str, labels: Mapping[str, st
     if labels.get(COMPONENT_LABEL) == WORKER and BASE_MODEL_LABEL in labels:
         held = bool(node) and not finished and not meta.get("deletionTimestamp")
         entries[("workers", namespace, labels[BASE_MODEL_LABEL])] = held
+        if all(labels.get(label) == value for label, value in WORKER_LABELS.items()):
+            entries[("worker", namespace, labels[BASE_MODEL_LABEL])] = worker_pod_view(body)
     return entries
 
 
@@ -246,20 +247,12 @@ def register(registry: kopf.OperatorRegistry) -> None:
     ) -> dict[Any, Any]:
         return {(str(namespace), labels[BASE_MODEL_LABEL]): index_essentials(body)}
 
-    @kopf.index("", "v1", "pods", labels=WORKER_LABELS, id="worker_pods", registry=registry)
-    async def worker_pods(
-        body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
-    ) -> dict[Any, Any]:
-        return {(str(namespace), labels[BASE_MODEL_LABEL]): worker_pod_view(body)}
-
     @kopf.index("", "v1", "nodes", id="nodes", registry=registry)
     async def nodes(name: str, body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
         return {name: node_view(body, labels)}
 
-    @kopf.index("", "v1", "pods", id="training_pods", registry=registry)
-    async def training_pods(
-        body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
-    ) -> dict[Any, Any]:
+    @kopf.index("", "v1", "pods", id="pods", registry=registry)
+    async def pods(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
         return pod_entries(body, str(namespace), dict(labels))
 
     @kopf.index("batch", "v1", "jobs", labels=TRAINER_LABELS, id="trainer_jobs", registry=registry)
@@ -277,9 +270,8 @@ INDEX_IDS = (
     "adapters_by_base",
     "worker_placements",
     "worker_sets",
-    "worker_pods",
     "nodes",
-    "training_pods",
+    "pods",
     "trainer_jobs",
     "training_jobs",
 )
@@ -301,9 +293,8 @@ class Indexes:
     adapters_by_base: kopf.Index[BaseKey, dict[str, Any]] = field(default_factory=_empty)
     worker_placements: kopf.Index[BaseKey, dict[str, Any]] = field(default_factory=_empty)
     worker_sets: kopf.Index[BaseKey, dict[str, Any]] = field(default_factory=_empty)
-    worker_pods: kopf.Index[BaseKey, WorkerPodView] = field(default_factory=_empty)
     nodes: kopf.Index[str, NodeView] = field(default_factory=_empty)
-    training_pods: kopf.Index[Any, Any] = field(default_factory=_empty)
+    pods: kopf.Index[Any, Any] = field(default_factory=_empty)
     trainer_jobs: kopf.Index[tuple[str, str], JobView] = field(default_factory=_empty)
     training_jobs: kopf.Index[tuple[str, str], dict[str, Any]] = field(default_factory=_empty)
 
@@ -340,7 +331,7 @@ class Indexes:
 
     def workers(self, key: BaseKey) -> list[WorkerPodView]:
         """BaseModel `key`'s worker pods."""
-        return list(self.worker_pods.get(key, []))
+        return list(self.pods.get(("worker", *key), []))
 
     # Nodes
 
@@ -361,15 +352,15 @@ class Indexes:
 
     def gpus_held_on(self, node: str) -> list[dict[str, int]]:
         """GPUs each unfinished non-trainer pod on `node` holds."""
-        return list(self.training_pods.get(("node", node), []))
+        return list(self.pods.get(("node", node), []))
 
     def scheduled_workers(self, key: BaseKey) -> list[bool]:
         """For each of BaseModel `key`'s worker pods: whether it is scheduled and holds its GPUs."""
-        return list(self.training_pods.get(("workers", *key), []))
+        return list(self.pods.get(("workers", *key), []))
 
     def attempt_pods(self, namespace: str, job: str) -> list[PodView]:
         """The pods of trainer Job `job`."""
-        return list(self.training_pods.get(("attempt", namespace, job), []))
+        return list(self.pods.get(("attempt", namespace, job), []))
 
     def trainer_job(self, namespace: str, name: str) -> list[JobView]:
         return list(self.trainer_jobs.get((namespace, name), []))

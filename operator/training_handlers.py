@@ -163,9 +163,7 @@ class TrainingLoop:
         ]
         held = {node.name: indexes.gpus_held_on(node.name) for node in nodes}
         trainers = trainer_usage((job, steps[key]) for key, job in jobs)
-        serving = serving_demands(
-            indexes.base_models, indexes.training_pods, indexes.worker_sets, self.targets
-        )
+        serving = serving_demands(indexes.base_models, indexes.pods, indexes.worker_sets, self.targets)
         return cluster(nodes, held, trainers, serving)
 
     def _apply(self, job: TrainingJobView, step: Step, logger: kopf.Logger) -> Step:

@@ -82,7 +82,7 @@ def test_accessors_read_what_kopf_passes_and_treat_a_missing_index_as_empty() ->
     )
     kwargs: dict[str, Any] = {
         "base_models": {key: [("uid-tiny", {"model": {"uri": "/m"}})]},
-        "worker_pods": {key: [pod]},
+        "pods": {("worker", *key): [pod]},
         "nodes": {"node-a": [node]},
         "unrelated": object(),  # kopf's other keyword arguments are left alone
     }
@@ -96,3 +96,29 @@ def test_accessors_read_what_kopf_passes_and_treat_a_missing_index_as_empty() ->
     assert read.node_zone("node-a") == "zone-a"
     assert read.node_zone("node-b") == ""
     assert (read.adapters(key), read.placements(key), read.worker_statefulsets(key)) == ([], [], [])
+
+
+def pod(labels: dict[str, str], node: str | None = "node-a", gpus: int = 1) -> dict[str, Any]:
+    resources = {"requests": {"nvidia.com/gpu": str(gpus)}} if gpus else {}
+    return {
+        "metadata": {"name": "p", "namespace": "team", "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "resources": resources}]},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def test_one_pods_index_serves_the_fleet_and_training_admission() -> None:
+    worker = {
+        "app.kubernetes.io/managed-by": "loraplex", "app.kubernetes.io/component": "worker",
+        "loraplex.dev/base-model": "tiny",
+    }  # fmt: skip
+    body = pod(worker)
+    read = Indexes(pods={key: [value] for key, value in indexes.pod_entries(body, "team", worker).items()})  # type: ignore[arg-type]
+    assert [(w.name, w.node, w.healthy) for w in read.workers(("team", "tiny"))] == [("p", "node-a", True)]
+    assert read.scheduled_workers(("team", "tiny")) == [True]
+    assert read.gpus_held_on("node-a") == [{"nvidia.com/gpu": 1}]
+    # A pod that only looks like a worker (not loraplex's) holds GPUs but is no worker of the fleet.
+    lookalike = {**worker, "app.kubernetes.io/managed-by": "someone-else"}
+    entries = indexes.pod_entries(pod(lookalike), "team", lookalike)
+    assert ("worker", "team", "tiny") not in entries
+    assert entries[("node", "node-a")] == {"nvidia.com/gpu": 1}

@@ -132,7 +132,7 @@ def run_placement_passes(
         spec={"model": {"uri": "/m"}, "replicas": {"min": 2}, "engine": {"maxLoras": 1, "maxCpuLoras": 2}},
         body={"metadata": {"name": base, "namespace": "ns"}}, logger=LOGGER,
         adapters_by_base={key: adapters}, worker_sets={},
-        worker_pods={key: [WorkerPodView(f"w-{i}", node, ready=True) for i, node in enumerate(ZONES)]},
+        pods={("worker", *key): [WorkerPodView(f"w-{i}", node, ready=True) for i, node in enumerate(ZONES)]},
         nodes={node: [NodeView({}, {ZONE_LABEL: zone}, True)] for node, zone in ZONES.items()},
         worker_placements={key: placements or []},
     )  # fmt: skip
@@ -202,7 +202,7 @@ def reconcile_fleet(spec: dict[str, Any], status: dict[str, Any]) -> kopf.Patch:
     patch = kopf.Patch()
     fleet_handler()(
         spec=spec, name="fleet", namespace="ns", uid="uid-fleet", meta=body.meta, status=body.status,
-        patch=patch, logger=LOGGER, worker_sets={}, worker_pods={}, worker_placements={},
+        patch=patch, logger=LOGGER, worker_sets={}, pods={}, worker_placements={},
     )  # fmt: skip
     return patch
 

@@ -67,7 +67,7 @@ def indexes() -> Indexes:
     return Indexes(
         adapters_by_base={KEY: [adapter]},  # type: ignore[arg-type]
         worker_sets={KEY: [{"metadata": {"name": "flaky-worker"}, "spec": {"replicas": 3}}]},  # type: ignore[arg-type]
-        worker_pods={KEY: [WorkerPodView(f"w-{i}", f"node-{i}", ready=True) for i in range(2)]},  # type: ignore[arg-type]
+        pods={("worker", *KEY): [WorkerPodView(f"w-{i}", f"node-{i}", ready=True) for i in range(2)]},  # type: ignore[arg-type]
         nodes={f"node-{i}": [NodeView({}, {}, True)] for i in range(2)},  # type: ignore[arg-type]
     )
 
@@ -119,6 +119,6 @@ def test_the_daemon_outlives_api_errors() -> None:
     daemon(
         stopped=Stopped(3), name=REF.name, namespace=REF.namespace, uid=REF.uid, spec=SPEC,
         logger=logging.getLogger("test"), adapters_by_base=seen.adapters_by_base,
-        worker_sets=seen.worker_sets, worker_pods=seen.worker_pods, nodes=seen.nodes,
+        worker_sets=seen.worker_sets, pods=seen.pods, nodes=seen.nodes,
     )  # fmt: skip
     assert failed_passes() - before == 3
