@@ -14,7 +14,10 @@ from loraplex.api.common import (
     CONDITIONS_FIELD_EXTRA,
     DEFAULT_MODEL_CPU,
     DEFAULT_MODEL_MEMORY,
+    IMAGE_REFERENCE,
+    LABEL_VALUE,
     NO_TRAVERSAL,
+    AdapterSourceUriPattern,
     ApiModel,
     Condition,
     ModelSourceUri,
@@ -31,6 +34,33 @@ from loraplex.api.engine_version import DEFAULT_ENGINE_IMAGE
 
 # Ranks vLLM accepts for --max-lora-rank.
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+# vLLM flags the operator sets from the spec (or must not be set at all: a static LoRA module
+# bypasses the agent, an API key of the user's own would lock the agent and the router out).
+# `engine.args` may not set them, in either spelling (dashes or underscores, `--flag=value` too).
+MANAGED_ENGINE_FLAGS = (
+    "model", "served-model-name", "host", "port", "enable-lora", "max-loras", "max-cpu-loras",
+    "max-lora-rank", "tensor-parallel-size", "tp", "max-model-len", "api-key", "lora-modules",
+)  # fmt: skip
+MANAGED_FLAG = "^--?(" + "|".join(f.replace("-", "[-_]") for f in MANAGED_ENGINE_FLAGS) + ")(=.*)?$"
+
+EngineArg = Annotated[
+    str,
+    Field(
+        max_length=1024,
+        json_schema_extra=validations(
+            cel(
+                f"!self.matches('{MANAGED_FLAG}')",
+                "must not set a vLLM flag the operator manages (set the engine fields instead)",
+                reason="FieldValueForbidden",
+                message_expression=(
+                    "'must not set ' + self + ', a vLLM flag the operator manages "
+                    "(set the engine fields instead)'"
+                ),
+            )
+        ),
+    ),
+]
 
 
 class ModelSource(ApiModel):
@@ -53,16 +83,19 @@ class EngineSettings(ApiModel):
         default=DEFAULT_ENGINE_IMAGE,
         min_length=1,
         max_length=512,
-        pattern=r"^[a-z0-9]([a-z0-9._/:@-]*[a-zA-Z0-9_-])?$",
+        pattern=IMAGE_REFERENCE,
         description=(
             "Image of the workers' vllm container (vLLM's OpenAI server); it must run as a non-root user "
             "(uid 65532). The default is vLLM's official image of the version loraplex is tested with."
         ),
     )
-    args: list[Annotated[str, Field(max_length=1024)]] = Field(
+    args: list[EngineArg] = Field(
         default_factory=list,
         max_length=64,
-        description="Extra command-line flags passed to vLLM as they are.",
+        description=(
+            "Extra command-line flags passed to vLLM as they are; not the flags the operator manages "
+            "(--max-loras, --api-key, --port, ...: set the engine fields instead)."
+        ),
     )
     max_loras: int = Field(
         default=4, ge=1, le=256, description="GPU adapter slots per worker (vLLM --max-loras)."
@@ -132,10 +165,11 @@ class AdapterCatalog(ApiModel):
     uri_template: str = Field(
         min_length=1,
         max_length=2048,
-        pattern=r"^(file:///|pvc://|https://|s3://)[^\s]*$",
+        pattern=AdapterSourceUriPattern,
         description=(
             "URI of an adapter by name, with '{adapter}' where the requested name goes, "
-            "e.g. s3://adapters/users/{adapter}/."
+            "e.g. s3://adapters/users/{adapter}/. Like every URI field: no credentials in it "
+            "(adapterStoreSecretRef holds them)."
         ),
         json_schema_extra=validations(
             NO_TRAVERSAL,
@@ -154,7 +188,7 @@ class BaseModelSpec(ApiModel):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     resources: WorkerResources = Field(default_factory=WorkerResources)
     replicas: ReplicaRange = Field(default_factory=ReplicaRange)
-    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+    node_selector: dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]] = Field(
         default_factory=dict, max_length=32
     )
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)

@@ -25,9 +25,17 @@ class ApiModel(BaseModel):
     )
 
 
-def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, Any]:
-    """One `x-kubernetes-validations` entry."""
+def cel(
+    rule: str,
+    message: str,
+    field_path: str | None = None,
+    reason: str | None = None,
+    message_expression: str | None = None,
+) -> dict[str, Any]:
+    """One `x-kubernetes-validations` entry (`message_expression`: a CEL string that names the culprit)."""
     entry: dict[str, Any] = {"rule": rule, "message": message}
+    if message_expression:
+        entry["messageExpression"] = message_expression
     if field_path:
         entry["fieldPath"] = field_path
     if reason:
@@ -42,6 +50,22 @@ def validations(*rules: dict[str, Any]) -> dict[str, Any]:
 NO_TRAVERSAL = cel(
     "!self.contains('..') && !self.lowerAscii().contains('%2e')",
     "must not contain '..' (or its URL encoding): paths may not climb out of their root",
+)
+
+# A label key (a qualified name) and a label value, as Kubernetes validates them.
+LABEL_KEY = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
+
+# An image reference in the grammar of the distribution spec (docker/distribution's reference
+# package, which kubelets and registries use): [domain[:port]/]path[:tag][@digest].
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
+IMAGE_REFERENCE = (
+    rf"^(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?/)?{_PATH_PART}(?:/{_PATH_PART})*"
+    r"(?::[\w][\w.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
 )
 
 # DNS-1123 label: a Kubernetes object name usable in Service and pod names.
@@ -80,10 +104,14 @@ Sha256 = Annotated[
 
 # One path segment of a URI after the scheme and authority: no spaces, no control characters.
 _PATH = r"(/[^\s]*)?"
-_PVC = r"pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?" + _PATH
+# A claim's path starts with one slash: pvc://claim//abs would name /abs, outside the claim.
+_PVC = r"pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/([^/\s][^\s]*)?)?"
 _S3 = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]" + _PATH
 _HTTPS = r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?" + _PATH
 _FILE = r"file:///[^\s]*"
+
+# Where an adapter's files are: file, PVC, HTTPS or S3, none with credentials in it.
+AdapterSourceUriPattern = f"^({_FILE}|{_PVC}|{_HTTPS}|{_S3})$"
 
 AdapterSourceUri = Annotated[
     str,
@@ -185,13 +213,36 @@ class SecretKeyReference(ApiModel):
 
 
 class Toleration(ApiModel):
-    """A pod toleration (core/v1 Toleration)."""
+    """A pod toleration (core/v1 Toleration), refused here where a pod would refuse it."""
 
-    key: str | None = Field(default=None, max_length=316)
+    key: str | None = Field(default=None, max_length=316, pattern=LABEL_KEY)
     operator: Literal["Exists", "Equal"] = "Equal"
-    value: str | None = Field(default=None, max_length=63)
+    value: str | None = Field(default=None, max_length=63, pattern=LABEL_VALUE)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     toleration_seconds: int | None = Field(default=None, ge=0, le=86400)
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "!(has(self.operator) && self.operator == 'Exists' && has(self.value) && self.value != '')",
+                "value must be empty when operator is Exists",
+                field_path=".value",
+                reason="FieldValueInvalid",
+            ),
+            cel(
+                "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+                "operator must be Exists when key is empty (a toleration of every taint)",
+                field_path=".operator",
+                reason="FieldValueInvalid",
+            ),
+            cel(
+                "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                "tolerationSeconds needs effect NoExecute",
+                field_path=".tolerationSeconds",
+                reason="FieldValueInvalid",
+            ),
+        )
+    }
 
 
 CONDITIONS_FIELD_EXTRA: dict[str, Any] = {

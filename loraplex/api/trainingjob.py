@@ -50,6 +50,7 @@ class LoraHyperparameters(ApiModel):
         default_factory=lambda: ["q_proj", "v_proj"],
         min_length=1,
         max_length=32,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 
 

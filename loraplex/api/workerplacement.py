@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError
 
 from loraplex.api.common import (
     CONDITIONS_FIELD_EXTRA,
+    DNS_SUBDOMAIN,
     ApiModel,
     Condition,
     LabelName,
@@ -45,7 +46,9 @@ class WorkerPlacementSpec(ApiModel):
     """The adapters the operator wants on this worker (the named head; catalog adapters load on demand)."""
 
     base_model: LabelName
-    worker: str = Field(min_length=1, max_length=253, description="Name of the worker pod.")
+    worker: str = Field(
+        min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="Name of the worker pod."
+    )
     adapters: list[WantedAdapter] = Field(default_factory=list, max_length=20000)
     unload: list[Annotated[str, AdapterName]] = Field(
         default_factory=list,
@@ -53,6 +56,7 @@ class WorkerPlacementSpec(ApiModel):
         description="LoRAAdapters being deleted that the agent holds on demand (the router loaded them "
         "past their placement): the agent unloads them and loads none of them on demand, so their "
         "deletion completes.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 
 

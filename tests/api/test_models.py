@@ -84,3 +84,31 @@ def test_training_settings_need_steps_or_epochs_only_in_cel() -> None:
         }
     )
     assert spec.training.steps == 10
+
+
+def test_the_flags_the_operator_manages_are_refused_in_engine_args_in_every_spelling() -> None:
+    import re
+
+    from loraplex.api.basemodel import MANAGED_FLAG
+
+    for arg in ["--max-loras", "--max_loras=64", "--api-key=x", "-tp", "--port=1", "--lora-modules"]:
+        assert re.fullmatch(MANAGED_FLAG, arg), arg
+    for arg in ["--max-num-seqs=8", "--dtype", "bfloat16", "--max-loras-extra", "--enforce-eager"]:
+        assert not re.fullmatch(MANAGED_FLAG, arg), arg
+
+
+def test_engine_images_follow_the_reference_grammar() -> None:
+    import pydantic
+
+    from loraplex.api.basemodel import EngineSettings
+
+    for image in [
+        "vllm/vllm-openai:v0.11.0-RC1",
+        "registry.example.com:5000/team/vllm:v1",
+        "vllm",
+        "a/b@sha256:" + "0" * 64,
+    ]:
+        assert EngineSettings(image=image).image == image
+    for image in ["Registry/VLLM:latest", "vllm:", "vllm/vllm openai", "-vllm", "vllm/:tag"]:
+        with pytest.raises(pydantic.ValidationError):
+            EngineSettings(image=image)

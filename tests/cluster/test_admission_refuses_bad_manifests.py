@@ -41,6 +41,11 @@ VALID: dict[str, dict[str, Any]] = {
             "training": {"steps": 100},
         },
     },
+    "workerplacements": {
+        "kind": "WorkerPlacement",
+        "metadata": {"name": "llama-8b-worker-0"},
+        "spec": {"baseModel": "llama-8b", "worker": "llama-8b-worker-0"},
+    },
 }
 
 DROP = object()
@@ -123,6 +128,57 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "at most 32",
     ),
     ("basemodels", {"spec": {"engine": {"args": ["--x"] * 65}}}, "spec.engine.args", "at most 64"),
+    # engine.args may not take over what the operator manages (its slot accounting, its API key)
+    (
+        "basemodels",
+        {"spec": {"engine": {"args": ["--enforce-eager", "--max-loras=64"]}}},
+        "spec.engine.args",
+        "--max-loras=64",
+    ),
+    ("basemodels", {"spec": {"engine": {"args": ["--api_key", "mine"]}}}, "spec.engine.args", "--api_key"),
+    ("basemodels", {"spec": {"engine": {"args": ["-tp", "8"]}}}, "spec.engine.args", "-tp"),
+    (
+        "basemodels",
+        {"spec": {"engine": {"image": "Registry/VLLM:latest"}}},
+        "spec.engine.image",
+        "should match",
+    ),
+    (
+        "basemodels",
+        {"spec": {"adapterCatalog": {"uriTemplate": "https://user:secret@adapters.example/{adapter}/"}}},
+        "spec.adapterCatalog.uriTemplate",
+        "should match",
+    ),
+    (
+        "basemodels",
+        {"spec": {"nodeSelector": {"pool": "gpu pool"}}},
+        "spec.nodeSelector.pool",
+        "should match",
+    ),
+    (
+        "basemodels",
+        {"spec": {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}},
+        "spec.tolerations[0].value",
+        "empty when operator is Exists",
+    ),
+    (
+        "basemodels",
+        {"spec": {"tolerations": [{"operator": "Equal", "value": "v"}]}},
+        "spec.tolerations[0].operator",
+        "Exists when key is empty",
+    ),
+    (
+        "basemodels",
+        {"spec": {"tolerations": [{"key": "k", "effect": "NoSchedule", "tolerationSeconds": 5}]}},
+        "spec.tolerations[0].tolerationSeconds",
+        "NoExecute",
+    ),
+    (
+        "basemodels",
+        {"spec": {"tolerations": [{"key": "bad key!", "operator": "Exists"}]}},
+        "spec.tolerations[0].key",
+        "should match",
+    ),
     ("basemodels", {"spec": {"surprise": True}}, "spec.surprise", "unknown field"),
     ("basemodels", {"metadata": {"name": "a" * 41}}, "metadata.name", "at most 40"),
     ("basemodels", {"metadata": {"name": "9llama"}}, "metadata.name", "start with a letter"),
@@ -141,6 +197,7 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     ("loraadapters", {"spec": {"source": {"uri": "file:///adapters/../root"}}}, "spec.source.uri", ".."),
     ("loraadapters", {"spec": {"source": {"uri": "s3://adapters/a b"}}}, "spec.source.uri", "should match"),
+    ("loraadapters", {"spec": {"source": {"uri": "pvc://adapters//etc"}}}, "spec.source.uri", "should match"),
     ("loraadapters", {"spec": {"rank": 0}}, "spec.rank", "greater than or equal"),
     ("loraadapters", {"spec": {"rank": 1024}}, "spec.rank", "less than or equal"),
     ("loraadapters", {"spec": {"rank": DROP}}, "spec.rank", "Required"),
@@ -195,9 +252,26 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "spec.checkpoint.intervalSteps",
         "greater than or equal",
     ),
+    (
+        "trainingjobs",
+        {"spec": {"lora": {"targetModules": ["q_proj", "q_proj"]}}},
+        "spec.lora.targetModules[1]",
+        "Duplicate value",
+    ),
     ("trainingjobs", {"spec": {"schedule": "every monday"}}, "spec.schedule", "should match"),
     ("trainingjobs", {"spec": {"preemptible": "yes"}}, "spec.preemptible", "boolean"),
     ("trainingjobs", {"metadata": {"name": "t" * 53}}, "metadata.name", "at most 52"),
+    # WorkerPlacement (written by the operator; admission keeps a hand-made one to the same rules)
+    ("workerplacements", {"spec": {"worker": "../../x"}}, "spec.worker", "should match"),
+    ("workerplacements", {"spec": {"unload": ["sql-gen", "sql-gen"]}}, "spec.unload[1]", "Duplicate value"),
+]
+
+# Valid in the grammars Kubernetes and registries use, so admitted.
+VALID_IMAGES = [
+    "vllm/vllm-openai:v0.11.0-RC1",
+    "registry.example.com:5000/team/vllm-cpu:v0.32.0",
+    f"localhost/loraplex/vllm@sha256:{DIGEST}",
+    "ghcr.io/loraplex/vllm-cpu:v0.32.0_build.7",
 ]
 
 
@@ -221,6 +295,17 @@ def test_refused_naming_the_field(
     message = json.loads(refused.value.body)["message"]
     assert field in message, message
     assert reason in message, message
+
+
+@pytest.mark.parametrize("image", VALID_IMAGES)
+def test_an_engine_image_in_the_reference_grammar_is_admitted(kube: Any, namespace: str, image: str) -> None:
+    name = f"image-{VALID_IMAGES.index(image)}"
+    create(
+        kube,
+        namespace,
+        "basemodels",
+        merged(VALID["basemodels"], {"metadata": {"name": name}, "spec": {"engine": {"image": image}}}),
+    )
 
 
 def test_a_lora_adapter_keeps_its_base_model(kube: Any, namespace: str) -> None:

@@ -187,3 +187,12 @@ def test_the_router_deployment_runs_a_command_line_the_router_accepts() -> None:
     settings = settings_from_args(parser.parse_args(container["args"][1:]))  # an unknown flag raises
     assert (settings.base_model, settings.namespace, settings.port) == ("llama-8b", "serving", 8000)
     assert not settings.static
+
+
+def test_every_vllm_flag_the_operator_sets_is_one_engine_args_may_not_set() -> None:
+    from loraplex.api.basemodel import MANAGED_ENGINE_FLAGS
+    from loraplex.operator.fleet import vllm_args
+
+    spec = BaseModelSpec.model_validate({"model": {"uri": "/m"}, "engine": {"maxModelLen": 2048}})
+    flags = [arg.removeprefix("--") for arg in vllm_args(REF, spec, "/m") if arg.startswith("--")]
+    assert sorted(set(flags) - set(MANAGED_ENGINE_FLAGS)) == []
