@@ -32,6 +32,19 @@ def next_run_time(schedule: str, after: datetime) -> datetime:
         raise ValueError(f"spec.schedule {schedule!r}: {error or 'names no future time'}") from error
 
 
+def schedule_problem(schedule: str) -> str | None:
+    """Why cron cannot read `schedule` (a backwards range, the 30th of February); None when it can.
+
+    Admission refuses what is not cron at all (the CRD's pattern); this catches the rest at once,
+    before the job's first run rather than after it.
+    """
+    try:
+        next_run_time(schedule, datetime(2000, 1, 1, tzinfo=UTC))
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def parse_time(value: object) -> datetime | None:
     """A status timestamp (`2026-01-01T00:00:00Z`) as an aware datetime; None when absent or unreadable."""
     if isinstance(value, datetime):

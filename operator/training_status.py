@@ -41,10 +41,10 @@ from loraplex.api.conditions import ConditionUpdate, merge_conditions, timestamp
 from loraplex.api.trainer import EXIT_CONFIG, EXIT_FAILED, EXIT_PREEMPTED
 from loraplex.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 from loraplex.api.wire import as_wire
-from loraplex.operator.training_schedule import next_run_time, parse_time
+from loraplex.operator.training_schedule import next_run_time, parse_time, schedule_problem
 
 P = ParamSpec("P")
-VALIDATION_REASONS = ("UnknownBaseModel", "RankTooHigh")
+VALIDATION_REASONS = ("UnknownBaseModel", "RankTooHigh", "ScheduleInvalid")
 TERMINAL = ("Succeeded", "Failed")
 
 
@@ -101,6 +101,9 @@ class Step:
 
 def validate(namespace: str, spec: TrainingJobSpec, base: BaseModelSpec | None) -> tuple[str, str] | None:
     """(reason, message) when the job cannot run as written; None when it can."""
+    problem = schedule_problem(spec.schedule) if spec.schedule else None
+    if problem is not None:
+        return "ScheduleInvalid", f"{problem}; fix spec.schedule"
     if base is None:
         return (
             "UnknownBaseModel",

@@ -25,6 +25,39 @@ TrainingPhase = Literal["Queued", "Running", "Preempted", "Succeeded", "Failed"]
 TargetModule = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.]+$")]
 
 
+def _cron_field(value: str) -> str:
+    """One cron field: `*` or a value or a range, each with an optional step, comma-separated."""
+    item = rf"(\*|({value})(-({value}))?)(/[1-9][0-9]?)?"
+    return rf"{item}(,{item})*"
+
+
+_MONTHS = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
+_DAYS = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]
+
+
+def _names(names: list[str]) -> str:
+    return "|".join(names + [name.lower() for name in names])
+
+
+# A 5-field cron expression (minute hour day-of-month month day-of-week) with each field's values in
+# range, or an alias. What it admits, cronsim (the operator's evaluator) reads; the few it cannot
+# tell (a backwards range, the 30th of February) fail the job at once with `ScheduleInvalid`.
+CRON_SCHEDULE = (
+    r"^(@(hourly|daily|weekly|monthly)|"
+    + r"\s+".join(
+        _cron_field(values)
+        for values in (
+            r"[0-5]?[0-9]",
+            r"[01]?[0-9]|2[0-3]",
+            r"0?[1-9]|[12][0-9]|3[01]",
+            r"0?[1-9]|1[0-2]|" + _names(_MONTHS),
+            r"[0-7]|" + _names(_DAYS),
+        )
+    )
+    + r")$"
+)
+
+
 class Dataset(ApiModel):
     """Training data: JSON Lines with a text field, or plain text one example per line."""
 
@@ -116,8 +149,12 @@ class TrainingJobSpec(ApiModel):
     schedule: str | None = Field(
         default=None,
         max_length=128,
-        pattern=r"^(@(hourly|daily|weekly|monthly)|(\S+\s+){4}\S+)$",
-        description="Cron schedule (5 fields or @hourly/@daily/...) to retrain from fresh data.",
+        pattern=CRON_SCHEDULE,
+        description=(
+            "Cron schedule to retrain from fresh data, in UTC: 5 fields (minute 0-59, hour 0-23, "
+            "day of month 1-31, month 1-12 or JAN-DEC, day of week 0-7 or SUN-SAT; each '*', a value "
+            "or a range, with an optional /step, comma-separated) or @hourly, @daily, @weekly, @monthly."
+        ),
     )
     queue_name: LabelName | None = Field(
         default=None,

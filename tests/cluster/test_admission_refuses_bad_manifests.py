@@ -259,6 +259,9 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "Duplicate value",
     ),
     ("trainingjobs", {"spec": {"schedule": "every monday"}}, "spec.schedule", "should match"),
+    ("trainingjobs", {"spec": {"schedule": "61 * * * *"}}, "spec.schedule", "should match"),
+    ("trainingjobs", {"spec": {"schedule": "0 0 * * 8"}}, "spec.schedule", "should match"),
+    ("trainingjobs", {"spec": {"schedule": "*/5 * * DEC *-1"}}, "spec.schedule", "should match"),
     ("trainingjobs", {"spec": {"preemptible": "yes"}}, "spec.preemptible", "boolean"),
     ("trainingjobs", {"metadata": {"name": "t" * 53}}, "metadata.name", "at most 52"),
     # WorkerPlacement (written by the operator; admission keeps a hand-made one to the same rules)

@@ -173,12 +173,10 @@ def test_without_a_schedule_a_success_is_final() -> None:
     assert later.create_attempt is None
 
 
-def test_an_unreadable_schedule_warns_once_at_success_and_never_reruns() -> None:
-    bad = spec("61 * * * *")
-    done = succeed(T0, bad)
-    assert done.status["phase"] == "Succeeded"
-    assert done.publish is not None
-    assert [e.reason for e in done.events] == ["ScheduleInvalid"]
-    later = plan(done.status, T0 + timedelta(days=1), finished(), job_spec=bad)
-    assert later.events == ()
-    assert later.status == done.status
+def test_a_schedule_cron_cannot_read_fails_the_job_before_its_first_run() -> None:
+    bad = spec("0 0 30 2 *")  # admitted (the pattern cannot count days), but it names no time
+    step = plan({}, T0, node="n1", job_spec=bad)
+    assert step.status["phase"] == "Failed"
+    assert step.create_attempt is None  # nothing runs
+    ready = next(c for c in step.status["conditions"] if c["type"] == "Ready")
+    assert (ready["reason"], "spec.schedule" in ready["message"]) == ("ScheduleInvalid", True)

@@ -65,6 +65,15 @@ def test_rank_above_the_base_models_limit_fails() -> None:
     assert "maxLoraRank" in ready(step)["message"]
 
 
+def test_a_schedule_cron_cannot_read_fails_the_job_at_once_and_clears_when_fixed() -> None:
+    spec = SPEC.model_copy(update={"schedule": "0 0 30 2 *"})  # admitted: the pattern cannot count days
+    step = plan(spec=spec)
+    assert (step.status["phase"], ready(step)["reason"]) == ("Failed", "ScheduleInvalid")
+    assert "spec.schedule" in ready(step)["message"]
+    fixed = SPEC.model_copy(update={"schedule": "0 0 28 2 *"})
+    assert plan(step.status, spec=fixed).status["phase"] == "Queued"
+
+
 def test_a_validation_failure_clears_when_the_base_model_appears() -> None:
     failed = plan(base=None).status
     assert plan(failed).status["phase"] == "Queued"
