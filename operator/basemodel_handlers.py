@@ -16,9 +16,10 @@ with a `Scaled` Event).
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,6 +55,7 @@ def register(
     `targets` holds the worker counts the placement loops decided (see fleet_scale): these
     handlers apply them to the worker StatefulSet.
     """
+    refusals: dict[tuple[str, str], str] = {}  # BaseModel -> the API server's refusal of its fleet
 
     @kopf.on.resume(GROUP, VERSION, BASE_MODELS, id="fleet", registry=registry)
     @kopf.on.create(GROUP, VERSION, BASE_MODELS, id="fleet", registry=registry)
@@ -80,10 +82,20 @@ def register(
             indexes = Indexes.from_kwargs(kwargs)
             running = running_workers(indexes.worker_statefulsets(key))
             workers = workers_to_run(model, targets.get(key), running)
-            writes = applier.apply_all(plan_fleet(ref, model, settings, workers))
+            fleet = FleetIndexes.of(indexes, key)
+            try:
+                writes = applier.apply_all(plan_fleet(ref, model, settings, workers))
+            except ApiException as error:
+                refused = refusal(error)
+                if refused is None:
+                    raise
+                refusals[key] = refused  # the status timer keeps saying so until an apply succeeds
+                write_fleet_status(model, settings, ref, meta, status, patch, fleet, refused)
+                raise kopf.TemporaryError(refused, delay=REFUSED_RETRY_SECONDS) from error
+            refusals.pop(key, None)
             if writes:
                 logger.info(f"Applied worker fleet of {namespace}/{name} writes={writes}")
-            write_fleet_status(model, settings, ref, meta, status, patch, FleetIndexes.of(indexes, key))
+            write_fleet_status(model, settings, ref, meta, status, patch, fleet)
 
     @kopf.timer(
         GROUP,
@@ -113,7 +125,8 @@ def register(
         indexes = Indexes.from_kwargs(kwargs)
         key = (ref.namespace, ref.name)
         scale_workers(ref, model, running_workers(indexes.worker_statefulsets(key)), body, logger)
-        write_fleet_status(model, settings, ref, meta, status, patch, FleetIndexes.of(indexes, key))
+        fleet = FleetIndexes.of(indexes, key)
+        write_fleet_status(model, settings, ref, meta, status, patch, fleet, refusals.get(key))
 
     def scale_workers(
         ref: BaseModelRef, model: BaseModelSpec, running: int | None, body: kopf.Body, logger: kopf.Logger
@@ -138,6 +151,23 @@ def register(
         kopf.event(body, type="Normal", reason="Scaled", message=message)  # kopf.info is filtered by level
         logger.info(message)
         metrics.FLEET_SCALINGS.labels(ref.name, "up" if workers > running else "down").inc()
+
+
+# Answers that refuse the object itself (invalid, forbidden, bad request): applying it again as it
+# is gets the same answer, so the BaseModel says so until its spec (or the cluster's policy) changes.
+REFUSED_STATUSES = frozenset({400, 403, 422})
+REFUSED_RETRY_SECONDS = 10.0
+
+
+def refusal(error: ApiException) -> str | None:
+    """What the BaseModel's Ready condition says when the API server refused an object of its fleet."""
+    if error.status not in REFUSED_STATUSES:
+        return None
+    try:
+        answer = str(json.loads(str(error.body))["message"])
+    except (TypeError, ValueError, KeyError):
+        answer = str(error.reason)
+    return f"the API server refused an object of the fleet: {answer}"[:1024]
 
 
 def _parse_spec(spec: Mapping[str, Any]) -> BaseModelSpec:
@@ -170,8 +200,12 @@ def write_fleet_status(
     status: kopf.Status,
     patch: kopf.Patch,
     indexes: FleetIndexes,
+    refused: str | None = None,
 ) -> None:
-    """Fill `patch` with the BaseModel's status as the indexes show the fleet, if anything changed."""
+    """Fill `patch` with the BaseModel's status as the indexes show the fleet, if anything changed.
+
+    `refused`: the API server's answer to the last apply of the fleet, when it refused an object.
+    """
     key = (ref.namespace, ref.name)
     sets = list(indexes.worker_sets.get(key, []))
     observation = fleet_observation(
@@ -179,6 +213,8 @@ def write_fleet_status(
         list(indexes.worker_pods.get(key, [])),
         list(indexes.worker_placements.get(key, [])),
     )
+    if refused is not None:
+        observation = replace(observation, refused=refused)
     # What this generation's worker StatefulSet looks like at the worker count the index shows (a scale
     # the placement loop decided is not a roll), to tell a StatefulSet the watch has not caught up with.
     planned_hash = content_hash(worker_statefulset(ref, model, settings, observation.replicas))

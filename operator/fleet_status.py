@@ -44,6 +44,7 @@ class FleetObservation:
     pods: Sequence[WorkerPod] = field(default_factory=tuple)
     gpu_used: int = 0  # adapters the agents report in GPU slots, over all workers
     cpu_used: int = 0  # ... and in CPU slots (vLLM's CPU cache holds the GPU ones too)
+    refused: str | None = None  # the API server refused an object of the fleet: which, and its answer
 
 
 def plan_base_model_status(
@@ -97,12 +98,14 @@ def plan_base_model_status(
 
 
 # Ready=False reasons that waiting alone will not fix: the fleet is stuck, not starting.
-BLOCKED_REASONS = frozenset({"InsufficientGPU", "Unschedulable"})
+BLOCKED_REASONS = frozenset({"InsufficientGPU", "Unschedulable", "ObjectRefused"})
 
 
 def _ready_condition(
     spec: BaseModelSpec, observed: FleetObservation, ready: int, desired: int, planned_hash: str | None
 ) -> ConditionUpdate:
+    if observed.refused is not None:
+        return ConditionUpdate("Ready", "False", "ObjectRefused", observed.refused)
     if not observed.statefulset_found:
         return ConditionUpdate("Ready", "Unknown", "Creating", "Creating the worker StatefulSet")
     unschedulable = [p for p in observed.pods if p.unschedulable_message]

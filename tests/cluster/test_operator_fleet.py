@@ -97,6 +97,31 @@ def worker_revisions(kube: Any, namespace: str, name: str) -> dict[str, tuple[st
     }
 
 
+def test_a_fleet_the_api_server_refuses_makes_the_base_model_say_why(
+    kube: Any, namespace: str, operator: OperatorProcess
+) -> None:
+    # Admitted (the CRD cannot check map keys within its CEL budget), refused in the StatefulSet.
+    create_base_model(kube, namespace, "tiny", nodeSelector={"gpu pool!": "a100"})
+
+    def refused() -> dict[str, Any] | None:
+        ready = ready_condition(kube, namespace, "tiny")
+        return ready if ready.get("reason") == "ObjectRefused" else None
+
+    ready = wait_until(refused, 60, "BaseModel Ready=False ObjectRefused")
+    assert ready["status"] == "False"
+    assert "nodeSelector" in ready["message"]
+    assert "tiny-worker" in ready["message"]
+    fixed = {"spec": {"nodeSelector": {"gpu pool!": None, "gpu-pool": "a100"}}}  # merge patch: None deletes
+    client.CustomObjectsApi(kube).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, "basemodels", "tiny", fixed
+    )
+    wait_until(
+        lambda: ready_condition(kube, namespace, "tiny").get("reason") not in (None, "ObjectRefused"),
+        60,
+        "the refusal cleared once the spec was fixed",
+    )
+
+
 def test_spec_change_rolls_the_workers(kube: Any, namespace: str, operator: OperatorProcess) -> None:
     create_base_model(kube, namespace, "tiny", replicas={"min": 2}, engine={"maxLoras": 2, "maxCpuLoras": 8})
     wait_ready(kube, namespace, "tiny")

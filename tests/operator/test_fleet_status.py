@@ -65,6 +65,16 @@ def test_insufficient_gpu_is_stalled_and_says_what_is_missing() -> None:
     assert "1 free nvidia.com/gpu" in by_type["Ready"]["message"]
 
 
+def test_an_object_the_api_server_refused_stalls_the_base_model_with_its_answer() -> None:
+    answer = 'StatefulSet.apps "tiny-worker" is invalid: spec.template.spec.nodeSelector: Invalid value'
+    for observed in (FleetObservation(refused=answer), settled(refused=answer)):
+        status = plan_base_model_status(SPEC, 1, observed, {}, NOW)
+        by_type = {c["type"]: c for c in status["conditions"]}
+        assert (by_type["Ready"]["status"], by_type["Ready"]["reason"]) == ("False", "ObjectRefused")
+        assert by_type["Ready"]["message"] == answer
+        assert (by_type["Stalled"]["status"], by_type["Reconciling"]["status"]) == ("True", "False")
+
+
 def test_starting_fleet_is_reconciling_and_progressing() -> None:
     status = plan_base_model_status(SPEC, 1, settled(ready_replicas=1), {}, NOW)
     by_type = {c["type"]: c["status"] for c in status["conditions"]}
