@@ -130,3 +130,20 @@ def test_desired_workers_are_what_the_statefulset_runs_once_the_fleet_scaled() -
     assert (status["desiredWorkers"], status["workers"]) == (3, "2/3")
     assert status["workerSelector"] == selector  # what `kubectl scale` and HPAs read
     assert ready(status) == ("False", "WorkersStarting")
+
+
+def test_only_answers_that_refuse_the_object_itself_become_object_refused() -> None:
+    import json
+
+    from kubernetes.client.exceptions import ApiException
+
+    from loraplex.operator.basemodel_handlers import refusal
+
+    invalid = ApiException(status=422, reason="Unprocessable Entity")
+    answer = 'StatefulSet.apps "tiny-worker" is invalid: nodeSelector'
+    invalid.body = json.dumps({"message": answer})
+    assert refusal(invalid) == f"the API server refused an object of the fleet: {answer}"
+    forbidden = ApiException(status=403, reason="Forbidden")  # no body: the reason stands in
+    assert refusal(forbidden) == "the API server refused an object of the fleet: Forbidden"
+    for passing in (409, 429, 500, 503):  # a conflict, throttling, the server's own trouble: retried as is
+        assert refusal(ApiException(status=passing, reason="x")) is None

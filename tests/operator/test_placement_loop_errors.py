@@ -56,8 +56,8 @@ def failed_passes() -> float:
     return REGISTRY.get_sample_value("loraplex_placement_passes_total", {"outcome": "failed"}) or 0.0
 
 
-def indexes() -> Indexes:
-    """Two ready workers of three the StatefulSet runs, one adapter: one worker would do."""
+def indexes(workers: int = 2, replicas: int = 3) -> Indexes:
+    """`workers` ready workers of `replicas` the StatefulSet runs, one adapter (one worker would do)."""
     adapter = {
         "apiVersion": API_VERSION, "kind": "LoRAAdapter",
         "metadata": {"name": "sql", "namespace": "ns", "uid": "uid-sql", "generation": 1},
@@ -66,9 +66,9 @@ def indexes() -> Indexes:
     }  # fmt: skip
     return Indexes(
         adapters_by_base={KEY: [adapter]},  # type: ignore[arg-type]
-        worker_sets={KEY: [{"metadata": {"name": "flaky-worker"}, "spec": {"replicas": 3}}]},  # type: ignore[arg-type]
-        pods={("worker", *KEY): [WorkerPodView(f"w-{i}", f"node-{i}", ready=True) for i in range(2)]},  # type: ignore[arg-type]
-        nodes={f"node-{i}": [NodeView({}, {}, True)] for i in range(2)},  # type: ignore[arg-type]
+        worker_sets={KEY: [{"metadata": {"name": "flaky-worker"}, "spec": {"replicas": replicas}}]},  # type: ignore[arg-type]
+        pods={("worker", *KEY): [WorkerPodView(f"w-{i}", f"node-{i}", ready=True) for i in range(workers)]},  # type: ignore[arg-type]
+        nodes={f"node-{i}": [NodeView({}, {}, True)] for i in range(workers)},  # type: ignore[arg-type]
     )
 
 
@@ -106,6 +106,18 @@ def test_an_api_error_during_a_pass_keeps_the_loops_state_and_the_next_wake_up_r
     assert (loop.gate, loop.state, loop.state.sync) == (gate, state, sync)
     assert loop.state.step is not None
     assert loop.state.step.below_since == below_since
+
+
+def test_a_failed_pass_runs_again_though_nothing_changed_and_nothing_else_is_pending() -> None:
+    loop, applier, api, _ = make_loop()
+    seen = indexes(workers=1, replicas=1)  # the fleet is the size it should be: no scale-down waits
+    applier.failing = client.ApiException(status=500, reason="Internal Server Error")
+    loop.wake(seen, SPEC)
+    assert not loop.state.pending
+    applier.failing = None
+    loop.wake(seen, SPEC)  # the same snapshot: only the failure makes this pass due
+    assert [m["metadata"]["name"] for m in applier.applied] == ["w-0"]
+    assert api.written == ["sql"]
 
 
 def test_the_daemon_outlives_api_errors() -> None:
