@@ -3,6 +3,7 @@
 # Kubernetes binaries are cached in $(LORAPLEX_CACHE) (default ~/.cache/loraplex).
 
 PYTHON ?= python3
+FLEET_FLAGS ?=  # e.g. --prometheus (docs/local-cluster.md)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -12,7 +13,7 @@ STAMP := $(VENV)/.installed
 ## make fleet: start the local fleet: this machine as a real node of a local control plane, the
 ## images built and imported, the chart installed (needs root; docs/local-cluster.md)
 fleet: venv binaries images
-	$(BIN)/loraplex dev up
+	$(BIN)/loraplex dev up $(FLEET_FLAGS)
 
 fleet-down: venv
 	$(BIN)/loraplex dev down

@@ -16,41 +16,47 @@ that staging. Admitting a request whose adapter is not in a GPU slot is an
 adapter *load* (a GPU miss) and costs the tier's load time (CPU to GPU, unless
 the adapter left the CPU cache in between) before its prefill.
 
-The same request trace goes through five policies: random, round-robin,
+The same request trace goes through six policies: random, round-robin,
 least-loaded (fewest running + waiting), the Gateway API Inference
 Extension's LoRA-affinity scorer (1.0 adapter active on the worker, 0.8 free
 adapter slot, 0.6 adapter waiting there, 0 full; highest score wins, ties
-broken at random as GAIE's max-score picker does) and loraplex's, which is the
-router's real decision code (``loraplex.router.decision.Router``) fed with the
-simulated residency and load as the live sources would feed it.
+broken at random as GAIE's max-score picker does), bounded rendezvous
+(consistent hashing with bounded loads: the adapter's best-ranked worker of all
+whose load stays within ceil(1.25 x the mean)) and loraplex's, which is the
+router's real decision code built as ``loraplex router`` builds it with no
+settings (``make_router`` with ``RouterSettings.from_env({})``), fed with the
+simulated residency, load, engine concurrency, request and load times as the
+live sources would feed it.
 
-Workloads:
+Workloads, each at 10 and at 100 workers (``gie_10``, ``zipf_100``, ...):
 
 (a) ``gie``: the Inference Extension's multi-LoRA regression workload: 15
     rank-8 adapters in three groups of five taking 60/30/10 percent of the
-    traffic, max_loras 3 (12 CPU slots), 10 replicas;
-(b) ``zipf``: 10,000 adapters with Zipf(1.1) popularity over 16 workers with
-    8 GPU slots (32 CPU slots) each;
-(c) ``shift``: 2,000 adapters with Zipf(1.1) popularity whose ranking is
-    reshuffled four times during the trace, 16 workers x 8 GPU slots.
+    traffic, max_loras 3 (12 CPU slots), Poisson arrivals at 70% of the fleet;
+(b) ``zipf``: 10,000 adapters with Zipf(1.1) popularity that churns (eight
+    times over the trace a fifth of the adapters trade ranks), bursty arrivals
+    (the rate alternates between 1.4x and 0.6x of 70% of the fleet, phases of
+    about 2 s), 8 GPU slots (32 CPU slots) per worker.
 
 For each workload it prints, per policy: GPU hit rate, loads, loads as a ratio
 to least-loaded's, max/mean imbalance of requests served per worker, and
 modelled TTFT p50/p99; and the offline lower bound on loads: Belady's MIN on
 one pooled cache with as many slots as all workers' GPU slots together (no
-routing can load less). Then, on (b) with its 128 most requested adapters made
-named LoRAAdapters with ``replicas: 1`` (each placed on one worker, the rest
-catalog adapters), it runs loraplex's policy twice: as the router does (a named
-adapter spills past its placement when every worker it names is at the load
-bound) and with spilling off (it stays on its placement past the bound), and
-prints both, and spilling's imbalance and TTFT p99 as ratios to no spilling.
-Then it times the decision itself with 1,000,000
-adapters (the head resident on 1,000 workers in GPU and CPU tiers) and prints
-p50/p99 against a baseline: plain rendezvous hashing over all workers (a
-weight per worker per request), measured in the same run. The last line is:
+routing can load less). Then, on (b) at 10 workers with its 128 most requested
+adapters made named LoRAAdapters with ``replicas: 1`` (each placed on one
+worker, the rest catalog adapters), it runs loraplex's policy twice: as the
+router does (a named adapter spills past its placement when every worker it
+names is at the load bound) and with spilling off, and prints both. Then it
+times the decision itself with 1,000,000 adapters (the head resident on 1,000
+workers in GPU and CPU tiers) and prints p50/p99 against a baseline: plain
+rendezvous hashing over all workers (a weight per worker per request),
+measured in the same run. The last line has each goal's figure at each fleet
+size (``..._10w``, ``..._100w``), the worst of the two under the goal's name,
+and ``goals_met``:
 
-``gie_hit_rate=... gie_hit_rate_gaie=... zipf_loads_vs_bound=... zipf_imbalance=...
-zipf_ttft_p99_vs_gaie=... decision_p99_us=...``
+``gie_hit_rate>=0.995 zipf_loads_vs_least_loaded<=0.75 zipf_ttft_p99_vs_least_loaded<=1.1
+zipf_ttft_p99_vs_gaie<=0.1 zipf_imbalance<=1.25 decision_p99_vs_plain_rendezvous<=0.2``,
+then ``zipf_loads_vs_bound`` and the TTFT ratios against bounded rendezvous.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ import gc
 import hashlib
 import heapq
 import itertools
+import math
 import random
 import statistics
 import sys
@@ -70,9 +77,10 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from loraplex.router.decision import Router, RoutingConfig
+from loraplex.router.decision import RoutingConfig, make_router
 from loraplex.router.rendezvous import Rendezvous
-from loraplex.router.table import Tier, WorkerTable
+from loraplex.router.settings import RouterSettings
+from loraplex.router.table import Tier
 
 # Modelled costs (seconds).
 PREFILL = 0.030
@@ -93,6 +101,7 @@ class Workload:
     requests: int
     popularity: Callable[[random.Random, int, int], list[int]]  # (rng, adapters, requests) -> indices
     decode_scale: float = 1.0  # request lengths x this, arrivals unchanged (--decode-scale)
+    bursty: bool = False  # arrival rate alternates between 1.4x and 0.6x the mean, phases of ~2 s
 
 
 @dataclass
@@ -155,6 +164,8 @@ class Simulation:
         self.seq = itertools.count()
         self.ttfts: list[float] = []
         self.on_done: Callable[[int, Request], None] = lambda _w, _r: None
+        # (worker, the tier an adapter was staged from, seconds): what the router's ensure call times
+        self.on_staged: Callable[[int, str, float], None] = lambda _w, _t, _s: None
 
     def _touch(self, lru: OrderedDict[str, None], adapter: str, size: int) -> str | None:
         """Put `adapter` at the front of an LRU of `size`; return what fell out."""
@@ -229,8 +240,10 @@ class Simulation:
         ready = worker.staging.get(adapter)
         tier = worker.tier(adapter)
         if ready is None and tier in (None, "Disk"):
-            ready = now + LOAD_SECONDS["Store" if tier is None else "Disk"]
+            seconds = LOAD_SECONDS["Store" if tier is None else "Disk"]
+            ready = now + seconds
             worker.staging[adapter] = ready
+            self.on_staged(index, "miss" if tier is None else "disk", seconds)
         if ready is None:
             self._enqueue(index, request, now)
         else:
@@ -320,6 +333,11 @@ def gaie_lora_affinity(workload: Workload, seed: int) -> tuple[Simulation, Calla
     return sim, choose
 
 
+def shipped_routing() -> RoutingConfig:
+    """The routing settings `loraplex router` runs with when no LORAPLEX_ROUTER_* variable is set."""
+    return RouterSettings.from_env({}, base_model="bench").routing
+
+
 def loraplex_policy(
     workload: Workload,
     seed: int,
@@ -327,21 +345,31 @@ def loraplex_policy(
     named: Sequence[str] = (),
     spill: bool = True,
 ) -> tuple[Simulation, Callable[[Request], int]]:
-    """The router's decision; `named` adapters are LoRAAdapters placed on their first ranked worker."""
+    """The router's decision, built as `loraplex router` builds it (`make_router`, the shipped settings
+    unless `config`), fed what its live sources would report: residency from the agents, each engine's
+    concurrency and the requests' running time from vLLM's metrics, load times from ensure calls.
+    `named` adapters are LoRAAdapters placed on their first ranked worker."""
     names = [f"worker-{i}" for i in range(workload.workers)]
-    table = WorkerTable(Rendezvous(seed=seed))
+    router = make_router(config or shipped_routing(), seed=seed)
+    table = router.table
     for name in names:
         table.add_worker(name)
         table.set_residency(name, {}, gpu_slots=workload.gpu_slots, cpu_slots=workload.cpu_slots)
+        table.set_concurrency(name, workload.max_batch)
     placements: dict[str, list[str]] = {}
     for adapter in named:
         placements.setdefault(table.rendezvous.ranking(adapter)[0], []).append(adapter)
     for worker, adapters in placements.items():
         table.set_wanted(worker, adapters)
-    router = Router(table, config or loraplex_config(workload))
     sim = Simulation(workload, on_tier=lambda i, adapter, tier: table.set_tier(names[i], adapter, tier))
     index = {name: i for i, name in enumerate(names)}
-    sim.on_done = lambda i, request: table.end(names[i], request.adapter)
+
+    def done(i: int, request: Request) -> None:
+        table.end(names[i], request.adapter)
+        table.times.record_request(PREFILL + request.decode)
+
+    sim.on_done = done
+    sim.on_staged = lambda _i, tier, seconds: table.times.record_load(tier, seconds)
 
     def choose(request: Request) -> int:
         decision = router.decide(request.adapter, request.arrival, spill=spill)
@@ -352,9 +380,26 @@ def loraplex_policy(
     return sim, choose
 
 
-def loraplex_config(workload: Workload) -> RoutingConfig:
-    """The router's defaults, with the hot threshold at half of one worker's request throughput."""
-    return RoutingConfig(hot_rate=0.5 * workload.max_batch / MEAN_DECODE)
+BOUNDED_RENDEZVOUS_C = 1.25  # consistent hashing with bounded loads: no worker above 1.25 x the mean
+
+
+def bounded_rendezvous(workload: Workload, seed: int) -> tuple[Simulation, Callable[[Request], int]]:
+    """Rendezvous hashing with bounded loads: the adapter's best-ranked worker (of all) whose running +
+    waiting requests stay within ceil(c x the mean) with the request placed, else the least loaded."""
+    sim = Simulation(workload)
+    workers = sim.workers
+    ranking = Rendezvous(seed=seed, depth=workload.workers)
+    ranking.set_workers(str(i) for i in range(workload.workers))
+
+    def choose(request: Request) -> int:
+        total = sum(w.inflight for w in workers) + 1
+        cap = math.ceil(BOUNDED_RENDEZVOUS_C * total / len(workers))
+        for name in ranking.ranking(request.adapter):
+            if workers[int(name)].inflight + 1 <= cap:
+                return int(name)
+        return min(range(len(workers)), key=lambda i: workers[i].inflight)
+
+    return sim, choose
 
 
 POLICIES: dict[str, Policy] = {
@@ -362,6 +407,7 @@ POLICIES: dict[str, Policy] = {
     "round_robin": round_robin,
     "least_loaded": least_loaded,
     "gaie": gaie_lora_affinity,
+    "bounded_rendezvous": bounded_rendezvous,
     "loraplex": loraplex_policy,
 }
 
@@ -397,27 +443,71 @@ def shifting_popularity(rng: random.Random, adapters: int, requests: int, phases
     return out
 
 
+def churning_popularity(rng: random.Random, adapters: int, requests: int, phases: int = 8) -> list[int]:
+    """Zipf(1.1) whose popularity churns: at each of `phases` steps a fifth of the adapters, drawn at
+    random, trade their ranks among themselves (new favourites rise, old ones fade)."""
+    cum = zipf_cumulative(adapters, 1.1)
+    order = list(range(adapters))
+    rng.shuffle(order)
+    out: list[int] = []
+    per_phase = requests // phases
+    for _ in range(phases):
+        out += [order[r] for r in rng.choices(range(adapters), cum_weights=cum, k=per_phase)]
+        moved = rng.sample(range(adapters), adapters // 5)
+        taken = [order[r] for r in moved]
+        rng.shuffle(taken)
+        for rank, adapter in zip(moved, taken, strict=True):
+            order[rank] = adapter
+    return out
+
+
 def make_trace(workload: Workload, seed: int) -> list[Request]:
     rng = random.Random(seed)
     indices = workload.popularity(rng, workload.adapters, workload.requests)
     capacity = workload.workers * workload.max_batch / MEAN_DECODE  # requests per second
     rate = workload.utilisation * capacity
     now = 0.0
+    burst_ends, factor = 0.0, 1.0
     trace = []
     for index in indices:
-        now += rng.expovariate(rate)
+        if workload.bursty and now >= burst_ends:  # on-off modulated Poisson arrivals, mean unchanged
+            factor = 1.4 if factor != 1.4 else 0.6
+            burst_ends = now + rng.expovariate(1 / 2.0)
+        now += rng.expovariate(rate * factor)
         decode = rng.uniform(0.5, 1.5) * MEAN_DECODE * workload.decode_scale
         trace.append(Request(f"adapter-{index}", now, decode))
     return trace
 
 
+FLEET_SIZES = (10, 100)
+
+
 def workloads(quick: bool) -> list[Workload]:
+    """(a) GAIE's regression workload and (b) the churning, bursty 10k Zipf catalog, at each fleet size."""
     scale = 1 if quick else 4
-    return [
-        Workload("gie", 10, 3, 12, 16, 0.7, 15, 12_000 * scale, gie_popularity),
-        Workload("zipf", 16, 8, 32, 16, 0.7, 10_000, 40_000 * scale, zipf_popularity),
-        Workload("shift", 16, 8, 32, 16, 0.7, 2_000, 30_000 * scale, shifting_popularity),
-    ]
+    out = []
+    for workers in FLEET_SIZES:
+        per_worker = 1_200 if workers <= 10 else 600  # GAIE's requests per worker: over ~50 s of traffic
+        out.append(
+            Workload(
+                f"gie_{workers}", workers, 3, 12, 16, 0.7, 15, per_worker * workers * scale, gie_popularity
+            )
+        )
+        out.append(
+            Workload(
+                f"zipf_{workers}",
+                workers,
+                8,
+                32,
+                16,
+                0.7,
+                10_000,
+                (3_600 if workers <= 10 else 600) * workers * scale,
+                churning_popularity,
+                bursty=True,
+            )
+        )
+    return out
 
 
 # -- the offline lower bound ------------------------------------------------------------------------
@@ -493,9 +583,12 @@ def simulate(workload: Workload, policy: Policy, seed: int) -> Result:
     )
 
 
-def run_workloads(quick: bool, seed: int, decode_scale: float = 1.0) -> dict[str, dict[str, Result]]:
+def run_workloads(
+    quick: bool, seed: int, decode_scale: float = 1.0, only: Sequence[str] = ()
+) -> dict[str, dict[str, Result]]:
     results: dict[str, dict[str, Result]] = {}
-    for workload in (dataclasses.replace(w, decode_scale=decode_scale) for w in workloads(quick)):
+    chosen = [w for w in workloads(quick) if not only or w.name in only]
+    for workload in (dataclasses.replace(w, decode_scale=decode_scale) for w in chosen):
         started = time.perf_counter()
         per_policy = {name: simulate(workload, policy, seed) for name, policy in POLICIES.items()}
         trace = make_trace(workload, seed)
@@ -524,7 +617,7 @@ def run_workloads(quick: bool, seed: int, decode_scale: float = 1.0) -> dict[str
 
 def named_head(quick: bool, seed: int, head: int = 128) -> dict[str, Result]:
     """(b) with its `head` most requested adapters named (replicas 1): loraplex with and without spilling."""
-    workload = next(w for w in workloads(quick) if w.name == "zipf")
+    workload = next(w for w in workloads(quick) if w.name == f"zipf_{FLEET_SIZES[0]}")
     counts = Counter(request.adapter for request in make_trace(workload, seed))
     named = [adapter for adapter, _ in counts.most_common(head)]
     results = {}
@@ -546,6 +639,50 @@ def named_head(quick: bool, seed: int, head: int = 128) -> dict[str, Result]:
     return results
 
 
+GOALS = (
+    ("gie_hit_rate", ">=", 0.995),
+    ("zipf_loads_vs_least_loaded", "<=", 0.75),
+    ("zipf_ttft_p99_vs_least_loaded", "<=", 1.1),
+    ("zipf_ttft_p99_vs_gaie", "<=", 0.1),
+    ("zipf_imbalance", "<=", 1.25),
+    ("decision_p99_vs_plain_rendezvous", "<=", 0.2),
+)
+
+
+def summary(results: dict[str, dict[str, Result]], decision_ratio: float) -> str:
+    """The last line: each goal's figure at each fleet size (`_10w`, `_100w`), the worst of them under
+    the goal's own name, and whether it is met; then the figures kept for comparison."""
+    figures: dict[str, dict[int, float]] = {}
+    for workers in FLEET_SIZES:
+        gie, zipf = results[f"gie_{workers}"], results[f"zipf_{workers}"]
+        mine = zipf["loraplex"]
+        for key, value in (
+            ("gie_hit_rate", gie["loraplex"].hit_rate),
+            ("zipf_loads_vs_least_loaded", mine.loads / zipf["least_loaded"].loads),
+            ("zipf_ttft_p99_vs_least_loaded", mine.ttft_p99 / zipf["least_loaded"].ttft_p99),
+            ("zipf_ttft_p99_vs_gaie", mine.ttft_p99 / zipf["gaie"].ttft_p99),
+            ("zipf_imbalance", mine.imbalance),
+            ("decision_p99_vs_plain_rendezvous", decision_ratio),
+            ("zipf_loads_vs_bound", mine.loads / zipf["bound"].loads),
+            ("zipf_ttft_p99_vs_bounded_rendezvous", mine.ttft_p99 / zipf["bounded_rendezvous"].ttft_p99),
+            ("zipf_ttft_p50_vs_least_loaded", mine.ttft_p50 / zipf["least_loaded"].ttft_p50),
+            ("zipf_ttft_p50_vs_bounded_rendezvous", mine.ttft_p50 / zipf["bounded_rendezvous"].ttft_p50),
+            ("gie_hit_rate_gaie", gie["gaie"].hit_rate),
+        ):
+            figures.setdefault(key, {})[workers] = value
+    parts = []
+    met = []
+    for key, sense, goal in GOALS:
+        values = figures[key].values()
+        worst = min(values) if sense == ">=" else max(values)
+        met.append(worst >= goal if sense == ">=" else worst <= goal)
+        parts.append(f"{key}={worst:.4f}")
+    for key, per_size in figures.items():
+        parts += [f"{key}_{workers}w={value:.4f}" for workers, value in per_size.items()]
+    parts.append(f"goals_met={sum(met)}/{len(met)}")
+    return " ".join(parts)
+
+
 # -- decision timing at scale -----------------------------------------------------------------------
 
 
@@ -553,9 +690,11 @@ def decision_timing(adapters: int, workers: int, samples: int, seed: int) -> tup
     """(p50 us, p99 us, baseline p99 us) of one decision with `adapters` x `workers`."""
     rng = random.Random(seed)
     names = [f"worker-{i:04d}" for i in range(workers)]
-    table = WorkerTable(Rendezvous(seed=seed))
+    router = make_router(shipped_routing(), seed=seed)
+    table = router.table
     for name in names:
         table.add_worker(name)
+        table.set_concurrency(name, 16)
     # The head is resident: each worker holds 8 adapters in GPU and 24 in CPU, 2 copies of the hottest.
     head = workers * 32 // 2
     for rank in range(head):
@@ -569,7 +708,6 @@ def decision_timing(adapters: int, workers: int, samples: int, seed: int) -> tup
     table.rendezvous.warm()
     print(f"decision_setup adapters={adapters} workers={workers} resident_copies={head * 2} "
           f"rendezvous_warm_seconds={time.perf_counter() - started:.2f}")  # fmt: skip
-    router = Router(table, RoutingConfig())
     requests = [
         f"adapter-{r}"
         for r in rng.choices(range(adapters), cum_weights=zipf_cumulative(adapters, 1.1), k=samples)
@@ -612,9 +750,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1.0,
         help="Multiply every request's length, arrivals unchanged: below 1, fewer requests run at once.",
     )
+    parser.add_argument(
+        "--only", nargs="+", default=(), metavar="WORKLOAD", help="Run only these workloads (no summary)."
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    results = run_workloads(args.quick, args.seed, args.decode_scale)
+    results = run_workloads(args.quick, args.seed, args.decode_scale, args.only)
+    if args.only:
+        return 0
     named_head(args.quick, args.seed)
     samples = 50_000 if args.quick else 200_000
     p50, p99, baseline_p99 = decision_timing(1_000_000, 1_000, samples, args.seed)
@@ -622,15 +765,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"decision adapters=1000000 workers=1000 p50_us={p50:.1f} p99_us={p99:.1f} "
         f"plain_rendezvous_p99_us={baseline_p99:.1f} speedup_p99={baseline_p99 / p99:.1f}x"
     )
-    gie, zipf = results["gie"], results["zipf"]
     print(f"total_seconds={time.perf_counter() - started:.1f}")
-    print(
-        f"gie_hit_rate={gie['loraplex'].hit_rate:.4f} gie_hit_rate_gaie={gie['gaie'].hit_rate:.4f} "
-        f"zipf_loads_vs_bound={zipf['loraplex'].loads / zipf['bound'].loads:.3f} "
-        f"zipf_imbalance={zipf['loraplex'].imbalance:.3f} "
-        f"zipf_ttft_p99_vs_gaie={zipf['loraplex'].ttft_p99 / zipf['gaie'].ttft_p99:.3f} "
-        f"decision_p99_us={p99:.1f}"
-    )
+    print(summary(results, p99 / baseline_p99))
     return 0
 
 

@@ -30,6 +30,7 @@ ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 KIND_VERSION = "v0.31.0"
 HELM_VERSION = "v3.22.0"
+KUBECONFORM_VERSION = "v0.8.0"
 
 KUBERNETES_COMMANDS = (
     "kube-apiserver",
@@ -169,6 +170,14 @@ def ensure_helm(log: Log = _stderr_log) -> Path:
     ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
     with _build_lock():
         return _ensure_one("helm", HELM_VERSION, "helm.sh/helm/v3/cmd/helm", ldflags, log)
+
+
+def ensure_kubeconform(log: Log = _stderr_log) -> Path:
+    """The kubeconform binary (validates the chart's objects against Kubernetes' schemas)."""
+    with _build_lock():
+        return _ensure_one(
+            "kubeconform", KUBECONFORM_VERSION, "github.com/yannh/kubeconform/cmd/kubeconform", "-s -w", log
+        )
 
 
 def ensure_kind(log: Log = _stderr_log) -> Path:

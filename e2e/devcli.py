@@ -21,6 +21,7 @@ from loraplex.e2e.local_operator import LocalOperator
 from loraplex.e2e.local_workers import LocalWorkers
 from loraplex.e2e.node import LocalNode, NodeError
 from loraplex.e2e.priority_classes import ensure_trainer_priority_class
+from loraplex.e2e.prometheus import LocalPrometheus
 from loraplex.kube import api_client
 
 SIMULATED_NODES = 4  # `dev up --simulated` without --nodes
@@ -62,6 +63,7 @@ def _cluster_down(args: argparse.Namespace) -> int:
     cluster = LocalCluster(args.name)
     LocalWorkers(cluster).stop()
     LocalOperator(cluster).stop()
+    LocalPrometheus(cluster).stop()
     LocalNode(cluster).down()
     cluster.down()
     print(f"Stopped cluster {args.name}")
@@ -94,6 +96,9 @@ def _cluster_build(_: argparse.Namespace) -> int:
 def _fleet_up(args: argparse.Namespace) -> int:
     if not (args.simulated or args.kind):
         return _node_fleet_up(args)
+    if args.prometheus:
+        print("loraplex dev up: --prometheus needs the real node (its pods)", file=sys.stderr)
+        return 2
     if args.nodes is None:
         args.nodes = SIMULATED_NODES
     cluster = LocalCluster(args.name)
@@ -132,6 +137,10 @@ def _node_fleet_up(args: argparse.Namespace) -> int:
     node_fleet.ensure_store(cluster, node.name, print)
     node_fleet.install_chart(cluster, print)
     print(f"Node {node.name}: kubelet, containerd and kube-proxy logs in {node.paths.root}")
+    if args.prometheus:
+        prometheus = LocalPrometheus(cluster)
+        pid = prometheus.start(node_fleet.RELEASE_NAMESPACE)
+        print(f"Started Prometheus pid={pid} on {prometheus.url} log={prometheus.log_file}")
     _print_usage(str(kubeconfig))
     return 0
 

@@ -15,6 +15,10 @@ from loraplex.e2e.cluster import LocalCluster, process_alive
 from loraplex.e2e.http_probe import free_port, healthz_ok
 from loraplex.e2e.waiting import wait_until
 
+# The folder of the data the simulated example trains on (local_workers.EXAMPLE_DATASET): the local
+# fleet's only dataset root.
+EXAMPLE_DATASET_ROOT = "file:///tmp/loraplex-examples"
+
 
 class LocalOperator:
     def __init__(self, cluster: LocalCluster) -> None:
@@ -42,6 +46,8 @@ class LocalOperator:
             "PYTHONUNBUFFERED": "1",
             # Trainer pods of the local fleet run as local processes (e2e/local_workers.py): a local store.
             "LORAPLEX_TRAINING_STORE": f"file://{self.cluster.state_dir / 'training-store'}",
+            # ...reading the example's data (examples/simulated/30-trainingjob.yaml) from its folder.
+            "LORAPLEX_TRAINING_DATASET_ROOTS": EXAMPLE_DATASET_ROOT,
         }
         command = [sys.executable, "-m", "loraplex.cli", "operator"]
         command += ["--metrics-port", str(metrics), "--health-port", str(health)]

@@ -201,6 +201,7 @@ class Runner:
                     catalog_template=target.catalog_template, base_model=target.base_model,
                     host=target.ip, port=8080,
                     env={"SSL_CERT_FILE": str(self.store.ca_file)},
+                    extra_args=["--base-model-dir", str(self.model)],  # TargetModulesNotInBase
                 )  # fmt: skip
                 started.append(agent.start())
             else:
@@ -239,13 +240,8 @@ class Runner:
         config["baseModel"] = str(self.model)
         config["resultPath"] = str(folder / "result.json")
         (folder / "trainer.yaml").write_text(yaml.safe_dump(config))
-        env = {
-            "LORAPLEX_TRAININGJOB": target.training_job,
-            "POD_NAMESPACE": target.namespace,
-            "POD_NAME": target.name,
-            "KUBECONFIG": str(self.cluster.kubeconfig),
-        }
-        trainer = TrainerProcess(folder / "trainer.yaml", folder / "trainer.log", env).start()
+        # No Kubernetes credentials, as in a trainer pod: it reports progress on stdout only.
+        trainer = TrainerProcess(folder / "trainer.yaml", folder / "trainer.log").start()
         threading.Thread(
             target=self.report_trainer_end,
             args=(target, trainer, folder),

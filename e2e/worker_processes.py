@@ -237,8 +237,10 @@ class RouterProcess(_Child):
         cluster: RouterCluster | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         super().__init__(log_path)
+        self.extra_args = list(extra_args)  # e.g. --api-keys-dir, --oidc-issuer, --access-file
         self.workers = workers or {}
         self.cluster = cluster
         self.base_model = base_model
@@ -262,6 +264,7 @@ class RouterProcess(_Child):
         if self.cluster is not None:
             argv += ["--namespace", self.cluster.namespace]
             argv += ["--kubeconfig", str(self.cluster.kubeconfig)]
+        argv += self.extra_args
         self._spawn(argv, {"LORAPLEX_VLLM_API_KEY": self.api_key, "PYTHONUNBUFFERED": "1"})
         # Synced (every worker's residency read) is not enough with a static list: a worker takes
         # requests only once a load poll has answered, and a request before that goes elsewhere.

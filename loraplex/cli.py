@@ -48,12 +48,18 @@ def _crds_generate(args: argparse.Namespace) -> int:
     from loraplex.operator import admission_policy
 
     files = [(crd.file_name(kind), crd.render(kind)) for kind in crd.KINDS]
-    files.append((peering.FILE_NAME, peering.render()))
     outputs = [
         (folder / name, text) for folder in (args.dir, args.chart_dir) if folder for name, text in files
     ]
+    if args.dir:
+        outputs.append((args.dir / peering.FILE_NAME, peering.render()))
     if args.chart_dir:  # the chart's admission policy template picks the served version at install
         outputs.append((args.chart_dir.parent / admission_policy.CHART_FILE, admission_policy.render()))
+        # kopf's peering CRDs go in Helm's crds/ folder: installed where missing, never owned, changed
+        # or deleted by a release, so another kopf operator's release can share them.
+        outputs.append(
+            (args.chart_dir.parent.parent / peering.CHART_FOLDER / peering.FILE_NAME, peering.render())
+        )
     if args.docs:
         outputs.append((args.docs, reference.render()))
     stale = []
@@ -101,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
             "router",
             help="Run the adapter-affinity OpenAI-compatible router of one BaseModel.",
             description="Run the router of one BaseModel (docs/router.md).",
+        )
+    )
+
+    from loraplex.router import api_key_command
+
+    api_key_command.configure(
+        commands.add_parser(
+            "api-key",
+            help="Make API keys for a router: the key once, and the hashed entry its Secret holds.",
+            description="API keys for the router (docs/router.md, Authentication).",
         )
     )
 
@@ -202,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="Simulated GPU nodes (KWOK) with real vLLM, agent and router processes on this machine"
                 " behind their pods, and the operator as a host process (no images, no kubelet).",
+            )
+            sub.add_argument(
+                "--prometheus",
+                action="store_true",
+                help="Also start Debian's Prometheus on this machine, scraping every loraplex process as"
+                " the chart's PodMonitor and ServiceMonitor select them (docs/local-cluster.md).",
             )
             sub.add_argument(
                 "--no-workers",

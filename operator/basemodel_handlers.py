@@ -150,7 +150,7 @@ def register(
         message = scaling_message(model, running, workers, targets.demand(key))
         kopf.event(body, type="Normal", reason="Scaled", message=message)  # kopf.info is filtered by level
         logger.info(message)
-        metrics.FLEET_SCALINGS.labels(ref.name, "up" if workers > running else "down").inc()
+        metrics.FLEET_SCALINGS.labels(ref.namespace, ref.name, "up" if workers > running else "down").inc()
 
 
 # Answers that refuse the object itself (invalid, forbidden, bad request): applying it again as it
@@ -223,8 +223,9 @@ def write_fleet_status(
     planned = plan_base_model_status(
         model, generation, observation, current, _now(), worker_selector(ref.name), planned_hash
     )
-    metrics.WORKERS.labels(key[1], "desired").set(planned["desiredWorkers"])
-    metrics.WORKERS.labels(key[1], "ready").set(planned["readyWorkers"])
+    metrics.track_base_model(*key)
+    metrics.WORKERS.labels(*key, "desired").set(planned["desiredWorkers"])
+    metrics.WORKERS.labels(*key, "ready").set(planned["readyWorkers"])
     if status_changed(current, planned):
         patch.status.update(planned)
         metrics.API_WRITES.labels("BaseModel", "patch-status").inc()  # kopf sends it after the handler

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loraplex.api import API_VERSION
+from loraplex.api.access import RouterAccess
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.api.common import DEFAULT_MODEL_CPU, DEFAULT_MODEL_MEMORY
 from loraplex.api.labels import BASE_MODEL_LABEL, COMPONENT_LABEL, HASH_ANNOTATION, MANAGED_BY, ROUTER, WORKER
@@ -43,6 +44,7 @@ PULL_POLICY = "IfNotPresent"  # images imported into the nodes are used as they 
 ENGINE_STARTUP_SECONDS = 30 * 60  # loading a large model (and compiling its graphs) is slow
 AGENT_STARTUP_SECONDS = 2 * 60
 ROUTER_STARTUP_SECONDS = 5 * 60  # its first sync lists every adapter of the BaseModel
+ROUTER_API_KEYS = "/etc/loraplex/api-keys"  # each API-key Secret is mounted in a folder of its name here
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ def plan_fleet(
         owned_by(ref, workers_service(ref)),
         owned_by(ref, router_deployment(ref, spec, settings)),
         owned_by(ref, router_service(ref)),
-        owned_by(ref, network_policy(ref)),
+        owned_by(ref, network_policy(ref, settings)),
     ]
 
 
@@ -300,7 +302,9 @@ def worker_statefulset(
         "name": "agent",
         "image": settings.image,
         "imagePullPolicy": PULL_POLICY,
-        "args": agent_args(ref, spec),
+        # The agent reads the base model's weight names (not the weights) to refuse adapters whose
+        # target modules it lacks (TargetModulesNotInBase); a model inside the vLLM image it cannot see.
+        "args": agent_args(ref, spec) + (["--base-model-dir", model_path] if mounts else []),
         "env": [
             _api_key_env(ref, spec, "LORAPLEX_VLLM_API_KEY"),
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -310,7 +314,7 @@ def worker_statefulset(
         "ports": [{"name": "agent", "containerPort": AGENT_PORT}],
         **http_probes("/healthz", AGENT_PORT, AGENT_STARTUP_SECONDS),
         "resources": settings.agent_resources.manifest(),
-        "volumeMounts": [cache_mount, *claim_mounts],
+        "volumeMounts": [cache_mount, *claim_mounts, *({**m, "readOnly": True} for m in mounts)],
     }
     init_containers = fetch_model_containers(spec, settings, mounts)
     pod_spec: Manifest = {
@@ -395,15 +399,21 @@ def router_deployment(ref: BaseModelRef, spec: BaseModelSpec, settings: Operator
             "--port",
             str(ROUTER_PORT),
         ],
-        "env": [_api_key_env(ref, spec, "LORAPLEX_VLLM_API_KEY")],
+        "env": [_api_key_env(ref, spec, "LORAPLEX_VLLM_API_KEY"), *router_engine_env(spec)],
         "ports": [{"name": "http", "containerPort": ROUTER_PORT}],
         **http_probes("/healthz", ROUTER_PORT, ROUTER_STARTUP_SECONDS),
         "resources": settings.router_resources.manifest(),
     }
+    args, env, volumes, mounts = router_access(spec)
+    container["args"] += args
+    container["env"] += env + router_quotas(spec, settings)
+    if mounts:
+        container["volumeMounts"] = mounts
     pod_spec = {
         "serviceAccountName": f"{ref.name}-router",
         "automountServiceAccountToken": True,  # it watches WorkerPlacements, LoRAAdapters and pods
         "containers": [container],
+        **({"volumes": volumes} if volumes else {}),
     }
     return {
         "apiVersion": "apps/v1",
@@ -420,6 +430,68 @@ def router_deployment(ref: BaseModelRef, spec: BaseModelSpec, settings: Operator
     }
 
 
+def router_engine_env(spec: BaseModelSpec) -> list[Manifest]:
+    """The engines' concurrency, where `engine.args` sets `--max-num-seqs` (else the router learns it
+    from each vLLM's metrics)."""
+    args = list(spec.engine.args)
+    for i, arg in enumerate(args):
+        value = args[i + 1] if arg == "--max-num-seqs" and i + 1 < len(args) else None
+        if arg.startswith("--max-num-seqs="):
+            value = arg.partition("=")[2]
+        if value is not None and value.isdigit():
+            return [{"name": "LORAPLEX_ROUTER_MAX_NUM_SEQS", "value": value}]
+    return []
+
+
+def router_quotas(spec: BaseModelSpec, settings: OperatorSettings) -> list[Manifest]:
+    """The router's quotas (`spec.quotas`) and how many replicas share them: each replica enforces
+    ceil(limit / replicas) of every budget on its own, so no store is shared between them."""
+    if spec.quotas is None:
+        return []
+    return [
+        {
+            "name": "LORAPLEX_ROUTER_QUOTAS",
+            "value": spec.quotas.model_dump_json(by_alias=True, exclude_none=True),
+        },
+        {"name": "LORAPLEX_ROUTER_REPLICAS", "value": str(settings.router_replicas)},
+    ]
+
+
+def router_access(spec: BaseModelSpec) -> tuple[list[str], list[Manifest], list[Manifest], list[Manifest]]:
+    """The router's authentication and access settings from `spec.access`: (args, env, volumes, mounts).
+
+    Each API-key Secret is mounted read-only at ROUTER_API_KEYS/<secret> (the kubelet refreshes the
+    files when the Secret changes; the router re-reads them, no restart and no RBAC on Secrets); OIDC
+    settings are flags; who may use the base model and the catalog goes in LORAPLEX_ROUTER_ACCESS."""
+    access = spec.access
+    if access is None:
+        return [], [], [], []
+    args: list[str] = []
+    volumes: list[Manifest] = []
+    mounts: list[Manifest] = []
+    authentication = access.authentication
+    if authentication is not None and authentication.api_keys is not None:
+        for index, secret in enumerate(authentication.api_keys.secret_names):
+            volume, path = f"api-keys-{index}", f"{ROUTER_API_KEYS}/{secret}"
+            volumes.append({"name": volume, "secret": {"secretName": secret}})
+            mounts.append({"name": volume, "mountPath": path, "readOnly": True})
+            args += ["--api-keys-dir", path]
+    if authentication is not None and authentication.oidc is not None:
+        oidc = authentication.oidc
+        args += ["--oidc-issuer", oidc.issuer]
+        for audience in oidc.audiences:
+            args += ["--oidc-audience", audience]
+        if oidc.jwks_uri:
+            args += ["--oidc-jwks-uri", oidc.jwks_uri]
+        args += ["--oidc-subject-claim", oidc.subject_claim, "--oidc-groups-claim", oidc.groups_claim]
+    env = []
+    if access.base_model is not None or access.catalog is not None:
+        rules = RouterAccess(base_model=access.base_model, catalog=access.catalog)
+        value = rules.model_dump_json(by_alias=True, exclude_none=True)
+        env.append({"name": "LORAPLEX_ROUTER_ACCESS", "value": value})
+    return args, env, volumes, mounts
+
+
 def router_service(ref: BaseModelRef) -> Manifest:
     return {
         "apiVersion": "v1",
@@ -432,13 +504,24 @@ def router_service(ref: BaseModelRef) -> Manifest:
     }
 
 
-def network_policy(ref: BaseModelRef) -> Manifest:
-    """Only the router reaches vLLM; only the router and the operator reach the agent."""
+def network_policy(ref: BaseModelRef, settings: OperatorSettings) -> Manifest:
+    """Only the router reaches vLLM; only the router and the operator reach the agent.
+
+    The settings' metrics scraper (Prometheus) reaches both ports too, for their /metrics. A
+    NetworkPolicy cannot filter by path: vLLM's API still asks for its key, and on the agent's
+    the scraper could at most ask for one of this BaseModel's adapters to be loaded.
+    """
     router = {"podSelector": {"matchLabels": selector(ref, ROUTER)}}
     operator = {
         "namespaceSelector": {},
         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "loraplex-operator"}},
     }
+    scraper = settings.metrics_scraper
+    scrapers = (
+        [{"namespaceSelector": dict(scraper.namespace_selector), "podSelector": dict(scraper.pod_selector)}]
+        if scraper is not None
+        else []
+    )
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -447,8 +530,8 @@ def network_policy(ref: BaseModelRef) -> Manifest:
             "podSelector": {"matchLabels": selector(ref, WORKER)},
             "policyTypes": ["Ingress"],
             "ingress": [
-                {"from": [router], "ports": [{"port": VLLM_PORT}]},
-                {"from": [router, operator], "ports": [{"port": AGENT_PORT}]},
+                {"from": [router, *scrapers], "ports": [{"port": VLLM_PORT}]},
+                {"from": [router, operator, *scrapers], "ports": [{"port": AGENT_PORT}]},
             ],
         },
     }

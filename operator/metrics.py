@@ -1,7 +1,8 @@
 """The operator's Prometheus metrics (prefix loraplex_, base units, bounded labels).
 
-Labels stay bounded: kinds, results, resources, verbs, tiers, phases and BaseModel names, never
-adapter names. `reconciling` times and counts one reconcile of a kind by its result.
+Labels stay bounded: kinds, results, resources, verbs, tiers, phases and BaseModels (`namespace`
+and `base_model`), never adapter names. A deleted BaseModel's series go with it
+(`forget_base_model`). `reconciling` times and counts one reconcile of a kind by its result.
 
 `loraplex_api_writes_total` counts the writes the operator's code decides: those it sends itself
 and those kopf sends for a handler because the handler filled kopf's `patch` (counted where the
@@ -14,13 +15,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import kopf
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 from loraplex.api.release import __version__
+from loraplex.api.tiers import TIERS
 
 BUILD_INFO = Info("loraplex_build", "Version of the running loraplex operator")
 BUILD_INFO.info({"version": __version__, "component": "operator"})
@@ -45,12 +47,14 @@ APPLY_SKIPPED = Counter(
     ["resource"],
 )
 WORKERS = Gauge(
-    "loraplex_workers", "Worker pods by BaseModel and state (desired, ready)", ["base_model", "state"]
+    "loraplex_workers",
+    "Worker pods by BaseModel and state (desired, ready)",
+    ["namespace", "base_model", "state"],
 )
 FLEET_SCALINGS = Counter(
     "loraplex_fleet_scalings_total",
     "Worker StatefulSet resizes made to hold the adapters warm, by BaseModel and direction",
-    ["base_model", "direction"],
+    ["namespace", "base_model", "direction"],
 )
 PLANNER_SECONDS = Histogram(
     "loraplex_planner_duration_seconds",
@@ -68,18 +72,22 @@ PLACEMENT_PASS_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
 )  # fmt: skip
 ADAPTER_COPIES = Gauge(
-    "loraplex_adapter_copies", "Adapter copies placed, by BaseModel and tier", ["base_model", "tier"]
+    "loraplex_adapter_copies",
+    "Adapter copies placed, by BaseModel and tier",
+    ["namespace", "base_model", "tier"],
 )
 ADAPTERS_PENDING = Gauge(
-    "loraplex_adapters_pending", "Adapters of a BaseModel short of their replicas (capacity)", ["base_model"]
+    "loraplex_adapters_pending",
+    "Adapters of a BaseModel short of their replicas (capacity)",
+    ["namespace", "base_model"],
 )
 ADAPTERS_ACTIVE = Gauge(
     "loraplex_adapters_active",
     "Adapters of a BaseModel that an agent reports used within its active window (they outrank idle ones)",
-    ["base_model"],
+    ["namespace", "base_model"],
 )
 PLACEMENT_MOVES = Counter(
-    "loraplex_placement_moves_total", "Adapter copies the planner moved", ["base_model"]
+    "loraplex_placement_moves_total", "Adapter copies the planner moved", ["namespace", "base_model"]
 )
 TRAINING_JOBS = Gauge(
     "loraplex_training_jobs",
@@ -96,6 +104,33 @@ TRAINING_PASS_SECONDS = Histogram(
     "loraplex_training_pass_duration_seconds", "Time one training admission pass took",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
 )  # fmt: skip
+
+
+# Every series labelled by one BaseModel, with the values of their other labels.
+_PER_BASE_MODEL: tuple[tuple[Gauge | Counter, tuple[str, ...]], ...] = (
+    (WORKERS, ("desired", "ready")),
+    (FLEET_SCALINGS, ("up", "down")),
+    (ADAPTER_COPIES, TIERS),
+    (ADAPTERS_PENDING, ("",)),
+    (ADAPTERS_ACTIVE, ("",)),
+    (PLACEMENT_MOVES, ("",)),
+)
+
+
+def track_base_model(namespace: str, name: str) -> None:
+    """Export a BaseModel's counters at 0 before their first event, so a query of them has data."""
+    for direction in ("up", "down"):
+        FLEET_SCALINGS.labels(namespace, name, direction)
+    PLACEMENT_MOVES.labels(namespace, name)
+
+
+def forget_base_model(namespace: str, name: str) -> None:
+    """Remove every series of one BaseModel, so a deleted one leaves no stale gauge behind."""
+    for metric, values in _PER_BASE_MODEL:
+        for value in values:
+            labels = (namespace, name, value) if value else (namespace, name)
+            with suppress(KeyError):
+                metric.remove(*labels)
 
 
 @dataclass

@@ -86,6 +86,8 @@ def register(
             loop.wake(indexes, spec)
             stopped.wait(settings.placement_interval_seconds)
         targets.forget(loop.key)
+        if kopf.DaemonStoppingReason.RESOURCE_DELETED in (stopped.reason or kopf.DaemonStoppingReason(0)):
+            metrics.forget_base_model(ref.namespace, ref.name)  # a deleted BaseModel leaves no series
 
 
 class PlacementLoop:
@@ -154,7 +156,7 @@ class PlacementLoop:
         writes = self._carry_out(plan)
         self.retry = False
         metrics.PLACEMENT_PASS_SECONDS.observe(time.monotonic() - started)
-        _record(self.ref.name, plan)
+        _record(self.ref, plan)
         if plan.moved or writes or plan.statuses:
             self.logger.info(
                 f"Placed adapters of {key[0]}/{key[1]} moved={plan.moved} placements_written={writes} "
@@ -205,13 +207,14 @@ def write_adapter_statuses(
     return written
 
 
-def _record(base_model: str, plan: PassPlan) -> None:
+def _record(ref: BaseModelRef, plan: PassPlan) -> None:
+    base_model = (ref.namespace, ref.name)
     per_tier: dict[str, int] = dict.fromkeys(TIERS, 0)
     for copies in plan.placement.values():
         for tier in copies.values():
             per_tier[tier] += 1
     for tier, count in per_tier.items():
-        metrics.ADAPTER_COPIES.labels(base_model, tier).set(count)
-    metrics.ADAPTERS_PENDING.labels(base_model).set(plan.missing)
-    metrics.PLACEMENT_MOVES.labels(base_model).inc(plan.moved)
-    metrics.ADAPTERS_ACTIVE.labels(base_model).set(plan.active)
+        metrics.ADAPTER_COPIES.labels(*base_model, tier).set(count)
+    metrics.ADAPTERS_PENDING.labels(*base_model).set(plan.missing)
+    metrics.PLACEMENT_MOVES.labels(*base_model).inc(plan.moved)
+    metrics.ADAPTERS_ACTIVE.labels(*base_model).set(plan.active)

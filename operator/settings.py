@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from loraplex.api.release import __version__
+from loraplex.operator.training_roots import RootError, parse_roots
 
 N = TypeVar("N", int, float)
 
@@ -28,6 +30,19 @@ class ContainerResources:
             "requests": {"cpu": self.cpu_request, "memory": self.memory_request},
             "limits": {"memory": self.memory_limit},
         }
+
+
+LabelSelector = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class MetricsScraper:
+    """The pods (in the namespaces) that may reach the workers' metrics ports: Prometheus."""
+
+    namespace_selector: LabelSelector = field(default_factory=dict)  # empty: every namespace
+    pod_selector: LabelSelector = field(
+        default_factory=lambda: {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+    )
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,8 @@ class OperatorSettings:
     status_writers: int = 8
     field_manager: str = "loraplex-operator"
     training_store: str = "pvc://loraplex-store"  # where checkpoints and trained adapters go
+    # Where TrainingJobs may read datasets from (URI prefixes; see training_roots).
+    training_dataset_roots: tuple[str, ...] = ("pvc://loraplex-store/datasets",)
     trainer_priority_class: str = "loraplex-trainer"
     training_interval_seconds: float = 1.0
     training_max_attempts: int = 6  # attempts of a crashing trainer before the job fails
@@ -60,6 +77,9 @@ class OperatorSettings:
     router_resources: ContainerResources = ContainerResources("200m", "256Mi", "1Gi")
     fetch_model_resources: ContainerResources = ContainerResources("100m", "256Mi", "2Gi")
     extra_labels: Mapping[str, str] = field(default_factory=dict)
+    # Who each BaseModel's NetworkPolicy lets reach the agents' and vLLM's metrics ports (default:
+    # kube-prometheus-stack's Prometheus, in any namespace); None lets no scraper in.
+    metrics_scraper: MetricsScraper | None = field(default_factory=MetricsScraper)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> OperatorSettings:
@@ -92,6 +112,7 @@ class OperatorSettings:
             disk_slots=integer("LORAPLEX_DISK_SLOTS", cls.disk_slots, minimum=0),
             status_writers=integer("LORAPLEX_STATUS_WRITERS", cls.status_writers, minimum=1),
             training_store=environ.get("LORAPLEX_TRAINING_STORE", cls.training_store),
+            training_dataset_roots=_dataset_roots(environ, cls.training_dataset_roots),
             trainer_priority_class=environ.get("LORAPLEX_TRAINER_PRIORITY_CLASS", cls.trainer_priority_class),
             training_interval_seconds=seconds("LORAPLEX_TRAINING_INTERVAL", cls.training_interval_seconds),
             training_max_attempts=integer("LORAPLEX_TRAINING_MAX_ATTEMPTS", cls.training_max_attempts),
@@ -100,6 +121,7 @@ class OperatorSettings:
             agent_resources=_resources(environ, "AGENT", cls.agent_resources),
             router_resources=_resources(environ, "ROUTER", cls.router_resources),
             fetch_model_resources=_resources(environ, "FETCH_MODEL", cls.fetch_model_resources),
+            metrics_scraper=_metrics_scraper(environ),
         )
 
 
@@ -119,6 +141,19 @@ def _number(environ: Mapping[str, str], name: str, default: N, kind: type[N], mi
     if minimum is not None and not value >= minimum:  # `not >=` also refuses NaN
         raise SettingsError(f"{name}={raw!r} is below the least allowed value, {minimum}")
     return value
+
+
+def _dataset_roots(environ: Mapping[str, str], default: tuple[str, ...]) -> tuple[str, ...]:
+    """LORAPLEX_TRAINING_DATASET_ROOTS: comma-separated URI prefixes (empty: no dataset is allowed)."""
+    raw = environ.get("LORAPLEX_TRAINING_DATASET_ROOTS")
+    if raw is None:
+        return default
+    roots = tuple(root.strip() for root in raw.split(",") if root.strip())
+    try:
+        parse_roots(roots)
+    except RootError as error:
+        raise SettingsError(f"LORAPLEX_TRAINING_DATASET_ROOTS: {error}") from None
+    return roots
 
 
 # A Kubernetes quantity as the API models accept one (loraplex.api.common.Quantity), and its suffixes.
@@ -148,6 +183,49 @@ def _resources(environ: Mapping[str, str], container: str, default: ContainerRes
             "Kubernetes refuses a request above its limit"
         )
     return ContainerResources(cpu, memory, limit)
+
+
+def _metrics_scraper(environ: Mapping[str, str]) -> MetricsScraper | None:
+    """LORAPLEX_METRICS_SCRAPER ("false" lets none in) and its two selectors, each a JSON LabelSelector."""
+    allowed = environ.get("LORAPLEX_METRICS_SCRAPER", "true").lower()
+    if allowed not in ("true", "false"):
+        raise SettingsError(f"LORAPLEX_METRICS_SCRAPER={allowed!r} is neither true nor false")
+    if allowed == "false":
+        return None
+    default = MetricsScraper()
+    return MetricsScraper(
+        namespace_selector=_label_selector(
+            environ, "LORAPLEX_METRICS_SCRAPER_NAMESPACE_SELECTOR", default.namespace_selector
+        ),
+        pod_selector=_label_selector(environ, "LORAPLEX_METRICS_SCRAPER_POD_SELECTOR", default.pod_selector),
+    )
+
+
+def _label_selector(environ: Mapping[str, str], name: str, default: LabelSelector) -> LabelSelector:
+    """A Kubernetes LabelSelector ({"matchLabels": {...}, "matchExpressions": [...]}) as JSON."""
+    raw = environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not JSON") from None
+    if not isinstance(value, dict) or not set(value) <= {"matchLabels", "matchExpressions"}:
+        raise SettingsError(f"{name}={raw!r} is not a LabelSelector (matchLabels, matchExpressions)")
+    labels, expressions = value.get("matchLabels", {}), value.get("matchExpressions", [])
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise SettingsError(f"{name}={raw!r}: matchLabels must map label names to strings")
+    if not isinstance(expressions, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("key"), str) and e.get("operator") in _SELECTOR_OPERATORS
+        for e in expressions
+    ):
+        raise SettingsError(
+            f"{name}={raw!r}: each matchExpression needs a key and an operator {_SELECTOR_OPERATORS}"
+        )
+    return value
+
+
+_SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 
 
 def default_priority(identity: str) -> int:

@@ -5,7 +5,10 @@ TrainingJobs, run at most once per `LORAPLEX_TRAINING_INTERVAL` by whichever
 TrainingJob's timer fires first (timers run only on jobs with something left
 to do, including succeeded jobs with a `spec.schedule`, and pause with
 peering). A pass reads only kopf's indexes (`indexes`: nodes, pods, trainer
-Jobs, BaseModels, TrainingJobs, worker StatefulSets), asks `training_jobs`
+Jobs, BaseModels, TrainingJobs, worker StatefulSets) plus the tail of each
+running trainer's log (`training_logs`: its progress, at most every
+`PROGRESS_INTERVAL_SECONDS` per pod; the operator is the one writer of
+TrainingJob status, trainer pods hold no token), asks `training_jobs`
 for each job and its step (`training_status` decides the step), asks
 `training_admission` which queued jobs start on which node (over the GPU
 picture `training_capacity` draws), then applies: the attempt's ConfigMap and
@@ -46,7 +49,10 @@ from loraplex.operator.training_jobs import (
     trainer_usage,
     unfinished,
 )
+from loraplex.operator.training_logs import ProgressReader, kubernetes_reader
+from loraplex.operator.training_progress import with_progress
 from loraplex.operator.training_publish import AdapterPublisher
+from loraplex.operator.training_roots import parse_roots
 from loraplex.operator.training_status import Step, output_conflict, output_refused
 from loraplex.operator.training_throttle import PassThrottle, RecentStatuses
 from loraplex.operator.training_workload import (
@@ -54,8 +60,9 @@ from loraplex.operator.training_workload import (
     TrainingJobRef,
     attempt_name,
     plan_attempt,
-    trainer_access,
 )
+
+PROGRESS_INTERVAL_SECONDS = 5.0  # the least time between two reads of one trainer pod's log
 
 
 def register(
@@ -70,7 +77,11 @@ def register(
     `targets` holds the worker counts the BaseModels' placement loops decided: admission keeps
     the GPUs those workers need free.
     """
-    loop = TrainingLoop(settings, client.CustomObjectsApi(api), applier, targets)
+    reader = ProgressReader(
+        kubernetes_reader(client.CoreV1Api(api)),
+        max(settings.training_interval_seconds, PROGRESS_INTERVAL_SECONDS),
+    )
+    loop = TrainingLoop(settings, client.CustomObjectsApi(api), applier, targets, reader)
 
     def has_work(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
         return unfinished(spec, status)
@@ -101,12 +112,15 @@ class TrainingLoop:
         custom: client.CustomObjectsApi,
         applier: Applier,
         targets: FleetTargets,
+        progress: ProgressReader | None = None,  # None: progress only from the trainers' summaries
     ) -> None:
         self.settings = settings
+        self.progress = progress
         self.targets = targets
         self.custom = custom
         self.applier = applier
         self.store = Store.parse(settings.training_store)
+        self.dataset_roots = parse_roots(settings.training_dataset_roots)
         self.publisher = AdapterPublisher(custom, self.store)
         self.lock = threading.Lock()
         self.throttle = PassThrottle(settings.training_interval_seconds)
@@ -133,11 +147,14 @@ class TrainingLoop:
             namespace, name = queued_key.split("/", 1)
             steps[(namespace, name)] = self._plan(by_key[(namespace, name)], node, now)
         phases: dict[str, int] = {p: 0 for p in ("Queued", "Running", "Preempted", "Succeeded", "Failed")}
+        running: list[tuple[str, str]] = []
         for key, job in jobs:
-            step = self._apply(job, steps[key], logger)
+            step = self._apply(job, self._with_progress(job, steps[key], running), logger)
             phase = step.status.get("phase")
             if phase in phases:
                 phases[phase] += 1
+        if self.progress is not None:
+            self.progress.forget_all_but(running)
         for phase, count in phases.items():
             metrics.TRAINING_JOBS.labels(phase).set(count)
 
@@ -152,8 +169,19 @@ class TrainingLoop:
                 view = attempt_view(views, indexes.attempt_pods(key[0], job.attempt))
                 yield key, replace(job, view=view)
 
+    def _with_progress(self, job: TrainingJobView, step: Step, running: list[tuple[str, str]]) -> Step:
+        """`step` with the progress its running trainer pod's log shows (added to `running`)."""
+        pod = (step.status.get("placement") or {}).get("pod")
+        if self.progress is None or step.status.get("phase") != "Running" or not pod or job.view is None:
+            return step
+        if not any(p.name == pod and p.phase == "Running" and not p.deleting for p in job.view.pods):
+            return step
+        running.append((job.ref.namespace, pod))
+        progress = self.progress.progress(job.ref.namespace, pod, job.ref.name, time.monotonic())
+        return replace(step, status=with_progress(step.status, progress))
+
     def _plan(self, job: TrainingJobView, node: str | None, now: datetime) -> Step:
-        return plan_job(job, node, now, self.settings.training_max_attempts, self.store)
+        return plan_job(job, node, now, self.settings.training_max_attempts, self.store, self.dataset_roots)
 
     def _cluster(
         self, indexes: Indexes, jobs: list[tuple[JobKey, TrainingJobView]], steps: dict[JobKey, Step]
@@ -180,7 +208,6 @@ class TrainingLoop:
             generation = int(step.status.get("observedGeneration") or ref.generation)
             run = int(step.status.get("run") or 0)
             attempt_ref = TrainingJobRef(name, namespace, ref.uid, generation, run)
-            self.applier.apply_all(trainer_access(job.spec.base_model, namespace, job.base_uid))
             written = self.applier.apply_all(
                 plan_attempt(attempt_ref, job.spec, job.base, self.settings, step.create_attempt, step.node)
             )

@@ -10,7 +10,7 @@ Pure: the caller passes the index entries, the store and `now`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.api.trainingjob import TrainingJobSpec
 from loraplex.operator.training_admission import QueuedJob
+from loraplex.operator.training_roots import Location
 from loraplex.operator.training_status import (
     TERMINAL,
     VALIDATION_REASONS,
@@ -100,9 +101,16 @@ def attempt_view(jobs: Iterable[JobView], pods: Iterable[PodView]) -> JobView | 
     return replace(views[0], pods=tuple(sorted(pods, key=lambda p: p.name)))
 
 
-def plan_job(job: TrainingJobView, node: str | None, now: datetime, max_attempts: int, store: Store) -> Step:
+def plan_job(
+    job: TrainingJobView,
+    node: str | None,
+    now: datetime,
+    max_attempts: int,
+    store: Store,
+    dataset_roots: Sequence[Location],
+) -> Step:
     """The job's step (`node`: where admission just put it), with the checkpoint folder of a
-    started run shown as workers reach it."""
+    started run shown as workers reach it; `dataset_roots`: where datasets may be read from."""
     meta = job.body["metadata"]
     step = plan_training(
         namespace=job.ref.namespace,
@@ -115,6 +123,7 @@ def plan_job(job: TrainingJobView, node: str | None, now: datetime, max_attempts
         admitted_node=node,
         max_attempts=max_attempts,
         now=now,
+        dataset_roots=dataset_roots,
     )
     if step.status.get("phase") not in ("Running", "Preempted", "Succeeded"):
         return step

@@ -14,9 +14,11 @@ it with `attempts + 1` and the next attempt resumes from the same checkpoint
 folder. A trainer crash (exit 1) re-queues the same way until
 `maxAttempts`; a bad config (exit 2) or a permanent trainer failure (exit 3
 with the trainer's reason, e.g. `NonFiniteLoss`, `DatasetNotFound`) fails the
-job and nothing is published. An unknown base model or a rank above the
-BaseModel's `engine.maxLoraRank` fails the job before anything runs; those two
-are re-checked on every pass, so fixing the cause re-queues the job.
+job and nothing is published. An unknown base model, a rank above the
+BaseModel's `engine.maxLoraRank` or a dataset outside the admin's dataset
+roots (`DatasetOutsideRoots`, see training_roots) fails the job before
+anything runs; those are re-checked on every pass, so fixing the cause
+re-queues the job.
 
 A job with `spec.schedule` is run again after it Succeeds: the success sets
 `nextRunTime` (the first time the schedule names after it), and the first pass
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, ParamSpec
@@ -41,10 +43,12 @@ from loraplex.api.conditions import ConditionUpdate, merge_conditions, timestamp
 from loraplex.api.trainer import EXIT_CONFIG, EXIT_FAILED, EXIT_PREEMPTED
 from loraplex.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 from loraplex.api.wire import as_wire
+from loraplex.operator.training_progress import final_progress
+from loraplex.operator.training_roots import Location, dataset_problem
 from loraplex.operator.training_schedule import next_run_time, parse_time, schedule_problem
 
 P = ParamSpec("P")
-VALIDATION_REASONS = ("UnknownBaseModel", "RankTooHigh", "ScheduleInvalid")
+VALIDATION_REASONS = ("UnknownBaseModel", "RankTooHigh", "ScheduleInvalid", "DatasetOutsideRoots")
 TERMINAL = ("Succeeded", "Failed")
 
 
@@ -99,11 +103,16 @@ class Step:
     events: tuple[Event, ...] = field(default_factory=tuple)
 
 
-def validate(namespace: str, spec: TrainingJobSpec, base: BaseModelSpec | None) -> tuple[str, str] | None:
+def validate(
+    namespace: str, spec: TrainingJobSpec, base: BaseModelSpec | None, dataset_roots: Sequence[Location]
+) -> tuple[str, str] | None:
     """(reason, message) when the job cannot run as written; None when it can."""
     problem = schedule_problem(spec.schedule) if spec.schedule else None
     if problem is not None:
         return "ScheduleInvalid", f"{problem}; fix spec.schedule"
+    outside = dataset_problem(spec.dataset.uri, dataset_roots)
+    if outside is not None:
+        return outside
     if base is None:
         return (
             "UnknownBaseModel",
@@ -206,6 +215,7 @@ def plan_training(
     admitted_node: str | None,
     max_attempts: int,
     now: datetime,
+    dataset_roots: Sequence[Location],
 ) -> Step:
     """The status this job should have now and the one action that gets it there."""
     current = dict(status)
@@ -235,14 +245,14 @@ def plan_training(
         started = Event("Normal", "ScheduledRun", f"started run {run}, due {timestamp(due)} by spec.schedule")
         step = _plan_run(
             namespace, name, generation, spec, base, current, None, None, 0, admitted_node,
-            max_attempts, now,
+            max_attempts, now, dataset_roots,
         )  # fmt: skip
         return replace(step, events=(started, *step.events))
     if phase in TERMINAL and reason not in VALIDATION_REASONS:
         return Step(current)
     return _plan_run(
         namespace, name, generation, spec, base, current, phase, job, attempts, admitted_node,
-        max_attempts, now,
+        max_attempts, now, dataset_roots,
     )  # fmt: skip
 
 
@@ -276,12 +286,13 @@ def _plan_run(
     admitted_node: str | None,
     max_attempts: int,
     now: datetime,
+    dataset_roots: Sequence[Location],
 ) -> Step:
     """The status of a run that is not finished (or a failed one whose cause may be fixed now)."""
     active = job is not None and not (job.complete or job.failed)
 
     if not active:
-        problem = validate(namespace, spec, base)
+        problem = validate(namespace, spec, base, dataset_roots)
         if problem is not None and job is None:
             return _failed(current, generation, now, *problem, attempts=attempts)
         if phase == "Failed":  # the BaseModel it lacked is there now, or allows the rank
@@ -333,6 +344,8 @@ def _follow(
     """The status from the current attempt's Job and pod."""
     pod = _last_pod(job)
     code, entry = parse_result(pod.message if pod else None, name)
+    if entry is not None:  # the attempt ended: its summary says the last step, logs or not
+        current["progress"] = final_progress(current.get("progress"), entry)
     exit_code = pod.exit_code if pod and pod.exit_code is not None else code
     succeeded = job.complete or (pod is not None and pod.phase == "Succeeded")
     if succeeded:

@@ -16,12 +16,15 @@ are created suspended with the queue label, and Kueue unsuspends them.
 
 The trainer runs in its own image (`LORAPLEX_TRAINER_IMAGE`); the init
 container that fetches a base model from a store runs the operator's image.
-The pod passes the `restricted` Pod Security Standard (see pod_security).
+The pod passes the `restricted` Pod Security Standard (see pod_security) and
+mounts no service-account token: the trainer reports progress on stdout, where
+the operator reads it (training_logs), and its result in its termination message.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,24 +40,21 @@ from loraplex.api.labels import (
     TRAINER,
     TRAINING_JOB_LABEL,
 )
+from loraplex.api.trainer import STORE_CREDENTIAL_KEYS, STORE_CREDENTIALS_ENV
 from loraplex.api.trainingjob import TrainingJobSpec
 from loraplex.operator.fleet import (
     PULL_POLICY,
-    BaseModelRef,
     Manifest,
     fetch_model_containers,
     model_location,
     model_resources,
     owned,
-    owned_by,
     pvc_parts,
-    role_binding,
-    service_account,
-    store_credentials,
 )
 from loraplex.operator.pod_security import restricted, writable_home
 from loraplex.operator.pod_volumes import merge_claim_volumes
 from loraplex.operator.settings import OperatorSettings
+from loraplex.operator.training_roots import parse_roots, place_dataset
 
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
@@ -64,6 +64,7 @@ CONFIG_FILE = "trainer.yaml"
 STORE_MOUNT = "/store"
 DATA_MOUNT = "/data"
 TERMINATION_LOG = "/dev/termination-log"
+STORE_CREDENTIALS_DIR = "/var/run/loraplex/store"  # the store Secret's S3 keys, one file each
 TRAINER_HOME = "/home/trainer"  # HOME and caches (Hugging Face, Triton) of the trainer, as uid 65532
 GRACE_PERIOD_SECONDS = 25  # the trainer's own deadline for its final checkpoint after SIGTERM
 POD_GRACE_PERIOD_SECONDS = 45  # above the trainer's, so its final checkpoint is not cut short
@@ -120,10 +121,6 @@ def attempt_name(ref: TrainingJobRef, attempt: int) -> str:
     return f"{ref.name[: 63 - len(suffix) - 9]}-{digest}{suffix}"
 
 
-def service_account_name(base_model: str) -> str:
-    return f"{base_model}-trainer"
-
-
 def checkpoint_uri(ref: TrainingJobRef, store: Store, local: bool = True) -> str:
     """The folder the trainer checkpoints this spec's adapter under (its `<checkpointUri>/<name>/`).
 
@@ -138,23 +135,45 @@ def output_uri(ref: TrainingJobRef, spec: TrainingJobSpec, store: Store) -> str:
     return f"{store.local_root}/adapters/{ref.namespace}/{spec.output.adapter_name}"
 
 
-def _dataset(uri: str) -> tuple[str, list[Manifest], list[Manifest]]:
-    """The dataset URI the trainer reads, with the volume that makes a pvc:// one local."""
-    if uri.startswith("pvc://"):
-        claim, path = pvc_parts(uri)
-        volume = {"name": "data", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+@dataclass(frozen=True)
+class DatasetMount:
+    """The dataset as the trainer reads it: its URI, the root it must stay under, the volume behind it."""
+
+    uri: str
+    root: str | None  # local folder the trainer checks the dataset's real path against
+    volumes: list[Manifest]
+    mounts: list[Manifest]
+
+
+def dataset_mount(uri: str, roots: Sequence[str]) -> DatasetMount:
+    """The dataset `uri` under the admin's `roots`, normalized (see training_roots). A pvc:// root's
+    folder alone is mounted (`subPath`), read-only, at /data: the pod sees nothing of the claim above
+    it. Raises RootError when no root admits `uri` (the job was failed before any attempt)."""
+    placement = place_dataset(uri, parse_roots(roots))
+    root, relative = placement.root, "/".join(placement.relative)
+    if root.scheme == "pvc":
+        volume = {"name": "data", "persistentVolumeClaim": {"claimName": root.authority, "readOnly": True}}
         mount = {"name": "data", "mountPath": DATA_MOUNT, "readOnly": True}
-        return f"file://{DATA_MOUNT}/{path}".rstrip("/"), [volume], [mount]
-    return uri, [], []
+        if root.segments:
+            mount["subPath"] = root.path
+        local = f"file://{DATA_MOUNT}" + (f"/{relative}" if relative else "")
+        return DatasetMount(local, DATA_MOUNT, [volume], [mount])
+    if root.scheme == "file":
+        return DatasetMount(placement.dataset.uri(), "/" + root.path, [], [])
+    return DatasetMount(placement.dataset.uri(), None, [], [])
 
 
 def trainer_config(
-    ref: TrainingJobRef, spec: TrainingJobSpec, base: BaseModelSpec, store: Store
+    ref: TrainingJobRef,
+    spec: TrainingJobSpec,
+    base: BaseModelSpec,
+    store: Store,
+    dataset_roots: Sequence[str],
 ) -> dict[str, Any]:
     """The trainer's config file (worker/trainer/config.py, camelCase) for this job."""
     model_path, _, _ = model_location(base)
-    dataset_uri, _, _ = _dataset(spec.dataset.uri)
-    dataset = spec.dataset.model_dump(by_alias=True, exclude_none=True) | {"uri": dataset_uri}
+    data = dataset_mount(spec.dataset.uri, dataset_roots)
+    dataset = spec.dataset.model_dump(by_alias=True, exclude_none=True) | {"uri": data.uri}
     return {
         "baseModel": model_path,
         "checkpointUri": checkpoint_uri(ref, store),
@@ -162,6 +181,7 @@ def trainer_config(
             {
                 "name": ref.name,
                 "dataset": dataset,
+                **({"datasetRoot": data.root} if data.root else {}),
                 "lora": spec.lora.model_dump(by_alias=True, exclude_none=True),
                 "training": spec.training.model_dump(by_alias=True, exclude_none=True),
                 "checkpoint": spec.checkpoint.model_dump(by_alias=True, exclude_none=True),
@@ -202,7 +222,11 @@ def plan_attempt(
             "namespace": ref.namespace,
             "labels": labels(ref, spec.base_model, attempt),
         },
-        "data": {CONFIG_FILE: yaml.safe_dump(trainer_config(ref, spec, base, store), sort_keys=True)},
+        "data": {
+            CONFIG_FILE: yaml.safe_dump(
+                trainer_config(ref, spec, base, store, settings.training_dataset_roots), sort_keys=True
+            )
+        },
     }
     return [
         owned_by_job(ref, config),
@@ -221,16 +245,18 @@ def trainer_job(
     store = Store.parse(settings.training_store)
     name = attempt_name(ref, attempt)
     _, model_volumes, model_mounts = model_location(base)
-    _, data_volumes, data_mounts = _dataset(spec.dataset.uri)
-    volumes = [*model_volumes, *data_volumes, {"name": "config", "configMap": {"name": name}}]
-    mounts = [*model_mounts, *data_mounts, {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
+    data = dataset_mount(spec.dataset.uri, settings.training_dataset_roots)
+    volumes = [*model_volumes, *data.volumes, {"name": "config", "configMap": {"name": name}}]
+    mounts = [*model_mounts, *data.mounts, {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
     if store.claim is not None:
         volumes.append({"name": "store", "persistentVolumeClaim": {"claimName": store.claim}})
         mounts.append({"name": "store", "mountPath": STORE_MOUNT})
     home_volume, home_mount, home_env = writable_home("trainer-home", TRAINER_HOME)
     volumes.append(home_volume)
     mounts.append(home_mount)
-    env_from = store_credentials(base)
+    credentials = store_credential_files(base)
+    volumes += credentials.volumes
+    mounts += credentials.mounts
     resources = spec.resources
     container: Manifest = {
         "name": TRAINER_CONTAINER,
@@ -238,12 +264,9 @@ def trainer_job(
         "imagePullPolicy": PULL_POLICY,
         "args": ["trainer", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
         "env": [
-            {"name": "LORAPLEX_TRAININGJOB", "value": ref.name},
-            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             *home_env,
+            *credentials.env,
         ],
-        **env_from,
         "resources": model_resources(
             base.resources.gpu_resource_name, resources.gpu, resources.cpu, resources.memory
         ),
@@ -258,8 +281,8 @@ def trainer_job(
     init_containers = fetch_model_containers(base, settings, model_mounts)
     pod_spec: Manifest = {
         "restartPolicy": "Never",
-        "serviceAccountName": service_account_name(spec.base_model),
-        "automountServiceAccountToken": True,  # the trainer patches its TrainingJob's status
+        # No token: the trainer calls no Kubernetes API; the operator reads its progress from its log.
+        "automountServiceAccountToken": False,
         "priorityClassName": settings.trainer_priority_class,
         "terminationGracePeriodSeconds": POD_GRACE_PERIOD_SECONDS,
         "nodeSelector": node_selector,
@@ -289,10 +312,30 @@ def trainer_job(
     }
 
 
-def trainer_access(base_model: str, namespace: str, base_model_uid: str) -> list[Manifest]:
-    """Trainer pods' ServiceAccount, bound to the chart's loraplex-trainer ClusterRole (BaseModel-owned)."""
-    ref = BaseModelRef(base_model, namespace, base_model_uid)
-    return [owned_by(ref, service_account(ref, TRAINER)), owned_by(ref, role_binding(ref, TRAINER))]
+@dataclass(frozen=True)
+class CredentialFiles:
+    """The store keys the trainer needs, as files of a Secret volume, and the variable naming their folder."""
+
+    volumes: list[Manifest]
+    mounts: list[Manifest]
+    env: list[Manifest]
+
+
+def store_credential_files(base: BaseModelSpec) -> CredentialFiles:
+    """The BaseModel's store Secret (`adapterStoreSecretRef`), if any, mounted read-only with only
+    the S3 keys (`items`; a key the Secret lacks is skipped), never the whole Secret as environment."""
+    ref = base.adapter_store_secret_ref
+    if ref is None:
+        return CredentialFiles([], [], [])
+    items = [{"key": key, "path": key} for key in STORE_CREDENTIAL_KEYS]
+    volume = {
+        "name": "store-credentials",
+        "secret": {"secretName": ref.name, "items": items, "optional": True, "defaultMode": 0o440},
+    }
+    mount = {"name": "store-credentials", "mountPath": STORE_CREDENTIALS_DIR, "readOnly": True}
+    return CredentialFiles(
+        [volume], [mount], [{"name": STORE_CREDENTIALS_ENV, "value": STORE_CREDENTIALS_DIR}]
+    )
 
 
 def owned_by_job(ref: TrainingJobRef, manifest: Manifest) -> Manifest:

@@ -9,6 +9,7 @@ agent answers becomes the routing table's view of that copy, or a `Retryable`
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import aiohttp
@@ -67,6 +68,8 @@ class AgentClient:
             wanted = EnsureRequest(name=adapter, named=True, sha256=revision)
         else:
             wanted = EnsureRequest(name=adapter)
+        before = table.holders(adapter).get(worker)  # the tier the load starts from
+        started = time.monotonic()
         try:
             async with self.session.post(
                 f"{endpoints.agent_url}{ENSURE_PATH}", json=to_wire(wanted), timeout=timeout
@@ -84,6 +87,8 @@ class AgentClient:
         code = problem.get("code") if isinstance(problem, dict) else None
         if status == 200:
             self.metrics.ensures.labels("loaded").inc()
+            if before not in (Tier.GPU, Tier.CPU):  # what a load from disk or the store costs a request
+                table.times.record_load("disk" if before == Tier.DISK else "miss", time.monotonic() - started)
             result = _result(data)
             if result is not None and result.tier in (Tier.GPU, Tier.CPU):
                 table.set_tier(worker, adapter, result.tier)

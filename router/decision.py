@@ -1,7 +1,8 @@
 """The routing decision: which worker serves a request for an adapter.
 
-In order, among healthy workers whose load stays within the bound
-(no worker above ceil((1 + epsilon) x the mean load) once the request is placed):
+In order, among healthy workers whose load stays within the bound (no worker
+above ceil((1 + epsilon) x the mean load) once the request is placed) and that
+have a free seat (below):
 
 1. a worker holding the adapter in a GPU slot, the least loaded of them (hit "gpu");
 2. else one holding it in CPU memory, the least loaded (hit "cpu");
@@ -19,11 +20,24 @@ In order, among healthy workers whose load stays within the bound
    the first time its first `first_candidates` (affinity, and an even spread
    of the tail, steered off workers whose slots are all busy or loaded).
    Among those: one with fewer than `gpu_slots` adapters in flight first
-   (vLLM would make a new adapter wait), then the one whose load pushes the
-   coldest adapter out of a GPU slot (a free slot is coldest), then the least
-   loaded, then the better ranked;
+   (vLLM would make a new adapter wait), then, when no worker has a free seat
+   (below), the shortest wait in its engine's queue, then the one whose load
+   pushes the coldest adapter out of a GPU slot (a free slot is coldest), then
+   the least loaded, then the better ranked;
 4. else the next of its ranked workers within the bound, in rank order;
 5. else the least-loaded healthy worker (every worker is at the bound).
+
+Derived from the fleet unless set: `hot_rate` is one worker's fair share of the
+traffic (the fleet's decayed request rate over its healthy workers, at least
+two requests' worth), `max_spread` the ranking depth, at most the healthy
+workers. Queueing is a cost: a worker whose load has reached its engine's
+concurrency (learned from vLLM's metrics) makes one more request wait, so while
+any worker has a free seat it is no candidate for a new copy (3, 4), and a
+holder there (1) takes the request only when the wait (its place in the queue
+x the mean request time / the concurrency) is shorter than the measured load
+time the alternative costs; a copy from CPU memory into a GPU slot (2) evicts
+an adapter whose cost the router cannot see, so a holder's queue is preferred
+to it. When no worker has a free seat, the balance bound alone decides.
 
 A named adapter (a LoRAAdapter object) takes steps 1 and 2 as above, but its
 candidates in step 3 are the workers its placement names (WorkerPlacement
@@ -51,6 +65,7 @@ from typing import Literal
 
 from loraplex.api.tiers import Tier
 from loraplex.router.rates import AdapterRates
+from loraplex.router.rendezvous import Rendezvous
 from loraplex.router.table import WorkerState, WorkerTable
 
 Hit = Literal["gpu", "cpu", "disk", "miss", "base"]  # base: a request for the base model
@@ -60,18 +75,16 @@ IN_MEMORY = (Tier.GPU, Tier.CPU)  # the tiers vLLM serves from, fastest first
 
 @dataclass(frozen=True)
 class RoutingConfig:
-    """Knobs of the routing policy (LORAPLEX_ROUTER_* settings)."""
+    """Knobs of the routing policy (LORAPLEX_ROUTER_* settings); None / 0: derived from the fleet."""
 
     epsilon: float = 0.5
-    max_spread: int = 8
-    hot_rate: float = 5.0
+    max_spread: int | None = None  # None: the rendezvous depth, at most the healthy workers
+    hot_rate: float | None = None  # None: the fleet's request rate per healthy worker (its fair share)
     half_life: float = 10.0
-    miss_candidates: int = 4
-    first_candidates: int = 2
-
-    def spread(self, rate: float) -> int:
-        """How many ranked workers an adapter with this request rate may use."""
-        return max(1, min(self.max_spread, math.ceil(rate / self.hot_rate)))
+    miss_candidates: int = 3
+    first_candidates: int = 1
+    max_num_seqs: int = 0  # each engine's concurrency; 0: learned from its vLLM's metrics
+    policy: Literal["affinity", "round_robin"] = "affinity"  # round_robin: the benchmarks' baseline only
 
 
 @dataclass(frozen=True)
@@ -88,9 +101,35 @@ class Router:
     def __init__(self, table: WorkerTable, config: RoutingConfig | None = None) -> None:
         self.table = table
         self.config = config if config is not None else RoutingConfig()
-        if self.config.max_spread > table.rendezvous.depth:
+        if self.config.max_spread is not None and self.config.max_spread > table.rendezvous.depth:
             raise ValueError("max_spread must not exceed the rendezvous depth")
         self.rates = AdapterRates(half_life=self.config.half_life)
+        self._turn = 0  # round_robin: requests decided so far
+        self._coldest_gpu: dict[str, tuple[int, str, float]] = {}  # worker -> (gpu_changes, adapter, heat)
+
+    def hot_rate(self, now: float) -> float:
+        """Requests per second per worker an adapter's spread grows by: the setting, else the fleet's
+        decayed request rate over its healthy workers (an adapter above one worker's fair share
+        would push its holders above the mean load), and no less than two requests' worth of rate
+        (an adapter seen once or twice lately does not spread, however quiet the fleet)."""
+        if self.config.hot_rate is not None:
+            return self.config.hot_rate
+        fair_share = self.rates.total(now) / max(1, self.table.healthy_count)
+        return max(fair_share, 2 * self.rates.per_request)  # and seen more than twice lately
+
+    def max_spread(self) -> int:
+        """Most workers an adapter spreads over: the setting, else the rendezvous depth, at most the
+        healthy workers."""
+        if self.config.max_spread is not None:
+            return self.config.max_spread
+        return max(1, min(self.table.rendezvous.depth, self.table.healthy_count))
+
+    def spread(self, rate: float, now: float) -> int:
+        """How many ranked workers an adapter with this request rate may use."""
+        hot = self.hot_rate(now)
+        if hot <= 0.0:
+            return 1
+        return max(1, min(self.max_spread(), math.ceil(rate / hot - 1e-9)))
 
     def decide(
         self,
@@ -107,11 +146,15 @@ class Router:
         keeps a named adapter on its placement and holders even past the bound.
         """
         table = self.table
+        if self.config.policy == "round_robin":
+            return self._round_robin(adapter, exclude)
         rate = self.rates.observe(adapter, now) if count else self.rates.rate(adapter, now)
-        spread = self.config.spread(rate)
+        spread = self.spread(rate, now)
         cap = table.capacity(self.config.epsilon)
+        queueing = table.free_seats > 0  # a request could start at once somewhere: waiting costs
         workers = table.workers
         holders = table.holders(adapter)
+        waiting: tuple[float, str, Tier] | None = None  # the holder a request would wait on the least
         if holders:
             # A hot adapter held on fewer workers than its spread takes a holder only while that
             # holder is at most at the mean load; else it gains a copy on a further ranked worker.
@@ -126,13 +169,19 @@ class Router:
                     state = workers[name]
                     if state.healthy and state.load < best_load:
                         best, best_load = name, state.load
-                if best is not None:
+                if best is None:
+                    continue
+                if not (queueing and workers[best].queued):
                     return Decision(best, _HIT[tier], spread)
+                # At its engine's concurrency the request would wait there: worth it unless a load
+                # elsewhere is faster (a CPU holder's copy into a GPU slot counts as no load here).
+                waiting = (table.queue_seconds(workers[best]), best, tier)
+                break
         placed = table.placed_on(adapter)
         if placed:
             named = self._decide_named(adapter, holders, placed, cap, exclude, now, spread, spill)
             if named is not None:
-                return named
+                return self._or_wait(named, waiting, holders, spread)
         ranking = table.rendezvous.ranking(adapter)
         recurring = rate > 1.5 * self.rates.per_request  # seen before, recently
         width = max(spread, self.config.miss_candidates if recurring else self.config.first_candidates)
@@ -140,15 +189,50 @@ class Router:
         if best is None:
             for name in ranking:
                 state = workers[name]
-                if state.healthy and state.load < cap and name not in exclude:
+                if (
+                    state.healthy
+                    and state.load < cap
+                    and name not in exclude
+                    and not (queueing and state.queued)
+                ):
                     best = name
                     break
+        if best is None and waiting is not None:
+            return Decision(waiting[1], _HIT[waiting[2]], spread)
         over_bound = best is None
         if best is None:
             best = least_loaded(table, exclude)
             if best is None:
                 return None
-        return Decision(best, _HIT[holders.get(best)], spread, over_bound)
+        return self._or_wait(
+            Decision(best, _HIT[holders.get(best)], spread, over_bound), waiting, holders, spread
+        )
+
+    def _round_robin(self, adapter: str, exclude: Collection[str]) -> Decision | None:
+        """The benchmarks' baseline: the healthy workers in turn, whatever they hold. O(workers)."""
+        names = sorted(
+            name for name, state in self.table.workers.items() if state.healthy and name not in exclude
+        )
+        if not names:
+            return None
+        self._turn += 1
+        name = names[self._turn % len(names)]
+        return Decision(name, _HIT[self.table.holders(adapter).get(name)])
+
+    def _or_wait(
+        self,
+        decision: Decision,
+        waiting: tuple[float, str, Tier] | None,
+        holders: Mapping[str, Tier],
+        spread: int,
+    ) -> Decision:
+        """A holder where the request would wait, when that wait is shorter than the load the
+        decision costs (the measured time from the tier its worker holds the adapter in)."""
+        if waiting is None or decision.hit in ("gpu", "base"):
+            return decision
+        if decision.hit == "cpu" or waiting[0] < self.table.times.load_seconds(decision.hit):
+            return Decision(waiting[1], _HIT[waiting[2]], spread)
+        return decision
 
     def _decide_named(
         self,
@@ -183,16 +267,22 @@ class Router:
         self, candidates: Sequence[str], cap: int, exclude: Collection[str], now: float
     ) -> str | None:
         """Among healthy candidates within the bound (in preference order): one with a free batch
-        slot for a new adapter first, then the one whose load evicts the coldest GPU adapter, then
-        the least loaded, then the earlier."""
+        slot for a new adapter first, then (when no worker has a free seat) the shortest wait in its
+        engine's queue, then the one whose load evicts the coldest GPU adapter, then the least
+        loaded, then the earlier."""
         workers = self.table.workers
+        queueing = self.table.free_seats > 0
         best = None
-        best_key: tuple[bool, float, int, int] | None = None
+        best_key: tuple[bool, float, float, int, int] | None = None
         for rank, name in enumerate(candidates):
             state = workers.get(name)
             if state is None or not state.healthy or state.load >= cap or name in exclude:
                 continue
-            key = (state.slots_busy, self._victim_heat(state, now), state.load, rank)
+            if queueing and state.queued:  # the request would wait there while another could start it
+                continue
+            # No seat free anywhere: the shorter wait first, then the colder victim.
+            wait = self.table.queue_seconds(state)
+            key = (state.slots_busy, wait, self._victim_heat(state, now), state.load, rank)
             if best_key is None or key < best_key:
                 best, best_key = name, key
         return best
@@ -203,11 +293,35 @@ class Router:
         return None if best is None else Decision(best, "base")
 
     def _victim_heat(self, state: WorkerState, now: float) -> float:
-        """How hot the adapter a load on this worker would push out of GPU is (0: a slot is free)."""
+        """How hot the adapter a load on this worker would push out of GPU is, as `AdapterRates.heat`
+        orders adapters (-inf: a slot is free). O(1) while neither the worker's GPU adapters nor its
+        coldest one's rate changed since the last call: an adapter's heat only rises when it is seen,
+        so the coldest stays the coldest until it is seen itself."""
         if len(state.gpu) < state.gpu_slots or not state.gpu:
-            return 0.0
-        rate = self.rates.rate
-        return min(rate(adapter, now) for adapter in state.gpu)
+            return -math.inf
+        heat = self.rates.heat
+        cached = self._coldest_gpu.get(state.name)
+        if (
+            cached is not None
+            and cached[0] == state.gpu_changes
+            and cached[1] in state.gpu  # (a worker of the same name added again starts at 0 changes)
+            and heat(cached[1]) == cached[2]
+        ):
+            return cached[2]
+        adapter = min(state.gpu, key=heat)
+        coldest = heat(adapter)
+        self._coldest_gpu[state.name] = (state.gpu_changes, adapter, coldest)
+        return coldest
+
+
+RANKING_DEPTH = 16  # ranked workers kept per adapter: the widest derived spread
+
+
+def make_router(config: RoutingConfig, seed: int = 0) -> Router:
+    """An empty worker table and the router deciding on it, as `loraplex router` builds them (the
+    benchmarks build theirs here too, so they measure what users run)."""
+    depth = max(RANKING_DEPTH, config.max_spread or 0)
+    return Router(WorkerTable(Rendezvous(seed=seed, depth=depth)), config)
 
 
 def least_loaded(

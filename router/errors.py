@@ -17,7 +17,9 @@ from aiohttp import web
 # status -> OpenAI's error type for it
 _TYPES = {
     400: "invalid_request_error",
+    401: "invalid_request_error",
     404: "invalid_request_error",
+    405: "invalid_request_error",
     413: "invalid_request_error",
     502: "upstream_error",
     503: "service_unavailable",
@@ -53,14 +55,33 @@ def sse_error(message: str, status: int, code: str | int | None = None) -> bytes
     return f"data: {json.dumps(error_body(message, status, code))}\n\n".encode()
 
 
+def unauthenticated(credential_given: bool) -> web.Response:
+    """401 as OpenAI answers a missing or wrong API key, with the challenge RFC 6750 asks for."""
+    if credential_given:
+        message = "Incorrect API key or token provided."
+        challenge = 'Bearer realm="loraplex", error="invalid_token"'
+    else:
+        message = "You didn't provide an API key or token: send 'Authorization: Bearer <key or token>'."
+        challenge = 'Bearer realm="loraplex"'
+    response = error_response(401, message, "invalid_api_key")
+    response.headers["WWW-Authenticate"] = challenge
+    return response
+
+
 def unknown_model(model: str) -> web.Response:
     return error_response(404, f"The model '{model}' does not exist.", "model_not_found", "model")
+
+
+# Why a request is retried on another worker (a label of the router's retries metric).
+RETRY_REASONS = ("connect", "timeout", "status", "stream", "not_loaded", "not_placed", "not_ready")
 
 
 class Retryable(Exception):
     """The worker failed before anything reached the client: try another one."""
 
     def __init__(self, reason: str, message: str) -> None:
+        if reason not in RETRY_REASONS:
+            raise ValueError(f"unknown retry reason {reason!r}")
         super().__init__(message)
         self.reason = reason
 

@@ -7,7 +7,7 @@ and the worker pods of the `<base>-worker` StatefulSet (their IP gives the vLLM
 and agent endpoints, their Ready condition whether they serve); and the
 LoRAAdapters, kept for this base model (`spec.baseModel`; they carry no such
 label): which names are LoRAAdapters, placed or not (`replicas: 0` ones load
-on first use), and the digest each asks for. Each watch runs in a thread (the
+on first use), the digest each asks for, and who may use it (`spec.access`). Each watch runs in a thread (the
 client is synchronous), lists first, then watches from the list's
 resourceVersion, and lists again when the watch expires (410 Gone). Every event
 is handed to the event loop, which alone touches the state.
@@ -25,7 +25,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
 from loraplex.api import GROUP, LORA_ADAPTERS, VERSION, WORKER_PLACEMENTS
+from loraplex.api.access import AccessList
 from loraplex.api.adapter import live_source
 from loraplex.api.labels import BASE_MODEL_LABEL, COMPONENT_LABEL, WORKER
 from loraplex.api.workerplacement import read_status
@@ -62,6 +65,21 @@ def apply_adapter(state: FleetState, event: str, obj: Mapping[str, Any], base_mo
         return
     source = live_source(obj, base_model) if event != "DELETED" else None
     state.table.set_adapter_object(name, None if source is None else source.sha256)
+    spec = obj.get("spec") or {}
+    if event != "DELETED" and spec.get("baseModel") == base_model:
+        # A deleted one keeps its last rule: a placement may still list it, and it stays private.
+        state.set_access_rule(name, read_access(spec.get("access")))
+
+
+def read_access(value: Any) -> AccessList | None:
+    """A LoRAAdapter's `spec.access`; one the router cannot read admits no one (fail closed)."""
+    if value is None:
+        return None
+    try:
+        return AccessList.model_validate(value)
+    except ValidationError:
+        log.warning("Refused every caller for an adapter whose spec.access is unreadable: %r", value)
+        return AccessList.model_construct(subjects=[], groups=[])
 
 
 def apply_pod(
@@ -186,5 +204,6 @@ class KubeSource:
         for item in items:
             handle("ADDED", item)
         self._listed.add(what)
-        if self._listed >= {"pods", "placements"}:
+        # Adapters too: until their access lists are known, a named adapter would look open to all.
+        if self._listed >= {"pods", "placements", "adapters"}:
             self.state.synced = True

@@ -17,9 +17,14 @@ the same way. Once bytes have reached the client the
 status is sent, so a stream that breaks ends with an error event (code 502).
 A client that disconnects cancels the handler and with it the upstream
 request. Errors are in OpenAI's shape; unknown adapters get 404, bad bodies
-400, bodies over the limit 413.
+400, bodies over the limit 413. Callers are authenticated first (loraplex.router.auth:
+401 without a good key or token); an adapter (or the base model) the caller may not
+use (loraplex.router.access) gets the same 404 as one that does not exist. Then
+quotas (loraplex.router.quota): a request over its principal's or its adapter's
+budget gets 429 with Retry-After; tokens are charged from the answer's usage
+(loraplex.router.usage), which a stream is asked to include.
 
-`GET /v1/models` (the base model and the adapters served), `/healthz`
+`GET /v1/models` (the base model and the adapters served that the caller may use), `/healthz`
 (200 once the state source has synced), `/metrics`.
 """
 
@@ -38,12 +43,19 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from loraplex.router import auth, openai_front
+from loraplex.router.access import may_use
 from loraplex.router.agent_client import AgentClient, CopyKey
+from loraplex.router.auth import Authenticator
 from loraplex.router.decision import Decision, Router
 from loraplex.router.errors import Refused, Retryable, describe, error_response, sse_error, unknown_model
 from loraplex.router.metrics import BASE, CATALOG, RouterMetrics
+from loraplex.router.openai_front import REQUEST_ID_HEADER, request_id_of
+from loraplex.router.principal import Principal
+from loraplex.router.quota import QuotaLimiter, rate_headers, rate_limited
 from loraplex.router.settings import RouterSettings
 from loraplex.router.state import FleetState
+from loraplex.router.usage import UsageTap, ask_for_usage, usage_of
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +73,13 @@ class Proxy:
     metrics: RouterMetrics
     session: aiohttp.ClientSession
     clock: Callable[[], float] = time.monotonic
+    authenticator: Authenticator = field(default_factory=Authenticator)  # default: everyone anonymous
     agents: AgentClient = field(init=False)
+    quota: QuotaLimiter = field(init=False)
 
     def __post_init__(self) -> None:
         self.agents = AgentClient(self.settings, self.state, self.metrics, self.session)
+        self.quota = QuotaLimiter(self.settings.quotas, self.settings.replicas)
 
     @property
     def ensuring(self) -> Mapping[CopyKey, object]:
@@ -73,7 +88,16 @@ class Proxy:
 
 
 PROXY_KEY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
+# Per request: the reader of a stream's usage (quotas on), and the x-ratelimit-* headers of its answer.
+USAGE_TAP: web.RequestKey[UsageTap] = web.RequestKey("loraplex.usage_tap", UsageTap)
+RATE_HEADERS: web.RequestKey[dict[str, str]] = web.RequestKey("loraplex.rate_headers", dict)
 
+
+# The calls routed by their body's `model` and forwarded to the chosen worker's vLLM as they are.
+ROUTED_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/responses")
+
+# The calls whose streams end with a usage event when `stream_options.include_usage` asks for it.
+USAGE_STREAM_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
 
 # Retries whose cause is the adapter's whereabouts, not the worker: it stays in rotation.
 _WORKER_IS_FINE = frozenset({"not_loaded", "not_placed"})
@@ -82,11 +106,15 @@ _WORKER_IS_FINE = frozenset({"not_loaded", "not_placed"})
 def make_app(proxy: Proxy) -> web.Application:
     # Bodies are read by hand up to the limit (to answer 413 in OpenAI's shape), so aiohttp's own
     # limit only needs to stay out of the way.
-    app = web.Application(client_max_size=proxy.settings.max_body_bytes + 1)
+    app = web.Application(
+        client_max_size=proxy.settings.max_body_bytes + 1,
+        middlewares=[openai_front.middleware(), auth.middleware(proxy.authenticator)],
+    )
     app[PROXY_KEY] = proxy
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_post("/v1/chat/completions", completions)
+    for path in ROUTED_PATHS:
+        app.router.add_post(path, completions)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{model}", model)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     return app
@@ -132,12 +160,59 @@ async def _completions(proxy: Proxy, request: web.Request) -> tuple[web.StreamRe
     adapter = None if model == base else model
     if adapter is not None and (len(adapter) > 253 or not ADAPTER_NAME.match(adapter)):
         return unknown_model(model), None
+    if not _may_use(proxy, auth.principal_of(request), adapter):  # as if it did not exist
+        return unknown_model(model), None
     label = BASE if adapter is None else adapter if proxy.state.table.is_named(adapter) else CATALOG
     stream = payload.get("stream") is True
+    subject = auth.principal_of(request).subject
+    refusal = proxy.quota.admit(subject, model)  # counts the request when it admits it
+    request[RATE_HEADERS] = headers = rate_headers(proxy.quota.remaining(subject, model))
+    if refusal is not None:
+        proxy.metrics.quota_refusal(subject, label, refusal.limit.scope, refusal.limit.budget)
+        return rate_limited(refusal, headers), label
+    proxy.metrics.principal_request(subject)
+    if proxy.quota.enabled and stream and request.path in USAGE_STREAM_PATHS:
+        asked, drop = ask_for_usage(payload)
+        body = asked or body
+        request[USAGE_TAP] = UsageTap(drop)
+    response: web.StreamResponse | None = None
     try:
-        return await _route(proxy, request, body, adapter, stream), label
+        response = await _route(proxy, request, body, adapter, stream)
     except Refused as refused:
-        return refused.response, label
+        response = refused.response
+    finally:
+        if proxy.quota.enabled:
+            _charge(proxy, request, response, subject, model, label)
+    if not response.prepared:
+        response.headers.update(headers)
+    return response, label
+
+
+def _charge(
+    proxy: Proxy,
+    request: web.Request,
+    response: web.StreamResponse | None,
+    subject: str,
+    model: str,
+    label: str,
+) -> None:
+    """Charge the tokens a request used (as vLLM's answer says) to its quotas and count them."""
+    tap = request.get(USAGE_TAP)
+    tokens = tap.tokens if tap is not None else None
+    if tap is None and isinstance(response, web.Response) and response.status == 200:
+        tokens = usage_of(response.body) if isinstance(response.body, bytes) else None
+    if tokens:
+        proxy.quota.charge(subject, model, tokens)
+        proxy.metrics.tokens_used(subject, label, tokens)
+
+
+def _may_use(proxy: Proxy, principal: Principal, adapter: str | None) -> bool:
+    """Authorization (loraplex.router.access) with what the state knows of the adapter."""
+    if adapter is None:
+        return may_use(proxy.settings.access, principal, None)
+    state = proxy.state
+    named = state.table.is_named(adapter)
+    return may_use(proxy.settings.access, principal, adapter, named=named, rule=state.access_rule(adapter))
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
@@ -183,8 +258,9 @@ async def _route(
                 proxy.state.report_failure(worker, proxy.clock())
             proxy.metrics.retries.labels(error.reason).inc()
             log.warning(
-                "Request failed on worker %s (%s)%s", worker, failure, "; retrying" if not attempt else ""
-            )
+                "Request %s failed on worker %s (%s)%s",
+                request_id_of(request), worker, failure, "; retrying" if not attempt else "",
+            )  # fmt: skip
     return error_response(502, f"The request failed on two workers; the last: {failure}", 502)
 
 
@@ -226,7 +302,7 @@ async def _forward(
     endpoints = proxy.state.endpoints.get(worker)
     if endpoints is None:
         raise Retryable("connect", f"worker {worker} is gone")
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id_of(request)}
     if proxy.settings.api_key:
         headers["Authorization"] = f"Bearer {proxy.settings.api_key}"
     timeout = aiohttp.ClientTimeout(
@@ -248,10 +324,17 @@ async def _forward(
             if upstream.status >= 500:
                 detail = (await upstream.text())[:200]
                 raise Retryable("status", f"worker {worker} answered {upstream.status}: {detail}")
-            if upstream.status == 404 and adapter is not None:
-                # Not loaded there after all (the residency we had was stale): forget it, retry elsewhere.
-                table.set_tier(worker, adapter, None)
-                raise Retryable("not_loaded", f"worker {worker} does not have adapter {adapter} loaded")
+            if upstream.status == 404:
+                missing = await upstream.read()
+                if adapter is not None and _model_missing(missing):
+                    # Not loaded there after all (the residency we had was stale): forget it, retry.
+                    table.set_tier(worker, adapter, None)
+                    raise Retryable("not_loaded", f"worker {worker} does not have adapter {adapter} loaded")
+                if _is_openai_error(missing):
+                    return web.Response(status=404, body=missing, content_type="application/json")
+                # The engine has no such route (FastAPI's own 404): it does not serve this call.
+                message = f"The engine of this model does not serve {request.path}."
+                return error_response(404, message, "unsupported_endpoint")
             chunks = upstream.content.iter_any()
             try:
                 first = await anext(chunks, b"")
@@ -271,6 +354,25 @@ async def _forward(
         proxy.metrics.latency_seconds.observe(time.perf_counter() - sent)
         table.end(worker, adapter)
         gauge.dec()
+
+
+def _error_of(answer: bytes) -> dict[str, Any] | None:
+    """The `error` object of an answer in OpenAI's shape, else None."""
+    try:
+        error = json.loads(answer).get("error")
+    except (ValueError, AttributeError):
+        return None
+    return error if isinstance(error, dict) else None
+
+
+def _is_openai_error(answer: bytes) -> bool:
+    return _error_of(answer) is not None
+
+
+def _model_missing(answer: bytes) -> bool:
+    """vLLM's 404 for a model (an adapter) it does not have, as against a path it does not serve."""
+    error = _error_of(answer)
+    return error is not None and error.get("type") == "NotFoundError"
 
 
 async def _read_rest(chunks: AsyncIterator[bytes], worker: str) -> bytes:
@@ -295,9 +397,12 @@ async def _stream(
     response.content_type = upstream.content_type
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
+    response.headers.update(request.get(RATE_HEADERS, {}))
+    response.headers[REQUEST_ID_HEADER] = request_id_of(request)
+    tap = request.get(USAGE_TAP)
     await response.prepare(request)
     try:
-        await response.write(first)
+        await _write(response, tap, first)
         while True:
             try:
                 chunk = await anext(chunks)
@@ -305,29 +410,57 @@ async def _stream(
                 break
             except (aiohttp.ClientError, TimeoutError) as error:
                 why = describe(error)
-                log.warning("Stream from worker %s broke off mid-way (%s)", worker, why)
+                log.warning(
+                    "Stream of request %s from worker %s broke off mid-way (%s)",
+                    request_id_of(request), worker, why,
+                )  # fmt: skip
                 proxy.state.report_failure(worker, proxy.clock())
                 message = f"Worker {worker} broke off the stream ({why}); the response is incomplete."
                 await response.write(sse_error(message, 502, 502))
                 break
-            await response.write(chunk)
+            await _write(response, tap, chunk)
+        if tap is not None and (rest := tap.flush()):
+            await response.write(rest)
         await response.write_eof()
     except ConnectionResetError:  # the client went away: leaving closes the upstream request
-        log.info("Client went away while streaming from worker %s", worker)
+        log.info("Client of request %s went away while streaming from %s", request_id_of(request), worker)
     return response
+
+
+async def _write(response: web.StreamResponse, tap: UsageTap | None, chunk: bytes) -> None:
+    """Pass a chunk of a stream on (through the usage tap, when there is one: whole events only)."""
+    data = chunk if tap is None else tap.feed(chunk)
+    if data:
+        await response.write(data)
+
+
+def _model_cards(proxy: Proxy, principal: Principal) -> list[dict[str, Any]]:
+    """The models a caller may use, as OpenAI's model objects: the base model, then the adapters."""
+    base = proxy.settings.base_name
+    cards = []
+    if _may_use(proxy, principal, None):
+        card = {"id": base, "object": "model", "created": 0, "owned_by": "loraplex", "root": base}
+        cards.append({**card, "parent": None})
+    cards += [
+        {"id": name, "object": "model", "created": 0, "owned_by": "loraplex", "root": name, "parent": base}
+        for name in proxy.state.adapters_served()
+        if _may_use(proxy, principal, name)
+    ]
+    return cards
 
 
 async def models(request: web.Request) -> web.Response:
     proxy = request.app[PROXY_KEY]
-    base = proxy.settings.base_name
-    data = [
-        {"id": base, "object": "model", "created": 0, "owned_by": "loraplex", "root": base, "parent": None}
-    ]
-    data += [
-        {"id": name, "object": "model", "created": 0, "owned_by": "loraplex", "root": name, "parent": base}
-        for name in proxy.state.adapters_served()
-    ]
-    return web.json_response({"object": "list", "data": data})
+    return web.json_response({"object": "list", "data": _model_cards(proxy, auth.principal_of(request))})
+
+
+async def model(request: web.Request) -> web.Response:
+    """`GET /v1/models/{model}`: one model the caller may use; 404 as for a model that does not exist."""
+    proxy, wanted = request.app[PROXY_KEY], request.match_info["model"]
+    for card in _model_cards(proxy, auth.principal_of(request)):
+        if card["id"] == wanted:
+            return web.json_response(card)
+    return unknown_model(wanted)
 
 
 async def healthz(request: web.Request) -> web.Response:

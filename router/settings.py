@@ -6,11 +6,14 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from loraplex.api.access import RouterAccess
+from loraplex.api.basemodel import Quotas
 from loraplex.router.decision import RoutingConfig
+from loraplex.router.oidc import OidcSettings
 
 MIB = 1 << 20
 
@@ -71,6 +74,17 @@ class RouterSettings:
     vllm_port: int = 8000
     agent_port: int = 8080
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    # Authentication (docs/router.md): neither set means every caller is anonymous.
+    api_key_dirs: tuple[Path, ...] = ()
+    api_keys_reload_seconds: float = 2.0
+    oidc: OidcSettings | None = None
+    # Authorization: the base model's and the catalog's access (and, in static mode, adapters').
+    access: RouterAccess = field(default_factory=RouterAccess)
+    # Quotas (docs/router.md): the BaseModel's spec.quotas, each replica enforcing its share.
+    quotas: Quotas | None = None
+    replicas: int = 1
+    principal_labels: int = 50
+    adapter_labels: int = 100  # named adapters with series of their own at a time (the rest: _other)
 
     @property
     def base_name(self) -> str:
@@ -87,13 +101,19 @@ class RouterSettings:
         def number(name: str, default: float) -> float:
             return float(environ.get(name, default))
 
+        def derived(name: str) -> float | None:  # unset or empty: derived from the fleet
+            return float(environ[name]) if environ.get(name) else None
+
+        max_spread = derived("LORAPLEX_ROUTER_MAX_SPREAD")
         routing = RoutingConfig(
             epsilon=number("LORAPLEX_ROUTER_EPSILON", RoutingConfig.epsilon),
-            max_spread=int(number("LORAPLEX_ROUTER_MAX_SPREAD", RoutingConfig.max_spread)),
-            hot_rate=number("LORAPLEX_ROUTER_HOT_RATE", RoutingConfig.hot_rate),
+            max_spread=None if max_spread is None else int(max_spread),
+            hot_rate=derived("LORAPLEX_ROUTER_HOT_RATE"),
             half_life=number("LORAPLEX_ROUTER_RATE_HALF_LIFE", RoutingConfig.half_life),
             miss_candidates=int(number("LORAPLEX_ROUTER_MISS_CANDIDATES", RoutingConfig.miss_candidates)),
             first_candidates=int(number("LORAPLEX_ROUTER_FIRST_CANDIDATES", RoutingConfig.first_candidates)),
+            max_num_seqs=int(number("LORAPLEX_ROUTER_MAX_NUM_SEQS", RoutingConfig.max_num_seqs)),
+            policy=routing_policy(environ.get("LORAPLEX_ROUTER_POLICY", RoutingConfig.policy)),
         )
         settings: dict[str, Any] = {
             "api_key": environ.get("LORAPLEX_VLLM_API_KEY") or None,
@@ -107,9 +127,31 @@ class RouterSettings:
             "ensure_timeout_seconds": number("LORAPLEX_ROUTER_ENSURE_TIMEOUT", cls.ensure_timeout_seconds),
             "read_timeout_seconds": number("LORAPLEX_ROUTER_READ_TIMEOUT", cls.read_timeout_seconds),
             "routing": routing,
+            "api_keys_reload_seconds": number("LORAPLEX_ROUTER_API_KEYS_RELOAD", cls.api_keys_reload_seconds),
         }
+        if access := environ.get("LORAPLEX_ROUTER_ACCESS"):
+            settings["access"] = RouterAccess.model_validate_json(access)
+        if quotas := environ.get("LORAPLEX_ROUTER_QUOTAS"):
+            settings["quotas"] = Quotas.model_validate_json(quotas)
+        settings["replicas"] = max(1, int(number("LORAPLEX_ROUTER_REPLICAS", cls.replicas)))
+        settings["principal_labels"] = int(number("LORAPLEX_ROUTER_PRINCIPAL_LABELS", cls.principal_labels))
+        settings["adapter_labels"] = int(number("LORAPLEX_ROUTER_ADAPTER_LABELS", cls.adapter_labels))
         settings.update({k: v for k, v in values.items() if v is not None})
         return cls(**settings)
+
+
+def load_access_file(path: Path) -> RouterAccess:
+    """Static mode's access rules: YAML of {baseModel, catalog, adapters: {name: {subjects, groups}}}."""
+    return RouterAccess.model_validate(yaml.safe_load(path.read_text()) or {})
+
+
+def routing_policy(text: str) -> Literal["affinity", "round_robin"]:
+    """LORAPLEX_ROUTER_POLICY: `affinity` (the router's policy) or `round_robin` (a benchmark's baseline)."""
+    if text == "affinity":
+        return "affinity"
+    if text == "round_robin":
+        return "round_robin"
+    raise ValueError(f"LORAPLEX_ROUTER_POLICY is affinity or round_robin; got {text!r}")
 
 
 def parse_workers(items: Sequence[str]) -> tuple[StaticWorker, ...]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from loraplex.api.access import AccessList
 from loraplex.api.tiers import Tier
 from loraplex.api.workerplacement import WorkerPlacementStatus
 from loraplex.router.table import WorkerTable
@@ -73,6 +74,17 @@ class FleetState:
         self._reports: dict[str, _Report] = {}
         self._copies: dict[str, dict[str, str]] = {}  # worker -> adapter -> the revision its copy holds
         self.synced = False  # the source has reported the whole fleet once
+        self._access: dict[str, AccessList] = {}  # adapter -> its LoRAAdapter's access list
+
+    def set_access_rule(self, adapter: str, rule: AccessList | None) -> None:
+        """A LoRAAdapter's `spec.access` (None: it has none: every authenticated caller may use it)."""
+        if rule is None:
+            self._access.pop(adapter, None)
+        else:
+            self._access[adapter] = rule
+
+    def access_rule(self, adapter: str) -> AccessList | None:
+        return self._access.get(adapter)
 
     def upsert_worker(self, name: str, vllm_url: str, agent_url: str, ready: bool, now: float) -> None:
         self.endpoints[name] = Endpoints(vllm_url.rstrip("/"), agent_url.rstrip("/"))

@@ -10,6 +10,12 @@ A worker's load is the larger of the requests this router has outstanding on
 it and what its vLLM last reported (running + waiting), so other router
 replicas' traffic counts too, and this router's own requests count at once.
 
+What queueing costs is kept here too: each worker's engine concurrency (how
+many requests its vLLM runs at once, `max_num_seqs` or what its KV cache
+allows; a request beyond it waits), the fleet's free seats (requests that
+would start at once somewhere), the mean time a request takes, and the
+measured time to make an adapter servable from each tier (`LoadTimes`).
+
 Pure data: no I/O, no clock.
 """
 
@@ -36,6 +42,8 @@ class WorkerState:
     holds: dict[str, Tier] = field(default_factory=dict)
     gpu: set[str] = field(default_factory=set)  # the adapters of `holds` in GPU slots
     active: dict[str, int] = field(default_factory=dict)  # adapter -> this router's requests in flight
+    concurrency: int = 0  # requests its engine runs at once (0: not known yet); one more would wait
+    gpu_changes: int = 0  # counts changes to `gpu` (what a cached coldest adapter is checked against)
 
     @property
     def slots_busy(self) -> bool:
@@ -45,6 +53,38 @@ class WorkerState:
     @property
     def load(self) -> int:
         return max(self.inflight, self.reported)
+
+    @property
+    def queued(self) -> bool:
+        """One more request would wait in its engine's queue (its concurrency is known and reached)."""
+        return 0 < self.concurrency <= self.load
+
+    @property
+    def seats(self) -> int:
+        """Requests that would start at once there (0 where its concurrency is not known)."""
+        return max(0, self.concurrency - self.load)
+
+
+class LoadTimes:
+    """Seconds to make an adapter servable, per tier it came from ("cpu", "disk", "miss"), and the
+    mean seconds a request takes: exponentially weighted means of what was measured (0: none yet)."""
+
+    def __init__(self, weight: float = 0.1) -> None:
+        self.weight = weight
+        self.tiers: dict[str, float] = {}
+        self.request_seconds = 0.0
+
+    def _mean(self, old: float, sample: float) -> float:
+        return sample if old == 0.0 else old + self.weight * (sample - old)
+
+    def record_load(self, tier: str, seconds: float) -> None:
+        self.tiers[tier] = self._mean(self.tiers.get(tier, 0.0), max(seconds, 1e-6))
+
+    def record_request(self, seconds: float) -> None:
+        self.request_seconds = self._mean(self.request_seconds, max(seconds, 1e-6))
+
+    def load_seconds(self, tier: str) -> float:
+        return self.tiers.get(tier, 0.0)
 
 
 class WorkerTable:
@@ -59,6 +99,8 @@ class WorkerTable:
         self._objects: dict[str, str] = {}  # LoRAAdapter objects of this base model -> their spec digest
         self.total_load = 0  # over healthy workers
         self.healthy_count = 0
+        self.free_seats = 0  # over healthy workers: requests that would start at once somewhere
+        self.times = LoadTimes()
 
     # -- workers -------------------------------------------------------------------------------
 
@@ -88,12 +130,22 @@ class WorkerTable:
         state.healthy = healthy
         self.healthy_count += sign
         self.total_load += sign * state.load
+        self.free_seats += sign * state.seats
 
     def _set_load(self, state: WorkerState, inflight: int, reported: int) -> None:
-        before = state.load
+        before, seats = state.load, state.seats
         state.inflight, state.reported = inflight, reported
         if state.healthy:
             self.total_load += state.load - before
+            self.free_seats += state.seats - seats
+
+    def set_concurrency(self, name: str, concurrency: int) -> None:
+        """How many requests the worker's engine runs at once (0: not known); one more waits."""
+        state = self.workers[name]
+        seats = state.seats
+        state.concurrency = max(0, concurrency)
+        if state.healthy:
+            self.free_seats += state.seats - seats
 
     def set_reported_load(self, name: str, running_and_waiting: int) -> None:
         state = self.workers[name]
@@ -118,6 +170,16 @@ class WorkerTable:
                 state.active[adapter] = left
             else:
                 del state.active[adapter]
+
+    def queue_seconds(self, state: WorkerState) -> float:
+        """About how long one more request would wait on the worker: its place in the queue times
+        the mean request time over the engine's concurrency (inf when no request time is known)."""
+        if not state.queued:
+            return 0.0
+        per_request = self.times.request_seconds
+        if per_request == 0.0:
+            return math.inf
+        return (state.load - state.concurrency + 1) * per_request / state.concurrency
 
     def capacity(self, epsilon: float) -> int:
         """The most requests a healthy worker may have with one more placed: ceil((1+eps) x mean)."""
@@ -153,17 +215,21 @@ class WorkerTable:
         if tier is None:
             if state.holds.pop(adapter, None) is None:
                 return
-            state.gpu.discard(adapter)
+            if adapter in state.gpu:
+                state.gpu.discard(adapter)
+                state.gpu_changes += 1
             holders = self._holders[adapter]
             del holders[name]
             if not holders:
                 del self._holders[adapter]
             return
         state.holds[adapter] = tier
-        if tier == Tier.GPU:
-            state.gpu.add(adapter)
-        else:
-            state.gpu.discard(adapter)
+        if (tier == Tier.GPU) != (adapter in state.gpu):
+            state.gpu_changes += 1
+            if tier == Tier.GPU:
+                state.gpu.add(adapter)
+            else:
+                state.gpu.discard(adapter)
         self._holders.setdefault(adapter, {})[name] = tier
 
     def holders(self, adapter: str) -> Mapping[str, Tier]:

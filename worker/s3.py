@@ -3,27 +3,41 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from loraplex.api.trainer import STORE_CREDENTIALS_ENV
+
+
+def store_credential(key: str, environ: Mapping[str, str] = os.environ) -> str | None:
+    """One key of the store Secret: the file named after it in $LORAPLEX_STORE_CREDENTIALS_DIR (how
+    trainer pods get them), else the environment variable of that name (local runs, the agent)."""
+    folder = environ.get(STORE_CREDENTIALS_ENV)
+    if folder:
+        path = Path(folder, key)
+        if path.is_file():
+            return path.read_text().strip()
+    return environ.get(key)
 
 
 def s3_client_from_env() -> Any:
     """An S3 client for the adapter store, configured like the AWS tools (from the store Secret).
 
     AWS_ENDPOINT_URL (e.g. http://minio.storage:9000; default https://s3.amazonaws.com),
-    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION.
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION: each read by
+    `store_credential` (a file, else the environment).
     """
     from minio import Minio
 
-    endpoint = urlsplit(os.environ.get("AWS_ENDPOINT_URL", "https://s3.amazonaws.com"))
+    endpoint = urlsplit(store_credential("AWS_ENDPOINT_URL") or "https://s3.amazonaws.com")
     return Minio(
         endpoint.netloc,
-        access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
-        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-        session_token=os.environ.get("AWS_SESSION_TOKEN"),
-        region=os.environ.get("AWS_REGION"),
+        access_key=store_credential("AWS_ACCESS_KEY_ID"),
+        secret_key=store_credential("AWS_SECRET_ACCESS_KEY"),
+        session_token=store_credential("AWS_SESSION_TOKEN"),
+        region=store_credential("AWS_REGION"),
         secure=endpoint.scheme != "http",
     )
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from loraplex.api.access import AccessList
 from loraplex.api.common import (
     CONDITIONS_FIELD_EXTRA,
     AdapterSourceUri,
@@ -76,6 +77,13 @@ class LoRAAdapterSpec(ApiModel):
     priority: int = Field(
         default=0, ge=-1000, le=1000, description="Higher keeps its slots when space is short."
     )
+    access: AccessList | None = Field(
+        default=None,
+        description=(
+            "Who may use this adapter through the router; others get 404 as for an adapter that does not "
+            "exist. Omitted: every caller the router authenticates (docs/security.md)."
+        ),
+    )
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": validations(
@@ -92,20 +100,33 @@ class LoRAAdapterSpec(ApiModel):
 class Placement(ApiModel):
     """One copy of the adapter: which worker holds it, in which tier."""
 
-    worker: str = Field(max_length=253)
-    tier: Tier
+    worker: str = Field(max_length=253, description="Name of the worker pod.")
+    tier: Tier = Field(
+        description="Where on the worker: GPU (a vLLM GPU slot), CPU (vLLM's CPU cache) or Disk."
+    )
 
 
 class LoRAAdapterStatus(ApiModel):
     """Observed state of a LoRAAdapter."""
 
-    observed_generation: int | None = Field(default=None, ge=0)
+    observed_generation: int | None = Field(
+        default=None,
+        ge=0,
+        description="The metadata.generation the operator last acted on; Ready speaks for that generation.",
+    )
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_FIELD_EXTRA)
-    phase: AdapterPhase | None = None
-    placements: list[Placement] = Field(default_factory=list, max_length=1000)
-    ready_replicas: int | None = Field(default=None, ge=0)
+    phase: AdapterPhase | None = Field(
+        default=None,
+        description="Pending, Loading, Ready, Degraded or Failed, for humans (Ready is the signal).",
+    )
+    placements: list[Placement] = Field(
+        default_factory=list, max_length=1000, description="The workers that hold a copy, and in which tier."
+    )
+    ready_replicas: int | None = Field(default=None, ge=0, description="Copies loaded and verified.")
     copies: str | None = Field(default=None, max_length=32, description="Ready copies / desired, for humans.")
     revision: str | None = Field(
         default=None, max_length=64, description="sha256 of the revision being served."
     )
-    last_load_latency_seconds: float | None = Field(default=None, ge=0)
+    last_load_latency_seconds: float | None = Field(
+        default=None, ge=0, description="How long the adapter's last load onto a worker took."
+    )

@@ -42,10 +42,23 @@ class EnsureCode(StrEnum):
     ADAPTER_LOOKUP_FAILED = "AdapterLookupFailed"  # a named adapter's LoRAAdapter could not be read
     ENGINE_NOT_READY = "EngineNotReady"  # this worker's vLLM does not answer (yet, or again)
     LOAD_FAILED = "LoadFailed"  # vLLM refused to load the adapter (a failure reason, too)
+    # The adapter's target_modules name no module of the base model: vLLM would load it and answer
+    # with the base model's output (vLLM issue 34186), so the agent refuses it (a failure reason, too).
+    TARGET_MODULES_NOT_IN_BASE = "TargetModulesNotInBase"
 
 
 # Failure reasons that refuse the adapter's files or its load: the same revision fails again.
-REFUSED_REASONS = frozenset({"DigestMismatch", "UnsafeArchive", "InvalidArchive", EnsureCode.LOAD_FAILED})
+REFUSED_REASONS = frozenset(
+    {
+        "DigestMismatch",
+        "UnsafeArchive",
+        "InvalidArchive",
+        EnsureCode.LOAD_FAILED,
+        EnsureCode.TARGET_MODULES_NOT_IN_BASE,
+    }
+)
+# Failure reasons of a load (not of a fetch): a fetch that succeeds again does not clear them.
+LOAD_REASONS = frozenset({EnsureCode.LOAD_FAILED, EnsureCode.TARGET_MODULES_NOT_IN_BASE})
 
 
 class EnsureRequest(ApiModel):

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from loraplex.api.access import BaseModelAccess
 from loraplex.api.common import (
     CONDITIONS_FIELD_EXTRA,
     DEFAULT_MODEL_CPU,
@@ -151,7 +152,9 @@ class WorkerResources(ApiModel):
 class ReplicaRange(ApiModel):
     """How many workers the fleet runs."""
 
-    min: int = Field(default=1, ge=0, le=1000)
+    min: int = Field(
+        default=1, ge=0, le=1000, description="Workers the fleet always runs (kubectl scale sets this)."
+    )
     max: int | None = Field(default=None, ge=1, le=1000, description="Upper bound (default: min).")
 
     @property
@@ -181,6 +184,103 @@ class AdapterCatalog(ApiModel):
     )
 
 
+class QuotaLimits(ApiModel):
+    """Budgets per minute; a budget left out is unlimited."""
+
+    requests_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000_000,
+        description="Requests admitted per minute (a sliding window); more get 429 with Retry-After.",
+    )
+    tokens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000_000_000,
+        description=(
+            "Tokens (prompt and completion, as vLLM counts them in `usage`) per minute (a sliding "
+            "window). A request is admitted while some budget is left and charged its real tokens "
+            "when it ends; once the budget is spent requests get 429 with Retry-After."
+        ),
+    )
+
+
+class PrincipalQuota(QuotaLimits):
+    """The budgets of one principal, in place of quotas.perPrincipal."""
+
+    subject: str = Field(
+        min_length=1,
+        max_length=256,
+        description="The principal's subject (an API key's subject or a token's `sub`).",
+    )
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "has(self.requestsPerMinute) || has(self.tokensPerMinute)",
+                "must set requestsPerMinute or tokensPerMinute",
+                reason="FieldValueRequired",
+            )
+        )
+    }
+
+
+class AdapterQuota(QuotaLimits):
+    """The budgets of one adapter (or the base model), in place of quotas.perAdapter."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$",
+        description="The adapter's name as clients give it in `model` (the base model's served name too).",
+    )
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "has(self.requestsPerMinute) || has(self.tokensPerMinute)",
+                "must set requestsPerMinute or tokensPerMinute",
+                reason="FieldValueRequired",
+            )
+        )
+    }
+
+
+class Quotas(ApiModel):
+    """Rate limits the router enforces: per principal (the caller) and per adapter (the model asked for).
+
+    Each router replica enforces ceil(limit / replicas) of every budget, so the replicas together
+    admit at most the limit (docs/router.md, Quotas)."""
+
+    per_principal: QuotaLimits | None = Field(
+        default=None, description="Budgets of every principal, unless `principals` names it."
+    )
+    per_adapter: QuotaLimits | None = Field(
+        default=None,
+        description="Budgets of every adapter (and the base model), unless `adapters` names it.",
+    )
+    principals: list[PrincipalQuota] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Budgets of named principals, in place of perPrincipal.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["subject"]},
+    )
+    adapters: list[AdapterQuota] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Budgets of named adapters, in place of perAdapter.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+    def principal_limits(self, subject: str) -> QuotaLimits | None:
+        """The budgets that apply to a principal: its own entry, else perPrincipal."""
+        return next((p for p in self.principals if p.subject == subject), self.per_principal)
+
+    def adapter_limits(self, name: str) -> QuotaLimits | None:
+        """The budgets that apply to an adapter (or the base model): its own entry, else perAdapter."""
+        return next((a for a in self.adapters if a.name == name), self.per_adapter)
+
+
 class BaseModelSpec(ApiModel):
     """Desired state of a BaseModel."""
 
@@ -189,9 +289,11 @@ class BaseModelSpec(ApiModel):
     resources: WorkerResources = Field(default_factory=WorkerResources)
     replicas: ReplicaRange = Field(default_factory=ReplicaRange)
     node_selector: dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]] = Field(
-        default_factory=dict, max_length=32
+        default_factory=dict, max_length=32, description="Node labels a worker pod's node must have."
     )
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=32, description="Taints the worker pods tolerate."
+    )
     adapter_catalog: AdapterCatalog | None = None
     adapter_volumes: list[ObjectName] = Field(
         default_factory=list,
@@ -205,6 +307,17 @@ class BaseModelSpec(ApiModel):
     adapter_store_secret_ref: SecretReference | None = Field(
         default=None,
         description="Secret with credentials for the adapter store (S3 keys, HTTP token).",
+    )
+    quotas: Quotas | None = Field(
+        default=None,
+        description="Requests and tokens per minute per principal and per adapter, enforced by the router.",
+    )
+    access: BaseModelAccess | None = Field(
+        default=None,
+        description=(
+            "Who may call the router and use the base model and the catalog's adapters (docs/security.md). "
+            "Omitted: the router authenticates no one (a local fleet only)."
+        ),
     )
 
     model_config = ApiModel.model_config | {
@@ -235,19 +348,25 @@ class BaseModelSpec(ApiModel):
 class SlotUsage(ApiModel):
     """Adapter slots across the fleet, per tier."""
 
-    gpu_total: int = Field(default=0, ge=0)
-    gpu_used: int = Field(default=0, ge=0)
-    cpu_total: int = Field(default=0, ge=0)
-    cpu_used: int = Field(default=0, ge=0)
+    gpu_total: int = Field(default=0, ge=0, description="GPU adapter slots of all ready workers.")
+    gpu_used: int = Field(default=0, ge=0, description="GPU adapter slots holding an adapter.")
+    cpu_total: int = Field(default=0, ge=0, description="CPU-cache adapter slots of all ready workers.")
+    cpu_used: int = Field(default=0, ge=0, description="CPU-cache adapter slots holding an adapter.")
 
 
 class BaseModelStatus(ApiModel):
     """Observed state of a BaseModel."""
 
-    observed_generation: int | None = Field(default=None, ge=0)
+    observed_generation: int | None = Field(
+        default=None,
+        ge=0,
+        description="The metadata.generation the operator last acted on; Ready speaks for that generation.",
+    )
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_FIELD_EXTRA)
-    desired_workers: int | None = Field(default=None, ge=0)
-    ready_workers: int | None = Field(default=None, ge=0)
+    desired_workers: int | None = Field(
+        default=None, ge=0, description="Workers the fleet should run now (between replicas.min and max)."
+    )
+    ready_workers: int | None = Field(default=None, ge=0, description="Workers whose engine is ready.")
     workers: str | None = Field(
         default=None, max_length=32, description="Ready / desired workers, for humans."
     )

@@ -132,7 +132,12 @@ AdapterSourceUri = Annotated[
 # too much across thousands of list items.
 PlacedAdapterUri = Annotated[
     str,
-    Field(min_length=1, max_length=2048, pattern=f"^({_FILE}|{_PVC}|{_HTTPS}|{_S3})$"),
+    Field(
+        min_length=1,
+        max_length=2048,
+        pattern=f"^({_FILE}|{_PVC}|{_HTTPS}|{_S3})$",
+        description="Where the adapter's files are, copied from its LoRAAdapter or the catalog template.",
+    ),
 ]
 
 ModelSourceUri = Annotated[
@@ -191,12 +196,22 @@ class Condition(ApiModel):
     type: str = Field(
         max_length=316,
         pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+        description="Type of the condition: Ready, Reconciling or Stalled.",
     )
-    status: ConditionStatus
-    reason: str = Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
-    message: str = Field(default="", max_length=32768)
-    last_transition_time: datetime
-    observed_generation: int | None = Field(default=None, ge=0)
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="Why the condition has its status: one CamelCase word, for tools to match on.",
+    )
+    message: str = Field(
+        default="", max_length=32768, description="Why the condition has its status, for humans."
+    )
+    last_transition_time: datetime = Field(description="When the condition last changed status.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The metadata.generation of the object this condition was set from."
+    )
 
 
 class SecretReference(ApiModel):
@@ -209,17 +224,39 @@ class SecretKeyReference(ApiModel):
     """One key of a Secret in the same namespace."""
 
     name: ObjectName
-    key: str = Field(default="api-key", min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    key: str = Field(
+        default="api-key",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key of the Secret's data that holds the value.",
+    )
 
 
 class Toleration(ApiModel):
     """A pod toleration (core/v1 Toleration), refused here where a pod would refuse it."""
 
-    key: str | None = Field(default=None, max_length=316, pattern=LABEL_KEY)
-    operator: Literal["Exists", "Equal"] = "Equal"
-    value: str | None = Field(default=None, max_length=63, pattern=LABEL_VALUE)
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = Field(default=None, ge=0, le=86400)
+    key: str | None = Field(
+        default=None,
+        max_length=316,
+        pattern=LABEL_KEY,
+        description="Taint key the toleration applies to; empty with operator Exists matches every taint.",
+    )
+    operator: Literal["Exists", "Equal"] = Field(
+        default="Equal", description="Equal: the taint's value must equal value; Exists: any value."
+    )
+    value: str | None = Field(
+        default=None, max_length=63, pattern=LABEL_VALUE, description="Taint value to match (operator Equal)."
+    )
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches every effect."
+    )
+    toleration_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=86400,
+        description="How long the pod stays bound after a NoExecute taint appears (default: forever).",
+    )
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": validations(
@@ -245,7 +282,13 @@ class Toleration(ApiModel):
     }
 
 
+CONDITIONS_DESCRIPTION = (
+    "Ready (always present), Reconciling (True while work is in flight) and Stalled (True on an "
+    "error that needs a change to the spec), shaped like metav1.Condition."
+)
+
 CONDITIONS_FIELD_EXTRA: dict[str, Any] = {
+    "description": CONDITIONS_DESCRIPTION,
     "x-kubernetes-list-type": "map",
     "x-kubernetes-list-map-keys": ["type"],
 }

@@ -172,6 +172,16 @@ def structural(model: type[BaseModel]) -> Schema:
 
 _DROP = {"title", "$defs"}
 
+# What `kubectl explain` shows for the fields every object has (the wording of Kubernetes' own types).
+API_VERSION_DESCRIPTION = (
+    "APIVersion defines the versioned schema of this representation of an object. Servers should convert "
+    "recognized schemas to the latest internal value, and may reject unrecognized values."
+)
+KIND_DESCRIPTION = (
+    "Kind is a string value representing the REST resource this object represents. Servers may infer this "
+    "from the endpoint the client submits requests to. In CamelCase."
+)
+
 
 def _convert(node: Schema, defs: dict[str, Schema]) -> Schema:
     node = copy.deepcopy(node)
@@ -212,7 +222,7 @@ def _convert(node: Schema, defs: dict[str, Schema]) -> Schema:
 
 
 def _with_object_defaults(schema: Schema) -> Schema:
-    """Default optional object fields whose own fields all have defaults to `{}`.
+    """Default optional object fields whose own fields all have defaults (and no rules) to `{}`.
 
     The apiserver then fills in their inner defaults on admission, so CEL rules
     and `kubectl get -o yaml` see the effective values.
@@ -221,7 +231,9 @@ def _with_object_defaults(schema: Schema) -> Schema:
     for name, prop in schema.get("properties", {}).items():
         _with_object_defaults(prop)
         is_object = prop.get("type") == "object" and "properties" in prop
-        if is_object and name not in required and "default" not in prop and not prop.get("required"):
+        # An object with rules of its own is left absent: the empty object may not pass them.
+        bare = not prop.get("required") and "x-kubernetes-validations" not in prop
+        if is_object and name not in required and "default" not in prop and bare:
             prop["default"] = {}
     return schema
 
@@ -237,8 +249,9 @@ def openapi_schema(kind: Kind) -> Schema:
         "description": (kind.spec.__doc__ or "").strip() or kind.kind,
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
+            "apiVersion": {"type": "string", "description": API_VERSION_DESCRIPTION},
+            "kind": {"type": "string", "description": KIND_DESCRIPTION},
+            # The apiserver forbids anything but a type here; it documents metadata as ObjectMeta itself.
             "metadata": {"type": "object"},
             "spec": spec,
             "status": status,

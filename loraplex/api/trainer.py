@@ -13,3 +13,15 @@ EXIT_CRASHED = 1  # an unexpected error: retry with back-off; the last checkpoin
 EXIT_CONFIG = 2  # the config file is missing or invalid: nothing ran
 EXIT_FAILED = 3  # at least one adapter failed for good (its `failed` event names the reason)
 EXIT_PREEMPTED = 75  # stopped on request after checkpointing (EX_TEMPFAIL): run the same config to resume
+
+# The adapter store's S3 credentials, as a trainer pod gets them: each key of the BaseModel's store
+# Secret that the trainer needs, as a file named after it, in the folder this variable names (a
+# Secret volume with `items`, never the whole Secret as environment variables).
+STORE_CREDENTIALS_ENV = "LORAPLEX_STORE_CREDENTIALS_DIR"
+STORE_CREDENTIAL_KEYS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+)

@@ -28,7 +28,12 @@ from loraplex.api.common import (
 )
 from loraplex.api.tiers import Tier
 
-AdapterName = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+AdapterName = Field(
+    min_length=1,
+    max_length=253,
+    pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    description="Name of the adapter: a LoRAAdapter's name, or a catalog adapter's requested name.",
+)
 
 
 class WantedAdapter(ApiModel):
@@ -37,9 +42,9 @@ class WantedAdapter(ApiModel):
     name: str = AdapterName
     uri: PlacedAdapterUri
     sha256: Sha256
-    rank: int = Field(ge=1, le=512)
-    tier: Tier
-    pinned: bool = False
+    rank: int = Field(ge=1, le=512, description="The adapter's LoRA rank.")
+    tier: Tier = Field(description="Tier to hold it in: GPU, CPU or Disk.")
+    pinned: bool = Field(default=False, description="A Pinned adapter: never displaced by another.")
 
 
 class WorkerPlacementSpec(ApiModel):
@@ -49,7 +54,9 @@ class WorkerPlacementSpec(ApiModel):
     worker: str = Field(
         min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="Name of the worker pod."
     )
-    adapters: list[WantedAdapter] = Field(default_factory=list, max_length=20000)
+    adapters: list[WantedAdapter] = Field(
+        default_factory=list, max_length=20000, description="The adapters the worker should hold."
+    )
     unload: list[Annotated[str, AdapterName]] = Field(
         default_factory=list,
         max_length=20000,
@@ -65,8 +72,8 @@ class ResidentAdapter(ApiModel):
 
     name: str = AdapterName
     sha256: Sha256 | None = None
-    tier: Tier
-    bytes: int | None = Field(default=None, ge=0)
+    tier: Tier = Field(description="Tier it is held in: GPU, CPU or Disk.")
+    bytes: int | None = Field(default=None, ge=0, description="Size of its files on the agent's disk.")
     load_seconds: float | None = Field(default=None, ge=0, description="How long its last load took.")
     catalog: bool = Field(default=False, description="Loaded on demand through the catalog template.")
     on_demand: bool = Field(
@@ -85,19 +92,31 @@ class AdapterFailure(ApiModel):
     """An adapter the agent could not load, and why."""
 
     name: str = AdapterName
-    reason: str = Field(max_length=64, pattern=r"^[A-Za-z]+$")
-    message: str = Field(default="", max_length=1024)
+    reason: str = Field(max_length=64, pattern=r"^[A-Za-z]+$", description="Why, as one CamelCase word.")
+    message: str = Field(default="", max_length=1024, description="Why, for humans.")
 
 
 class WorkerPlacementStatus(ApiModel):
     """What the worker's agent holds right now."""
 
-    observed_generation: int | None = Field(default=None, ge=0)
+    observed_generation: int | None = Field(
+        default=None,
+        ge=0,
+        description="The metadata.generation of the spec the agent last acted on.",
+    )
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_FIELD_EXTRA)
-    adapters: list[ResidentAdapter] = Field(default_factory=list, max_length=20000)
-    failures: list[AdapterFailure] = Field(default_factory=list, max_length=1000)
-    gpu_slots: int | None = Field(default=None, ge=0)
-    cpu_slots: int | None = Field(default=None, ge=0)
+    adapters: list[ResidentAdapter] = Field(
+        default_factory=list, max_length=20000, description="The adapters the agent holds, per tier."
+    )
+    failures: list[AdapterFailure] = Field(
+        default_factory=list, max_length=1000, description="Adapters the agent could not load, and why."
+    )
+    gpu_slots: int | None = Field(
+        default=None, ge=0, description="The worker's GPU adapter slots (vLLM --max-loras)."
+    )
+    cpu_slots: int | None = Field(
+        default=None, ge=0, description="The worker's CPU-cache adapter slots (vLLM --max-cpu-loras)."
+    )
     held: str | None = Field(default=None, max_length=32, description="Adapters held / wanted, for humans.")
 
 

@@ -214,6 +214,45 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "spec.dataset.uri",
         "..",
     ),
+    # A dataset in a system folder, or a path that is not normalized (issue 19: confused deputy).
+    (
+        "trainingjobs",
+        {"spec": {"dataset": {"uri": "file:///proc/self/environ"}}},
+        "spec.dataset.uri",
+        "system folder",
+    ),
+    (
+        "trainingjobs",
+        {"spec": {"dataset": {"uri": "file:///var/run/secrets/kubernetes.io/serviceaccount/token"}}},
+        "spec.dataset.uri",
+        "system folder",
+    ),
+    (
+        "trainingjobs",
+        {"spec": {"dataset": {"uri": "file:///etc/passwd"}}},
+        "spec.dataset.uri",
+        "system folder",
+    ),
+    (
+        "trainingjobs",
+        {"spec": {"dataset": {"uri": "file:////proc/1/environ"}}},
+        "spec.dataset.uri",
+        "normalized",
+    ),
+    (
+        "trainingjobs",
+        {"spec": {"dataset": {"uri": "file:///data/./x.jsonl"}}},
+        "spec.dataset.uri",
+        "normalized",
+    ),
+    (
+        "trainingjobs",
+        {"spec": {"dataset": {"uri": "file:///data/x?.jsonl"}}},
+        "spec.dataset.uri",
+        "normalized",
+    ),
+    ("trainingjobs", {"spec": {"dataset": {"uri": "file:///data%2F..%2Fetc"}}}, "spec.dataset.uri", ".."),
+    ("trainingjobs", {"spec": {"dataset": {"uri": "file:///data\\x"}}}, "spec.dataset.uri", "normalized"),
     (
         "trainingjobs",
         {"spec": {"dataset": {"format": "parquet"}}},
@@ -292,12 +331,7 @@ def test_refused_naming_the_field(
     kube: Any, namespace: str, case: tuple[str, dict[str, Any], str, str]
 ) -> None:
     plural, patch, field, reason = case
-    with pytest.raises(ApiException) as refused:
-        create(kube, namespace, plural, merged(VALID[plural], patch))
-    assert refused.value.status in (400, 422)
-    message = json.loads(refused.value.body)["message"]
-    assert field in message, message
-    assert reason in message, message
+    assert_refused(kube, namespace, plural, merged(VALID[plural], patch), field, reason)
 
 
 @pytest.mark.parametrize("image", VALID_IMAGES)
@@ -330,6 +364,18 @@ def test_a_lora_adapter_keeps_its_base_model(kube: Any, namespace: str) -> None:
     kept = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "loraadapters", "moved")
     assert kept["spec"]["baseModel"] == "llama-8b"
     assert kept["spec"]["replicas"] == 3
+
+
+def assert_refused(
+    kube: Any, namespace: str, plural: str, body: dict[str, Any], field: str, reason: str
+) -> None:
+    """The apiserver refuses the object, and its answer names the field and says why."""
+    with pytest.raises(ApiException) as refused:
+        create(kube, namespace, plural, body)
+    assert refused.value.status in (400, 422)
+    message = json.loads(refused.value.body)["message"]
+    assert field in message, message
+    assert reason in message, message
 
 
 def create(kube: Any, namespace: str, plural: str, body: dict[str, Any]) -> None:

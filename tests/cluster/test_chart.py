@@ -45,7 +45,11 @@ def test_values_schema_refuses_bad_values(bad: str) -> None:
 
 def test_crds_follow_the_toggles() -> None:
     with_crds = [d for d in render("ops") if d["kind"] == "CustomResourceDefinition"]
-    assert {d["metadata"]["name"] for d in with_crds} >= {"basemodels.loraplex.dev", "kopfpeerings.kopf.dev"}
+    assert {d["metadata"]["name"] for d in with_crds} >= {
+        "basemodels.loraplex.dev",
+        "loraadapters.loraplex.dev",
+    }
+    assert "kopfpeerings.kopf.dev" not in {d["metadata"]["name"] for d in with_crds}  # Helm crds/ folder
     assert all(d["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep" for d in with_crds)
     dropped = [d for d in render("ops", "crds.keep=false") if d["kind"] == "CustomResourceDefinition"]
     assert all("annotations" not in d["metadata"] for d in dropped)

@@ -86,7 +86,8 @@ def test_workers_grow_to_hold_the_adapters_warm_and_shrink_back_after_the_delay(
         )
     wait_until(lambda: fleet(kube, namespace) == one, 60, "back to one worker once the delay passed")
     scalings = operator.metrics()
-    assert scalings['loraplex_fleet_scalings_total{base_model="tiny",direction="down"}'] == 1
+    labels = f'base_model="tiny",direction="down",namespace="{namespace}"'  # /metrics sorts label names
+    assert scalings[f"loraplex_fleet_scalings_total{{{labels}}}"] == 1
 
 
 def test_kubectl_scale_sets_the_floor_and_is_bounded_by_max(

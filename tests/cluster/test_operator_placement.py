@@ -15,6 +15,7 @@ import pytest
 from kubernetes import client, watch
 
 from loraplex.api import GROUP, VERSION
+from loraplex.api.tiers import TIERS
 from loraplex.e2e.cluster import LocalCluster
 from loraplex.e2e.objects import create_object
 from loraplex.e2e.operator_process import OperatorProcess
@@ -50,10 +51,11 @@ def placed(kube: Any, namespace: str, workers: set[str]) -> dict[str, dict[str, 
     return held if complete and within else None
 
 
-def copies_by_tier(operator: OperatorProcess, base_model: str) -> dict[str, float]:
+def copies_by_tier(operator: OperatorProcess, namespace: str, base_model: str) -> dict[str, float]:
     samples = operator.metrics()
+    labels = f'base_model="{base_model}",namespace="{namespace}"'  # /metrics sorts label names
     return {
-        tier: samples.get(f'loraplex_adapter_copies{{base_model="{base_model}",tier="{tier}"}}', -1)
+        tier: samples.get(f'loraplex_adapter_copies{{{labels},tier="{tier}"}}', -1)
         for tier in ("GPU", "CPU", "Disk")
     }
 
@@ -89,11 +91,11 @@ def test_adapters_are_placed_in_tiers_and_wait_for_agents(
     assert samples["loraplex_placement_pass_duration_seconds_count"] >= 1
     per_tier = Counter(tier for where in held.values() for tier in where.values())
     wait_until(
-        lambda: copies_by_tier(operator, "tiny") == {tier: per_tier[tier] for tier in ("GPU", "CPU", "Disk")},
+        lambda: copies_by_tier(operator, namespace, "tiny") == {str(t): per_tier[t] for t in TIERS},
         10,
         "/metrics counting the copies per tier",
     )
-    assert operator.metrics()['loraplex_adapters_pending{base_model="tiny"}'] == 0
+    assert operator.metrics()[f'loraplex_adapters_pending{{base_model="tiny",namespace="{namespace}"}}'] == 0
     assert set(held["sql"].values()) == {"GPU"}  # pinned: GPU slots on two distinct workers
     gpu_copies = [w for where in held.values() for w, tier in where.items() if tier == "GPU"]
     assert len(gpu_copies) <= 3  # one GPU slot per worker (maxLoras 1)

@@ -6,35 +6,19 @@ really scheduled, and really preempted by the scheduler when a serving worker ne
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
 from loraplex.api import GROUP, VERSION
-from loraplex.e2e.cluster import LocalCluster
 from loraplex.e2e.objects import create_object
 from loraplex.e2e.operator_process import OperatorProcess
-from loraplex.e2e.priority_classes import ensure_trainer_priority_class
 from loraplex.e2e.trainer_pods import trainer_pods
 from loraplex.e2e.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
 GPU = "nvidia.com/gpu"
-
-
-@pytest.fixture
-def trainer_operator(
-    local_cluster: LocalCluster, kube: Any, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[OperatorProcess]:
-    """The operator with a local training store (no PVC to schedule against) and the trainer PriorityClass."""
-    ensure_trainer_priority_class(kube)
-    monkeypatch.setenv("LORAPLEX_TRAINING_STORE", f"file://{tmp_path}/store")
-    process = OperatorProcess(local_cluster.kubeconfig, namespace, tmp_path / "operator.log").start()
-    yield process
-    process.stop()
 
 
 def base_model(gpus: int, workers: int) -> dict[str, Any]:

@@ -64,7 +64,8 @@ def test_a_running_trainer_pod_gets_the_trainer_until_it_has_ended() -> None:
         }
     )
     ref = TrainingJobRef("retrain", "demo", "uid-tj", 1)
-    template = trainer_job(ref, job, SPEC, OperatorSettings(), attempt=0, node="n0")["spec"]["template"]
+    settings = OperatorSettings(training_dataset_roots=("file:///tmp",))
+    template = trainer_job(ref, job, SPEC, settings, attempt=0, node="n0")["spec"]["template"]
     target = pod_processes(pod_from(template, "retrain-a0-xyz"))
     assert target == TrainerPod(
         name="retrain-a0-xyz", namespace="demo", config_map="retrain-a0", training_job="retrain",

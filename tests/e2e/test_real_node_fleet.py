@@ -28,7 +28,9 @@ from loraplex.e2e.cluster import LocalCluster, process_alive
 from loraplex.e2e.node import LocalNode, node_pids
 from loraplex.e2e.node_config import BRIDGE, POD_SUBNET
 from loraplex.e2e.node_fleet import RELEASE, RELEASE_NAMESPACE, STORE_NAMESPACE, kubectl, uninstall_chart
+from loraplex.e2e.prometheus import LocalPrometheus
 from loraplex.e2e.waiting import wait_until
+from tests.monitoring.test_grafana_dashboard import expressions
 from tests.restricted_pods import restricted_violations
 
 pytestmark = [
@@ -51,7 +53,7 @@ def test_the_fleet_runs_as_real_pods_installed_by_the_chart_and_leaves_nothing_b
     node = LocalNode(cluster)
     pids: dict[str, int] = {}
     try:
-        assert main(["dev", "up", "--name", NAME]) == 0
+        assert main(["dev", "up", "--name", NAME, "--prometheus"]) == 0
         pids = {**cluster.status().pids, **node_pids(node)}
         for example in ("00-basemodel.yaml", "10-adapters.yaml"):  # the TrainingJob once serving is seen
             applied = kubectl(cluster, "apply", "-n", STORE_NAMESPACE, "-f", str(ROOT / "examples" / example))
@@ -86,6 +88,7 @@ def test_the_fleet_runs_as_real_pods_installed_by_the_chart_and_leaves_nothing_b
                 "the workers serving the trained revision",
             )
         assert _answer(caller, "support-bot", "ticket:") != before  # the trained weights answer now
+        _assert_prometheus_answers_every_panel(LocalPrometheus(cluster))
 
         deleted = kubectl(cluster, "delete", "-n", STORE_NAMESPACE, "-f", str(ROOT / "examples"), "--wait")
         assert deleted.returncode == 0, deleted.stderr
@@ -140,6 +143,31 @@ def _assert_only_the_router_may_reach_vllm(api: Any, core: Any) -> None:
     vllm_rule = next(rule for rule in policy.spec.ingress if rule.ports[0].port == 8000)
     allowed = [p for p in pods for peer in vllm_rule._from if selected(peer.pod_selector, p)]
     assert {p.metadata.labels[COMPONENT] for p in allowed} == {"router"}
+
+
+def _assert_prometheus_answers_every_panel(prometheus: LocalPrometheus) -> None:
+    """Debian's Prometheus, configured from the chart's monitors, scrapes every loraplex process, and
+    every query of the Grafana dashboard returns data (for all BaseModels, as the dashboard opens)."""
+
+    def components() -> list[str] | None:
+        targets = prometheus.targets()
+        if not targets or any(t["health"] != "up" for t in targets):
+            return None
+        return sorted(t["labels"].get("component", "operator") for t in targets)
+
+    # The operator's Service; per worker pod its agent and its vLLM; the router.
+    scraped = wait_until(components, 60, "every scrape target up", interval=2)
+    assert scraped == ["operator", "router", *["worker"] * 4]
+    queries = [expr.replace("$base_model", ".*") for expr in expressions()]
+    empty: list[str] = []
+
+    def answered() -> bool:
+        empty[:] = [query for query in queries if not prometheus.query(query)]
+        return not empty
+
+    with contextlib.suppress(TimeoutError):
+        wait_until(answered, 60, "every dashboard panel answered", interval=5)
+    assert empty == []
 
 
 def _in_pod_subnet(ip: str | None) -> bool:

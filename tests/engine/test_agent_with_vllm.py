@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -166,3 +167,48 @@ def test_adapters_come_back_after_vllm_restarts(
     wait_held(agent, {"a0": "GPU", "a1": "CPU"})
     assert vllm.text("a0") == before
     assert agent.metrics()['loraplex_agent_adapter_loads_total{tier="GPU"}'] == 2
+
+
+def foreign_adapter(source: AdapterFiles, folder: Path) -> AdapterFiles:
+    """`source` as if trained for another architecture that names its attention the same
+    (`q_proj`...) at other paths: its weights attach to `model.decoder.layers.N.self_attn.*`
+    (OPT's layout), which the tiny Llama does not have; adapter_config.json is left as it is."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source.path, folder)
+    weights = load_file(folder / "adapter_model.safetensors")
+    renamed = {name.replace(".model.layers.", ".model.decoder.layers."): t for name, t in weights.items()}
+    assert renamed.keys() != weights.keys()
+    save_file(renamed, folder / "adapter_model.safetensors")
+    return AdapterFiles("foreign", folder, tree_digest(folder), source.rank)
+
+
+def test_an_adapter_for_modules_the_base_lacks_is_refused_not_served_as_the_base(
+    vllm: VllmProcess,
+    adapters: dict[str, AdapterFiles],
+    start_agent: AgentFactory,
+    base_model: Path,
+    tmp_path: Path,
+) -> None:
+    foreign = foreign_adapter(adapters["a2"], tmp_path / "foreign")
+    check = ["--base-model-dir", str(base_model)]
+    agent = start_agent([wanted_entry(adapters["a0"], "CPU"), wanted_entry(foreign, "CPU")], extra_args=check)
+
+    failures = wait_until(lambda: agent.residency()["failures"], 60, "a reported failure")
+    assert [(f["name"], f["reason"]) for f in failures] == [("foreign", "TargetModulesNotInBase")]
+    assert "model.decoder.layers.0.self_attn" in failures[0]["message"]
+    wait_until(lambda: agent.held().get("a0") == "CPU", 60, "a0 loaded")
+    assert vllm.adapters() == {"a0"}  # never registered, so never served as if it were the base
+    assert agent.held().get("foreign") not in ("CPU", "GPU")
+    assert vllm.text("a0") != vllm.text("base")
+    assert agent.metrics()['loraplex_agent_fetch_failures_total{reason="TargetModulesNotInBase"}'] >= 1
+
+
+def test_without_the_check_vllm_serves_such_an_adapter_as_the_base_model(
+    vllm: VllmProcess, adapters: dict[str, AdapterFiles], start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """Why the agent checks (vLLM issue 34186): vLLM registers it and answers with the base's output."""
+    foreign = foreign_adapter(adapters["a2"], tmp_path / "foreign")
+    agent = start_agent([wanted_entry(foreign, "CPU")])
+    wait_held(agent, {"foreign": "CPU"})
+    assert vllm.text("foreign") == vllm.text("base")

@@ -7,8 +7,10 @@ requests for `chat` then land on w0, which loads it from the catalog.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,22 +75,24 @@ def fleet(
         second.stop()
 
 
-def adapters_run(vllm: VllmProcess) -> set[str]:
-    """The adapters this vLLM has ever scheduled a request for (its `vllm:lora_requests_info`)."""
+def adapters_run(vllm: VllmProcess, since: float) -> set[str]:
+    """The adapters this vLLM scheduled a request for at `since` (epoch seconds) or later (its
+    `vllm:lora_requests_info`; w0's vLLM serves other test modules too)."""
     with urllib.request.urlopen(f"{vllm.url}/metrics", timeout=10) as response:
-        return set(last_use(response.read().decode()))
+        return {name for name, when in last_use(response.read().decode()).items() if when >= since}
 
 
 def test_completions_reach_the_worker_that_holds_the_adapter(fleet: Fleet) -> None:
+    since = time.time()
     for adapter, worker in (("sql", "w0"), ("chat", "w1")):
         answer = fleet.client.completions.create(
             model=adapter, prompt="the quick", max_tokens=8, temperature=0
         )
         assert answer.choices[0].text == fleet.vllms[worker].text(adapter)
     # Both workers would give the same text: what each vLLM ran says where the requests went.
-    assert "sql" not in adapters_run(fleet.vllms["w1"])
-    assert "chat" not in adapters_run(fleet.vllms["w0"])
-    assert "sql" in adapters_run(fleet.vllms["w0"])
+    assert "sql" not in adapters_run(fleet.vllms["w1"], since)
+    assert "chat" not in adapters_run(fleet.vllms["w0"], since)
+    assert "sql" in adapters_run(fleet.vllms["w0"], since)
     metrics = fleet.router.metrics()
     assert metrics['loraplex_router_requests_total{tier="gpu"}'] >= 2
     models = {m.id for m in fleet.client.models.list()}
@@ -121,6 +125,44 @@ def test_errors_come_in_openais_shape(fleet: Fleet) -> None:
     assert "error" in json.loads(malformed.value.read())
     status, body = http_json(f"{fleet.router.url}/v1/completions", {"prompt": "x"})
     assert status == 400, body
+
+
+def test_the_official_clients_other_calls_work_through_the_router(fleet: Fleet) -> None:
+    """Async and streamed calls, one model, the Responses API, request ids, unknown paths: as from OpenAI."""
+
+    async def asynchronous() -> tuple[str, list[str]]:
+        async with openai.AsyncOpenAI(base_url=f"{fleet.router.url}/v1", api_key="unused") as api:
+            whole = await api.completions.create(model="sql", prompt="the quick", max_tokens=8, temperature=0)
+            stream = await api.completions.create(
+                model="sql", prompt="the quick", max_tokens=8, temperature=0, stream=True
+            )
+            return whole.choices[0].text, [chunk.choices[0].text async for chunk in stream if chunk.choices]
+
+    whole, chunks = asyncio.run(asynchronous())
+    assert whole == fleet.vllms["w0"].text("sql")
+    assert "".join(chunks) == whole
+    card = fleet.client.models.retrieve("chat")
+    assert (card.id, card.parent) == ("chat", "base")  # type: ignore[attr-defined]
+    with pytest.raises(openai.NotFoundError):
+        fleet.client.models.retrieve("no-such-adapter")
+    answer = fleet.client.responses.create(model="chat", input="hello world", max_output_tokens=8)
+    assert answer.output_text
+    assert answer.usage is not None
+    raw = fleet.client.completions.with_raw_response.create(
+        model="chat", prompt="x", max_tokens=1, extra_headers={"X-Request-Id": "trace-7"}
+    )
+    assert raw.headers["x-request-id"] == "trace-7"
+    with pytest.raises(openai.NotFoundError) as unknown:
+        fleet.client.files.list()
+    assert unknown.value.code == "unknown_url"
+
+
+def test_embeddings_are_refused_in_openais_shape_by_a_generative_engine(fleet: Fleet) -> None:
+    # vLLM serves /v1/embeddings only for pooling models: for the tiny Llama it has no such route.
+    with pytest.raises(openai.NotFoundError) as refused:
+        fleet.client.embeddings.create(model="chat", input="hello")
+    assert refused.value.code == "unsupported_endpoint"
+    assert fleet.router.metrics().get('loraplex_router_retries_total{reason="not_loaded"}', 0) == 0
 
 
 def test_a_catalog_adapter_is_loaded_on_first_request(fleet: Fleet) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import kopf
+
 
 class Response:
     """What a status patch answers (the writer drains it unparsed)."""
@@ -26,8 +28,9 @@ class StatusApi:
 class Stopped:
     """kopf.DaemonStopped for a given number of wake-ups."""
 
-    def __init__(self, passes: int) -> None:
+    def __init__(self, passes: int, reason: kopf.DaemonStoppingReason | None = None) -> None:
         self.passes = passes
+        self.reason = reason  # why it stopped (kopf sets it once stopped): None = still running
 
     def __bool__(self) -> bool:
         return self.passes <= 0

@@ -19,6 +19,7 @@ from kubernetes import client
 from prometheus_client import REGISTRY
 
 from loraplex.api import API_VERSION
+from loraplex.api.tiers import TIERS
 from loraplex.operator import adapter_handlers, basemodel_handlers, placement_loop
 from loraplex.operator.admission_policy import UNLOAD_FINALIZER
 from loraplex.operator.fleet_scale import FleetTargets
@@ -114,9 +115,10 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 def run_placement_passes(
     monkeypatch: pytest.MonkeyPatch, base: str, adapters: list[dict[str, Any]], passes: int, clock: Clock,
-    placements: list[dict[str, Any]] | None = None,
+    placements: list[dict[str, Any]] | None = None, reason: kopf.DaemonStoppingReason | None = None,
 ) -> StatusApi:  # fmt: skip
-    """Run BaseModel `base`'s placement daemon for `passes` passes on two ready workers, in two zones."""
+    """Run BaseModel `base`'s placement daemon for `passes` passes on two ready workers, in two zones,
+    then stop it for `reason` (None: as if the operator went on running it)."""
     api = StatusApi()
     monkeypatch.setattr(
         placement_loop,
@@ -128,7 +130,7 @@ def run_placement_passes(
     placement_loop.register(registry, SETTINGS, None, applier, FleetTargets())  # type: ignore[arg-type]
     key = ("ns", base)
     handler(registry, "placement")(
-        stopped=Stopped(passes), name=base, namespace="ns", uid=f"uid-{base}",
+        stopped=Stopped(passes, reason), name=base, namespace="ns", uid=f"uid-{base}",
         spec={"model": {"uri": "/m"}, "replicas": {"min": 2}, "engine": {"maxLoras": 1, "maxCpuLoras": 2}},
         body={"metadata": {"name": base, "namespace": "ns"}}, logger=LOGGER,
         adapters_by_base={key: adapters}, worker_sets={},
@@ -166,12 +168,30 @@ def test_placement_passes_report_copies_by_tier_and_adapters_pending(
     adapters = [adapter("sql", "gauged", replicas=2, policy="Pinned"), adapter("chat", "gauged", replicas=3)]
     api = run_placement_passes(monkeypatch, "gauged", adapters, passes=1, clock=clock)
     tiers = {
-        tier: sample("loraplex_adapter_copies", base_model="gauged", tier=tier)
+        tier: sample("loraplex_adapter_copies", namespace="ns", base_model="gauged", tier=tier)
         for tier in ("GPU", "CPU", "Disk")
     }
     assert tiers == {"GPU": 2, "CPU": 2, "Disk": 0}
-    assert sample("loraplex_adapters_pending", base_model="gauged") == 1
+    assert sample("loraplex_adapters_pending", namespace="ns", base_model="gauged") == 1
     assert sorted(api.written) == ["chat", "sql"]
+
+
+def test_a_deleted_base_models_series_go_with_it(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
+    adapters = [adapter("sql", "deleted", replicas=2)]
+    run_placement_passes(monkeypatch, "deleted", adapters, passes=1, clock=clock)
+    copies = [sample("loraplex_adapter_copies", namespace="ns", base_model="deleted", tier=t) for t in TIERS]
+    assert sum(copies) == 2
+    deleted = kopf.DaemonStoppingReason.RESOURCE_DELETED
+    run_placement_passes(monkeypatch, "deleted", adapters, passes=1, clock=clock, reason=deleted)
+    names = {"loraplex_adapter_copies", "loraplex_adapters_pending", "loraplex_placement_moves_total"}
+    left = [
+        sample.labels
+        for family in REGISTRY.collect()
+        for sample in family.samples
+        if family.name in names or sample.name in names
+        if sample.labels.get("base_model") == "deleted"
+    ]
+    assert left == []
 
 
 def test_placement_passes_count_the_adapters_agents_report_active(
@@ -185,7 +205,7 @@ def test_placement_passes_count_the_adapters_agents_report_active(
     placement = {"metadata": {"name": "w-0"}, "spec": {"worker": "w-0"}, "status": {"adapters": held}}
     adapters = [adapter("sql", "active"), adapter("chat", "active")]
     run_placement_passes(monkeypatch, "active", adapters, passes=1, clock=clock, placements=[placement])
-    assert sample("loraplex_adapters_active", base_model="active") == 1
+    assert sample("loraplex_adapters_active", namespace="ns", base_model="active") == 1
 
 
 # Reconciles of every kind, by result, and the writes kopf sends from the handlers' patches.
@@ -222,6 +242,16 @@ def test_base_model_reconciles_are_timed_by_result_and_their_status_patch_counte
     with pytest.raises(kopf.PermanentError):
         reconcile_fleet({"model": {}}, status={})
     assert durations() == [2, 1]
+
+
+def test_a_base_models_counters_are_exported_at_zero_before_their_first_event() -> None:
+    # A dashboard panel or an alert over a counter that never moved still gets a series (of 0).
+    reconcile_fleet({"model": {"uri": "/m"}}, status={})
+    labels = {"namespace": "ns", "base_model": "fleet"}
+    scalings = [REGISTRY.get_sample_value("loraplex_fleet_scalings_total", {**labels, "direction": d})
+                for d in ("up", "down")]  # fmt: skip
+    assert scalings == [0.0, 0.0]
+    assert REGISTRY.get_sample_value("loraplex_placement_moves_total", labels) == 0.0
 
 
 def check_handler(base_models: dict[Any, Any]) -> Callable[[dict[str, Any], kopf.Patch], None]:

@@ -18,12 +18,14 @@ from loraplex.api.basemodel import BaseModelSpec
 from loraplex.api.trainingjob import TrainingJobSpec
 from loraplex.operator.fleet import BaseModelRef, plan_fleet
 from loraplex.operator.settings import OperatorSettings
-from loraplex.operator.training_workload import TrainingJobRef, plan_attempt, trainer_access
+from loraplex.operator.training_workload import TrainingJobRef, plan_attempt
 from tests.restricted_pods import all_containers, restricted_violations
 
 REF = BaseModelRef("llama-8b", "serving", "uid-1")
 JOB = TrainingJobRef("sql-tune", "serving", "uid-2", 1)
-SETTINGS = OperatorSettings(image="loraplex:test", trainer_image="loraplex-trainer:test")
+SETTINGS = OperatorSettings(
+    image="loraplex:test", trainer_image="loraplex-trainer:test", training_dataset_roots=("pvc://datasets",)
+)
 PVC_MODEL = {"model": {"uri": "pvc://models/llama/8b"}}
 HTTPS_MODEL = {"model": {"uri": "https://models.example.com/llama-8b.tar"}}
 TRAINING = {
@@ -208,10 +210,12 @@ def test_the_engine_and_the_trainer_have_a_writable_home(pod: str, container: st
 
 def test_only_pods_that_call_the_api_mount_a_service_account_token() -> None:
     accounts = [m for m in plan_fleet(REF, base(), SETTINGS, 1) if m["kind"] == "ServiceAccount"]
-    accounts += [m for m in trainer_access("llama-8b", "serving", "uid-1") if m["kind"] == "ServiceAccount"]
-    assert sorted(a["metadata"]["name"] for a in accounts) == [
-        "llama-8b-router", "llama-8b-trainer", "llama-8b-worker",
-    ]  # fmt: skip
+    assert sorted(a["metadata"]["name"] for a in accounts) == ["llama-8b-router", "llama-8b-worker"]
     assert all(a["automountServiceAccountToken"] is False for a in accounts)
-    # The agent watches its WorkerPlacement, the router the fleet, the trainer patches its job's status.
-    assert all(pod["automountServiceAccountToken"] is True for pod in PODS.values())
+    # The agent watches its WorkerPlacement, the router the fleet; the trainer calls no API at all
+    # (the operator reads its progress from its log).
+    tokens = {name: pod["automountServiceAccountToken"] for name, pod in PODS.items()}
+    assert tokens == {
+        "worker": True, "worker-fetching-its-model": True, "router": True,
+        "trainer": False, "trainer-fetching-its-model": False,
+    }  # fmt: skip

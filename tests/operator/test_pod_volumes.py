@@ -59,7 +59,9 @@ def test_a_trainer_reading_and_writing_one_claim_mounts_it_once_writable() -> No
             "training": {"steps": 10},
         }
     )
-    settings = OperatorSettings(training_store="pvc://store")
+    settings = OperatorSettings(
+        training_store="pvc://store", training_dataset_roots=("pvc://store/datasets",)
+    )
     job = trainer_job(TrainingJobRef("bot-retrain", "ns", "u", 1), spec, ONE_CLAIM, settings, 0, None)
     pod_spec = job["spec"]["template"]["spec"]
     assert claims(pod_spec) == ["store"]

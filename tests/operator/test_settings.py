@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from loraplex import cli
-from loraplex.operator.settings import OperatorSettings, SettingsError
+from loraplex.operator.settings import MetricsScraper, OperatorSettings, SettingsError
 
 DOCS = Path(__file__).parents[2] / "docs" / "operator.md"
 
@@ -31,6 +31,17 @@ VARIABLES: dict[str, tuple[str, str, Any]] = {
     "LORAPLEX_STATUS_WRITERS": ("2", "status_writers", 2),
     "LORAPLEX_SCALE_DOWN_DELAY": ("60", "scale_down_delay_seconds", 60.0),
     "LORAPLEX_TRAINER_IMAGE": ("example/trainer:2", "trainer_image", "example/trainer:2"),
+    "LORAPLEX_METRICS_SCRAPER": ("false", "metrics_scraper", None),
+    "LORAPLEX_METRICS_SCRAPER_NAMESPACE_SELECTOR": (
+        '{"matchLabels": {"team": "ops"}}',
+        "metrics_scraper",
+        MetricsScraper(namespace_selector={"matchLabels": {"team": "ops"}}),
+    ),
+    "LORAPLEX_METRICS_SCRAPER_POD_SELECTOR": (
+        '{"matchLabels": {"app": "vmagent"}}',
+        "metrics_scraper",
+        MetricsScraper(pod_selector={"matchLabels": {"app": "vmagent"}}),
+    ),
 }
 # The cpu and memory of the containers beside the model: variable -> (setting, its field).
 RESOURCES = {

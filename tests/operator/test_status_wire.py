@@ -28,6 +28,7 @@ from loraplex.operator.adapter_residency import (
 )
 from loraplex.operator.adapter_status import check_adapter, plan_adapter_status
 from loraplex.operator.fleet_status import FleetObservation, WorkerPod, plan_base_model_status
+from loraplex.operator.training_roots import parse_roots
 from loraplex.operator.training_status import JobView, PodView, output_refused, plan_training
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -281,6 +282,7 @@ def test_training_statuses_are_training_job_status_models_nones_included(
         step = plan_training(
             namespace="ns", name="tj", generation=generation, spec=spec, base=BASE if base_exists else None,
             status=stored, job=job, admitted_node=node, max_attempts=3, now=now,
+            dataset_roots=parse_roots(["file:///data"]),
         )  # fmt: skip
         if refused:
             step = output_refused(step.status, None, now, "OutputAdapterOfAnotherBaseModel", "not ours")

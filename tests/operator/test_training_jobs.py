@@ -16,6 +16,7 @@ from loraplex.operator.training_jobs import (
     trainer_usage,
     unfinished,
 )
+from loraplex.operator.training_roots import parse_roots
 from loraplex.operator.training_status import JobView, PodView, Step
 from loraplex.operator.training_throttle import PassThrottle, RecentStatuses
 from loraplex.operator.training_workload import Store
@@ -32,6 +33,7 @@ BASES: dict[Any, list[tuple[str, dict[str, Any]]]] = {
     ("ns", "tiny"): [("uid-tiny", {"model": {"uri": "/m"}, "nodeSelector": {"pool": "a"}})]
 }
 STORE = Store.parse("pvc://store/training")
+ROOTS = parse_roots(["file:///data"])
 
 
 def body(name: str = "tj", **metadata: Any) -> dict[str, Any]:
@@ -64,8 +66,8 @@ def test_waiting_jobs_are_queued_and_running_ones_hold_their_gpus() -> None:
                    [("a", "2026-01-01T00:00:00Z"), ("b", "2026-01-02T00:00:00Z")])  # fmt: skip
     assert early is not None
     assert late is not None
-    waiting = plan_job(early, None, NOW, 3, STORE)
-    running = plan_job(late, "n1", NOW, 3, STORE)
+    waiting = plan_job(early, None, NOW, 3, STORE, ROOTS)
+    running = plan_job(late, "n1", NOW, 3, STORE, ROOTS)
     assert running.status["checkpointUri"].startswith("pvc://store/training/")
     (queued,) = admission_queue([(early, waiting), (late, running)])
     assert (queued.key, queued.gpus, queued.created, dict(queued.node_selector)) == (
@@ -117,6 +119,6 @@ def test_a_status_just_written_outranks_a_stale_index_for_a_few_seconds() -> Non
 def test_a_step_that_is_not_running_gets_no_checkpoint_folder() -> None:
     job = parse_job("ns", body(), {}, BASES)
     assert job is not None
-    step: Step = plan_job(job, None, NOW, 3, STORE)
+    step: Step = plan_job(job, None, NOW, 3, STORE, ROOTS)
     assert step.status["phase"] == "Queued"
     assert "checkpointUri" not in step.status

@@ -9,11 +9,13 @@ import pytest
 
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.api.trainingjob import TrainingJobSpec
+from loraplex.operator.training_roots import parse_roots
 from loraplex.operator.training_schedule import next_run_time
 from loraplex.operator.training_status import JobView, PodView, Step, plan_training
 from loraplex.operator.training_workload import Store, TrainingJobRef, attempt_name, checkpoint_uri
 
 T0 = datetime(2026, 1, 1, 10, 20, tzinfo=UTC)
+ROOTS = parse_roots(["file:///data"])
 BASE = BaseModelSpec.model_validate({"model": {"uri": "/models/tiny"}, "engine": {"maxLoraRank": 16}})
 DIGEST = "ab" * 32
 
@@ -40,7 +42,7 @@ def plan(
 ) -> Step:
     return plan_training(
         namespace="ns", name="tj", generation=1, spec=job_spec or spec(), base=BASE, status=status,
-        job=job, admitted_node=node, max_attempts=3, now=now,
+        job=job, admitted_node=node, max_attempts=3, now=now, dataset_roots=ROOTS,
     )  # fmt: skip
 
 

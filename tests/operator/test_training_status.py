@@ -9,9 +9,11 @@ import pytest
 
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.api.trainingjob import TrainingJobSpec
+from loraplex.operator.training_roots import parse_roots
 from loraplex.operator.training_status import JobView, PodView, Step, output_refused, plan_training
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
+ROOTS = parse_roots(["file:///data"])
 BASE = BaseModelSpec.model_validate({"model": {"uri": "/models/tiny"}, "engine": {"maxLoraRank": 16}})
 SPEC = TrainingJobSpec.model_validate(
     {
@@ -34,7 +36,7 @@ def plan(
 ) -> Step:
     return plan_training(
         namespace="ns", name="tj", generation=generation, spec=spec, base=base, status=status or {},
-        job=job, admitted_node=node, max_attempts=3, now=NOW,
+        job=job, admitted_node=node, max_attempts=3, now=NOW, dataset_roots=ROOTS,
     )  # fmt: skip
 
 
@@ -145,6 +147,25 @@ def test_success_publishes_the_trainers_revision() -> None:
     assert plan(step.status, view).publish is None  # terminal: nothing more happens
 
 
+def test_a_finished_attempt_shows_the_last_step_of_its_summary_keeping_the_logs_loss() -> None:
+    digest = "a" * 64
+    message = result(0, phase="Succeeded", step=10, totalSteps=10, uri="file:///s/" + digest, sha256=digest)
+    status, view = running(PodView("p", "n1", "Succeeded", exit_code=0, message=message), complete=True)
+    seen = {**status, "progress": {"step": 7, "totalSteps": 10, "loss": 0.5, "tokensPerSecond": 9.0}}
+    step = plan(seen, view)
+    assert step.status["progress"] == {"step": 10, "totalSteps": 10, "loss": 0.5, "tokensPerSecond": 9.0}
+    never_read = plan(status, view)  # no log was ever read (KWOK, or a run of seconds)
+    assert never_read.status["progress"] == {"step": 10, "totalSteps": 10}
+
+
+def test_a_preempted_attempt_shows_the_step_it_checkpointed() -> None:
+    message = result(75, phase="Preempted", step=4, totalSteps=10)
+    status, view = running(PodView("p", "n1", "Failed", exit_code=75, message=message), failed=True)
+    step = plan(status, view)
+    assert step.status["phase"] == "Preempted"
+    assert step.status["progress"] == {"step": 4, "totalSteps": 10}
+
+
 def test_a_revision_that_may_not_be_published_fails_the_job_once_and_for_good() -> None:
     digest, earlier = "a" * 64, "e" * 64
     message = result(0, phase="Succeeded", uri="file:///store/adapters/ns/sql/" + digest, sha256=digest)
@@ -205,3 +226,17 @@ def test_a_changed_spec_starts_a_new_attempt_after_success() -> None:
     assert changed.status["phase"] == "Queued"
     assert changed.status["attempts"] == 1
     assert changed.status["observedGeneration"] == 2
+
+
+def test_a_dataset_outside_the_roots_fails_the_job_at_once_and_clears_when_a_root_admits_it() -> None:
+    spec = SPEC.model_copy(update={"dataset": SPEC.dataset.model_copy(update={"uri": "file:///srv/x.jsonl"})})
+    step = plan(spec=spec)
+    assert (step.status["phase"], ready(step)["reason"]) == ("Failed", "DatasetOutsideRoots")
+    assert "file:///data" in ready(step)["message"]
+    assert step.create_attempt is None
+    widened = plan_training(
+        namespace="ns", name="tj", generation=1, spec=spec, base=BASE, status=step.status, job=None,
+        admitted_node="n1", max_attempts=3, now=NOW, dataset_roots=parse_roots(["file:///srv"]),
+    )  # fmt: skip
+    assert widened.status["phase"] == "Running"
+    assert widened.create_attempt == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import yaml
 
 from loraplex.api.basemodel import BaseModelSpec
+from loraplex.api.trainer import STORE_CREDENTIAL_KEYS
 from loraplex.api.trainingjob import TrainingJobSpec
 from loraplex.operator.settings import OperatorSettings
 from loraplex.operator.training_workload import (
@@ -13,7 +14,6 @@ from loraplex.operator.training_workload import (
     TrainingJobRef,
     attempt_name,
     plan_attempt,
-    trainer_access,
 )
 from loraplex.worker.trainer.config import TrainerConfig
 
@@ -31,7 +31,10 @@ SPEC = TrainingJobSpec.model_validate(
     }
 )
 SETTINGS = OperatorSettings(
-    training_store="pvc://store/loraplex", image="example/loraplex:1", trainer_image="example/trainer:1"
+    training_store="pvc://store/loraplex",
+    image="example/loraplex:1",
+    trainer_image="example/trainer:1",
+    training_dataset_roots=("pvc://datasets",),
 )
 
 
@@ -44,7 +47,7 @@ def test_an_admitted_attempt_is_a_low_priority_job_pinned_to_its_node() -> None:
     pod = job["spec"]["template"]["spec"]
     assert pod["priorityClassName"] == "loraplex-trainer"
     assert pod["restartPolicy"] == "Never"
-    assert pod["serviceAccountName"] == "llama-8b-trainer"
+    assert pod["automountServiceAccountToken"] is False
     assert pod["nodeSelector"] == {"pool": "gpu", "kubernetes.io/hostname": "gpu-7"}
     container = pod["containers"][0]
     assert container["args"] == ["trainer", "--config", "/etc/loraplex/trainer.yaml"]
@@ -101,11 +104,31 @@ def test_long_names_stay_within_63_characters() -> None:
     assert attempt_name(long, 1) != attempt_name(TrainingJobRef("x" * 62 + "y", "ns", "u", 1), 1)
 
 
-def test_trainers_get_a_service_account_bound_to_the_trainer_role() -> None:
-    account, binding = trainer_access("llama-8b", "team", "bm-uid")
-    assert account["metadata"]["name"] == binding["subjects"][0]["name"] == "llama-8b-trainer"
-    assert binding["roleRef"]["name"] == "loraplex-trainer"
-    assert account["metadata"]["ownerReferences"][0]["kind"] == "BaseModel"
+def test_a_trainer_pod_mounts_no_token_and_the_operator_makes_no_account_for_it() -> None:
+    manifests = plan_attempt(REF, SPEC, BASE, SETTINGS, attempt=0, node="n")
+    assert [m["kind"] for m in manifests] == ["ConfigMap", "Job"]  # no ServiceAccount, Role, RoleBinding
+    pod = manifests[1]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in pod  # the namespace's default account, and no token of it
+    (trainer,) = pod["containers"]
+    assert not [e for e in trainer["env"] if e["name"] in ("LORAPLEX_TRAININGJOB", "KUBECONFIG")]
+
+
+def test_store_credentials_reach_the_trainer_as_files_of_the_keys_it_needs_only() -> None:
+    base = BaseModelSpec.model_validate(
+        {"model": {"uri": "s3://models/llama-8b/"}, "adapterStoreSecretRef": {"name": "store-keys"}}
+    )
+    _, job = plan_attempt(REF, SPEC, base, SETTINGS, attempt=0, node="n")
+    pod = job["spec"]["template"]["spec"]
+    (trainer,) = pod["containers"]
+    assert "envFrom" not in trainer
+    (volume,) = [v for v in pod["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == "store-keys"
+    assert {item["key"] for item in volume["secret"]["items"]} == set(STORE_CREDENTIAL_KEYS)
+    (mount,) = [m for m in trainer["volumeMounts"] if m["name"] == volume["name"]]
+    env = {e["name"]: e.get("value") for e in trainer["env"]}
+    assert mount["readOnly"] is True
+    assert env["LORAPLEX_STORE_CREDENTIALS_DIR"] == mount["mountPath"]
 
 
 def test_the_trainer_runs_its_own_image_and_the_model_fetch_the_operators() -> None:
@@ -117,3 +140,31 @@ def test_the_trainer_runs_its_own_image_and_the_model_fetch_the_operators() -> N
     assert OperatorSettings.from_env({"POD_NAME": "a"}).trainer_image.startswith(
         "ghcr.io/loraplex/loraplex-trainer:"
     )
+
+
+def test_a_pvc_dataset_mounts_only_its_roots_folder_read_only() -> None:
+    settings = OperatorSettings(
+        training_store="pvc://store/loraplex", training_dataset_roots=("pvc://datasets/sql", "pvc://datasets")
+    )
+    config, job = plan_attempt(REF, SPEC, BASE, settings, attempt=0, node="n")
+    pod = job["spec"]["template"]["spec"]
+    (data,) = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == "/data"]
+    assert data["subPath"] == "sql"
+    assert data["readOnly"] is True
+    (adapter,) = TrainerConfig.parse(yaml.safe_load(config["data"]["trainer.yaml"])).adapters
+    assert adapter.dataset.uri == "file:///data/train.jsonl"
+    assert adapter.dataset_root == "/data"
+
+
+def test_a_file_dataset_is_passed_normalized_with_its_root() -> None:
+    spec = SPEC.model_copy(
+        update={"dataset": SPEC.dataset.model_copy(update={"uri": "file:///srv/a//b.jsonl"})}
+    )
+    settings = OperatorSettings(
+        training_store="pvc://store/loraplex", training_dataset_roots=("file:///srv",)
+    )
+    config, job = plan_attempt(REF, spec, BASE, settings, attempt=0, node="n")
+    (adapter,) = TrainerConfig.parse(yaml.safe_load(config["data"]["trainer.yaml"])).adapters
+    assert (adapter.dataset.uri, adapter.dataset_root) == ("file:///srv/a/b.jsonl", "/srv")
+    mounts = {m["mountPath"] for m in job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+    assert "/data" not in mounts

@@ -58,6 +58,7 @@ class FakeWorker:
     known: set[str] = field(default_factory=lambda: {"sql-gen", "chat-bot", "tail-1"})
     calls: list[dict[str, Any]] = field(default_factory=list)
     auth: list[str | None] = field(default_factory=list)
+    request_ids: list[str | None] = field(default_factory=list)  # the X-Request-Id each call came with
     ensured: list[str] = field(default_factory=list)
     ensured_named: list[tuple[str, str | None]] = field(default_factory=list)  # named: (name, sha256)
     release: asyncio.Event = field(default_factory=asyncio.Event)
@@ -70,6 +71,7 @@ class FakeWorker:
         body = await request.json()
         self.calls.append(body)
         self.auth.append(request.headers.get("Authorization"))
+        self.request_ids.append(request.headers.get("X-Request-Id"))
         if self.mode == "fail":
             error = {"message": "engine died", "type": "InternalServerError", "param": None, "code": 500}
             return web.json_response({"error": error}, status=500)
@@ -147,6 +149,7 @@ class FakeWorker:
         vllm = web.Application(client_max_size=16 << 20)
         vllm.router.add_post("/v1/completions", self.completion)
         vllm.router.add_post("/v1/chat/completions", self.completion)
+        vllm.router.add_post("/v1/responses", self.completion)  # recorded like a completion
         vllm.router.add_get("/metrics", self.metrics)
         agent = web.Application()
         agent.router.add_post("/v1/adapters/ensure", self.ensure)

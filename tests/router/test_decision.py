@@ -54,7 +54,7 @@ def test_a_hot_adapter_spreads_over_more_workers_and_shrinks_back_when_it_cools(
 
 def test_spilled_requests_of_a_hot_adapter_land_on_its_ranked_workers() -> None:
     table = table_of(16)
-    router = Router(table, RoutingConfig(hot_rate=5.0, max_spread=4))
+    router = Router(table, RoutingConfig(hot_rate=3.5, max_spread=4))  # a spread of 4
     for i in range(200):
         router.rates.observe("hot", i * 0.01)
     ranking = table.rendezvous.ranking("hot")
@@ -155,7 +155,7 @@ def test_a_first_time_adapter_takes_its_second_ranked_worker_when_the_first_has_
 
 def test_a_named_adapter_spills_to_its_ranked_workers_only_once_its_placement_is_at_the_bound() -> None:
     table = table_of(16)
-    router = Router(table)
+    router = Router(table, RoutingConfig(hot_rate=100.0))  # it stays cold: spilling, not spreading
     for name in ("worker-5", "worker-6"):  # the operator placed it there, on disk
         table.set_residency(name, {"sql-gen": "Disk"})
         table.set_wanted(name, ["sql-gen"])

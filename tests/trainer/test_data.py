@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from loraplex.worker.trainer.data import IGNORE, BatchStream, Example, Record, tokenise
+from pathlib import Path
+
+import pytest
+
+from loraplex.api.trainingjob import Dataset
+from loraplex.worker.trainer.data import IGNORE, BatchStream, Example, Record, load_dataset, tokenise
+from loraplex.worker.trainer.failures import TrainingFailure
 
 
 class _Tokenizer:
@@ -30,3 +36,29 @@ def test_a_stream_restarted_at_its_position_gives_the_same_batches() -> None:
     flat = [e.input_ids[0] for batch in batches for e in batch]
     assert sorted(flat[:7]) == sorted(flat[7:14]) == list(range(7))
     assert flat[:7] != flat[7:14]
+
+
+def _dataset(path: Path) -> Dataset:
+    return Dataset(uri=path.as_uri(), format="text")
+
+
+def test_a_symlink_out_of_the_dataset_root_fails_the_adapter(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "secret"
+    root.mkdir()
+    outside.write_text("the secret\n")
+    (root / "train.txt").symlink_to(outside)
+    with pytest.raises(TrainingFailure) as failure:
+        load_dataset(_dataset(root / "train.txt"), _Tokenizer(), 64, str(root))
+    assert failure.value.reason == "DatasetOutsideRoots"
+    (root / "folder").symlink_to(tmp_path, target_is_directory=True)  # a linked folder above the root
+    with pytest.raises(TrainingFailure, match="outside the dataset root"):
+        load_dataset(_dataset(root / "folder" / "secret"), _Tokenizer(), 64, str(root))
+
+
+def test_a_dataset_inside_its_root_is_read_through_links_that_stay_inside(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "real").mkdir(parents=True)
+    (root / "real" / "train.txt").write_text("a b c\nd e f\n")
+    (root / "link").symlink_to(root / "real", target_is_directory=True)
+    loaded = load_dataset(_dataset(root / "link"), _Tokenizer(), 64, str(root))
+    assert len(loaded.examples) == 2

@@ -16,6 +16,7 @@ from loraplex.api.trainer import EXIT_PREEMPTED
 from loraplex.worker.agent.disk_cache import DiskCache
 from loraplex.worker.agent.fetch import Fetcher
 from loraplex.worker.digest import tree_digest
+from loraplex.worker.s3 import store_credential
 from loraplex.worker.trainer.config import TrainerConfig
 from loraplex.worker.trainer.progress import Recorder
 from loraplex.worker.trainer.training import Trainer
@@ -76,3 +77,15 @@ async def test_a_preempted_job_resumes_from_the_bucket_and_publishes_there(
     assert third.adapters[0].sha256 == result.sha256
     assert not again.of("started")
     assert [e.uri for e in again.of("published")] == [result.uri]
+
+
+def test_store_keys_are_read_from_their_files_before_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "AWS_ACCESS_KEY_ID").write_text("from-file\n")
+    environ = {
+        "LORAPLEX_STORE_CREDENTIALS_DIR": str(tmp_path),
+        "AWS_ACCESS_KEY_ID": "from-env",
+        "AWS_REGION": "r",
+    }
+    assert store_credential("AWS_ACCESS_KEY_ID", environ) == "from-file"
+    assert store_credential("AWS_REGION", environ) == "r"  # no file: the environment, for local runs
+    assert store_credential("AWS_SESSION_TOKEN", environ) is None

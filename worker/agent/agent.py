@@ -30,11 +30,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from loraplex.api.agent import REFUSED_REASONS, AgentResidency, EnsureCode, EnsureStatus
+from loraplex.api.agent import LOAD_REASONS, REFUSED_REASONS, AgentResidency, EnsureCode, EnsureStatus
 from loraplex.api.tiers import TIERS, Tier
 from loraplex.api.wire import to_wire
 from loraplex.api.workerplacement import AdapterFailure, ResidentAdapter
@@ -46,6 +47,7 @@ from loraplex.worker.agent.activity import (
     last_use,
 )
 from loraplex.worker.agent.adapter_lookup import AdapterLookup, LookupFailed
+from loraplex.worker.agent.base_modules import adapter_targets_problem
 from loraplex.worker.agent.disk_cache import DiskCache
 from loraplex.worker.agent.fetch import Fetcher, FetchError
 from loraplex.worker.agent.metrics import AgentMetrics
@@ -108,8 +110,11 @@ class Agent:
         active_window: float = DEFAULT_ACTIVE_WINDOW,
         activity_interval: float = DEFAULT_ACTIVITY_INTERVAL,
         wall_clock: Callable[[], float] = time.time,
+        base_modules: frozenset[str] | None = None,
     ) -> None:
         self.worker = worker
+        # The base model's module names (base_modules.py); None: unknown, adapters' targets unchecked.
+        self.base_modules = base_modules
         self.vllm = vllm
         self.fetcher = fetcher
         self.cache = cache
@@ -380,7 +385,7 @@ class Agent:
             self._fail(name, sha256, error.reason, error.message, on_demand)
             return None
         failure = self.failures.get(name)
-        if failure is not None and failure.sha256 == sha256 and failure.reason != EnsureCode.LOAD_FAILED:
+        if failure is not None and failure.sha256 == sha256 and failure.reason not in LOAD_REASONS:
             del self.failures[name]
         return self.clock() - started
 
@@ -395,6 +400,11 @@ class Agent:
         catalog: bool = False,
     ) -> bool:
         path = str(self.cache.path(sha256))
+        if self.base_modules is not None:
+            problem = await asyncio.to_thread(adapter_targets_problem, Path(path), self.base_modules)
+            if problem is not None:
+                self._fail(name, sha256, EnsureCode.TARGET_MODULES_NOT_IN_BASE, problem, on_demand)
+                return False
         try:
             await self.vllm.load(name, path, inplace=inplace)
             if warm:

@@ -44,6 +44,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-cpu-loras", type=int, default=16, help="vLLM --max-cpu-loras: CPU slots.")
     parser.add_argument("--catalog-template", help="Adapter catalog URI template with '{adapter}'.")
     parser.add_argument(
+        "--base-model-dir",
+        type=Path,
+        default=os.environ.get("LORAPLEX_BASE_MODEL_DIR"),
+        help="The base model's folder (as vLLM loads it): adapters whose target modules it lacks are "
+        "refused (TargetModulesNotInBase). Unset or unreadable: not checked.",
+    )
+    parser.add_argument(
         "--pvc-root", type=Path, default=Path("/mnt/pvc"), help="Where pvc://<claim> is mounted."
     )
     parser.add_argument("--fetch-concurrency", type=int, default=4, help="Concurrent adapter fetches.")
@@ -104,6 +111,22 @@ def run_fetch_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_base_modules(model_dir: Path | None) -> frozenset[str] | None:
+    """The base model's module names, or None (logged) when there is no folder or it cannot be read."""
+    from loraplex.worker.agent.base_modules import UnreadableBase, base_module_names
+
+    if model_dir is None:
+        return None
+    log = logging.getLogger("loraplex.agent")
+    try:
+        modules = base_module_names(model_dir)
+    except (UnreadableBase, OSError, ValueError) as error:
+        log.warning("Skipped the target-module check of adapters: %s", error)
+        return None
+    log.info("Read the base model's modules dir=%s modules=%d", model_dir, len(modules))
+    return modules
+
+
 def run(args: argparse.Namespace) -> int:
     if not args.worker:
         print("loraplex agent: --worker (or POD_NAME) is required", file=sys.stderr)
@@ -131,6 +154,7 @@ async def serve(args: argparse.Namespace) -> None:
     from loraplex.worker.agent.vllm_client import VllmClient
 
     cache = DiskCache(args.cache_dir, args.disk_budget_bytes)
+    base_modules = await asyncio.to_thread(read_base_modules, args.base_model_dir)
     vllm = VllmClient(args.vllm_url, os.environ.get("LORAPLEX_VLLM_API_KEY"))
     agent = Agent(
         worker=args.worker,
@@ -141,6 +165,7 @@ async def serve(args: argparse.Namespace) -> None:
         catalog_template=args.catalog_template,
         active_window=args.active_window,
         activity_interval=args.activity_interval,
+        base_modules=base_modules,
     )
     source: FileSource | WorkerPlacementSource
     if args.wanted_file is not None:

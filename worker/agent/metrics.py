@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from loraplex.api.agent import REFUSED_REASONS
 from loraplex.api.tiers import TIERS
 
 LOAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -47,6 +48,8 @@ class AgentMetrics:
             "Adapters held in vLLM that ran a request (or a router ensured) within the active window.",
             registry=r,
         )
+        for reason in REFUSED_REASONS:  # series a dashboard or an alert reads exist at 0 before any failure
+            self.fetch_failures.labels(reason)
         for tier in TIERS:
             self.loads.labels(tier)
             self.evictions.labels(tier)

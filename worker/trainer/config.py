@@ -48,6 +48,11 @@ class AdapterJob(ApiModel):
 
     name: LabelName = Field(description="Unique within the trainer; names its checkpoint folder.")
     dataset: Dataset
+    dataset_root: str | None = Field(
+        default=None,
+        description="Local folder the dataset must stay under once symlinks are resolved "
+        "(the operator sets the dataset root that admitted it); none: no check.",
+    )
     lora: LoraHyperparameters = Field(default_factory=LoraHyperparameters)
     training: TrainingSettings
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)

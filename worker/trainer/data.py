@@ -111,13 +111,31 @@ def tokenise(record: Record, tokenizer: Tokenizer, max_length: int) -> Example:
     return Example(tuple(ids), tuple(labels))
 
 
-def load_dataset(spec: Dataset, tokenizer: Tokenizer, max_length: int) -> LoadedDataset:
-    """Read and tokenise a dataset; DatasetNotFound or DatasetInvalid when it cannot be used."""
+def confined(files: list[Path], root: str | None) -> list[Path]:
+    """`files` with symlinks resolved, each checked to lie under `root` (resolved too); a file that a
+    link (in its name or in a folder above it) takes out of the root fails with DatasetOutsideRoots."""
+    if root is None:
+        return files
+    top = Path(root).resolve()
+    real = [path.resolve() for path in files]
+    for path, target in zip(files, real, strict=True):
+        if not target.is_relative_to(top):
+            raise TrainingFailure(
+                "DatasetOutsideRoots", f"{path} resolves to {target}, outside the dataset root {root}"
+            )
+    return real
+
+
+def load_dataset(
+    spec: Dataset, tokenizer: Tokenizer, max_length: int, root: str | None = None
+) -> LoadedDataset:
+    """Read and tokenise a dataset (every file under `root` once links are resolved, if given);
+    DatasetNotFound, DatasetInvalid or DatasetOutsideRoots when it cannot be used."""
     try:
-        root = local_path(spec.uri, "dataset.uri")
+        location = local_path(spec.uri, "dataset.uri")
     except ConfigError as error:
         raise TrainingFailure("DatasetNotFound", str(error)) from error
-    files = _files(root)
+    files = confined(_files(location), root)
     if not files:
         raise TrainingFailure("DatasetNotFound", f"no dataset file at {spec.uri}")
     digest = hashlib.sha256()

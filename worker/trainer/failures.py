@@ -13,6 +13,7 @@ from typing import Literal
 Reason = Literal[
     "DatasetNotFound",
     "DatasetInvalid",
+    "DatasetOutsideRoots",
     "BaseModelNotFound",
     "NonFiniteLoss",
     "CheckpointMismatch",

@@ -27,7 +27,6 @@ from types import FrameType
 from loraplex.api.trainer import EXIT_CONFIG, EXIT_PREEMPTED
 from loraplex.worker.trainer.config import ConfigError, TrainerConfig
 from loraplex.worker.trainer.progress import Event, JsonLines
-from loraplex.worker.trainer.status_sink import with_status
 from loraplex.worker.trainer.training import StopFlag, Trainer
 
 
@@ -64,4 +63,4 @@ def run(config_path: Path, threads: int | None = None) -> int:
     stop = StopFlag()
     sink = JsonLines(sys.stdout)
     install_stop_handlers(stop, config.grace_period_seconds, sink)
-    return Trainer(config, with_status(sink), stop).run().exit_code  # + TrainingJob status in pods
+    return Trainer(config, sink, stop).run().exit_code  # the operator reads progress from stdout

@@ -3,10 +3,10 @@
 The trainer calls a `ProgressSink` with one `Event` at a time. The default
 sink writes each event as one JSON object per line on stdout, keys in
 camelCase; a `progress` event's `step`, `totalSteps`, `loss` and
-`tokensPerSecond` are the TrainingJob status's `progress` fields, so an
-operator-side writer copies them as they are. Another sink (one that patches
-the TrainingJob's status directly, say) only has to be a callable taking an
-Event.
+`tokensPerSecond` are the TrainingJob status's `progress` fields: in a pod,
+the operator reads them from the trainer container's log and copies them as
+they are (operator/training_progress.py), so the trainer needs no Kubernetes
+token. Another sink only has to be a callable taking an Event.
 """
 
 from __future__ import annotations

@@ -281,7 +281,9 @@ class Trainer:
         runs: list[Prepared] = []
         for job in pending:
             try:
-                data = load_dataset(job.dataset, tokenizer, job.training.max_sequence_length)
+                data = load_dataset(
+                    job.dataset, tokenizer, job.training.max_sequence_length, job.dataset_root
+                )
             except ConfigError as error:
                 self._fail(job.name, TrainingFailure("ConfigInvalid", str(error)))
                 continue

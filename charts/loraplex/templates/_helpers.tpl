@@ -20,3 +20,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "loraplex.trainerImage" -}}
 {{ .Values.trainerImage.repository }}:{{ .Values.trainerImage.tag | default .Chart.AppVersion }}
 {{- end -}}
+
+{{- /* loraplex's resources as the chart's test pod checks them: plural.loraplex.dev/<version>,... */}}
+{{- define "loraplex.testResources" -}}
+{{- $out := list }}
+{{- range .resources }}{{ $out = append $out (printf "%s.loraplex.dev/v1alpha1" .) }}{{ end }}
+{{- join "," $out }}
+{{- end -}}
