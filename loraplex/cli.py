@@ -7,9 +7,11 @@ work; nothing here decides anything.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from loraplex.api.release import __version__
 
@@ -93,6 +95,31 @@ def _dev(action: str) -> Handler:
     return run
 
 
+def _add_command(commands: Any, name: str, module: str, *, help: str, description: str) -> None:
+    """The subcommand `name`, its flags defined by `module.configure`. Each image installs only the
+    extras of what it runs (the trainer image has no router or agent dependencies), so a command
+    whose module cannot be imported here still parses, and says what to install when run."""
+    parser = commands.add_parser(name, help=help, description=description)
+    try:
+        configure = importlib.import_module(module).configure
+    except ModuleNotFoundError as error:
+        parser.set_defaults(handler=_not_installed(name, error), takes_any_arguments=True)
+        return
+    configure(parser)
+
+
+def _not_installed(name: str, error: ModuleNotFoundError) -> Handler:
+    def run(_: argparse.Namespace) -> int:
+        print(
+            f"loraplex {name}: this installation lacks {error.name!r}, which it needs"
+            " (pip install 'loraplex[serving]'; the control image has it)",
+            file=sys.stderr,
+        )
+        return 2
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loraplex", description="Kubernetes operator for adapter-aware LLM fleets."
@@ -100,34 +127,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"loraplex {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from loraplex.router import main as router_main
-
-    router_main.configure(
-        commands.add_parser(
-            "router",
-            help="Run the adapter-affinity OpenAI-compatible router of one BaseModel.",
-            description="Run the router of one BaseModel (docs/router.md).",
-        )
+    _add_command(
+        commands,
+        "router",
+        "loraplex.router.main",
+        help="Run the adapter-affinity OpenAI-compatible router of one BaseModel.",
+        description="Run the router of one BaseModel (docs/router.md).",
     )
-
-    from loraplex.router import api_key_command
-
-    api_key_command.configure(
-        commands.add_parser(
-            "api-key",
-            help="Make API keys for a router: the key once, and the hashed entry its Secret holds.",
-            description="API keys for the router (docs/router.md, Authentication).",
-        )
+    _add_command(
+        commands,
+        "api-key",
+        "loraplex.router.api_key_command",
+        help="Make API keys for a router: the key once, and the hashed entry its Secret holds.",
+        description="API keys for the router (docs/router.md, Authentication).",
     )
-
-    from loraplex.worker.agent import main as agent_main
-
-    agent_main.configure(
-        commands.add_parser(
-            "agent",
-            help="Run the worker agent that fetches, caches and loads adapters into vLLM.",
-            description="Run the worker agent beside vLLM (docs/agent.md).",
-        )
+    _add_command(
+        commands,
+        "agent",
+        "loraplex.worker.agent.main",
+        help="Run the worker agent that fetches, caches and loads adapters into vLLM.",
+        description="Run the worker agent beside vLLM (docs/agent.md).",
     )
 
     trainer = commands.add_parser(
@@ -257,7 +276,10 @@ def _add_cluster_flags(parser: argparse.ArgumentParser, action: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "takes_any_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     handler: Handler = args.handler
     return handler(args)
 
