@@ -310,3 +310,20 @@ def test_control_image_builds_and_runs_every_control_entry_point_as_non_root() -
     assert imported.stdout.strip() == "65532"
     no_torch = buildah_run(ref, "python3", "-c", "import importlib.util as u; print(u.find_spec('torch'))")
     assert no_torch.stdout.strip() == "None"
+
+
+@pytest.mark.images
+@pytest.mark.timeout(2400)
+def test_trainer_image_runs_the_trainer_command_without_the_serving_extras() -> None:
+    """The trainer image installs `loraplex[worker]` only; its pods run `loraplex trainer`."""
+    reason = _can_build()
+    if reason:
+        pytest.skip(reason)
+    ref = images.TRAINER_IMAGE
+    assert images.ensure_images(only=["trainer"])[ref].is_file()
+    result = buildah_run(ref, "/opt/loraplex/bin/loraplex", "trainer", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: loraplex trainer" in result.stdout
+    router = buildah_run(ref, "/opt/loraplex/bin/loraplex", "router", "--base-model", "tiny")
+    assert router.returncode == 2
+    assert "loraplex[serving]" in router.stderr
