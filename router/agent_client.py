@@ -3,8 +3,9 @@
 `POST /v1/adapters/ensure` (loraplex.api.agent) on the worker's agent, with the
 adapter's name (and, for a LoRAAdapter, `named` and the revision the router's
 view asks for). Concurrent requests for the same copy share one call. What the
-agent answers becomes the routing table's view of that copy, or a `Retryable`
-(another worker may serve) or `Refused` (the answer for the client).
+agent answers becomes the routing table's view of that copy (its tier, its
+revision, and the name its vLLM serves it under), or a `Retryable` (another
+worker may serve) or `Refused` (the answer for the client).
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ class AgentClient:
             if before not in (Tier.GPU, Tier.CPU):  # what a load from disk or the store costs a request
                 table.times.record_load("disk" if before == Tier.DISK else "miss", time.monotonic() - started)
             result = _result(data)
+            if result is not None:  # the name its vLLM serves the copy under, for this request too
+                self.state.note_engine_name(worker, adapter, result.engine_name)
             if result is not None and result.tier in (Tier.GPU, Tier.CPU):
                 table.set_tier(worker, adapter, result.tier)
             if result is not None and result.sha256 is not None and table.is_named(adapter):

@@ -4,8 +4,11 @@
 adapter (or the base model). The decision (loraplex.router.decision) picks a
 worker; when that worker does not hold the adapter in memory its agent is asked
 to load it (loraplex.router.agent_client) first; then the body goes to the
-worker's vLLM unchanged, with the worker's API key. Streaming responses are
-passed through chunk by chunk as they arrive.
+worker's vLLM, with the worker's API key, unchanged but for its `model` where
+that worker's vLLM serves the copy under an engine name of its own (a revision
+swapped in beside another; the answer then carries the client's name again:
+loraplex.router.model_rewrite). Streaming responses are passed through chunk
+by chunk as they arrive.
 
 Failures: a worker that cannot be reached, answers 5xx, sends nothing for
 `read_timeout_seconds`, or breaks before the first byte of its answer reached
@@ -50,6 +53,7 @@ from loraplex.router.auth import Authenticator
 from loraplex.router.decision import Decision, Router
 from loraplex.router.errors import Refused, Retryable, describe, error_response, sse_error, unknown_model
 from loraplex.router.metrics import BASE, CATALOG, RouterMetrics
+from loraplex.router.model_rewrite import ModelRewrite
 from loraplex.router.openai_front import REQUEST_ID_HEADER, request_id_of
 from loraplex.router.principal import Principal
 from loraplex.router.quota import QuotaLimiter, rate_headers, rate_limited
@@ -310,6 +314,9 @@ async def _forward(
         connect=proxy.settings.connect_timeout_seconds,
         sock_read=proxy.settings.read_timeout_seconds,  # a worker that hangs without closing
     )
+    rewrite = _rewrite_for(proxy, worker, adapter)
+    if rewrite is not None:
+        body = rewrite.request(body)
     table = proxy.state.table
     table.begin(worker, adapter)
     gauge = proxy.metrics.worker_inflight(worker)
@@ -331,6 +338,8 @@ async def _forward(
                     table.set_tier(worker, adapter, None)
                     raise Retryable("not_loaded", f"worker {worker} does not have adapter {adapter} loaded")
                 if _is_openai_error(missing):
+                    if rewrite is not None:
+                        missing = rewrite.answer(missing)
                     return web.Response(status=404, body=missing, content_type="application/json")
                 # The engine has no such route (FastAPI's own 404): it does not serve this call.
                 message = f"The engine of this model does not serve {request.path}."
@@ -341,12 +350,14 @@ async def _forward(
             except (aiohttp.ClientError, TimeoutError) as error:
                 raise Retryable("stream", f"worker {worker} broke off ({describe(error)})") from error
             if not stream or upstream.status != 200:
-                rest = await _read_rest(chunks, worker)
-                answer = web.Response(status=upstream.status, body=first + rest)
+                whole = first + await _read_rest(chunks, worker)
+                if rewrite is not None:
+                    whole = rewrite.answer(whole)
+                answer = web.Response(status=upstream.status, body=whole)
                 answer.content_type = upstream.content_type
                 return answer
             proxy.metrics.ttft_seconds.observe(time.perf_counter() - sent)
-            return await _stream(proxy, request, upstream, first, chunks, worker)
+            return await _stream(proxy, request, upstream, first, chunks, worker, rewrite)
     except (aiohttp.ClientError, TimeoutError) as error:
         reason = "timeout" if isinstance(error, TimeoutError) else "connect"
         raise Retryable(reason, f"worker {worker} could not be reached ({describe(error)})") from error
@@ -354,6 +365,15 @@ async def _forward(
         proxy.metrics.latency_seconds.observe(time.perf_counter() - sent)
         table.end(worker, adapter)
         gauge.dec()
+
+
+def _rewrite_for(proxy: Proxy, worker: str, adapter: str | None) -> ModelRewrite | None:
+    """How the request and its answer are rewritten for the worker's vLLM, where it serves the
+    adapter's copy under an engine name of its own (None: the body goes as it is)."""
+    if adapter is None:
+        return None
+    engine_name = proxy.state.engine_name(worker, adapter)
+    return ModelRewrite(adapter, engine_name) if engine_name != adapter else None
 
 
 def _error_of(answer: bytes) -> dict[str, Any] | None:
@@ -392,6 +412,7 @@ async def _stream(
     first: bytes,
     chunks: AsyncIterator[bytes],
     worker: str,
+    rewrite: ModelRewrite | None = None,
 ) -> web.StreamResponse:
     response = web.StreamResponse(status=upstream.status)
     response.content_type = upstream.content_type
@@ -402,7 +423,7 @@ async def _stream(
     tap = request.get(USAGE_TAP)
     await response.prepare(request)
     try:
-        await _write(response, tap, first)
+        await _write(response, tap, first, rewrite)
         while True:
             try:
                 chunk = await anext(chunks)
@@ -418,7 +439,9 @@ async def _stream(
                 message = f"Worker {worker} broke off the stream ({why}); the response is incomplete."
                 await response.write(sse_error(message, 502, 502))
                 break
-            await _write(response, tap, chunk)
+            await _write(response, tap, chunk, rewrite)
+        if rewrite is not None:
+            await _write(response, tap, rewrite.flush())
         if tap is not None and (rest := tap.flush()):
             await response.write(rest)
         await response.write_eof()
@@ -427,8 +450,13 @@ async def _stream(
     return response
 
 
-async def _write(response: web.StreamResponse, tap: UsageTap | None, chunk: bytes) -> None:
-    """Pass a chunk of a stream on (through the usage tap, when there is one: whole events only)."""
+async def _write(
+    response: web.StreamResponse, tap: UsageTap | None, chunk: bytes, rewrite: ModelRewrite | None = None
+) -> None:
+    """Pass a chunk of a stream on (through the model rewrite and the usage tap, when there are:
+    whole events only)."""
+    if rewrite is not None:
+        chunk = rewrite.feed(chunk)
     data = chunk if tap is None else tap.feed(chunk)
     if data:
         await response.write(data)

@@ -55,12 +55,13 @@ class Resident:
     tier: Tier
     catalog: bool = False
     sha256: str | None = None  # the revision of the copy
+    engine_name: str | None = None  # the name its vLLM serves it under (None: the adapter's name)
 
 
 def residents(status: WorkerPlacementStatus) -> list[Resident]:
     """The adapters of a WorkerPlacement status, or of an agent's `/v1/residency` (both read with
     loraplex.api.workerplacement.read_status)."""
-    return [Resident(a.name, a.tier, a.catalog, a.sha256) for a in status.adapters]
+    return [Resident(a.name, a.tier, a.catalog, a.sha256, a.engine_name) for a in status.adapters]
 
 
 class FleetState:
@@ -73,6 +74,8 @@ class FleetState:
         self._health: dict[str, _Health] = {}
         self._reports: dict[str, _Report] = {}
         self._copies: dict[str, dict[str, str]] = {}  # worker -> adapter -> the revision its copy holds
+        # worker -> adapter -> the name its vLLM serves the copy under, where that is not the adapter's
+        self._engine_names: dict[str, dict[str, str]] = {}
         self.synced = False  # the source has reported the whole fleet once
         self._access: dict[str, AccessList] = {}  # adapter -> its LoRAAdapter's access list
 
@@ -100,6 +103,7 @@ class FleetState:
         self.endpoints.pop(name, None)
         self._health.pop(name, None)
         self._copies.pop(name, None)
+        self._engine_names.pop(name, None)
         self.table.remove_worker(name)
 
     def report_residency(
@@ -133,6 +137,9 @@ class FleetState:
         entries = report.adapters
         self.table.set_residency(name, {a.name: a.tier for a in entries}, report.gpu_slots, report.cpu_slots)
         self._copies[name] = {a.name: a.sha256 for a in entries if a.sha256 is not None}
+        self._engine_names[name] = {
+            a.name: a.engine_name for a in entries if a.engine_name is not None and a.engine_name != a.name
+        }
         named = report.named if report.named is not None else [a.name for a in entries if not a.catalog]
         self.table.set_wanted(name, named)
 
@@ -152,6 +159,22 @@ class FleetState:
         """The worker's agent answered that its copy of the adapter is at this revision (an ensure)."""
         if worker in self.table.workers:
             self._copies.setdefault(worker, {})[adapter] = sha256
+
+    def note_engine_name(self, worker: str, adapter: str, engine_name: str | None) -> None:
+        """The worker's agent answered that vLLM serves its copy under this name (an ensure; None:
+        the adapter's own name), until that worker's next report."""
+        if worker not in self.table.workers:
+            return
+        names = self._engine_names.setdefault(worker, {})
+        if engine_name is None or engine_name == adapter:
+            names.pop(adapter, None)
+        else:
+            names[adapter] = engine_name
+
+    def engine_name(self, worker: str, adapter: str) -> str:
+        """The name to send a request for the adapter to the worker's vLLM under: the one its agent
+        reported for its copy (a revision swapped in beside another), else the adapter's own."""
+        return self._engine_names.get(worker, {}).get(adapter, adapter)
 
     def copy_revision(self, worker: str, adapter: str) -> str | None:
         """The revision of the worker's copy of the adapter, as its last report or ensure said."""

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from loraplex.api.common import ApiModel
 from loraplex.api.tiers import Tier
-from loraplex.api.workerplacement import WorkerPlacementStatus
+from loraplex.api.workerplacement import EngineName, WorkerPlacementStatus
 
 RESIDENCY_PATH = "/v1/residency"
 ENSURE_PATH = "/v1/adapters/ensure"
@@ -79,6 +79,7 @@ class EnsureResult(ApiModel):
     tier: Tier
     load_seconds: float = Field(description="How long this call waited for the copy; 0 when already held.")
     sha256: str | None = Field(default=None, description="The revision registered in vLLM.")
+    engine_name: str | None = EngineName  # the name to send requests for it to vLLM under, if not `name`
 
 
 class AgentResidency(WorkerPlacementStatus):

@@ -8,6 +8,12 @@ read the same objects: placement and routing share one truth.
 The status is built as a `WorkerPlacementStatus` by its one writer (the agent)
 and written as `loraplex.api.wire.to_wire` makes it; its readers (the operator, the router) parse it
 with `read_status`, which never fails on what an agent wrote.
+
+A copy in vLLM is registered under its engine name: the adapter's name, or, while the worker swaps
+in a new revision of an adapter it serves, `<name>@<first 12 hex digits of its sha256>` (both
+revisions stay registered until the routers have moved; vLLM's in-place reload is not used, vLLM
+issue 33791). `status.adapters[].engineName` reports it where it differs from the name, and the
+router sends each request to that name.
 """
 
 from __future__ import annotations
@@ -28,12 +34,36 @@ from loraplex.api.common import (
 )
 from loraplex.api.tiers import Tier
 
+ADAPTER_NAME_PATTERN = r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?"
+ENGINE_NAME_SEPARATOR = "@"  # never in an adapter's name (a Kubernetes name)
+ENGINE_REVISION_DIGITS = 12
+
 AdapterName = Field(
     min_length=1,
     max_length=253,
-    pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    pattern=f"^{ADAPTER_NAME_PATTERN}$",
     description="Name of the adapter: a LoRAAdapter's name, or a catalog adapter's requested name.",
 )
+EngineName = Field(
+    default=None,
+    min_length=1,
+    max_length=253 + 1 + ENGINE_REVISION_DIGITS,
+    pattern=f"^{ADAPTER_NAME_PATTERN}({ENGINE_NAME_SEPARATOR}[a-f0-9]{{{ENGINE_REVISION_DIGITS}}})?$",
+    description="The name the worker's vLLM serves this copy under, where it is not the adapter's name: "
+    "`<name>@<first 12 hex digits of its sha256>`, a revision swapped in beside another (unset: the "
+    "adapter's name).",
+)
+
+
+def revision_engine_name(name: str, sha256: str) -> str:
+    """The engine name of an adapter's revision registered beside another revision of it."""
+    return f"{name}{ENGINE_NAME_SEPARATOR}{sha256[:ENGINE_REVISION_DIGITS]}"
+
+
+def adapter_of_engine_name(engine_name: str) -> str:
+    """The adapter an engine name is a copy of (the inverse of `revision_engine_name`, and the name
+    itself for a copy under the adapter's own name)."""
+    return engine_name.partition(ENGINE_NAME_SEPARATOR)[0]
 
 
 class WantedAdapter(ApiModel):
@@ -73,6 +103,7 @@ class ResidentAdapter(ApiModel):
     name: str = AdapterName
     sha256: Sha256 | None = None
     tier: Tier = Field(description="Tier it is held in: GPU, CPU or Disk.")
+    engine_name: str | None = EngineName
     bytes: int | None = Field(default=None, ge=0, description="Size of its files on the agent's disk.")
     load_seconds: float | None = Field(default=None, ge=0, description="How long its last load took.")
     catalog: bool = Field(default=False, description="Loaded on demand through the catalog template.")

@@ -14,6 +14,7 @@ from loraplex.e2e.waiting import wait_until
 from loraplex.e2e.worker_processes import AgentProcess, VllmProcess
 from loraplex.worker.digest import tree_digest
 from tests.engine.conftest import AgentFactory, wanted_entry, write_wanted
+from tests.engine.file_opens import FileOpens
 
 pytestmark = pytest.mark.engine
 
@@ -106,21 +107,39 @@ def test_the_disk_tier_stays_within_its_byte_budget(
     assert agent.metrics()['loraplex_agent_cache_bytes{tier="Disk"}'] <= budget
 
 
-def test_a_new_revision_replaces_the_adapter_under_the_same_name(
+def test_a_new_revision_is_swapped_in_under_its_own_name_and_requests_after_it_read_no_files(
     vllm: VllmProcess, base_model: Path, start_agent: AgentFactory, tmp_path: Path
 ) -> None:
+    """vLLM keeps `load_inplace` on an adapter loaded with it, so every later request reloads its files
+    (vLLM issue 33791): the agent registers the new revision under a name of its own instead."""
     old = lora_adapter("revision", seed=101, base=base_model)
     new = lora_adapter("revision", seed=202, base=base_model)
-    agent = start_agent([wanted_entry(old, "GPU")])
+    agent = start_agent([wanted_entry(old, "GPU")], extra_args=["--retire-after", "2"])
     wait_held(agent, {"revision": "GPU"})
     old_text = vllm.text("revision")
 
     write_wanted(tmp_path / "wanted.yaml", [wanted_entry(new, "GPU")])
-    wait_until(
-        lambda: agent.residency()["adapters"][0]["sha256"] == new.sha256, 60, "the new revision reported"
-    )
-    assert vllm.text("revision") != old_text
-    assert vllm.adapters() == {"revision"}
+    swapped = wait_until(
+        lambda: [
+            a for a in agent.residency()["adapters"] if a["sha256"] == new.sha256 and a["tier"] == "GPU"
+        ],
+        60,
+        "the new revision reported",
+    )[0]
+    engine_name = swapped.get("engineName", swapped["name"])  # where routers send its requests now
+    with FileOpens(tmp_path / "cache" / "adapters" / new.sha256) as opens:
+        texts = set()
+        loads = []  # the weights' opens so far, after each request
+        for _ in range(20):
+            texts.add(vllm.text(engine_name))
+            loads.append(opens.count("adapter_model.safetensors"))
+    assert loads[-1] <= 1, f"vLLM read the adapter's weights again for requests after the swap: {loads}"
+    assert len(texts) == 1
+    assert texts != {old_text}
+    assert engine_name == f"revision@{new.sha256[:12]}"
+    wait_until(lambda: vllm.adapters() == {engine_name}, 30, "the old revision unloaded after its drain")
+    assert vllm.complete("revision")[0] == 404
+    assert agent.metrics()["loraplex_agent_revision_swaps_total"] == 1
 
 
 def test_catalog_adapters_load_on_demand_once_for_concurrent_callers(

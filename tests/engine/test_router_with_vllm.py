@@ -1,8 +1,9 @@
 """The router in front of two real CPU vLLM workers (each with its agent), called with the openai client.
 
 Worker w0 is asked to hold `sql`, worker w1 `chat`; both agents can load any
-adapter of a local catalog on demand. The last test kills w1's vLLM mid-test:
-requests for `chat` then land on w0, which loads it from the catalog.
+adapter of a local catalog on demand. A retrained `sql` is swapped in on w0
+under load. The last test kills w1's vLLM mid-test: requests for `chat` then
+land on w0, which loads it from the catalog.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ import openai
 import pytest
 
 from loraplex.e2e.http_probe import http_json
-from loraplex.e2e.tiny_model import AdapterFiles
+from loraplex.e2e.tiny_model import AdapterFiles, lora_adapter
 from loraplex.e2e.waiting import wait_until
 from loraplex.e2e.worker_processes import AgentProcess, RouterProcess, VllmProcess
 from loraplex.worker.agent.activity import last_use
@@ -29,10 +31,17 @@ pytestmark = pytest.mark.engine
 
 
 class Fleet:
-    def __init__(self, vllms: dict[str, VllmProcess], agents: dict[str, AgentProcess], router: RouterProcess):
+    def __init__(
+        self,
+        vllms: dict[str, VllmProcess],
+        agents: dict[str, AgentProcess],
+        router: RouterProcess,
+        wanted: dict[str, Path],
+    ):
         self.vllms = vllms
         self.agents = agents
         self.router = router
+        self.wanted = wanted  # each agent's wanted file
         self.client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
@@ -52,19 +61,20 @@ def fleet(
     second = VllmProcess(base_model, work / "vllm-w1.log", max_loras=2, max_cpu_loras=4).start()
     vllms = {"w0": vllm, "w1": second}
     agents = {}
+    wanted_files = {}
     for name, held in (("w0", ("sql", adapters["a0"])), ("w1", ("chat", adapters["a1"]))):
-        wanted = work / f"{name}-wanted.yaml"
+        wanted = wanted_files[name] = work / f"{name}-wanted.yaml"
         write_wanted(wanted, [wanted_entry(held[1], "GPU", name=held[0])])
         agents[name] = AgentProcess(
             vllms[name], work / f"{name}-cache", work / f"{name}-agent.log", worker=name, wanted_file=wanted,
-            catalog_template=f"file://{catalog}/{{adapter}}",
+            catalog_template=f"file://{catalog}/{{adapter}}", extra_args=["--retire-after", "3"],
         ).start()  # fmt: skip
         wait_until(
             lambda agent=agents[name], held=held: agent.held() == {held[0]: "GPU"}, 60, f"{name} ready"
         )
     router = RouterProcess(work / "router.log", api_key=vllm.api_key, workers=agents).start()
     try:
-        fleet = Fleet(vllms, agents, router)
+        fleet = Fleet(vllms, agents, router, wanted_files)
         wait_until(lambda: {"sql", "chat"} <= {m.id for m in fleet.client.models.list()}, 30,
                    "the router reading both agents' residency")  # fmt: skip
         yield fleet
@@ -171,6 +181,57 @@ def test_a_catalog_adapter_is_loaded_on_first_request(fleet: Fleet) -> None:
     assert len(holders) == 1
     assert answer.choices[0].text == fleet.vllms[holders[0]].text("user-7")
     assert fleet.router.metrics()['loraplex_router_requests_total{tier="miss"}'] >= 1
+
+
+def test_requests_keep_succeeding_and_name_the_adapter_while_a_new_revision_is_swapped_in(
+    fleet: Fleet, base_model: Path
+) -> None:
+    retrained = lora_adapter("sql-retrained", seed=303, base=base_model)
+    w0 = fleet.vllms["w0"]
+    old_text = w0.text("sql")
+    answers: list[tuple[set[str], str]] = []  # (the models the answer named, its text), whole and streamed
+    failures: list[Exception] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            try:
+                whole = fleet.client.completions.create(
+                    model="sql", prompt="the quick", max_tokens=8, temperature=0
+                )
+                answers.append(({whole.model}, whole.choices[0].text))
+                stream = fleet.client.completions.create(
+                    model="sql", prompt="the quick", max_tokens=8, temperature=0, stream=True
+                )
+                chunks = list(stream)
+                answers.append(
+                    ({c.model for c in chunks}, "".join(c.choices[0].text for c in chunks if c.choices))
+                )
+            except Exception as error:  # any failed request fails the test
+                failures.append(error)
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        wait_until(lambda: len(answers) >= 2, 60, "requests before the swap")
+        write_wanted(fleet.wanted["w0"], [wanted_entry(retrained, "GPU", name="sql")])
+        engine_name = f"sql@{retrained.sha256[:12]}"
+        wait_until(lambda: w0.adapters() >= {engine_name} and "sql" not in w0.adapters(), 60,
+                   "the retrained revision in, the old one unloaded after its drain")  # fmt: skip
+        swapped = len(answers)
+        wait_until(lambda: len(answers) >= swapped + 4, 60, "requests after the swap")
+    finally:
+        stop.set()
+        sender.join(60)
+    assert failures == []
+    assert {model for models, _ in answers for model in models} == {"sql"}  # never the engine name
+    new_text = w0.text(engine_name)
+    assert new_text != old_text
+    texts = [text for _, text in answers]
+    assert texts[0] == old_text
+    assert set(texts) == {old_text, new_text}
+    assert set(texts[swapped:]) == {new_text}  # none served stale once the old copy went
+    assert fleet.router.metrics().get('loraplex_router_retries_total{reason="not_loaded"}', 0) == 0
 
 
 def test_a_killed_worker_is_routed_around(fleet: Fleet) -> None:

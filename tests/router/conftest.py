@@ -56,6 +56,7 @@ class FakeWorker:
     gated: bool = False  # hold the stream after the first chunk until `release` is set
     ensure_gate: asyncio.Event | None = None  # the agent answers ensure calls once this is set
     known: set[str] = field(default_factory=lambda: {"sql-gen", "chat-bot", "tail-1"})
+    engine_names: dict[str, str] = field(default_factory=dict)  # adapter -> the name ensure answers
     calls: list[dict[str, Any]] = field(default_factory=list)
     auth: list[str | None] = field(default_factory=list)
     request_ids: list[str | None] = field(default_factory=list)  # the X-Request-Id each call came with
@@ -138,7 +139,10 @@ class FakeWorker:
             error = {"message": f"no adapter {name}", "type": "NotFound", "param": None, "code": "NotFound"}
             return web.json_response({"error": error}, status=404)
         revision = body.get("sha256") or "0" * 64  # as a real agent: the revision it registered
-        return web.json_response({"name": name, "tier": "GPU", "loadSeconds": 0.01, "sha256": revision})
+        answer = {"name": name, "tier": "GPU", "loadSeconds": 0.01, "sha256": revision}
+        if name in self.engine_names:  # a revision swapped in beside another, under a name of its own
+            answer["engineName"] = self.engine_names[name]
+        return web.json_response(answer)
 
     async def residency(self, _: web.Request) -> web.Response:
         adapters = [{"name": "sql-gen", "tier": "GPU"}, {"name": "tail-1", "tier": "CPU", "catalog": True}]

@@ -22,6 +22,8 @@ class StandInAgent:
 
     async def ensure(self, name: str, named: bool = False, sha256: str | None = None) -> Ensured:
         self.calls.append((name, named, sha256))
+        if name == "chat-v2":  # a revision swapped in beside another: vLLM serves it under its own name
+            return Ensured(name, Tier.CPU, 0.5, SHA, f"chat-v2@{SHA[:12]}")
         if name != "sql":
             raise EnsureError(EnsureStatus.NOT_FOUND, EnsureCode.ADAPTER_NOT_FOUND, f"no adapter {name}")
         return Ensured(name, Tier.GPU, 0.123456, SHA)
@@ -41,6 +43,13 @@ async def test_an_ensured_adapter_is_answered_as_an_ensure_result() -> None:
     assert body == {"name": "sql", "tier": "GPU", "loadSeconds": 0.1235, "sha256": SHA}
     assert EnsureResult.model_validate(body).tier is Tier.GPU  # what the router parses
     assert agent.calls == [("sql", True, SHA)]
+
+
+async def test_an_ensured_copy_under_an_engine_name_of_its_own_answers_that_name() -> None:
+    status, body, _ = await post({"name": "chat-v2"})
+    assert status == 200
+    assert body["engineName"] == f"chat-v2@{SHA[:12]}"
+    assert EnsureResult.model_validate(body).engine_name == f"chat-v2@{SHA[:12]}"
 
 
 async def test_a_refusal_carries_its_kind_as_the_status_and_its_reason_as_the_code() -> None:

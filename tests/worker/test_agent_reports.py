@@ -34,7 +34,7 @@ class FakeVllm(VllmClient):
     async def adapters(self) -> list[EngineAdapter]:
         return [EngineAdapter(name, path) for name, path in self.loaded.items()]
 
-    async def load(self, name: str, path: str, *, inplace: bool = False) -> None:
+    async def load(self, name: str, path: str) -> None:
         if self.refuse:
             raise VllmError(400, "rank 64 is above max_lora_rank 16")
         self.loaded[name] = path
@@ -348,9 +348,12 @@ async def test_a_spilled_copy_of_another_revision_is_reloaded_and_a_router_behin
     current["source"] = AdapterSource(
         uri=f"file://{new_files}", sha256=new
     )  # the TrainingJob published a revision
-    await agent.ensure("sql-gen", named=True, sha256=new)
+    ensured = await agent.ensure("sql-gen", named=True, sha256=new)
     assert (len(lookups), agent.registered["sql-gen"].sha256) == (2, new)
-    assert new in vllm.loaded["sql-gen"]  # vLLM serves the new files under the same name
+    # vLLM serves the new files under a name of their own, beside the old ones until routers moved
+    assert ensured.engine_name == f"sql-gen@{new[:12]}"
+    assert new in vllm.loaded[f"sql-gen@{new[:12]}"]
+    assert old in vllm.loaded["sql-gen"]
     loaded = dict(vllm.loaded)
     await agent.ensure("sql-gen", named=True, sha256=old)  # a router that has not seen the new revision
     assert (len(lookups), agent.registered["sql-gen"].sha256, vllm.loaded) == (3, new, loaded)

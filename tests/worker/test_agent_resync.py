@@ -28,7 +28,7 @@ class SlowListingVllm(VllmClient):
         await self.release.wait()
         return snapshot
 
-    async def load(self, name: str, path: str, *, inplace: bool = False) -> None:
+    async def load(self, name: str, path: str) -> None:
         self.loaded[name] = path
 
 

@@ -35,3 +35,31 @@ async def test_a_wanted_file_delivers_its_unload_list_too(tmp_path: Path) -> Non
         assert await asyncio.wait_for(delivered.get(), 5) == ([], None, ["code-lazy"])
     finally:
         task.cancel()
+
+
+async def test_the_agent_hears_of_a_report_only_once_its_status_is_written() -> None:
+    from kubernetes.client import ApiClient
+
+    from loraplex.api.agent import AgentResidency
+
+    source = WorkerPlacementSource(ApiClient(), "ns", "w0", lambda *args: None, min_interval=0.01)
+    writes: list[AgentResidency] = []
+    attempts = iter([RuntimeError("the API server did not answer"), None])
+
+    def write(report: AgentResidency) -> None:
+        failure = next(attempts)
+        if failure is not None:
+            raise failure
+        writes.append(report)
+
+    source._write = write  # type: ignore[method-assign]  # the patch of the status subresource
+    written: asyncio.Queue[AgentResidency] = asyncio.Queue()
+    source.on_written = written.put_nowait
+    task = asyncio.create_task(source._write_loop())
+    try:
+        report = AgentResidency(worker="w0", engine_ready=True, observed_generation=1)
+        await source.report(report)
+        assert await asyncio.wait_for(written.get(), 5) == report
+        assert writes == [report]  # heard of after the write that succeeded, not the one that failed
+    finally:
+        task.cancel()

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
+from loraplex.api.wire import to_wire
+from loraplex.api.workerplacement import ResidentAdapter, adapter_of_engine_name, revision_engine_name
 from loraplex.worker.agent.residency import (
     Fetch,
     Load,
     LoadFailure,
     RegisteredAdapter,
+    RetiringCopy,
     Slots,
     WantedAdapter,
+    engine_name_for,
     plan_convergence,
     plan_report,
     protected_revisions,
@@ -33,8 +38,8 @@ def test_missing_adapters_are_fetched_then_loaded_gpu_ones_warmed() -> None:
     assert plan.unload == []
     assert plan.fetch == [Fetch("a", "file:///a/a", "aaaa"), Fetch("b", "file:///a/b", "bbbb")]
     assert plan.load == [
-        Load("a", "aaaa", inplace=False, warm=True),
-        Load("b", "bbbb", inplace=False, warm=False),
+        Load("a", "aaaa", "a", warm=True),
+        Load("b", "bbbb", "b", warm=False),
     ]
 
 
@@ -52,14 +57,70 @@ def test_unwanted_named_adapters_are_unloaded_and_disk_tier_is_only_fetched() ->
     assert plan.load == []
 
 
-def test_a_new_revision_is_loaded_in_place_and_a_cpu_to_gpu_move_only_warms() -> None:
+def test_a_new_revision_loads_beside_the_old_one_under_its_own_name_and_a_cpu_to_gpu_move_only_warms() -> (
+    None
+):
     registered = {"a": reg("a", sha="old1"), "b": reg("b")}
     plan = plan_convergence(
         [want("a", "CPU", sha="new1"), want("b", "GPU")], registered, {"new1"}, {}, SLOTS, 0
     )
     assert plan.fetch == []
-    assert plan.load == [Load("a", "new1", inplace=True, warm=False)]
+    assert plan.load == [Load("a", "new1", "a@new1", warm=False)]
+    assert (plan.unload, plan.retire) == ([], [])  # the old copy serves until the new one is reported
     assert plan.warm == ["b"]
+
+
+def test_the_next_revision_takes_the_adapters_own_name_again_once_the_old_copy_is_gone() -> None:
+    registered = {"a": reg("a", sha="new1", engine_name="a@new1")}
+    plan = plan_convergence([want("a", "GPU", sha="next")], registered, {"next"}, {}, SLOTS, 0)
+    assert plan.load == [Load("a", "next", "a", warm=True)]
+    retiring = {"a": RetiringCopy(reg("a", sha="old1"))}  # the revision before is still draining
+    plan = plan_convergence(
+        [want("a", "GPU", sha="next")], registered, {"next"}, {}, SLOTS, 0, retiring=retiring
+    )
+    assert plan.load == [Load("a", "next", "a@next", warm=True)]
+
+
+def test_a_replaced_copy_is_unloaded_only_once_its_drain_after_the_switch_was_reported_has_passed() -> None:
+    registered = {"a": reg("a", sha="new1", engine_name="a@new1")}
+    wanted = [want("a", sha="new1")]
+    not_reported = {"a": RetiringCopy(reg("a", sha="old1"))}
+    assert plan_convergence(wanted, registered, {"new1"}, {}, SLOTS, 100.0, retiring=not_reported).empty
+    draining = {"a": RetiringCopy(reg("a", sha="old1"), unload_after=10.0)}
+    assert plan_convergence(wanted, registered, {"new1"}, {}, SLOTS, 9.9, retiring=draining).empty
+    plan = plan_convergence(wanted, registered, {"new1"}, {}, SLOTS, 10.0, retiring=draining)
+    assert (plan.retire, plan.unload, plan.load) == (["a"], [], [])
+
+
+def test_a_replaced_copy_of_an_adapter_being_deleted_goes_at_once() -> None:
+    registered = {"x": reg("x", sha="new1", engine_name="x@new1", on_demand=True)}
+    retiring = {"x": RetiringCopy(reg("x", sha="old1", on_demand=True))}
+    plan = plan_convergence([], registered, set(), {}, SLOTS, 0, unload={"x"}, retiring=retiring)
+    assert (plan.retire, plan.unload) == (["x"], ["x"])
+
+
+def test_a_replaced_copy_at_the_revision_wanted_again_comes_back_without_a_load() -> None:
+    registered = {"a": reg("a", sha="new1", engine_name="a@new1")}
+    retiring = {"a": RetiringCopy(reg("a", sha="old1", warm=True), unload_after=50.0)}
+    plan = plan_convergence(
+        [want("a", "GPU", sha="old1")], registered, {"old1"}, {}, SLOTS, 0, retiring=retiring
+    )
+    assert plan.load == [Load("a", "old1", "a", warm=True, revive=True)]
+    assert plan.fetch == []
+
+
+def test_engine_names_map_back_to_their_adapter() -> None:
+    digest = "0123456789abcdef" * 4
+    assert revision_engine_name("sql-gen", digest) == "sql-gen@0123456789ab"
+    assert adapter_of_engine_name(revision_engine_name("sql-gen", digest)) == "sql-gen"
+    assert adapter_of_engine_name("sql-gen") == "sql-gen"
+    assert engine_name_for("sql-gen", digest, set()) == "sql-gen"
+    assert engine_name_for("sql-gen", digest, {"sql-gen"}) == "sql-gen@0123456789ab"
+    assert engine_name_for("sql-gen", digest, {"sql-gen", "sql-gen@0123456789ab"}) is None
+    entry = ResidentAdapter(name="sql-gen", sha256=digest, tier="CPU", engine_name="sql-gen@0123456789ab")
+    assert ResidentAdapter.model_validate(to_wire(entry)).engine_name == "sql-gen@0123456789ab"
+    with pytest.raises(ValidationError):  # the shape the CRD admits: an adapter name and a revision
+        ResidentAdapter(name="sql-gen", tier="CPU", engine_name="sql-gen@not-hex")
 
 
 def test_a_failed_revision_waits_for_its_backoff() -> None:

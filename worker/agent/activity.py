@@ -13,12 +13,16 @@ A router's `ensure` call counts too (a request for the adapter is on its
 way). Loading alone does not: an adapter placed and never asked for stays idle.
 vLLM takes the sets after each engine step, so a request done within the step
 that scheduled it (one token: the agent's own warm-up requests) leaves no trace.
+vLLM names copies by their engine name (`<name>@<revision>` for a revision
+swapped in beside another): `by_adapter` turns those back into adapter names.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+
+from loraplex.api.workerplacement import adapter_of_engine_name
 
 DEFAULT_ACTIVE_WINDOW = 300.0  # seconds since its last use that an adapter counts as active
 DEFAULT_ACTIVITY_INTERVAL = 10.0  # seconds between reads of vLLM's /metrics
@@ -43,6 +47,15 @@ def last_use(metrics_text: str) -> dict[str, float]:
                 if when > seen.get(name, float("-inf")):
                     seen[name] = when
     return seen
+
+
+def by_adapter(seen: Mapping[str, float]) -> dict[str, float]:
+    """`last_use` by adapter: each adapter's newest use under any of its engine names."""
+    uses: dict[str, float] = {}
+    for engine_name, when in seen.items():
+        name = adapter_of_engine_name(engine_name)
+        uses[name] = max(when, uses.get(name, when))
+    return uses
 
 
 class Activity:

@@ -19,6 +19,15 @@ A recorded failure is reported until that revision is fetched (a fetch failure)
 or loaded (any failure), or until it goes stale: each pass drops the failures
 of adapters the WorkerPlacement no longer wants at that revision, unless an
 on-demand load of the adapter is in flight or still backing off.
+
+A new revision of an adapter vLLM serves (a placement's, or an ensure's) is
+registered beside the old one under its own engine name (residency.py; never
+vLLM's `load_inplace`, vLLM issue 33791), and the old copy retires: unreported,
+still registered, until a report naming the new copy is out (`reported`: the
+WorkerPlacement status written, or without one the agent's own report, which
+static routers poll) and `retire_after` seconds have passed since, so every
+router has moved to the new name; then it is unloaded. Requests vLLM already
+took for the old name finish: unloading only stops new ones.
 """
 
 from __future__ import annotations
@@ -38,12 +47,13 @@ import aiohttp
 from loraplex.api.agent import LOAD_REASONS, REFUSED_REASONS, AgentResidency, EnsureCode, EnsureStatus
 from loraplex.api.tiers import TIERS, Tier
 from loraplex.api.wire import to_wire
-from loraplex.api.workerplacement import AdapterFailure, ResidentAdapter
+from loraplex.api.workerplacement import AdapterFailure, ResidentAdapter, adapter_of_engine_name
 from loraplex.singleflight import SingleFlight
 from loraplex.worker.agent.activity import (
     DEFAULT_ACTIVE_WINDOW,
     DEFAULT_ACTIVITY_INTERVAL,
     Activity,
+    by_adapter,
     last_use,
 )
 from loraplex.worker.agent.adapter_lookup import AdapterLookup, LookupFailed
@@ -52,14 +62,19 @@ from loraplex.worker.agent.disk_cache import DiskCache
 from loraplex.worker.agent.fetch import Fetcher, FetchError
 from loraplex.worker.agent.metrics import AgentMetrics
 from loraplex.worker.agent.residency import (
+    DEFAULT_RETIRE_AFTER,
     LoadFailure,
     RegisteredAdapter,
+    RetiringCopy,
     Slots,
     WantedAdapter,
     backing_off,
+    engine_name_for,
+    engine_names_in_use,
     plan_convergence,
     plan_report,
     protected_revisions,
+    retiring_copy_of,
     stale_failures,
 )
 from loraplex.worker.agent.sources import InvalidSource, catalog_uri
@@ -91,6 +106,7 @@ class Ensured:
     tier: Tier
     load_seconds: float
     sha256: str  # the revision registered
+    engine_name: str | None = None  # the name vLLM serves it under, where not `name`
 
 
 class Agent:
@@ -111,6 +127,7 @@ class Agent:
         activity_interval: float = DEFAULT_ACTIVITY_INTERVAL,
         wall_clock: Callable[[], float] = time.time,
         base_modules: frozenset[str] | None = None,
+        retire_after: float = DEFAULT_RETIRE_AFTER,
     ) -> None:
         self.worker = worker
         # The base model's module names (base_modules.py); None: unknown, adapters' targets unchecked.
@@ -127,7 +144,9 @@ class Agent:
         self.wanted: list[WantedAdapter] | None = None  # None until the first wanted set arrives
         self.unload: frozenset[str] = frozenset()  # LoRAAdapters being deleted: none held on demand
         self.generation: int | None = None
-        self.registered: dict[str, RegisteredAdapter] = {}
+        self.registered: dict[str, RegisteredAdapter] = {}  # by adapter name: the copy serving it
+        self.retiring: dict[str, RetiringCopy] = {}  # by engine name: replaced copies, until routers moved
+        self.retire_after = retire_after
         self.failures: dict[str, LoadFailure] = {}
         self._attempts: dict[tuple[str, str | None], int] = {}
         self.load_seconds: dict[str, float] = {}
@@ -189,21 +208,45 @@ class Agent:
                 log.info("Reached vLLM of worker %s adapters=%d", self.worker, len(engine))
             self.engine_ready = True
             for name in list(self.registered):
-                if name not in engine:
+                if self.registered[name].engine not in engine:
                     log.warning("Found adapter %s gone from vLLM on worker %s; reloading", name, self.worker)
                     self.registered.pop(name)
-            for name, path in engine.items():
-                if name in self.registered:
+            for engine_name in [e for e in self.retiring if e not in engine]:
+                self.retiring.pop(engine_name)  # vLLM forgot it: nothing left to drain
+            known = engine_names_in_use(self.registered, self.retiring)
+            for engine_name, path in engine.items():
+                if engine_name in known:
                     continue
                 revision = self.cache.revision_of(path)
                 if revision is None:
-                    log.warning("Unloaded adapter %s of unknown origin from worker %s", name, self.worker)
-                    await self.vllm.unload(name)
+                    log.warning(
+                        "Unloaded adapter %s of unknown origin from worker %s", engine_name, self.worker
+                    )
+                    await self.vllm.unload(engine_name)
                     continue
-                wanted = {w.name for w in self.wanted or []}
-                self.registered[name] = RegisteredAdapter(
-                    name, revision, on_demand=name not in wanted, last_used=self.clock()
-                )
+                self._adopt(engine_name, revision)
+
+    def _adopt(self, engine_name: str, revision: str) -> None:
+        """A copy vLLM has that the agent's record lacks (the agent restarted): kept as it is. Two
+        revisions of one adapter (a swap was under way): the one the WorkerPlacement wants serves, the
+        other retires (a plan revives it if it is the one wanted after all)."""
+        name = adapter_of_engine_name(engine_name)
+        wanted = {w.name: w.sha256 for w in self.wanted or []}
+        copy = RegisteredAdapter(
+            name,
+            revision,
+            on_demand=name not in wanted,
+            last_used=self.clock(),
+            engine_name=engine_name if engine_name != name else "",
+        )
+        current = self.registered.get(name)
+        if current is None:
+            self.registered[name] = copy
+        elif wanted.get(name) == revision and current.sha256 != revision:
+            self.retiring[current.engine] = RetiringCopy(current)
+            self.registered[name] = copy
+        else:
+            self.retiring[engine_name] = RetiringCopy(copy)
 
     async def read_activity(self) -> None:
         """Every `activity_interval`, take in which held adapters vLLM ran (see activity.py)."""
@@ -213,7 +256,7 @@ class Agent:
         self._activity_read_at = now
         try:
             text = await self.vllm.metrics_text()
-            seen = await asyncio.to_thread(last_use, text)  # a big exposition must not stall ensures
+            seen = by_adapter(await asyncio.to_thread(last_use, text))  # a big one must not stall ensures
         except (aiohttp.ClientError, TimeoutError, VllmError, ValueError) as error:
             log.warning("Could not read adapter activity from vLLM of worker %s: %s", self.worker, error)
             return
@@ -239,12 +282,21 @@ class Agent:
             reason = self.failures.pop(name).reason
             log.info("Dropped stale failure of adapter %s on worker %s reason=%s", name, self.worker, reason)
         plan = plan_convergence(
-            wanted, self.registered, self.cache.revisions(), self.failures, self.slots, now, self.unload
+            wanted,
+            self.registered,
+            self.cache.revisions(),
+            self.failures,
+            self.slots,
+            now,
+            self.unload,
+            self.retiring,
         )
         if plan.empty:
             self._evict_disk()
             return
         async with self._engine_lock:
+            for engine_name in plan.retire:
+                await self._unload_retired(engine_name)
             for name in plan.unload:
                 await self._unload(name)
         results = await asyncio.gather(*(self._fetch(f.name, f.uri, f.sha256) for f in plan.fetch))
@@ -258,10 +310,13 @@ class Agent:
             for name in plan.warm:
                 await self._warm(name)
             for load in plan.load:
+                if load.revive:
+                    await self._revive(load.name, load.engine_name, warm=load.warm)
+                    continue
                 if not self.cache.has(load.sha256):
                     continue
                 started = self.clock()
-                if await self._load(load.name, load.sha256, inplace=load.inplace, warm=load.warm):
+                if await self._load(load.name, load.sha256, load.engine_name, warm=load.warm):
                     seconds = self.clock() - started + fetch_seconds.get(load.sha256, 0.0)
                     self._record_load(load.name, tiers.get(load.name, Tier.CPU), seconds)
         self._evict_disk()
@@ -282,7 +337,8 @@ class Agent:
         """An ensure that finds the revision registered: a use of it, no load."""
         self.registered[current.name] = dataclasses.replace(current, last_used=self.clock())
         self.activity.used(current.name, self.wall_clock())
-        return Ensured(current.name, Tier.GPU if current.warm else Tier.CPU, 0.0, current.sha256)
+        tier = Tier.GPU if current.warm else Tier.CPU
+        return Ensured(current.name, tier, 0.0, current.sha256, _other_than(current.engine, current.name))
 
     def _outdated(self, current: RegisteredAdapter, named: bool, sha256: str | None) -> bool:
         """A named adapter's copy loaded on demand, not at the revision the router expects."""
@@ -318,9 +374,18 @@ class Agent:
             fresh = current is not None and current.sha256 == sha256
             if fresh and current is not None:  # the router's view was older than the LoRAAdapter's
                 return self._already_held(current)
-            loaded = await self._load(
-                name, sha256, inplace=current is not None, warm=False, on_demand=True, catalog=catalog
-            )
+            revived = retiring_copy_of(self.retiring, name, sha256)
+            if revived is not None and await self._revive(name, revived, warm=False):
+                return self._already_held(self.registered[name])
+            engine_name = engine_name_for(name, sha256, engine_names_in_use(self.registered, self.retiring))
+            if engine_name is None:
+                raise EnsureError(
+                    EnsureStatus.UNAVAILABLE,
+                    EnsureCode.LOAD_FAILED,
+                    f"adapter {name}: both its engine names are held by copies still retiring",
+                    self.retire_after,
+                )
+            loaded = await self._load(name, sha256, engine_name, warm=False, on_demand=True, catalog=catalog)
         if not loaded:
             failure = self.failures[name]
             raise EnsureError(
@@ -330,7 +395,7 @@ class Agent:
         self._record_load(name, Tier.CPU, seconds)
         self.activity.used(name, self.wall_clock())  # the router ensures an adapter to send it a request
         self._wake.set()  # let the next pass drop on-demand adapters beyond the free slots
-        return Ensured(name, Tier.CPU, seconds, sha256)
+        return Ensured(name, Tier.CPU, seconds, sha256, _other_than(engine_name, name))
 
     async def _resolve(self, name: str, named: bool) -> tuple[str, str, bool]:
         for want in self.wanted or []:
@@ -393,12 +458,14 @@ class Agent:
         self,
         name: str,
         sha256: str,
+        engine_name: str,
         *,
-        inplace: bool,
         warm: bool,
         on_demand: bool = False,
         catalog: bool = False,
     ) -> bool:
+        """Register the revision in vLLM under `engine_name` (warmed for the GPU tier); a copy of
+        another revision it replaces retires. False when it failed (the failure is recorded)."""
         path = str(self.cache.path(sha256))
         if self.base_modules is not None:
             problem = await asyncio.to_thread(adapter_targets_problem, Path(path), self.base_modules)
@@ -406,21 +473,53 @@ class Agent:
                 self._fail(name, sha256, EnsureCode.TARGET_MODULES_NOT_IN_BASE, problem, on_demand)
                 return False
         try:
-            await self.vllm.load(name, path, inplace=inplace)
+            await self.vllm.load(engine_name, path)
             if warm:
-                await self.vllm.warm(name)
+                await self.vllm.warm(engine_name)
         except VllmError as error:
             self._fail(name, sha256, EnsureCode.LOAD_FAILED, error.message, on_demand)
             return False
         self.cache.touch(sha256)
-        self.registered[name] = RegisteredAdapter(name, sha256, on_demand, catalog, self.clock(), warm)
+        own_name = "" if engine_name == name else engine_name
+        self._take_over(RegisteredAdapter(name, sha256, on_demand, catalog, self.clock(), warm, own_name))
         failure = self.failures.get(name)
         if failure is not None and failure.sha256 == sha256:
             del self.failures[name]
         self._attempts.pop((name, sha256), None)
         log.info(
-            "Loaded adapter %s on worker %s revision=%s inplace=%s", name, self.worker, sha256[:12], inplace
-        )
+            "Loaded adapter %s on worker %s revision=%s engine_name=%s",
+            name, self.worker, sha256[:12], engine_name,
+        )  # fmt: skip
+        return True
+
+    def _take_over(self, copy: RegisteredAdapter) -> None:
+        """`copy` serves its adapter from now on; the copy it replaces (another revision) retires."""
+        current = self.registered.get(copy.name)
+        if current is not None and current.engine != copy.engine:
+            self.retiring[current.engine] = RetiringCopy(current)
+            self.metrics.swaps.inc()
+            log.info(
+                "Retired adapter %s revision=%s on worker %s engine_name=%s successor=%s",
+                copy.name, current.sha256[:12], self.worker, current.engine, copy.engine,
+            )  # fmt: skip
+        self.registered[copy.name] = copy
+
+    async def _revive(self, name: str, engine_name: str, *, warm: bool) -> bool:
+        """A retiring copy at the revision wanted again serves once more: no load (warmed if asked)."""
+        retired = self.retiring.get(engine_name)
+        if retired is None:  # unloaded meanwhile: the next pass loads the revision
+            return False
+        copy = retired.copy
+        if warm and not copy.warm:
+            try:
+                await self.vllm.warm(engine_name)
+            except VllmError as error:
+                log.warning("Failed to warm adapter %s on worker %s: %s", name, self.worker, error.message)
+                return False
+            copy = dataclasses.replace(copy, warm=True)
+        del self.retiring[engine_name]
+        self._take_over(dataclasses.replace(copy, last_used=self.clock()))
+        log.info("Revived adapter %s on worker %s engine_name=%s", name, self.worker, engine_name)
         return True
 
     async def _warm(self, name: str) -> None:
@@ -428,7 +527,7 @@ class Agent:
         if current is None:
             return
         try:
-            await self.vllm.warm(name)
+            await self.vllm.warm(current.engine)
         except VllmError as error:
             log.warning("Failed to warm adapter %s on worker %s: %s", name, self.worker, error.message)
             return
@@ -437,10 +536,22 @@ class Agent:
     async def _unload(self, name: str) -> None:
         current = self.registered.get(name)
         tier = Tier.GPU if current is not None and current.warm else Tier.CPU
-        await self.vllm.unload(name)
+        await self.vllm.unload(current.engine if current is not None else name)
         self.registered.pop(name, None)
         self.metrics.evictions.labels(tier).inc()
         log.info("Unloaded adapter %s from worker %s", name, self.worker)
+
+    async def _unload_retired(self, engine_name: str) -> None:
+        """A retired copy's drain has passed: unload it (requests vLLM already took for it finish)."""
+        retired = self.retiring.get(engine_name)
+        if retired is None:
+            return
+        await self.vllm.unload(engine_name)
+        del self.retiring[engine_name]
+        log.info(
+            "Unloaded retired adapter %s revision=%s from worker %s engine_name=%s",
+            retired.copy.name, retired.copy.sha256[:12], self.worker, engine_name,
+        )  # fmt: skip
 
     def _fail(self, name: str, sha256: str | None, reason: str, message: str, on_demand: bool) -> None:
         attempts = self._attempts.pop((name, sha256), 0) + 1
@@ -460,7 +571,7 @@ class Agent:
         self.metrics.load_seconds.labels(tier).observe(seconds)
 
     def _evict_disk(self) -> None:
-        protected = protected_revisions(self.wanted or [], self.registered)
+        protected = protected_revisions(self.wanted or [], self.registered, self.retiring)
         self.cache.evict(
             protected, on_evict=lambda _sha, _size: self.metrics.evictions.labels(Tier.DISK).inc()
         )
@@ -485,6 +596,8 @@ class Agent:
             bytes_by_tier[entry.tier] += size or 0
             count_by_tier[entry.tier] += 1
             item: dict[str, Any] = {"name": entry.name, "sha256": entry.sha256, "tier": entry.tier}
+            if entry.engine_name is not None:
+                item["engine_name"] = entry.engine_name
             if size is not None:
                 item["bytes"] = size
             if entry.name in self.load_seconds:
@@ -522,6 +635,22 @@ class Agent:
         if report != self._last_report and self.on_report is not None:
             await self.on_report(report)
         self._last_report = report
+        if self.on_report is None:  # no status to write: the agent's own report is what routers read
+            self.reported(report)
+
+    def reported(self, report: AgentResidency) -> None:
+        """`report` is out where routers read it (the WorkerPlacement status written, or the agent's
+        own report): each retiring copy it no longer names starts its drain of `retire_after`."""
+        serving = {a.name: a.engine_name or a.name for a in report.adapters if a.tier != Tier.DISK}
+        unload_after = self.clock() + self.retire_after
+        for engine_name, retired in list(self.retiring.items()):
+            if retired.unload_after is None and serving.get(retired.copy.name) != engine_name:
+                self.retiring[engine_name] = dataclasses.replace(retired, unload_after=unload_after)
+
+
+def _other_than(engine_name: str, name: str) -> str | None:
+    """An engine name as reports and ensure answers carry it: only where it is not the adapter's name."""
+    return engine_name if engine_name != name else None
 
 
 def _refusal_of(reason: str) -> EnsureStatus:

@@ -9,7 +9,8 @@ module turns the agent's answers and its EnsureErrors into HTTP.
   now (catalog adapters, named adapters held on disk; with `"named": true`,
   also a named adapter placed elsewhere, read from its LoRAAdapter, and with
   `"sha256"` such a copy is reloaded if it is another revision). 200 `{name,
-  tier, loadSeconds, sha256}` (the revision registered); errors in OpenAI's
+  tier, loadSeconds, sha256, engineName?}` (the revision registered, and the
+  name vLLM serves it under where that is not `name`); errors in OpenAI's
   shape: 404 unknown adapter, 422 refused files (`code` is the reason, e.g.
   DigestMismatch), 503 with `Retry-After` while a failed load backs off or
   vLLM is not ready.
@@ -77,6 +78,7 @@ async def ensure(request: web.Request) -> web.Response:
         tier=ensured.tier,
         load_seconds=round(ensured.load_seconds, 4),
         sha256=ensured.sha256,
+        **({"engine_name": ensured.engine_name} if ensured.engine_name is not None else {}),
     )
     return web.json_response(to_wire(result))
 

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from loraplex.worker.agent.activity import DEFAULT_ACTIVE_WINDOW, DEFAULT_ACTIVITY_INTERVAL
+from loraplex.worker.agent.residency import DEFAULT_RETIRE_AFTER
 
 GIB = 1 << 30
 
@@ -65,6 +66,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_ACTIVITY_INTERVAL,
         help="Seconds between reads of vLLM's adapter activity from its /metrics (10).",
+    )
+    parser.add_argument(
+        "--retire-after",
+        type=float,
+        default=DEFAULT_RETIRE_AFTER,
+        help="Seconds a replaced revision of an adapter stays registered in vLLM after a report naming "
+        f"the new one is out, so routers have moved to it ({DEFAULT_RETIRE_AFTER:g}).",
     )
     parser.add_argument("--worker", default=os.environ.get("POD_NAME"), help="Worker (pod) name.")
     parser.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE"), help="Worker namespace.")
@@ -166,6 +174,7 @@ async def serve(args: argparse.Namespace) -> None:
         active_window=args.active_window,
         activity_interval=args.activity_interval,
         base_modules=base_modules,
+        retire_after=args.retire_after,
     )
     source: FileSource | WorkerPlacementSource
     if args.wanted_file is not None:
@@ -177,6 +186,7 @@ async def serve(args: argparse.Namespace) -> None:
         kube = api_client(args.kubeconfig)
         source = WorkerPlacementSource(kube, args.namespace, args.worker, agent.set_wanted)
         agent.on_report = source.report
+        source.on_written = agent.reported
         if args.base_model:
             agent.adapter_lookup = LoRAAdapterLookup(kube, args.namespace, args.base_model)
     runner = web.AppRunner(make_app(agent), access_log=None)

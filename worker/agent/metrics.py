@@ -23,6 +23,11 @@ class AgentMetrics:
             ["tier"],
             registry=r,
         )
+        self.swaps = Counter(
+            "loraplex_agent_revision_swaps_total",
+            "Adapters whose new revision was registered in vLLM beside the old one, which then retired.",
+            registry=r,
+        )
         self.load_seconds = Histogram(
             "loraplex_agent_adapter_load_seconds",
             "Time to make an adapter servable (fetch included when it was not on disk), by tier.",

@@ -3,8 +3,10 @@
 In a cluster: the worker's own WorkerPlacement (named after the pod), watched
 by name, and its `status` subresource, written only when the report changed
 (and at most every `min_interval` seconds: bursts of loads coalesce into one
-write). For local use and tests: a YAML/JSON file with the same `adapters` (and
-`unload`) lists as a WorkerPlacement spec, re-read when it changes, and no status.
+write); `on_written` hears of each report written (the agent retires replaced
+revisions only once routers can have read their successors). For local use
+and tests: a YAML/JSON file with the same `adapters` (and `unload`) lists as a
+WorkerPlacement spec, re-read when it changes, and no status.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class WorkerPlacementSource:
         self.min_interval = min_interval
         self._conditions: list[dict[str, Any]] = []
         self._written: AgentResidency | None = None
+        self.on_written: Callable[[AgentResidency], None] | None = None  # after each write of a report
         self._pending: AgentResidency | None = None
         self._changed = asyncio.Event()
         self._stop = threading.Event()
@@ -145,6 +148,8 @@ class WorkerPlacementSource:
                 try:
                     await asyncio.to_thread(self._write, report)
                     self._written = report
+                    if self.on_written is not None:
+                        self.on_written(report)
                 except Exception as error:
                     log.warning("Failed to write status of WorkerPlacement %s: %s", self.name, error)
                     self._changed.set()

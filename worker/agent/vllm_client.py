@@ -1,8 +1,9 @@
 """The agent's client of vLLM's OpenAI server and its runtime LoRA API.
 
 Calls carry the worker's API key. `adapters()` reads `/v1/models`, the
-engine's own list of registered adapters (id and the path each was loaded
-from), which is what the agent checks its residency record against.
+engine's own list of registered adapters (id, the engine name, and the path
+each was loaded from), which is what the agent checks its residency record
+against.
 """
 
 from __future__ import annotations
@@ -84,10 +85,11 @@ class VllmClient:
                 raise VllmError(response.status, text[:500])
             return text
 
-    async def load(self, name: str, path: str, *, inplace: bool = False) -> None:
+    async def load(self, name: str, path: str) -> None:
+        """Register an adapter under a name vLLM does not have yet. Never `load_inplace`: vLLM keeps
+        that flag on the adapter, and every later request for it reloads its files (vLLM issue 33791);
+        a new revision goes under a name of its own (the agent's residency plan)."""
         body: dict[str, Any] = {"lora_name": name, "lora_path": path}
-        if inplace:
-            body["load_inplace"] = True
         await self._call("POST", "/v1/load_lora_adapter", body)
 
     async def unload(self, name: str) -> None:
