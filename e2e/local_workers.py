@@ -33,7 +33,15 @@ from typing import Any
 
 import yaml
 
-from loraplex.api.labels import BASE_MODEL_LABEL, COMPONENT_LABEL, ROUTER, TRAINER, TRAINING_JOB_LABEL, WORKER
+from loraplex.api.labels import (
+    BASE_MODEL_LABEL,
+    COMPONENT_LABEL,
+    ROUTER,
+    TRAINER,
+    TRAINING_JOB_LABEL,
+    WARM_TRAINER_LABEL,
+    WORKER,
+)
 from loraplex.e2e import daemon
 from loraplex.e2e.adapter_store import AdapterStore
 from loraplex.e2e.cluster import LocalCluster, process_alive
@@ -131,6 +139,8 @@ def pod_processes(pod: dict[str, Any]) -> WorkerPod | RouterPod | TrainerPod | N
             catalog_template=_flag(agent_args, "--catalog-template"),
             base_model=_flag(agent_args, "--base-model"),
         )  # fmt: skip
+    if labels.get(COMPONENT_LABEL) == TRAINER and WARM_TRAINER_LABEL in labels:
+        return None  # warm trainers report through their pod's log, which simulated pods lack
     if labels.get(COMPONENT_LABEL) == TRAINER and "trainer" in containers:
         finished = any(
             (c.get("state") or {}).get("terminated") for c in status.get("containerStatuses") or []

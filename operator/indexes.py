@@ -36,7 +36,9 @@ from loraplex.api.labels import (
     COMPONENT_LABEL,
     MANAGED_BY,
     TRAINER,
+    TRAINER_GROUP_ANNOTATION,
     TRAINING_JOB_LABEL,
+    WARM_TRAINER_LABEL,
     WORKER,
 )
 from loraplex.operator.fleet_status import WorkerPod
@@ -149,7 +151,9 @@ def pod_entries(body: Mapping[str, Any], namespace: str, labels: Mapping[str, st
     phase = status.get("phase", "Pending")
     finished = phase in ("Succeeded", "Failed")
     entries: dict[Any, Any] = {}
-    trainer = labels.get(COMPONENT_LABEL) == TRAINER and TRAINING_JOB_LABEL in labels
+    trainer = labels.get(COMPONENT_LABEL) == TRAINER and (
+        TRAINING_JOB_LABEL in labels or WARM_TRAINER_LABEL in labels
+    )
     if trainer:
         job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
         if job:
@@ -197,9 +201,12 @@ def job_view(body: Mapping[str, Any]) -> JobView:
     conditions = {c.get("type"): c for c in status.get("conditions", []) or [] if c.get("status") == "True"}
     failed = conditions.get("Failed") or conditions.get("FailureTarget") or {}
     node_selector = spec.get("template", {}).get("spec", {}).get("nodeSelector") or {}
+    annotations = body["metadata"].get("annotations") or {}
     return JobView(
         name=body["metadata"]["name"],
         node=node_selector.get(HOSTNAME_LABEL),
+        group=annotations.get(TRAINER_GROUP_ANNOTATION),
+        deleting=bool(body["metadata"].get("deletionTimestamp")),
         suspended=bool(spec.get("suspend")),
         complete="Complete" in conditions or "SuccessCriteriaMet" in conditions,
         failed=bool(failed),
@@ -364,6 +371,15 @@ class Indexes:
 
     def trainer_job(self, namespace: str, name: str) -> list[JobView]:
         return list(self.trainer_jobs.get((namespace, name), []))
+
+    def warm_trainers(self) -> list[tuple[str, JobView]]:
+        """(namespace, Job) of every warm trainer's Job: those that name their trainer group."""
+        return [
+            (namespace, view)
+            for (namespace, _), views in list(self.trainer_jobs.items())
+            for view in list(views)
+            if view.group is not None
+        ]
 
     def training_job_keys(self) -> list[tuple[str, str]]:
         return sorted(self.training_jobs)

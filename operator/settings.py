@@ -70,6 +70,11 @@ class OperatorSettings:
     trainer_priority_class: str = "loraplex-trainer"
     training_interval_seconds: float = 1.0
     training_max_attempts: int = 6  # attempts of a crashing trainer before the job fails
+    # Warm trainers (shared TrainingJobs, training_tenancy): tenants per trainer, their summed LoRA
+    # rank, and how long a trainer with no tenant stays hot before it exits.
+    training_max_tenants: int = 8
+    training_max_rank_sum: int = 256
+    training_idle_seconds: float = 300.0
     scale_down_delay_seconds: float = 300.0  # how long fewer workers must do before the fleet shrinks
     # What the containers the operator adds beside the model request (vLLM's and the trainer's come
     # from the BaseModel and TrainingJob specs).
@@ -116,6 +121,15 @@ class OperatorSettings:
             trainer_priority_class=environ.get("LORAPLEX_TRAINER_PRIORITY_CLASS", cls.trainer_priority_class),
             training_interval_seconds=seconds("LORAPLEX_TRAINING_INTERVAL", cls.training_interval_seconds),
             training_max_attempts=integer("LORAPLEX_TRAINING_MAX_ATTEMPTS", cls.training_max_attempts),
+            training_max_tenants=integer(
+                "LORAPLEX_TRAINING_MAX_TENANTS", cls.training_max_tenants, minimum=1
+            ),
+            training_max_rank_sum=integer(
+                "LORAPLEX_TRAINING_MAX_RANK_SUM", cls.training_max_rank_sum, minimum=1
+            ),
+            training_idle_seconds=seconds(
+                "LORAPLEX_TRAINING_IDLE_SECONDS", cls.training_idle_seconds, minimum=0
+            ),
             scale_down_delay_seconds=seconds("LORAPLEX_SCALE_DOWN_DELAY", cls.scale_down_delay_seconds),
             trainer_image=environ.get("LORAPLEX_TRAINER_IMAGE", cls.trainer_image),
             agent_resources=_resources(environ, "AGENT", cls.agent_resources),

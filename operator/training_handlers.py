@@ -29,40 +29,76 @@ from typing import Any, cast
 
 import kopf
 from kubernetes import client
+from pydantic import ValidationError
 
 from loraplex.api import GROUP, TRAINING_JOBS, VERSION
+from loraplex.api.basemodel import BaseModelSpec
 from loraplex.operator import metrics
 from loraplex.operator.apply import Applier
 from loraplex.operator.fleet_scale import FleetTargets
 from loraplex.operator.fleet_status import status_changed
 from loraplex.operator.indexes import Indexes
 from loraplex.operator.settings import OperatorSettings
-from loraplex.operator.training_admission import Cluster, Node, plan_admission
+from loraplex.operator.training_admission import Cluster, Node, QueuedJob, plan_admission
 from loraplex.operator.training_capacity import cluster, serving_demands
 from loraplex.operator.training_jobs import (
     JobKey,
     TrainingJobView,
     admission_queue,
     attempt_view,
+    created,
     parse_job,
     plan_job,
     trainer_usage,
     unfinished,
+    waiting_for_capacity,
 )
 from loraplex.operator.training_logs import ProgressReader, kubernetes_reader
 from loraplex.operator.training_progress import with_progress
 from loraplex.operator.training_publish import AdapterPublisher
 from loraplex.operator.training_roots import parse_roots
-from loraplex.operator.training_status import Step, output_conflict, output_refused
+from loraplex.operator.training_status import JobView, Step, init_revision, output_conflict, output_refused
+from loraplex.operator.training_tenancy import (
+    Capacity,
+    NewTrainer,
+    RunningTrainer,
+    TrainerGroup,
+    WaitingTenant,
+    plan_tenancy,
+)
 from loraplex.operator.training_throttle import PassThrottle, RecentStatuses
+from loraplex.operator.training_warm import (
+    WarmTrainerView,
+    running_trainers,
+    tenant_entry,
+    trainer_group,
+    warm_config_map,
+    warm_gpus,
+    warm_trainer_job,
+    warm_trainer_name,
+    warm_trainer_views,
+)
 from loraplex.operator.training_workload import (
     Store,
     TrainingJobRef,
     attempt_name,
+    output_uri,
     plan_attempt,
 )
 
 PROGRESS_INTERVAL_SECONDS = 5.0  # the least time between two reads of one trainer pod's log
+WARM_QUEUE_PREFIX = "warm-trainer:"  # admission keys of new warm trainers (job keys hold one "/")
+RECENT_TRAINER_SECONDS = 30.0
+
+
+def _split(key: str) -> JobKey:
+    namespace, name = key.split("/", 1)
+    return namespace, name
+
+
+def _trainer_of(step: Step) -> str | None:
+    """The warm trainer a step places its job in."""
+    return (step.status.get("placement") or {}).get("trainer")
 
 
 def register(
@@ -125,6 +161,10 @@ class TrainingLoop:
         self.lock = threading.Lock()
         self.throttle = PassThrottle(settings.training_interval_seconds)
         self.recent = RecentStatuses()
+        self.capacity = Capacity(settings.training_max_tenants, settings.training_max_rank_sum)
+        self.empty_since: dict[tuple[str, str], float] = {}  # warm trainer -> since when it has no tenant
+        self.recent_trainers: dict[tuple[str, str], float] = {}  # warm trainer -> until when its new Job
+        # may still be missing from the index (so it is not created again meanwhile)
 
     def run(self, indexes: Indexes, logger: kopf.Logger, force: bool = False) -> None:
         with self.lock:
@@ -136,38 +176,196 @@ class TrainingLoop:
             metrics.TRAINING_PASS_SECONDS.observe(time.monotonic() - started)
 
     def _pass(self, indexes: Indexes, logger: kopf.Logger) -> None:
-        now = datetime.now(UTC)
-        self.recent.expire(time.monotonic())
-        jobs = list(self._jobs(indexes))
-        steps = {key: self._plan(job, None, now) for key, job in jobs}
-        queue = admission_queue((job, steps[key]) for key, job in jobs)
-        plan = plan_admission(self._cluster(indexes, jobs, steps), queue)
+        now, clock = datetime.now(UTC), time.monotonic()
+        self.recent.expire(clock)
+        warm = warm_trainer_views(indexes.warm_trainers())
+        jobs = list(self._jobs(indexes, clock))
         by_key = dict(jobs)
+        steps = {key: self._plan(job, None, now) for key, job in jobs}
+        queue = admission_queue((job, steps[key]) for key, job in jobs if not job.shared)
+        tenancy = plan_tenancy(
+            self._running_trainers(warm, jobs, steps, clock),
+            [waiting for key, job in jobs if (waiting := self._waiting_tenant(job, steps[key])) is not None],
+            self.capacity,
+        )
+        for job_key, trainer in tenancy.joins.items():
+            key = _split(job_key)
+            steps[key] = self._plan(by_key[key], warm[(key[0], trainer)].node, now, trainer)
+        new = {f"{WARM_QUEUE_PREFIX}{i}": trainer for i, trainer in enumerate(tenancy.new)}
+        queue += [q for key, trainer in new.items() if (q := self._trainer_request(key, trainer, indexes))]
+        plan = plan_admission(self._cluster(indexes, jobs, steps, warm), queue)
         for queued_key, node in plan.admitted.items():
-            namespace, name = queued_key.split("/", 1)
-            steps[(namespace, name)] = self._plan(by_key[(namespace, name)], node, now)
+            if queued_key in new:
+                self._start_trainer(new[queued_key], node, by_key, steps, warm, now)
+                continue
+            key = _split(queued_key)
+            steps[key] = self._plan(by_key[key], node, now)
         phases: dict[str, int] = {p: 0 for p in ("Queued", "Running", "Preempted", "Succeeded", "Failed")}
         running: list[tuple[str, str]] = []
         for key, job in jobs:
-            step = self._apply(job, self._with_progress(job, steps[key], running), logger)
-            phase = step.status.get("phase")
+            steps[key] = self._apply(job, self._with_progress(job, steps[key], running), logger)
+            phase = steps[key].status.get("phase")
             if phase in phases:
                 phases[phase] += 1
+        self._write_trainers(indexes, warm, [(job, steps[key]) for key, job in jobs], clock, logger)
         if self.progress is not None:
             self.progress.forget_all_but(running)
         for phase, count in phases.items():
             metrics.TRAINING_JOBS.labels(phase).set(count)
 
-    def _jobs(self, indexes: Indexes) -> Iterable[tuple[JobKey, TrainingJobView]]:
+    def _jobs(self, indexes: Indexes, clock: float) -> Iterable[tuple[JobKey, TrainingJobView]]:
         for key in indexes.training_job_keys():
             for body in indexes.training_job_bodies(key):
                 status = self.recent.status(body["metadata"]["uid"], body.get("status") or {})
                 job = parse_job(key[0], body, status, indexes.base_models)
                 if job is None:
                     continue
-                views = indexes.trainer_job(key[0], job.attempt)
-                view = attempt_view(views, indexes.attempt_pods(key[0], job.attempt))
-                yield key, replace(job, view=view)
+                name = job.trainer or job.attempt  # a warm trainer's tenant follows that trainer's Job
+                view = attempt_view(indexes.trainer_job(key[0], name), indexes.attempt_pods(key[0], name))
+                yield key, replace(job, view=view, tenant=self._tenant(job, view, clock))
+
+    def _tenant(self, job: TrainingJobView, view: JobView | None, clock: float) -> dict[str, Any] | None:
+        """The job's state in its warm trainer's last report (None: a dedicated job, or none yet)."""
+        if self.progress is None or job.trainer is None or view is None or not view.pods:
+            return None
+        pod = view.pods[-1]
+        if pod.phase not in ("Running", "Succeeded", "Failed"):
+            return None
+        return self.progress.tenant(job.ref.namespace, pod.name, job.ref.name, clock)
+
+    def _running_trainers(
+        self,
+        warm: dict[tuple[str, str], WarmTrainerView],
+        jobs: list[tuple[JobKey, TrainingJobView]],
+        steps: dict[JobKey, Step],
+        clock: float,
+    ) -> list[RunningTrainer]:
+        """The warm trainers jobs may join, with the ranks of the tenants each holds now."""
+        tenants: dict[tuple[str, str], list[int]] = {key: [] for key in warm}
+        for key, job in jobs:
+            trainer = _trainer_of(steps[key])
+            if trainer is not None and (key[0], trainer) in tenants:
+                tenants[(key[0], trainer)].append(job.spec.lora.rank)
+        for held, ranks in tenants.items():
+            if ranks:
+                self.empty_since.pop(held, None)
+            else:
+                self.empty_since.setdefault(held, clock)
+        for gone in set(self.empty_since) - set(warm):
+            del self.empty_since[gone]
+        empty_for = {key: clock - since for key, since in self.empty_since.items()}
+        return running_trainers(warm, tenants, empty_for, self.settings.training_idle_seconds)
+
+    def _waiting_tenant(self, job: TrainingJobView, step: Step) -> WaitingTenant | None:
+        if not job.shared or job.base is None or not waiting_for_capacity(step):
+            return None
+        return WaitingTenant(
+            f"{job.ref.namespace}/{job.ref.name}",
+            trainer_group(job.ref.namespace, job.spec, self.settings.training_dataset_roots),
+            job.spec.lora.rank,
+            job.spec.priority,
+            created(job.body),
+        )
+
+    def _trainer_request(self, key: str, trainer: NewTrainer, indexes: Indexes) -> QueuedJob | None:
+        """A new warm trainer as admission queues it: its GPUs, at its first tenant's rank."""
+        base = self._base(indexes, trainer.group)
+        if base is None:
+            return None
+        return QueuedJob(
+            key=key,
+            priority=trainer.priority,
+            created=trainer.created,
+            resource=base[1].resources.gpu_resource_name,
+            gpus=trainer.group.gpus,
+            node_selector=dict(base[1].node_selector),
+        )
+
+    def _start_trainer(
+        self,
+        trainer: NewTrainer,
+        node: str,
+        by_key: dict[JobKey, TrainingJobView],
+        steps: dict[JobKey, Step],
+        warm: dict[tuple[str, str], WarmTrainerView],
+        now: datetime,
+    ) -> None:
+        """Place a new trainer's tenants in it; `_write_trainers` makes its Job."""
+        first = by_key[_split(trainer.tenants[0])]
+        name = warm_trainer_name(
+            trainer.group.base_model, first.ref.uid, int(first.status.get("attempts") or 0)
+        )
+        warm[(trainer.group.namespace, name)] = WarmTrainerView(
+            trainer.group.namespace, name, trainer.group, node
+        )
+        for tenant in trainer.tenants:
+            key = _split(tenant)
+            steps[key] = self._plan(by_key[key], node, now, name)
+
+    def _base(self, indexes: Indexes, group: TrainerGroup) -> tuple[str, BaseModelSpec] | None:
+        """(uid, spec) of a trainer group's BaseModel; None when it is gone or invalid."""
+        for uid, spec in indexes.base_model_entries((group.namespace, group.base_model)):
+            try:
+                return uid, BaseModelSpec.model_validate(spec)
+            except ValidationError:
+                return None
+        return None
+
+    def _write_trainers(
+        self,
+        indexes: Indexes,
+        warm: dict[tuple[str, str], WarmTrainerView],
+        jobs: list[tuple[TrainingJobView, Step]],
+        clock: float,
+        logger: kopf.Logger,
+    ) -> None:
+        """Every warm trainer's tenants file from its tenants' statuses, and the Job of each trainer
+        a tenant is placed in that has none (just admitted, or gone while its tenants were away)."""
+        tenants: dict[tuple[str, str], list[tuple[TrainingJobView, Step]]] = {}
+        for job, step in jobs:
+            trainer = _trainer_of(step)
+            if trainer is not None and step.status.get("phase") == "Running":
+                tenants.setdefault((job.ref.namespace, trainer), []).append((job, step))
+        for key in sorted(set(tenants) | {k for k, view in warm.items() if not view.finished}):
+            members = tenants.get(key, [])
+            view = warm.get(key)
+            if view is None:  # placed there earlier; its Job is gone: make it again where they were
+                job, step = members[0]
+                node = (step.status.get("placement") or {}).get("node")
+                group = trainer_group(job.ref.namespace, job.spec, self.settings.training_dataset_roots)
+                view = WarmTrainerView(key[0], key[1], group, node)
+            base = self._base(indexes, view.group)
+            if base is None:
+                continue
+            entries = [self._tenant_entry(job, step, base[1]) for job, step in members]
+            config = warm_config_map(key[1], view.group, base[0], base[1], self.settings, entries)
+            self.applier.apply(config)
+            if view.job is None and view.node is not None and self.recent_trainers.get(key, 0.0) < clock:
+                job_manifest = warm_trainer_job(
+                    key[1], view.group, base[0], base[1], self.settings, view.node
+                )
+                if self.applier.create_if_missing(job_manifest):
+                    metrics.TRAINING_ADMISSIONS.inc()
+                    logger.info(
+                        f"Started warm trainer {key[0]}/{key[1]} on node {view.node} "
+                        f"tenants={','.join(sorted(job.ref.name for job, _ in members))}"
+                    )
+                self.recent_trainers[key] = clock + RECENT_TRAINER_SECONDS
+        for key in [k for k, until in self.recent_trainers.items() if until < clock]:
+            del self.recent_trainers[key]
+
+    def _tenant_entry(self, job: TrainingJobView, step: Step, base: BaseModelSpec) -> dict[str, Any]:
+        generation = int(step.status.get("observedGeneration") or job.ref.generation)
+        run = int(step.status.get("run") or 0)
+        ref = TrainingJobRef(job.ref.name, job.ref.namespace, job.ref.uid, generation, run)
+        return tenant_entry(
+            ref,
+            job.spec,
+            base,
+            self.store,
+            self.settings.training_dataset_roots,
+            step.status.get("initRevision"),
+        )
 
     def _with_progress(self, job: TrainingJobView, step: Step, running: list[tuple[str, str]]) -> Step:
         """`step` with the progress its running trainer pod's log shows (added to `running`)."""
@@ -180,17 +378,47 @@ class TrainingLoop:
         progress = self.progress.progress(job.ref.namespace, pod, job.ref.name, time.monotonic())
         return replace(step, status=with_progress(step.status, progress))
 
-    def _plan(self, job: TrainingJobView, node: str | None, now: datetime) -> Step:
-        return plan_job(job, node, now, self.settings.training_max_attempts, self.store, self.dataset_roots)
+    def _plan(
+        self, job: TrainingJobView, node: str | None, now: datetime, trainer: str | None = None
+    ) -> Step:
+        return plan_job(
+            job, node, now, self.settings.training_max_attempts, self.store, self.dataset_roots, trainer
+        )
 
     def _cluster(
-        self, indexes: Indexes, jobs: list[tuple[JobKey, TrainingJobView]], steps: dict[JobKey, Step]
+        self,
+        indexes: Indexes,
+        jobs: list[tuple[JobKey, TrainingJobView]],
+        steps: dict[JobKey, Step],
+        warm: dict[tuple[str, str], WarmTrainerView],
     ) -> Cluster:
         nodes = [
             Node(name, view.allocatable, view.labels) for name, view in indexes.all_nodes() if view.usable
         ]
         held = {node.name: indexes.gpus_held_on(node.name) for node in nodes}
         trainers = trainer_usage((job, steps[key]) for key, job in jobs)
+        placed = {
+            (key[0], trainer): (job, steps[key])
+            for key, job in jobs
+            if (trainer := _trainer_of(steps[key])) is not None and (key[0], trainer) not in warm
+        }  # trainers whose Job the index does not show yet: their tenants' statuses place them
+        views = list(warm.values()) + [
+            WarmTrainerView(
+                key[0], key[1],
+                trainer_group(key[0], job.spec, self.settings.training_dataset_roots),
+                (step.status.get("placement") or {}).get("node"),
+            )
+            for key, (job, step) in placed.items()
+        ]  # fmt: skip
+
+        def resource(group: TrainerGroup) -> str | None:
+            base = self._base(indexes, group)
+            return base[1].resources.gpu_resource_name if base else None
+
+        for node_name, gpus in warm_gpus(views, resource).items():
+            per_node = trainers.setdefault(node_name, {})
+            for name, count in gpus.items():
+                per_node[name] = per_node.get(name, 0) + count
         serving = serving_demands(indexes.base_models, indexes.pods, indexes.worker_sets, self.targets)
         return cluster(nodes, held, trainers, serving)
 
@@ -198,18 +426,27 @@ class TrainingLoop:
         """Carry the step out; the step carried out (an output adapter that cannot take the job's
         revision fails the job, before an attempt starts or when it would publish)."""
         ref, namespace, name = job.ref, job.ref.namespace, job.ref.name
-        if step.create_attempt is not None:
-            conflict = output_conflict(job.spec, self.publisher.output_adapter(namespace, job.spec), None)
+        init: str | None = None
+        joined = _trainer_of(step) is not None and _trainer_of(step) != job.trainer
+        if step.create_attempt is not None or joined:
+            live = self.publisher.output_adapter(namespace, job.spec)
+            root = self.store.public(output_uri(ref, job.spec, self.store))
+            init, unavailable = init_revision(job.spec, step.status, live, root)
+            conflict = output_conflict(job.spec, live, None) or unavailable
             if conflict is not None:
                 step = output_refused(
                     step.status, job.status.get("adapterRevision"), datetime.now(UTC), *conflict
                 )
+            elif step.status.get("initRevision") != init:
+                step = replace(step, status={**step.status, "initRevision": init})
         if step.create_attempt is not None and job.base is not None and job.base_uid is not None:
             generation = int(step.status.get("observedGeneration") or ref.generation)
             run = int(step.status.get("run") or 0)
             attempt_ref = TrainingJobRef(name, namespace, ref.uid, generation, run)
             written = self.applier.apply_all(
-                plan_attempt(attempt_ref, job.spec, job.base, self.settings, step.create_attempt, step.node)
+                plan_attempt(
+                    attempt_ref, job.spec, job.base, self.settings, step.create_attempt, step.node, init
+                )
             )
             if written:
                 if step.node is not None:

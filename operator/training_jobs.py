@@ -45,7 +45,18 @@ class TrainingJobView:
     base: BaseModelSpec | None
     base_uid: str | None
     status: dict[str, Any]
-    view: JobView | None = None  # its current attempt's Job, with that Job's pods
+    view: JobView | None = None  # its current attempt's Job (or warm trainer's), with that Job's pods
+    tenant: Mapping[str, Any] | None = None  # its state in its warm trainer's last `tenants` report
+
+    @property
+    def shared(self) -> bool:
+        """Whether the job runs as a tenant of a warm trainer (a Kueue job never does)."""
+        return self.spec.sharing == "shared" and not self.spec.queue_name
+
+    @property
+    def trainer(self) -> str | None:
+        """The warm trainer its status places it in."""
+        return (self.status.get("placement") or {}).get("trainer")
 
     @property
     def attempt(self) -> str:
@@ -108,9 +119,11 @@ def plan_job(
     max_attempts: int,
     store: Store,
     dataset_roots: Sequence[Location],
+    trainer: str | None = None,
 ) -> Step:
-    """The job's step (`node`: where admission just put it), with the checkpoint folder of a
-    started run shown as workers reach it; `dataset_roots`: where datasets may be read from."""
+    """The job's step (`node`: where admission just put it; `trainer`: the warm trainer it joins
+    there), with the checkpoint folder of a started run shown as workers reach it; `dataset_roots`:
+    where datasets may be read from."""
     meta = job.body["metadata"]
     step = plan_training(
         namespace=job.ref.namespace,
@@ -124,6 +137,8 @@ def plan_job(
         max_attempts=max_attempts,
         now=now,
         dataset_roots=dataset_roots,
+        admitted_trainer=trainer,
+        tenant=job.tenant,
     )
     if step.status.get("phase") not in ("Running", "Preempted", "Succeeded"):
         return step
@@ -151,10 +166,14 @@ def admission_queue(jobs: Iterable[tuple[TrainingJobView, Step]]) -> list[Queued
 
 
 def trainer_usage(jobs: Iterable[tuple[TrainingJobView, Step]]) -> dict[str, dict[str, int]]:
-    """node -> GPUs (by resource) the jobs whose step is Running on it hold."""
+    """node -> GPUs (by resource) the jobs whose step is Running on it in a trainer of their own hold
+    (warm trainers are counted once each, by the pass)."""
     used: dict[str, dict[str, int]] = {}
     for job, step in jobs:
-        node_name = (step.status.get("placement") or {}).get("node")
+        placement = step.status.get("placement") or {}
+        node_name = placement.get("node")
+        if placement.get("trainer"):
+            continue
         if step.status.get("phase") == "Running" and node_name and job.base is not None:
             per_node = used.setdefault(node_name, {})
             resource = job.base.resources.gpu_resource_name

@@ -20,7 +20,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from loraplex.operator.training_progress import parse_progress
+from loraplex.operator.training_progress import parse_progress, parse_tenants
 from loraplex.operator.training_workload import TRAINER_CONTAINER
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ def kubernetes_reader(core: client.CoreV1Api) -> LogReader:
 class _Seen:
     next_read: float
     progress: dict[str, dict[str, Any]]  # adapter -> progress
+    tenants: dict[str, dict[str, Any]] | None = None  # a warm trainer's last `tenants` report
 
 
 class ProgressReader:
@@ -62,10 +63,17 @@ class ProgressReader:
 
     def progress(self, namespace: str, pod: str, adapter: str, now: float) -> dict[str, Any] | None:
         """The last progress of `adapter` that pod `pod`'s log showed (None: none yet); `now`: monotonic."""
+        return self._refresh(namespace, pod, now).progress.get(adapter)
+
+    def tenant(self, namespace: str, pod: str, adapter: str, now: float) -> dict[str, Any] | None:
+        """`adapter`'s state in the last `tenants` report of warm trainer pod `pod` (None: not in it)."""
+        return (self._refresh(namespace, pod, now).tenants or {}).get(adapter)
+
+    def _refresh(self, namespace: str, pod: str, now: float) -> _Seen:
         key = (namespace, pod)
         seen = self._seen.get(key)
         if seen is None or now >= seen.next_read:
-            last = seen.progress if seen is not None else {}
+            last = seen if seen is not None else _Seen(0.0, {})
             try:
                 text = self.read(namespace, pod)
             except Exception as error:  # no log yet, or none to be had: keep the last progress
@@ -74,11 +82,18 @@ class ProgressReader:
                     logging.WARNING if forbidden else logging.DEBUG,  # RBAC without `pods/log: get`
                     "Could not read the log of trainer pod %s/%s: %s", namespace, pod, error,
                 )  # fmt: skip
-                seen = _Seen(now + max(self.min_interval, RETRY_AFTER_FAILURE_SECONDS), last)
+                seen = _Seen(
+                    now + max(self.min_interval, RETRY_AFTER_FAILURE_SECONDS), last.progress, last.tenants
+                )
             else:
-                seen = _Seen(now + self.min_interval, {**last, **parse_progress(text)})
+                tenants = parse_tenants(text)
+                seen = _Seen(
+                    now + self.min_interval,
+                    {**last.progress, **parse_progress(text)},
+                    tenants if tenants is not None else last.tenants,
+                )
             self._seen[key] = seen
-        return seen.progress.get(adapter)
+        return seen
 
     def forget_all_but(self, pods: Iterable[tuple[str, str]]) -> None:
         """Drop what was kept of pods other than `pods` (namespace, name): the ones still running."""

@@ -8,7 +8,10 @@ are not such an event (stderr warnings, a line cut in half by the tail or by a w
 in flight, values out of range) are skipped. `final_progress` takes the step from the
 trainer's termination-message summary when an attempt ends, so a finished job shows
 its last step where no log could be read. `with_progress` puts a progress into a
-status only when it differs, so an unchanged one never costs a write.
+status only when it differs, so an unchanged one never costs a write. A warm
+trainer also prints `tenants` reports, each the state of every tenant;
+`parse_tenants` keeps the last (the level: a tenant's result reaches the status
+even when the event that announced it has scrolled out of the tail).
 """
 
 from __future__ import annotations
@@ -36,7 +39,23 @@ def parse_progress(log: str) -> dict[str, dict[str, Any]]:
     return found
 
 
-def _event(line: str) -> tuple[str, dict[str, Any]] | None:
+def parse_tenants(log: str) -> dict[str, dict[str, Any]] | None:
+    """tenant -> its state (name, phase, step, uri, sha256, reason, message: wire names) in the last
+    `tenants` report of a warm trainer's `log` (worker/trainer/warm.py); None when there is none."""
+    found: dict[str, dict[str, Any]] | None = None
+    for line in log.splitlines():
+        event = _json_event(line)
+        if event is None or event.get("event") != "tenants" or not isinstance(event.get("tenants"), list):
+            continue
+        found = {
+            str(state["name"]): state
+            for state in event["tenants"]
+            if isinstance(state, dict) and isinstance(state.get("name"), str)
+        }
+    return found
+
+
+def _json_event(line: str) -> dict[str, Any] | None:
     line = line.strip()
     if not line.startswith("{"):
         return None
@@ -44,7 +63,12 @@ def _event(line: str) -> tuple[str, dict[str, Any]] | None:
         event = json.loads(line)
     except ValueError:
         return None
-    if not isinstance(event, dict) or event.get("event") not in PROGRESS_EVENTS:
+    return event if isinstance(event, dict) else None
+
+
+def _event(line: str) -> tuple[str, dict[str, Any]] | None:
+    event = _json_event(line)
+    if event is None or event.get("event") not in PROGRESS_EVENTS:
         return None
     adapter = event.get("adapter")
     if not isinstance(adapter, str) or not adapter:

@@ -77,6 +77,8 @@ class JobView:
     failure_reason: str = ""
     failure_message: str = ""
     pods: tuple[PodView, ...] = ()
+    group: str | None = None  # a warm trainer's Job: its trainer group (training_warm), as JSON
+    deleting: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,32 @@ def output_conflict(
     )
 
 
+def init_revision(
+    spec: TrainingJobSpec, status: Mapping[str, Any], live: Mapping[str, Any] | None, published_root: str
+) -> tuple[str | None, tuple[str, str] | None]:
+    """The published revision a run of `spec` starts from (`spec.initFrom: published`), and
+    (reason, message) when it cannot: the output LoRAAdapter (`live`, None: there is none yet, so the
+    first run starts from scratch) serves a revision outside the training store's `published_root`
+    (`<store>/adapters/<namespace>/<adapter>`), where no trainer can read it. A run keeps the revision
+    it started from (`status.initRevision`) across its attempts."""
+    if spec.init_from != "published":
+        return None, None
+    if status.get("initRevision"):
+        return str(status["initRevision"]), None
+    source = (live or {}).get("spec", {}).get("source") or {}
+    sha256, uri = source.get("sha256"), str(source.get("uri") or "").rstrip("/")
+    if live is None or not sha256:
+        return None, None
+    if uri == f"{published_root}/{sha256}":
+        return str(sha256), None
+    return None, (
+        "InitRevisionOutsideStore",
+        f"spec.initFrom is published, but LoRAAdapter {spec.output.adapter_name} serves {uri or 'no uri'}, "
+        f"not a revision in the training store ({published_root}/<sha256>); set spec.initFrom: scratch, "
+        "or let a TrainingJob publish the adapter first",
+    )
+
+
 def output_refused(
     planned: Mapping[str, Any], published: str | None, now: datetime, reason: str, message: str
 ) -> Step:
@@ -216,14 +244,21 @@ def plan_training(
     max_attempts: int,
     now: datetime,
     dataset_roots: Sequence[Location],
+    admitted_trainer: str | None = None,
+    tenant: Mapping[str, Any] | None = None,
 ) -> Step:
-    """The status this job should have now and the one action that gets it there."""
+    """The status this job should have now and the one action that gets it there.
+
+    A shared job in a warm trainer (`status.placement.trainer`) passes that trainer's Job as `job`
+    and its entry in the trainer's last `tenants` report as `tenant`; `admitted_trainer` (with
+    `admitted_node`): the warm trainer the job was just placed in.
+    """
     current = dict(status)
     phase = current.get("phase")
     attempts = int(current.get("attempts") or 0)
     reason = _ready_reason(current)
     fresh_spec = current.get("observedGeneration") != generation
-    active = job is not None and not (job.complete or job.failed)
+    active = _in_flight(current, job, tenant)
 
     if fresh_spec and not active:  # a changed spec starts afresh (a running attempt finishes first)
         if job is not None:
@@ -231,6 +266,7 @@ def plan_training(
         phase, reason = None, None
         current["completionTime"] = None
         current["nextRunTime"] = None
+        current["initRevision"] = None
         current["observedGeneration"] = generation
         job = None
     if phase == "Succeeded" and not active:
@@ -240,20 +276,35 @@ def plan_training(
         run = int(current.get("run") or 0) + 1  # a fresh run: new Job names, new checkpoint folder
         current.update(
             run=run, nextRunTime=None, completionTime=None, startTime=None, progress=None,
-            placement=None, checkpointUri=None,
+            placement=None, checkpointUri=None, initRevision=None,
         )  # fmt: skip
         started = Event("Normal", "ScheduledRun", f"started run {run}, due {timestamp(due)} by spec.schedule")
         step = _plan_run(
             namespace, name, generation, spec, base, current, None, None, 0, admitted_node,
-            max_attempts, now, dataset_roots,
+            max_attempts, now, dataset_roots, admitted_trainer, None,
         )  # fmt: skip
         return replace(step, events=(started, *step.events))
     if phase in TERMINAL and reason not in VALIDATION_REASONS:
         return Step(current)
     return _plan_run(
         namespace, name, generation, spec, base, current, phase, job, attempts, admitted_node,
-        max_attempts, now, dataset_roots,
+        max_attempts, now, dataset_roots, admitted_trainer, tenant,
     )  # fmt: skip
+
+
+def _trainer(status: Mapping[str, Any]) -> str | None:
+    """The warm trainer a job is a tenant of, from its status."""
+    return (status.get("placement") or {}).get("trainer")
+
+
+def _in_flight(current: Mapping[str, Any], job: JobView | None, tenant: Mapping[str, Any] | None) -> bool:
+    """Whether the job's trainer still works for it: its attempt's Job, or for a tenant of a warm
+    trainer, that trainer while it has not reported the tenant finished."""
+    if job is None or job.complete or job.failed:
+        return False
+    if _trainer(current) is None:
+        return True
+    return (tenant or {}).get("phase") not in TERMINAL
 
 
 def _due(current: dict[str, Any], spec: TrainingJobSpec, now: datetime) -> datetime | None:
@@ -287,9 +338,11 @@ def _plan_run(
     max_attempts: int,
     now: datetime,
     dataset_roots: Sequence[Location],
+    admitted_trainer: str | None,
+    tenant: Mapping[str, Any] | None,
 ) -> Step:
     """The status of a run that is not finished (or a failed one whose cause may be fixed now)."""
-    active = job is not None and not (job.complete or job.failed)
+    active = _in_flight(current, job, tenant)
 
     if not active:
         problem = validate(namespace, spec, base, dataset_roots)
@@ -299,9 +352,14 @@ def _plan_run(
             current["completionTime"] = None
             phase = None
 
+    trainer = _trainer(current)
+    if job is not None and trainer is not None:
+        return _follow_tenant(current, name, generation, spec, job, tenant, attempts, max_attempts, now)
     if job is not None:
         return _follow(current, name, generation, spec, job, attempts, max_attempts, now)
 
+    if phase == "Running" and trainer is not None:  # its warm trainer's Job is missing: the pass makes it
+        return Step(_running(current, generation, now, attempts, current["placement"].get("node")))
     if phase == "Running" and (current.get("placement") or {}).get("node"):
         node = current["placement"]["node"]  # admitted earlier; its Job is missing: make it again
         return Step(_running(current, generation, now, attempts, node), attempts, node)
@@ -318,6 +376,11 @@ def _plan_run(
             f"suspended Job in LocalQueue {spec.queue_name}",
         )
         return Step(queued, attempts, None)
+    if admitted_node is not None and admitted_trainer is not None:
+        running = _running(current, generation, now, attempts, admitted_node)
+        running["placement"] = {"node": admitted_node, "trainer": admitted_trainer}
+        message = f"Joined warm trainer {admitted_trainer} on node {admitted_node} (attempt {attempts})"
+        return Step(running, events=(Event("Normal", "Admitted", message),))
     if admitted_node is not None:
         step = Step(
             _running(current, generation, now, attempts, admitted_node),
@@ -350,27 +413,7 @@ def _follow(
     succeeded = job.complete or (pod is not None and pod.phase == "Succeeded")
     if succeeded:
         if entry and entry.get("uri") and entry.get("sha256"):
-            result = Result(str(entry["uri"]), str(entry["sha256"]))
-            done = _with(
-                current,
-                generation,
-                now,
-                phase="Succeeded",
-                status="True",
-                reason="Succeeded",
-                message=f"published revision {result.sha256[:12]} to LoRAAdapter {spec.output.adapter_name}",
-                attempts=attempts,
-            )
-            done["adapterRevision"] = result.sha256
-            if not done.get("completionTime"):
-                done["completionTime"] = timestamp(now)
-            events: tuple[Event, ...] = ()
-            if spec.schedule:
-                try:
-                    done["nextRunTime"] = timestamp(next_run_time(spec.schedule, now))
-                except ValueError as error:
-                    events = (Event("Warning", "ScheduleInvalid", f"{error}; the job is not rerun"),)
-            return Step(done, publish=result, events=events)
+            return _succeeded(current, generation, now, spec, entry, attempts)
         return _failed(
             current, generation, now, "ResultMissing",
             "the trainer exited 0 without a result for this adapter in its termination message",
@@ -383,16 +426,7 @@ def _follow(
     )
     if job.failed or (pod is not None and pod.phase == "Failed"):
         if preempted:
-            node = (current.get("placement") or {}).get("node") or job.node
-            message = (
-                f"attempt {attempts} was preempted on node {node}; re-queued to resume from its checkpoint"
-            )
-            step_status = _with(
-                current, generation, now, phase="Preempted", status="False", reason="Preempted",
-                message=message, attempts=attempts + 1,
-            )  # fmt: skip
-            step_status["placement"] = None
-            return Step(step_status, events=(Event("Warning", "Preempted", message),))
+            return _preempted(current, generation, now, attempts, job)
         if exit_code == EXIT_CONFIG:
             detail = (entry or {}).get("message") or "the trainer refused its config"
             return _failed(current, generation, now, "ConfigInvalid", str(detail), attempts=attempts)
@@ -400,19 +434,7 @@ def _follow(
             why = str((entry or {}).get("reason") or "TrainingFailed")
             detail = str((entry or {}).get("message") or "the trainer failed this adapter for good")
             return _failed(current, generation, now, why, detail, attempts=attempts)
-        if attempts + 1 >= max_attempts:
-            return _failed(
-                current, generation, now, "RetryLimitExceeded",
-                f"the trainer crashed (exit code {exit_code}) in {attempts + 1} attempts; see the pod logs",
-                attempts=attempts,
-            )  # fmt: skip
-        message = f"attempt {attempts} crashed (exit code {exit_code}); re-queued"
-        crashed = _with(
-            current, generation, now, phase="Queued", status="False", reason="Crashed", message=message,
-            attempts=attempts + 1,
-        )  # fmt: skip
-        crashed["placement"] = None
-        return Step(crashed, events=(Event("Warning", "Crashed", message),))
+        return _crashed(current, generation, now, attempts, max_attempts, exit_code)
     if job.suspended:
         return Step(
             _queued(current, generation, now, attempts, "WaitingForKueue", f"Job {job.name} is suspended")
@@ -431,6 +453,139 @@ def _follow(
                 now,
             )
     return Step(running)
+
+
+def _follow_tenant(
+    current: dict[str, Any],
+    name: str,
+    generation: int,
+    spec: TrainingJobSpec,
+    trainer: JobView,
+    tenant: Mapping[str, Any] | None,
+    attempts: int,
+    max_attempts: int,
+    now: datetime,
+) -> Step:
+    """The status of a tenant of warm trainer `trainer`, from the trainer's Job and pod and the
+    tenant's entry in the trainer's last `tenants` report (None: not reported yet)."""
+    state = dict(tenant or {})
+    pod = _last_pod(trainer)
+    if state.get("phase") in TERMINAL:
+        current["progress"] = final_progress(current.get("progress"), state)
+    if state.get("phase") == "Succeeded" and state.get("uri") and state.get("sha256"):
+        return _left_trainer(_succeeded(current, generation, now, spec, state, attempts))
+    if state.get("phase") == "Failed":
+        why = str(state.get("reason") or "TrainingFailed")
+        detail = str(state.get("message") or "the trainer failed this adapter for good")
+        return _left_trainer(_failed(current, generation, now, why, detail, attempts=attempts))
+    exit_code = pod.exit_code if pod is not None else None
+    if trainer.complete or trainer.failed or (pod is not None and pod.phase in ("Succeeded", "Failed")):
+        preempted = (
+            (pod is not None and (pod.disrupted or exit_code == EXIT_PREEMPTED))
+            or "DisruptionTarget" in trainer.failure_message
+            or (trainer.failed and (pod is None or exit_code is None))
+        )
+        if preempted:
+            return _preempted(current, generation, now, attempts, trainer)
+        if exit_code == 0 or trainer.complete:  # it went idle before it read this tenant
+            message = f"warm trainer {trainer.name} exited before it took the job; re-queued"
+            queued = _queued(current, generation, now, attempts, "Requeued", message)
+            return Step(queued)
+        if exit_code in (EXIT_CONFIG, EXIT_FAILED):
+            return _failed(
+                current, generation, now, "TrainerFailed",
+                f"warm trainer {trainer.name} failed every tenant (exit code {exit_code}); see its pod log",
+                attempts=attempts,
+            )  # fmt: skip
+        return _crashed(current, generation, now, attempts, max_attempts, exit_code)
+    node = (pod.node if pod else None) or trainer.node or (current.get("placement") or {}).get("node")
+    running = _running(current, generation, now, attempts, node)
+    running["placement"] = {
+        key: value
+        for key, value in (("node", node), ("pod", pod.name if pod else None), ("trainer", trainer.name))
+        if value
+    }
+    if pod is not None and pod.phase == "Running" and state.get("phase") == "Running":
+        if not running.get("startTime"):
+            running["startTime"] = timestamp(now)
+        message = f"training in warm trainer {trainer.name} (pod {pod.name}) on node {node}"
+        running["conditions"] = merge_conditions(
+            current.get("conditions", []),
+            _conditions("False", "Training", message, "Running"),
+            generation,
+            now,
+        )
+    return Step(running)
+
+
+def _left_trainer(step: Step) -> Step:
+    """`step` with the warm trainer dropped from its placement: a finished tenant is no longer one."""
+    placement = {k: v for k, v in (step.status.get("placement") or {}).items() if k != "trainer"}
+    return replace(step, status={**step.status, "placement": placement or None})
+
+
+def _succeeded(
+    current: Mapping[str, Any],
+    generation: int,
+    now: datetime,
+    spec: TrainingJobSpec,
+    entry: Mapping[str, Any],
+    attempts: int,
+) -> Step:
+    """Published: the trainer's result `entry` (uri, sha256) becomes the output adapter's revision."""
+    result = Result(str(entry["uri"]), str(entry["sha256"]))
+    done = _with(
+        current,
+        generation,
+        now,
+        phase="Succeeded",
+        status="True",
+        reason="Succeeded",
+        message=f"published revision {result.sha256[:12]} to LoRAAdapter {spec.output.adapter_name}",
+        attempts=attempts,
+    )
+    done["adapterRevision"] = result.sha256
+    if not done.get("completionTime"):
+        done["completionTime"] = timestamp(now)
+    events: tuple[Event, ...] = ()
+    if spec.schedule:
+        try:
+            done["nextRunTime"] = timestamp(next_run_time(spec.schedule, now))
+        except ValueError as error:
+            events = (Event("Warning", "ScheduleInvalid", f"{error}; the job is not rerun"),)
+    return Step(done, publish=result, events=events)
+
+
+def _preempted(
+    current: Mapping[str, Any], generation: int, now: datetime, attempts: int, job: JobView
+) -> Step:
+    node = (current.get("placement") or {}).get("node") or job.node
+    message = f"attempt {attempts} was preempted on node {node}; re-queued to resume from its checkpoint"
+    step_status = _with(
+        current, generation, now, phase="Preempted", status="False", reason="Preempted",
+        message=message, attempts=attempts + 1,
+    )  # fmt: skip
+    step_status["placement"] = None
+    return Step(step_status, events=(Event("Warning", "Preempted", message),))
+
+
+def _crashed(
+    current: Mapping[str, Any], generation: int, now: datetime, attempts: int, max_attempts: int,
+    exit_code: int | None,
+) -> Step:  # fmt: skip
+    if attempts + 1 >= max_attempts:
+        return _failed(
+            current, generation, now, "RetryLimitExceeded",
+            f"the trainer crashed (exit code {exit_code}) in {attempts + 1} attempts; see the pod logs",
+            attempts=attempts,
+        )  # fmt: skip
+    message = f"attempt {attempts} crashed (exit code {exit_code}); re-queued"
+    crashed = _with(
+        current, generation, now, phase="Queued", status="False", reason="Crashed", message=message,
+        attempts=attempts + 1,
+    )  # fmt: skip
+    crashed["placement"] = None
+    return Step(crashed, events=(Event("Warning", "Crashed", message),))
 
 
 def _ready_reason(status: Mapping[str, Any]) -> str | None:

@@ -169,8 +169,10 @@ def trainer_config(
     base: BaseModelSpec,
     store: Store,
     dataset_roots: Sequence[str],
+    init_revision: str | None = None,
 ) -> dict[str, Any]:
-    """The trainer's config file (worker/trainer/config.py, camelCase) for this job."""
+    """The trainer's config file (worker/trainer/config.py, camelCase) for this job; `init_revision`:
+    a revision published into its output folder to start from (spec.initFrom: published)."""
     model_path, _, _ = model_location(base)
     data = dataset_mount(spec.dataset.uri, dataset_roots)
     dataset = spec.dataset.model_dump(by_alias=True, exclude_none=True) | {"uri": data.uri}
@@ -186,6 +188,7 @@ def trainer_config(
                 "training": spec.training.model_dump(by_alias=True, exclude_none=True),
                 "checkpoint": spec.checkpoint.model_dump(by_alias=True, exclude_none=True),
                 "outputUri": output_uri(ref, spec, store),
+                **({"initRevision": init_revision} if init_revision else {}),
             }
         ],
         "gracePeriodSeconds": GRACE_PERIOD_SECONDS,
@@ -210,6 +213,7 @@ def plan_attempt(
     settings: OperatorSettings,
     attempt: int,
     node: str | None,
+    init_revision: str | None = None,
 ) -> list[Manifest]:
     """The ConfigMap and Job of one attempt; `node` None: left to Kueue (created suspended)."""
     store = Store.parse(settings.training_store)
@@ -224,7 +228,8 @@ def plan_attempt(
         },
         "data": {
             CONFIG_FILE: yaml.safe_dump(
-                trainer_config(ref, spec, base, store, settings.training_dataset_roots), sort_keys=True
+                trainer_config(ref, spec, base, store, settings.training_dataset_roots, init_revision),
+                sort_keys=True,
             )
         },
     }
@@ -242,11 +247,46 @@ def trainer_job(
     attempt: int,
     node: str | None,
 ) -> Manifest:
+    resources = spec.resources
+    return trainer_pod_job(
+        TrainerPod(
+            name=attempt_name(ref, attempt),
+            namespace=ref.namespace,
+            labels=labels(ref, spec.base_model, attempt),
+            gpu=resources.gpu,
+            cpu=resources.cpu,
+            memory=resources.memory,
+            dataset_uri=spec.dataset.uri,
+        ),
+        base,
+        settings,
+        node,
+        spec.queue_name,
+    )
+
+
+@dataclass(frozen=True)
+class TrainerPod:
+    """What differs between trainer pods: a dedicated attempt's, or a warm trainer's."""
+
+    name: str  # of the Job and of the ConfigMap holding its config
+    namespace: str
+    labels: dict[str, str]
+    gpu: int
+    cpu: str | None
+    memory: str | None
+    dataset_uri: str  # the pod mounts the dataset root this URI is under
+
+
+def trainer_pod_job(
+    pod: TrainerPod, base: BaseModelSpec, settings: OperatorSettings, node: str | None, queue: str | None
+) -> Manifest:
+    """The batch/v1 Job running `loraplex trainer` with the config in ConfigMap `pod.name`; `node`
+    None with `queue`: created suspended in that Kueue LocalQueue."""
     store = Store.parse(settings.training_store)
-    name = attempt_name(ref, attempt)
     _, model_volumes, model_mounts = model_location(base)
-    data = dataset_mount(spec.dataset.uri, settings.training_dataset_roots)
-    volumes = [*model_volumes, *data.volumes, {"name": "config", "configMap": {"name": name}}]
+    data = dataset_mount(pod.dataset_uri, settings.training_dataset_roots)
+    volumes = [*model_volumes, *data.volumes, {"name": "config", "configMap": {"name": pod.name}}]
     mounts = [*model_mounts, *data.mounts, {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
     if store.claim is not None:
         volumes.append({"name": "store", "persistentVolumeClaim": {"claimName": store.claim}})
@@ -257,7 +297,6 @@ def trainer_job(
     credentials = store_credential_files(base)
     volumes += credentials.volumes
     mounts += credentials.mounts
-    resources = spec.resources
     container: Manifest = {
         "name": TRAINER_CONTAINER,
         "image": settings.trainer_image,
@@ -267,14 +306,11 @@ def trainer_job(
             *home_env,
             *credentials.env,
         ],
-        "resources": model_resources(
-            base.resources.gpu_resource_name, resources.gpu, resources.cpu, resources.memory
-        ),
+        "resources": model_resources(base.resources.gpu_resource_name, pod.gpu, pod.cpu, pod.memory),
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "File",
     }
-    pod_labels = labels(ref, spec.base_model, attempt)
     node_selector = dict(base.node_selector)
     if node is not None:
         node_selector[HOSTNAME_LABEL] = node
@@ -293,21 +329,22 @@ def trainer_job(
     if init_containers:
         pod_spec["initContainers"] = init_containers
     restricted(merge_claim_volumes(pod_spec))
-    job_labels = dict(pod_labels)
-    if spec.queue_name and node is None:
-        job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+    job_labels = dict(pod.labels)
+    suspended = bool(queue and node is None)
+    if suspended:
+        job_labels[KUEUE_QUEUE_LABEL] = str(queue)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": name, "namespace": ref.namespace, "labels": job_labels},
+        "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": job_labels},
         "spec": {
             "backoffLimit": 0,
-            "suspend": bool(spec.queue_name and node is None),
+            "suspend": suspended,
             # A preempted or evicted pod fails the Job at once, and says so in the Job's condition.
             "podFailurePolicy": {
                 "rules": [{"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget"}]}]
             },
-            "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+            "template": {"metadata": {"labels": dict(pod.labels)}, "spec": pod_spec},
         },
     }
 

@@ -12,6 +12,8 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 BASE_MODEL_LABEL = "loraplex.dev/base-model"
 TRAINING_JOB_LABEL = "loraplex.dev/training-job"
 ATTEMPT_LABEL = "loraplex.dev/attempt"
+WARM_TRAINER_LABEL = "loraplex.dev/warm-trainer"  # on a warm trainer's Job and pod: the trainer's name
+TRAINER_GROUP_ANNOTATION = "loraplex.dev/trainer-group"  # on a warm trainer's Job: its TrainerGroup, JSON
 HASH_ANNOTATION = "loraplex.dev/content-hash"
 
 # The values of COMPONENT_LABEL: which part of a BaseModel's fleet a pod is.

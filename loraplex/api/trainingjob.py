@@ -225,6 +225,22 @@ class TrainingJobSpec(ApiModel):
         default=None,
         description="Kueue LocalQueue that admits this job instead of the operator.",
     )
+    sharing: Literal["shared", "dedicated"] = Field(
+        default="shared",
+        description=(
+            "shared: the job is a tenant of a warm trainer that keeps the base model loaded and trains "
+            "several jobs' adapters in one combined batch (docs/training.md); dedicated: a trainer pod "
+            "of its own for each attempt. A job with queueName always runs dedicated."
+        ),
+    )
+    init_from: Literal["scratch", "published"] = Field(
+        default="scratch",
+        description=(
+            "Where a run's weights start: scratch (fresh LoRA weights) or published (the output "
+            "LoRAAdapter's current revision in the training store, when there is one; continual "
+            "learning). A resumed attempt starts from its checkpoint either way."
+        ),
+    )
 
 
 class TrainingProgress(ApiModel):
@@ -243,6 +259,11 @@ class TrainingPlacement(ApiModel):
 
     node: str | None = Field(default=None, max_length=253, description="Node the trainer pod runs on.")
     pod: str | None = Field(default=None, max_length=253, description="Name of the trainer pod.")
+    trainer: str | None = Field(
+        default=None,
+        max_length=253,
+        description="The warm trainer (its Job) the job is a tenant of; none for a dedicated trainer.",
+    )
 
 
 class TrainingJobStatus(ApiModel):
@@ -264,6 +285,11 @@ class TrainingJobStatus(ApiModel):
     )
     adapter_revision: str | None = Field(
         default=None, max_length=64, description="sha256 of the adapter revision the job produced."
+    )
+    init_revision: str | None = Field(
+        default=None,
+        max_length=64,
+        description="sha256 of the published revision the current run started from (initFrom: published).",
     )
     attempts: int | None = Field(default=None, ge=0, description="Times the trainer started this run.")
     start_time: datetime | None = Field(default=None, description="When the current run started.")

@@ -31,6 +31,7 @@ def training_job(uri: str) -> dict[str, Any]:
         "output": {"adapterName": "out"},
         "training": {"steps": 10},
         "resources": {"gpu": 1},
+        "sharing": "dedicated",  # a trainer pod per attempt (warm trainers: test_warm_trainers.py)
     }
 
 

@@ -32,6 +32,7 @@ def training_job(gpus: int, priority: int = 0, **extra: Any) -> dict[str, Any]:
         "output": {"adapterName": "out"},
         "training": {"steps": 100},
         "resources": {"gpu": gpus},
+        "sharing": "dedicated",  # a trainer pod per attempt (warm trainers: test_warm_trainers.py)
         "priority": priority,
         **extra,
     }

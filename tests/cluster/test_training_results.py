@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -29,6 +30,7 @@ def training_job(base: str = "bm", rank: int = 8, adapter: str = "sql") -> dict[
         "training": {"steps": 100},
         "lora": {"rank": rank},
         "resources": {"gpu": 1},
+        "sharing": "dedicated",  # a trainer pod per attempt (warm trainers: test_warm_trainers.py)
     }
 
 
@@ -254,3 +256,45 @@ def test_a_scheduled_job_runs_again_when_due_and_publishes_a_new_revision(
         namespace, field_selector="involvedObject.name=nightly"
     )
     assert [e.reason for e in events.items].count("ScheduledRun") == 1
+
+
+def test_a_scheduled_run_with_init_from_published_starts_from_the_last_published_revision(
+    kube: Any, namespace: str, trainer_operator: OperatorProcess, base_model: str, store: str
+) -> None:
+    custom, core = client.CustomObjectsApi(kube), client.CoreV1Api(kube)
+    spec = {**training_job(adapter="continual"), "schedule": "@daily", "initFrom": "published"}
+    create_object(kube, namespace, "trainingjobs", "TrainingJob", "continual", spec)
+    starts: list[str | None] = []
+    for run, digest in ((0, "5" * 64), (1, "6" * 64)):
+        pod = wait_until(
+            lambda r=run: next(
+                (
+                    p for p in trainer_pods(kube, namespace, "continual")
+                    if p.status.phase == "Running" and (r == 0) != ("-r1-" in p.metadata.name)
+                ),
+                None,
+            ),
+            30,
+            f"trainer pod of run {run} running",
+        )  # fmt: skip
+        attempt = pod.metadata.labels["job-name"]
+        config = yaml.safe_load(core.read_namespaced_config_map(attempt, namespace).data["trainer.yaml"])
+        starts.append(config["adapters"][0].get("initRevision"))
+        assert status_of(kube, namespace, "continual").get("initRevision") == starts[-1]
+        published = f"{store}/adapters/{namespace}/continual/{digest}"
+        result = summary(0, "continual", phase="Succeeded", uri=published, sha256=digest)
+        end_trainer_pod(kube, namespace, pod.metadata.name, 0, result)
+        wait_until(
+            lambda d=digest: (
+                (a := adapter(kube, namespace, "continual")) and a["spec"]["source"]["sha256"] == d
+            ),
+            30,
+            f"adapter at the revision of run {run}",
+        )
+        if run == 0:
+            custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, "trainingjobs", "continual",
+                {"status": {"nextRunTime": "2020-01-01T00:00:00Z"}},
+            )  # fmt: skip
+    # The first run had nothing published to start from; the second starts from the first's revision.
+    assert starts == [None, "5" * 64]

@@ -168,3 +168,13 @@ def test_a_file_dataset_is_passed_normalized_with_its_root() -> None:
     assert (adapter.dataset.uri, adapter.dataset_root) == ("file:///srv/a/b.jsonl", "/srv")
     mounts = {m["mountPath"] for m in job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
     assert "/data" not in mounts
+
+
+def test_a_run_from_published_weights_names_the_revision_in_its_config() -> None:
+    sha = "ab" * 32
+    config, _ = plan_attempt(REF, SPEC, BASE, SETTINGS, attempt=0, node="n", init_revision=sha)
+    (adapter,) = TrainerConfig.parse(yaml.safe_load(config["data"]["trainer.yaml"])).adapters
+    assert adapter.init_revision == sha
+    scratch, _ = plan_attempt(REF, SPEC, BASE, SETTINGS, attempt=0, node="n")
+    (fresh,) = TrainerConfig.parse(yaml.safe_load(scratch["data"]["trainer.yaml"])).adapters
+    assert fresh.init_revision is None

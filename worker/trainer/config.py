@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import unquote, urlparse
 
 import yaml
@@ -22,6 +22,7 @@ from pydantic import Field, model_validator
 from loraplex.api.common import ApiModel, LabelName
 from loraplex.api.trainingjob import CheckpointSettings, Dataset, LoraHyperparameters, TrainingSettings
 
+M = TypeVar("M", bound=ApiModel)
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -61,6 +62,19 @@ class AdapterJob(ApiModel):
         max_length=2048,
         description="file:// folder or s3:// prefix; the adapter is published into <outputUri>/<sha256>/.",
     )
+    checkpoint_uri: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2048,
+        description="This adapter's own checkpointUri (it checkpoints under <checkpointUri>/<name>/); "
+        "default: the trainer's. A warm trainer's tenants each have their own.",
+    )
+    init_revision: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="A revision published earlier into <outputUri>/<initRevision>/ to start from instead of "
+        "fresh weights (a checkpoint, when there is one, still wins); its rank and modules must match.",
+    )
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> AdapterJob:
@@ -74,6 +88,29 @@ class AdapterJob(ApiModel):
             return self.training.steps
         assert self.training.epochs is not None
         return max(1, math.ceil(self.training.epochs * examples / self.training.batch_size))
+
+
+def unique_names(jobs: list[AdapterJob], field: str) -> None:
+    names = [job.name for job in jobs]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"{field}: names must be unique, repeated: {', '.join(duplicates)}")
+
+
+class Tenants(ApiModel):
+    """A warm trainer's desired tenants: the file (a ConfigMap's key) the operator writes, level-based."""
+
+    tenants: list[AdapterJob] = Field(default_factory=list, max_length=256)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Tenants:
+        unique_names(self.tenants, "tenants")
+        return self
+
+    @classmethod
+    def load(cls, path: Path) -> Tenants:
+        """Read the file; ConfigError naming the field when it is unreadable or invalid."""
+        return _validated(cls, _read_yaml_or_json(path, "tenants file"), "tenants file")
 
 
 class TrainerConfig(ApiModel):
@@ -90,7 +127,23 @@ class TrainerConfig(ApiModel):
     scratch_dir: str | None = Field(
         default=None, description="Local folder mirroring s3:// stores (default: a temporary folder)."
     )
-    adapters: list[AdapterJob] = Field(min_length=1, max_length=256)
+    adapters: list[AdapterJob] = Field(
+        default_factory=list,
+        max_length=256,
+        description="The adapters to train, then exit; empty for a warm trainer (tenantsFile).",
+    )
+    tenants_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Warm trainer: a YAML/JSON file (`tenants: [adapter, ...]`) the trainer reads every "
+        "pollSeconds and follows, adapters joining and leaving between steps (warm.py).",
+    )
+    idle_seconds: float = Field(
+        default=300.0, ge=0, description="Warm trainer: exit 0 after this long with no tenant in flight."
+    )
+    poll_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="Warm trainer: the least time between two reads of tenantsFile."
+    )
     device: Device = "auto"
     dtype: DType = Field(
         default="auto",
@@ -116,10 +169,11 @@ class TrainerConfig(ApiModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> TrainerConfig:
-        names = [job.name for job in self.adapters]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"adapters: names must be unique, repeated: {', '.join(duplicates)}")
+        unique_names(self.adapters, "adapters")
+        if not self.adapters and self.tenants_file is None:
+            raise ValueError("adapters: list at least one adapter, or set tenantsFile for a warm trainer")
+        if self.adapters and self.tenants_file is not None:
+            raise ValueError("adapters: a warm trainer (tenantsFile) takes its adapters from that file only")
         return self
 
     @property
@@ -134,25 +188,32 @@ class TrainerConfig(ApiModel):
     @classmethod
     def load(cls, path: Path) -> TrainerConfig:
         """Read a YAML or JSON config file; a bad file raises ConfigError naming the field."""
-        try:
-            text = path.read_text()
-        except OSError as error:
-            raise ConfigError(f"cannot read config {path}: {error.strerror}") from error
-        try:
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (ValueError, yaml.YAMLError) as error:
-            raise ConfigError(f"config {path} is not valid YAML/JSON: {error}") from error
-        return cls.parse(data)
+        return cls.parse(_read_yaml_or_json(path, "config"))
 
     @classmethod
     def parse(cls, data: object) -> TrainerConfig:
-        from pydantic import ValidationError
+        return _validated(cls, data, "trainer config")
 
-        try:
-            return cls.model_validate(data)
-        except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(str(part) for part in item['loc']) or '<root>'}: {item['msg']}"
-                for item in error.errors()
-            )
-            raise ConfigError(f"invalid trainer config: {problems}") from error
+
+def _read_yaml_or_json(path: Path, what: str) -> object:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read {what} {path}: {error.strerror}") from error
+    try:
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as error:
+        raise ConfigError(f"{what} {path} is not valid YAML/JSON: {error}") from error
+
+
+def _validated(model: type[M], data: object, what: str) -> M:
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or '<root>'}: {item['msg']}"
+            for item in error.errors()
+        )
+        raise ConfigError(f"invalid {what}: {problems}") from error

@@ -17,6 +17,8 @@ Reason = Literal[
     "BaseModelNotFound",
     "NonFiniteLoss",
     "CheckpointMismatch",
+    "InitRevisionNotFound",
+    "InitRevisionMismatch",
     "ConfigInvalid",
 ]
 

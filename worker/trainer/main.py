@@ -2,7 +2,7 @@
 
 Exit codes (the operator reads them from the pod; docs/trainer.md):
 
-- 0  every adapter was published;
+- 0  every adapter was published (a warm trainer: idle for idleSeconds);
 - 1  anything unexpected (a crash: retry with back-off; the last checkpoints stand);
 - 2  the config file is missing or invalid (nothing ran);
 - 3  at least one adapter failed for good (its `failed` event names the reason);
@@ -28,6 +28,7 @@ from loraplex.api.trainer import EXIT_CONFIG, EXIT_PREEMPTED
 from loraplex.worker.trainer.config import ConfigError, TrainerConfig
 from loraplex.worker.trainer.progress import Event, JsonLines
 from loraplex.worker.trainer.training import StopFlag, Trainer
+from loraplex.worker.trainer.warm import WarmTrainer
 
 
 def install_stop_handlers(stop: StopFlag, grace_seconds: float, sink: JsonLines) -> None:
@@ -63,4 +64,6 @@ def run(config_path: Path, threads: int | None = None) -> int:
     stop = StopFlag()
     sink = JsonLines(sys.stdout)
     install_stop_handlers(stop, config.grace_period_seconds, sink)
+    if config.tenants_file is not None:
+        return WarmTrainer(config, sink, stop).run()
     return Trainer(config, sink, stop).run().exit_code  # the operator reads progress from stdout

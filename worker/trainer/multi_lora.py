@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from loraplex.api.trainingjob import LoraHyperparameters
 from loraplex.worker.trainer.data import IGNORE, Example
-from loraplex.worker.trainer.failures import TrainingFailure
+from loraplex.worker.trainer.failures import Reason, TrainingFailure
 
 Kernel = Literal["stacked", "segments"]
 
@@ -96,12 +96,16 @@ class AdapterWeights:
         return out
 
     @torch.no_grad()
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        expected = set(self.state_dict())
-        if set(state) != expected:
+    def load_state_dict(self, state: dict[str, Tensor], mismatch: Reason = "CheckpointMismatch") -> None:
+        """Copy `state` in; `mismatch` is the failure when its tensors are not this adapter's
+        (other modules, or another rank)."""
+        expected = self.state_dict()
+        shapes = {key: tuple(value.shape) for key, value in state.items()}
+        if shapes != {key: tuple(value.shape) for key, value in expected.items()}:
             raise TrainingFailure(
-                "CheckpointMismatch",
-                f"adapter {self.name}: checkpoint tensors differ from the adapter's modules",
+                mismatch,
+                f"adapter {self.name}: the saved tensors differ from the adapter's modules or rank "
+                f"(rank {self.rank}, {len(self.lora_a)} modules)",
             )
         for path in self.lora_a:
             self.lora_a[path].copy_(state[f"{path}.lora_A.weight"])

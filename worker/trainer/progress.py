@@ -20,7 +20,9 @@ from typing import Literal, Protocol, TextIO
 
 from pydantic.alias_generators import to_camel
 
-EventKind = Literal["started", "progress", "checkpoint", "published", "failed", "preempted", "finished"]
+EventKind = Literal[
+    "started", "progress", "checkpoint", "published", "failed", "preempted", "left", "tenants", "finished"
+]
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Event:
     reason: str | None = None
     message: str | None = None
     exit_code: int | None = None
+    tenants: list[dict[str, object]] | None = None  # a warm trainer's `tenants` report: each tenant's state
     time: str = ""
 
     def to_json(self) -> dict[str, object]:

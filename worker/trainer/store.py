@@ -36,6 +36,7 @@ class Store(Protocol):
     def remove(self, path: Path) -> None: ...
     def uri(self, path: Path) -> str: ...
     def has_folder(self, uri: str) -> bool: ...
+    def pull_folder(self, relative: str) -> Path: ...
 
 
 class LocalStore:
@@ -58,6 +59,9 @@ class LocalStore:
 
     def has_folder(self, uri: str) -> bool:
         return local_path(uri, "uri").is_dir()
+
+    def pull_folder(self, relative: str) -> Path:
+        return self.root / relative
 
 
 class S3Store:
@@ -114,6 +118,12 @@ class S3Store:
         parts = urlsplit(uri)
         prefix = parts.path.strip("/") + "/"
         return any(True for _ in self.client.list_objects(parts.netloc, prefix=prefix))
+
+    def pull_folder(self, relative: str) -> Path:
+        """Bring down every object under `<relative>/`; returns its local folder."""
+        folder = self.root / relative
+        download_prefix(self.client, self.bucket, self._key(relative), folder)
+        return folder
 
     def _download(self, relative: str, target: Path) -> None:
         """Fetch one object; a missing one leaves `target` absent."""

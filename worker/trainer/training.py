@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 
 from loraplex.api.trainer import EXIT_FAILED, EXIT_PREEMPTED, EXIT_SUCCEEDED
+from loraplex.worker.digest import tree_digest
 from loraplex.worker.durable import write_atomic
 from loraplex.worker.s3 import s3_client_from_env
 from loraplex.worker.trainer import checkpoint
@@ -32,8 +33,8 @@ from loraplex.worker.trainer.data import BatchStream, LoadedDataset, Tokenizer, 
 from loraplex.worker.trainer.failures import Reason, TrainingFailure
 from loraplex.worker.trainer.multi_lora import AdapterWeights, MultiLoraModel
 from loraplex.worker.trainer.progress import Event, JsonLines, ProgressSink
-from loraplex.worker.trainer.publish import publish
-from loraplex.worker.trainer.store import LocalStore, Store, open_store
+from loraplex.worker.trainer.publish import PEFT_PREFIX, publish
+from loraplex.worker.trainer.store import Store, open_store
 
 RESULT = "result.json"
 
@@ -174,7 +175,9 @@ class Trainer:
         self.dtype = resolve_dtype(config, self.device)
         self.model: MultiLoraModel | None = None
         self.results: dict[str, AdapterResult] = {}
-        self.checkpoints: Store = LocalStore(Path("."))  # set by _prepare from checkpointUri
+        self.checkpoint_stores: dict[str, Store] = {}  # adapter name -> its checkpointUri's store
+        self.tokenizer: Tokenizer | None = None  # loaded once, with the base's config.json
+        self.base_config = b""
         self.outputs: dict[str, Store] = {}  # adapter name -> the store its outputUri names
         self._s3: Any = None  # made on first use by an s3:// store
 
@@ -202,7 +205,7 @@ class Trainer:
 
     def _already_done(self, job: AdapterJob, folder: Path) -> bool:
         """A previous attempt published this adapter (or failed it for good): report that again."""
-        self.checkpoints.pull(job.name)
+        self.checkpoint_stores[job.name].pull(job.name)
         path = folder / RESULT
         if not path.is_file():
             return False
@@ -254,61 +257,72 @@ class Trainer:
         return MultiLoraModel(model.to(self.device), self.device, kernel)
 
     def _prepare(self) -> list[AdapterRun]:
-        config = self.config
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        try:
-            self.checkpoints = self._open_store(config.checkpoint_uri, "checkpointUri", "checkpoints")
-            root = self.checkpoints.root
-            base = config.base_model_path
-            for job in config.adapters:
-                field = f"adapters[{job.name}].outputUri"
-                self.outputs[job.name] = self._open_store(job.output_uri, field, "outputs", job.name)
-        except ConfigError as error:
-            for job in config.adapters:
-                self._fail(job.name, TrainingFailure("ConfigInvalid", str(error)))
+        """Every adapter of the config ready to step: data first (bad input fails in seconds), then
+        the base, once."""
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        pending = [job for job in self.config.adapters if self._open(job)]
+        if not pending or not self._load_tokenizer_or_fail(pending):
             return []
-        pending = [job for job in config.adapters if not self._already_done(job, root / job.name)]
-        if not pending:
-            return []
-        try:
-            tokenizer = self._load_tokenizer(base)
-        except TrainingFailure as failure:
-            for job in pending:
-                self._fail(job.name, failure)
-            return []
-        base_config = (base / "config.json").read_bytes()
-        runs: list[Prepared] = []
-        for job in pending:
-            try:
-                data = load_dataset(
-                    job.dataset, tokenizer, job.training.max_sequence_length, job.dataset_root
-                )
-            except ConfigError as error:
-                self._fail(job.name, TrainingFailure("ConfigInvalid", str(error)))
-                continue
-            except TrainingFailure as failure:
-                self._fail(job.name, failure)
-                continue
-            runs.append(
-                Prepared(
-                    job,
-                    data,
-                    root / job.name,
-                    fingerprint(job, data, base_config),
-                    job.total_steps(len(data.examples)),
-                )
-            )
+        runs = [prepared for job in pending if (prepared := self._prepared(job)) is not None]
         if not runs:
             return []
-        self.model = self._load_base(base)
-        ready = []
-        for prepared in runs:
-            try:
-                ready.append(self._start(self.model, prepared))
-            except TrainingFailure as failure:
-                self._fail(prepared.job.name, failure, 0, prepared.total_steps)
-        return ready
+        self.model = self._load_base(self.config.base_model_path)
+        return [run for prepared in runs if (run := self._started(prepared)) is not None]
+
+    def _open(self, job: AdapterJob) -> bool:
+        """Open the adapter's stores; False when it is done already (published or failed for good, as
+        an earlier attempt recorded) or its stores are unusable (failed now)."""
+        try:
+            uri = job.checkpoint_uri or self.config.checkpoint_uri
+            scratch = ("checkpoints",) if job.checkpoint_uri is None else ("tenants", job.name, "checkpoints")
+            self.checkpoint_stores[job.name] = self._open_store(uri, "checkpointUri", *scratch)
+            field = f"adapters[{job.name}].outputUri"
+            self.outputs[job.name] = self._open_store(job.output_uri, field, "outputs", job.name)
+        except ConfigError as error:
+            self._fail(job.name, TrainingFailure("ConfigInvalid", str(error)))
+            return False
+        return not self._already_done(job, self.checkpoint_stores[job.name].root / job.name)
+
+    def _load_tokenizer_or_fail(self, jobs: list[AdapterJob]) -> bool:
+        """Load the tokenizer (and the base's config) once; on failure fail every job in `jobs`."""
+        if self.tokenizer is not None:
+            return True
+        base = self.config.base_model_path
+        try:
+            self.tokenizer = self._load_tokenizer(base)
+        except TrainingFailure as failure:
+            for job in jobs:
+                self._fail(job.name, failure)
+            return False
+        self.base_config = (base / "config.json").read_bytes()
+        return True
+
+    def _prepared(self, job: AdapterJob) -> Prepared | None:
+        """The adapter with its data loaded; None (and the adapter failed) when the data is unusable."""
+        assert self.tokenizer is not None
+        try:
+            data = load_dataset(
+                job.dataset, self.tokenizer, job.training.max_sequence_length, job.dataset_root
+            )
+        except ConfigError as error:
+            self._fail(job.name, TrainingFailure("ConfigInvalid", str(error)))
+            return None
+        except TrainingFailure as failure:
+            self._fail(job.name, failure)
+            return None
+        folder = self.checkpoint_stores[job.name].root / job.name
+        return Prepared(
+            job, data, folder, fingerprint(job, data, self.base_config), job.total_steps(len(data.examples))
+        )
+
+    def _started(self, prepared: Prepared) -> AdapterRun | None:
+        assert self.model is not None
+        try:
+            return self._start(self.model, prepared)
+        except TrainingFailure as failure:
+            self._fail(prepared.job.name, failure, 0, prepared.total_steps)
+            return None
 
     def _start(self, model: MultiLoraModel, prepared: Prepared) -> AdapterRun:
         """Fresh weights, or the adapter's last checkpoint when there is one."""
@@ -334,17 +348,40 @@ class Trainer:
             run.step = run.checkpointed_step = saved.state.step
             stream.position = saved.state.position
             run.last_loss = saved.state.loss
+            message = f"resumed from step {run.step}"
+        elif job.init_revision is not None:
+            weights.load_state_dict(self._published_weights(job), "InitRevisionMismatch")
+            message = f"started from published revision {job.init_revision[:12]}"
+        else:
+            message = "started from scratch"
         self.sink(
             Event(
                 "started",
                 job.name,
                 step=run.step,
                 total_steps=run.total_steps,
-                uri=self.checkpoints.uri(found) if found else None,
-                message=f"resumed from step {run.step}" if found else "started from scratch",
+                uri=self.checkpoint_stores[job.name].uri(found) if found else None,
+                message=message,
             )
         )
         return run
+
+    def _published_weights(self, job: AdapterJob) -> dict[str, torch.Tensor]:
+        """The LoRA matrices of the revision `job.init_revision` published into its output store,
+        under our names (peft's, less the prefix), after checking its files' digest."""
+        from safetensors.torch import load_file
+
+        assert job.init_revision is not None
+        folder = self.outputs[job.name].pull_folder(job.init_revision)
+        weights_file = folder / "adapter_model.safetensors"
+        if not weights_file.is_file() or tree_digest(folder) != job.init_revision:
+            raise TrainingFailure(
+                "InitRevisionNotFound",
+                f"no intact published revision {job.init_revision} under {job.output_uri}; "
+                "set spec.initFrom: scratch or republish it",
+            )
+        tensors = load_file(weights_file, device=str(self.device))
+        return {key.removeprefix(PEFT_PREFIX): value.float() for key, value in tensors.items()}
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -461,10 +498,11 @@ class Trainer:
             self.config.keep_checkpoints,
         )
         # The checkpoint before the `latest` that names it; then what pruning removed.
-        uri = self.checkpoints.push(path)
-        self.checkpoints.push(run.folder / checkpoint.LATEST)
+        store = self.checkpoint_stores[run.job.name]
+        uri = store.push(path)
+        store.push(run.folder / checkpoint.LATEST)
         for pruned in before - set(checkpoint.complete(run.folder)):
-            self.checkpoints.remove(pruned)
+            store.remove(pruned)
         run.checkpointed_step = run.step
         self.sink(Event("checkpoint", run.job.name, step=run.step, total_steps=run.total_steps, uri=uri))
         return path
@@ -497,7 +535,7 @@ class Trainer:
 
     def _record(self, folder: Path, result: AdapterResult) -> None:
         write_atomic(folder / RESULT, json.dumps(asdict(result), indent=2) + "\n")
-        self.checkpoints.push(folder / RESULT)
+        self.checkpoint_stores[result.name].push(folder / RESULT)
 
     def _stop(self, active: list[AdapterRun], save: bool) -> None:
         for run in active:
@@ -511,7 +549,7 @@ class Trainer:
                 "Preempted",
                 step=run.checkpointed_step if not save else run.step,
                 total_steps=run.total_steps,
-                checkpoint=self.checkpoints.uri(path) if path else None,
+                checkpoint=self.checkpoint_stores[run.job.name].uri(path) if path else None,
             )
             self.sink(
                 Event(
@@ -519,6 +557,6 @@ class Trainer:
                     run.job.name,
                     step=self.results[run.job.name].step,
                     total_steps=run.total_steps,
-                    uri=self.checkpoints.uri(path) if path else None,
+                    uri=self.checkpoint_stores[run.job.name].uri(path) if path else None,
                 )
             )

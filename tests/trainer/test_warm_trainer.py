@@ -1,0 +1,220 @@
+"""A warm trainer: tenants join and leave a running trainer between steps; the base is loaded once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from loraplex.e2e.waiting import wait_until
+from loraplex.worker.trainer.config import AdapterJob, TrainerConfig
+from loraplex.worker.trainer.progress import Event, Recorder
+from loraplex.worker.trainer.training import StopFlag, Trainer
+from loraplex.worker.trainer.warm import WarmTrainer, plan_tenancy
+from tests.trainer.conftest import adapter_job
+
+
+class Tenancy:
+    """A tenants file, a warm trainer on it in a thread, and the events it printed."""
+
+    def __init__(self, tmp_path: Path, make_config: Callable[..., TrainerConfig], **extra: Any) -> None:
+        self.tmp_path = tmp_path
+        self.file = tmp_path / "tenants.yaml"
+        self.write()
+        self.events = Recorder()
+        self.stop = StopFlag()
+        config = make_config(
+            tenantsFile=str(self.file), idleSeconds=1.0, pollSeconds=0.05, progressEverySteps=1, **extra
+        )
+        self.trainer = WarmTrainer(config, self._sink, self.stop)
+        self.hooks: list[Callable[[Event], None]] = []
+        self.code: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sink(self, event: Event) -> None:
+        self.events(event)
+        for hook in self.hooks:
+            hook(event)
+
+    def _run(self) -> None:
+        self.code = self.trainer.run()
+
+    def write(self, *jobs: dict[str, Any]) -> None:
+        tenants = [{**job, "checkpointUri": (self.tmp_path / "ck" / job["name"]).as_uri()} for job in jobs]
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump({"tenants": tenants}))
+        tmp.replace(self.file)  # atomic, as the kubelet swaps a ConfigMap volume's files
+
+    def step_of(self, name: str) -> int:
+        return max((e.step or 0 for e in self.events.of("progress", name)), default=0)
+
+    def exited(self, timeout: float = 120) -> int:
+        self.thread.join(timeout)
+        assert self.code is not None, "the warm trainer did not exit"
+        return self.code
+
+
+@pytest.fixture
+def warm(tmp_path: Path, make_config: Callable[..., TrainerConfig]) -> Iterator[Callable[..., Tenancy]]:
+    made: list[Tenancy] = []
+
+    def make(**extra: Any) -> Tenancy:
+        tenancy = Tenancy(tmp_path, make_config, **extra)
+        made.append(tenancy)
+        return tenancy
+
+    yield make
+    for tenancy in made:
+        tenancy.stop.request()
+        tenancy.thread.join(60)
+
+
+def test_tenants_join_and_leave_a_running_trainer_which_loads_the_base_once(
+    warm: Callable[..., Tenancy],
+    dataset: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loads: list[Path] = []
+    load_base = Trainer._load_base
+
+    def counting(self: Trainer, base: Path) -> Any:
+        loads.append(base)
+        return load_base(self, base)
+
+    monkeypatch.setattr(Trainer, "_load_base", counting)
+    out = tmp_path / "out"
+    sql = adapter_job("sql", dataset("sql"), out, steps=400, interval=1000)
+    greet = adapter_job("greet", dataset("greet"), out, steps=6, batchSize=3)
+    t = warm()
+    t.write(sql)
+    t.thread.start()
+    wait_until(lambda: t.step_of("sql") >= 3, 120, "sql training")
+
+    t.write(sql, greet)  # greet joins the running trainer
+    wait_until(lambda: t.events.of("published", "greet"), 120, "greet published")
+    at_join = next(e.step for e in t.events.of("started", "greet"))
+    assert at_join == 0
+    assert t.step_of("sql") > 3  # sql went on training beside greet, without a restart
+    assert [e.message for e in t.events.of("started", "sql")] == ["started from scratch"]
+
+    t.write(greet)  # sql leaves at once, with a checkpoint of where it was
+    (left,) = wait_until(lambda: t.events.of("left", "sql"), 60, "sql left")
+    assert left.step is not None
+    assert left.uri is not None
+    assert left.uri.endswith(f"step-{left.step:09d}")
+    assert not t.events.of("published", "sql")
+    assert t.exited() == 0  # idle: nothing in flight for idleSeconds
+    assert len(loads) == 1
+    reports = t.events.of("tenants")
+    assert reports[-1].tenants == [
+        {
+            "name": "greet",
+            "phase": "Succeeded",
+            "step": 6,
+            "totalSteps": 6,
+            "uri": t.events.of("published", "greet")[0].uri,
+            "sha256": t.events.of("published", "greet")[0].sha256,
+        }
+    ]
+
+
+def test_a_stop_checkpoints_every_tenant_and_a_new_trainer_resumes_them_exactly(
+    warm: Callable[..., Tenancy],
+    dataset: Callable[..., Path],
+    tmp_path: Path,
+    make_config: Callable[..., TrainerConfig],
+) -> None:
+    out = tmp_path / "out"
+    jobs = (
+        adapter_job("sql", dataset("sql"), out, steps=10, interval=4, lora={"dropout": 0.1}),
+        adapter_job("greet", dataset("greet"), out, steps=8, batchSize=3, interval=3, lora={"rank": 4}),
+    )
+    first = warm()
+    first.write(*jobs)
+    first.hooks.append(
+        lambda e: first.stop.request() if e.event == "progress" and (e.step or 0) >= 5 else None
+    )
+    first.thread.start()
+    assert first.exited() == 75
+    preempted = {e.adapter: e.step for e in first.events.of("preempted")}
+    assert preempted == {"sql": 5, "greet": 5}
+
+    second = warm()
+    second.write(*jobs)
+    second.thread.start()
+    assert second.exited() == 0
+    assert {e.adapter: e.step for e in second.events.of("started")} == {"sql": 5, "greet": 5}
+    resumed = {e.adapter: e.sha256 for e in second.events.of("published")}
+
+    # The same adapters as one uninterrupted one-shot run of both (same batches, step for step).
+    reference = [{**job, "outputUri": (tmp_path / "ref" / str(job["name"])).as_uri()} for job in jobs]
+    result = Trainer(make_config(*reference, checkpointUri=(tmp_path / "ref-ck").as_uri()), Recorder()).run()
+    assert resumed == {a.name: a.sha256 for a in result.adapters}
+
+
+def test_an_invalid_tenants_file_keeps_the_last_tenants_and_says_so_once(
+    warm: Callable[..., Tenancy], dataset: Callable[..., Path], tmp_path: Path
+) -> None:
+    sql = adapter_job("sql", dataset("sql"), tmp_path / "out", steps=300, interval=1000)
+    t = warm()
+    t.write(sql)
+    t.thread.start()
+    wait_until(lambda: t.step_of("sql") >= 2, 120, "sql training")
+    t.file.write_text("tenants: [{name: broken}]\n")
+    wait_until(lambda: [e for e in t.events.of("tenants") if e.reason == "ConfigInvalid"], 30, "said")
+    steps = t.step_of("sql")
+    wait_until(lambda: t.step_of("sql") > steps + 2, 60, "sql still training")
+    assert len([e for e in t.events.of("tenants") if e.reason == "ConfigInvalid"]) == 1
+    assert not t.events.of("left")
+
+
+def _job(name: str, steps: int) -> AdapterJob:
+    return AdapterJob.model_validate(
+        {
+            "name": name,
+            "dataset": {"uri": "file:///d"},
+            "training": {"steps": steps},
+            "outputUri": "file:///o",
+        }
+    )
+
+
+def test_plan_tenancy_joins_new_leaves_gone_and_rejoins_changed_tenants() -> None:
+    a, b, b2, c = _job("a", 1), _job("b", 1), _job("b", 2), _job("c", 1)
+    change = plan_tenancy({"a": a, "b": b2, "c": c}, {"a": a, "b": b, "d": _job("d", 1)})
+    assert [job.name for job in change.join] == ["b", "c"]
+    assert change.join[0] == b2
+    assert change.leave == ["b", "d"]
+    assert plan_tenancy({"a": a}, {"a": a}).empty
+
+
+def test_loraplex_trainer_with_a_tenants_file_runs_warm_and_exits_when_idle(
+    tmp_path: Path, dataset: Callable[..., Path], make_config: Callable[..., TrainerConfig]
+) -> None:
+    tenants = tmp_path / "tenants.yaml"
+    job = adapter_job("sql", dataset("sql"), tmp_path / "out", steps=4)
+    tenants.write_text(yaml.safe_dump({"tenants": [job]}))
+    config = make_config(tenantsFile=str(tenants), idleSeconds=1, threads=1)
+    path = tmp_path / "warm.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True, exclude_none=True)))
+    done = subprocess.run(
+        [sys.executable, "-m", "loraplex.cli", "trainer", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [e["event"] for e in events if e.get("adapter") == "sql"][-1] == "published"
+    assert events[-1]["event"] == "finished"
+    last = [e for e in events if e["event"] == "tenants"][-1]
+    assert [(t["name"], t["phase"]) for t in last["tenants"]] == [("sql", "Succeeded")]
