@@ -94,6 +94,10 @@ TRAINING_JOBS = Gauge(
     "TrainingJobs by phase (Queued, Running, Preempted, Succeeded, Failed)",
     ["phase"],
 )
+WARM_TRAINERS = Gauge(
+    "loraplex_training_warm_trainers", "Warm trainers that have not finished (holding their GPUs)"
+)
+WARM_TENANTS = Gauge("loraplex_training_warm_tenants", "TrainingJobs running as tenants of warm trainers")
 TRAINING_ADMISSIONS = Counter(
     "loraplex_training_admissions_total", "Trainer attempts the operator admitted onto a node"
 )

@@ -20,6 +20,7 @@ the watch catches up.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable
@@ -29,10 +30,12 @@ from typing import Any, cast
 
 import kopf
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from loraplex.api import GROUP, TRAINING_JOBS, VERSION
 from loraplex.api.basemodel import BaseModelSpec
+from loraplex.api.labels import HASH_ANNOTATION, TENANTS_ANNOTATION
 from loraplex.operator import metrics
 from loraplex.operator.apply import Applier
 from loraplex.operator.fleet_scale import FleetTargets
@@ -82,9 +85,12 @@ from loraplex.operator.training_workload import (
     Store,
     TrainingJobRef,
     attempt_name,
+    checkpoint_uri,
     output_uri,
     plan_attempt,
 )
+
+log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_SECONDS = 5.0  # the least time between two reads of one trainer pod's log
 WARM_QUEUE_PREFIX = "warm-trainer:"  # admission keys of new warm trainers (job keys hold one "/")
@@ -117,7 +123,9 @@ def register(
         kubernetes_reader(client.CoreV1Api(api)),
         max(settings.training_interval_seconds, PROGRESS_INTERVAL_SECONDS),
     )
-    loop = TrainingLoop(settings, client.CustomObjectsApi(api), applier, targets, reader)
+    loop = TrainingLoop(
+        settings, client.CustomObjectsApi(api), applier, targets, reader, client.CoreV1Api(api)
+    )
 
     def has_work(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
         return unfinished(spec, status)
@@ -149,8 +157,10 @@ class TrainingLoop:
         applier: Applier,
         targets: FleetTargets,
         progress: ProgressReader | None = None,  # None: progress only from the trainers' summaries
+        core: client.CoreV1Api | None = None,  # None: warm trainers' pods are not nudged (tests)
     ) -> None:
         self.settings = settings
+        self.core = core
         self.progress = progress
         self.targets = targets
         self.custom = custom
@@ -178,10 +188,10 @@ class TrainingLoop:
     def _pass(self, indexes: Indexes, logger: kopf.Logger) -> None:
         now, clock = datetime.now(UTC), time.monotonic()
         self.recent.expire(clock)
-        warm = warm_trainer_views(indexes.warm_trainers())
         jobs = list(self._jobs(indexes, clock))
         by_key = dict(jobs)
         steps = {key: self._plan(job, None, now) for key, job in jobs}
+        warm = self._warm_trainers(indexes, jobs, steps)
         queue = admission_queue((job, steps[key]) for key, job in jobs if not job.shared)
         tenancy = plan_tenancy(
             self._running_trainers(warm, jobs, steps, clock),
@@ -213,6 +223,25 @@ class TrainingLoop:
         for phase, count in phases.items():
             metrics.TRAINING_JOBS.labels(phase).set(count)
 
+    def _warm_trainers(
+        self, indexes: Indexes, jobs: list[tuple[JobKey, TrainingJobView]], steps: dict[JobKey, Step]
+    ) -> dict[tuple[str, str], WarmTrainerView]:
+        """Every warm trainer: those the index shows, with their pods, and those only their tenants'
+        statuses name (just created, so not indexed yet, or gone while their tenants were away:
+        `_write_trainers` makes their Job)."""
+        warm = warm_trainer_views(
+            (namespace, replace(job, pods=tuple(indexes.attempt_pods(namespace, job.name))))
+            for namespace, job in indexes.warm_trainers()
+        )
+        for key, job in jobs:
+            trainer = _trainer_of(steps[key])
+            if trainer is None or (key[0], trainer) in warm:
+                continue
+            group = trainer_group(key[0], job.spec, self.settings.training_dataset_roots)
+            node = (steps[key].status.get("placement") or {}).get("node")
+            warm[(key[0], trainer)] = WarmTrainerView(key[0], trainer, group, node)
+        return warm
+
     def _jobs(self, indexes: Indexes, clock: float) -> Iterable[tuple[JobKey, TrainingJobView]]:
         for key in indexes.training_job_keys():
             for body in indexes.training_job_bodies(key):
@@ -231,7 +260,12 @@ class TrainingLoop:
         pod = view.pods[-1]
         if pod.phase not in ("Running", "Succeeded", "Failed"):
             return None
-        return self.progress.tenant(job.ref.namespace, pod.name, job.ref.name, clock)
+        state = self.progress.tenant(job.ref.namespace, pod.name, job.ref.name, clock)
+        generation = int(job.status.get("observedGeneration") or job.ref.generation)
+        ref = replace(job.ref, generation=generation, run=int(job.status.get("run") or 0))
+        if state is None or state.get("checkpointUri") != checkpoint_uri(ref, self.store):
+            return None  # another run or generation of the job, which that trainer had before
+        return state
 
     def _running_trainers(
         self,
@@ -292,9 +326,12 @@ class TrainingLoop:
     ) -> None:
         """Place a new trainer's tenants in it; `_write_trainers` makes its Job."""
         first = by_key[_split(trainer.tenants[0])]
-        name = warm_trainer_name(
-            trainer.group.base_model, first.ref.uid, int(first.status.get("attempts") or 0)
-        )
+        attempts = int(first.status.get("attempts") or 0)
+        name = warm_trainer_name(trainer.group.base_model, first.ref.uid, attempts)
+        salt = 0
+        while (trainer.group.namespace, name) in warm:  # a finished trainer of the same first tenant
+            salt += 1
+            name = warm_trainer_name(trainer.group.base_model, first.ref.uid, attempts, salt)
         warm[(trainer.group.namespace, name)] = WarmTrainerView(
             trainer.group.namespace, name, trainer.group, node
         )
@@ -326,20 +363,19 @@ class TrainingLoop:
             trainer = _trainer_of(step)
             if trainer is not None and step.status.get("phase") == "Running":
                 tenants.setdefault((job.ref.namespace, trainer), []).append((job, step))
-        for key in sorted(set(tenants) | {k for k, view in warm.items() if not view.finished}):
+        metrics.WARM_TRAINERS.set(sum(1 for view in warm.values() if not view.finished))
+        metrics.WARM_TENANTS.set(sum(len(members) for members in tenants.values()))
+        for key, view in sorted(warm.items()):
             members = tenants.get(key, [])
-            view = warm.get(key)
-            if view is None:  # placed there earlier; its Job is gone: make it again where they were
-                job, step = members[0]
-                node = (step.status.get("placement") or {}).get("node")
-                group = trainer_group(job.ref.namespace, job.spec, self.settings.training_dataset_roots)
-                view = WarmTrainerView(key[0], key[1], group, node)
+            if view.finished or (view.job is None and not members):
+                continue
             base = self._base(indexes, view.group)
             if base is None:
                 continue
             entries = [self._tenant_entry(job, step, base[1]) for job, step in members]
             config = warm_config_map(key[1], view.group, base[0], base[1], self.settings, entries)
-            self.applier.apply(config)
+            if self.applier.apply(config) and view.job is not None:
+                self._nudge(key[0], view.job, config["metadata"]["annotations"][HASH_ANNOTATION])
             if view.job is None and view.node is not None and self.recent_trainers.get(key, 0.0) < clock:
                 job_manifest = warm_trainer_job(
                     key[1], view.group, base[0], base[1], self.settings, view.node
@@ -353,6 +389,22 @@ class TrainingLoop:
                 self.recent_trainers[key] = clock + RECENT_TRAINER_SECONDS
         for key in [k for k, until in self.recent_trainers.items() if until < clock]:
             del self.recent_trainers[key]
+
+    def _nudge(self, namespace: str, trainer: JobView, tenants_hash: str) -> None:
+        """Annotate the warm trainer's running pod with its new tenants file's hash: the pod update
+        makes the kubelet sync the pod at once, and with it the mounted ConfigMap, rather than on its
+        next periodic sync (a minute by default). Best effort: that periodic sync comes anyway."""
+        if self.core is None:
+            return
+        for pod in trainer.pods:
+            if pod.phase not in ("Pending", "Running") or pod.deleting:
+                continue
+            patch = {"metadata": {"annotations": {TENANTS_ANNOTATION: tenants_hash}}}
+            try:
+                self.core.patch_namespaced_pod(pod.name, namespace, patch)
+                metrics.API_WRITES.labels("Pod", "patch").inc()
+            except ApiException as error:
+                log.warning("Could not annotate warm trainer pod %s: %s", pod.name, error.reason)
 
     def _tenant_entry(self, job: TrainingJobView, step: Step, base: BaseModelSpec) -> dict[str, Any]:
         generation = int(step.status.get("observedGeneration") or job.ref.generation)
@@ -397,25 +449,12 @@ class TrainingLoop:
         ]
         held = {node.name: indexes.gpus_held_on(node.name) for node in nodes}
         trainers = trainer_usage((job, steps[key]) for key, job in jobs)
-        placed = {
-            (key[0], trainer): (job, steps[key])
-            for key, job in jobs
-            if (trainer := _trainer_of(steps[key])) is not None and (key[0], trainer) not in warm
-        }  # trainers whose Job the index does not show yet: their tenants' statuses place them
-        views = list(warm.values()) + [
-            WarmTrainerView(
-                key[0], key[1],
-                trainer_group(key[0], job.spec, self.settings.training_dataset_roots),
-                (step.status.get("placement") or {}).get("node"),
-            )
-            for key, (job, step) in placed.items()
-        ]  # fmt: skip
 
         def resource(group: TrainerGroup) -> str | None:
             base = self._base(indexes, group)
             return base[1].resources.gpu_resource_name if base else None
 
-        for node_name, gpus in warm_gpus(views, resource).items():
+        for node_name, gpus in warm_gpus(warm.values(), resource).items():
             per_node = trainers.setdefault(node_name, {})
             for name, count in gpus.items():
                 per_node[name] = per_node.get(name, 0) + count

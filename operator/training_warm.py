@@ -88,10 +88,11 @@ def parse_group(text: str | None) -> TrainerGroup | None:
         return None
 
 
-def warm_trainer_name(base_model: str, first_uid: str, attempts: int) -> str:
+def warm_trainer_name(base_model: str, first_uid: str, attempts: int, salt: int = 0) -> str:
     """A new warm trainer's name, from its first tenant (uid and attempt): a pass that dies after
-    creating it and runs again names the same trainer, so at most one is created."""
-    digest = hashlib.sha256(f"{first_uid}/{attempts}".encode()).hexdigest()[:8]
+    creating it and runs again names the same trainer, so at most one is created. `salt`: the
+    next name, where a finished trainer still holds this one."""
+    digest = hashlib.sha256(f"{first_uid}/{attempts}/{salt}".encode()).hexdigest()[:8]
     return f"{base_model[:44]}-warm-{digest}"
 
 

@@ -14,6 +14,7 @@ TRAINING_JOB_LABEL = "loraplex.dev/training-job"
 ATTEMPT_LABEL = "loraplex.dev/attempt"
 WARM_TRAINER_LABEL = "loraplex.dev/warm-trainer"  # on a warm trainer's Job and pod: the trainer's name
 TRAINER_GROUP_ANNOTATION = "loraplex.dev/trainer-group"  # on a warm trainer's Job: its TrainerGroup, JSON
+TENANTS_ANNOTATION = "loraplex.dev/tenants"  # on a warm trainer's pod: its tenants file's hash (a nudge)
 HASH_ANNOTATION = "loraplex.dev/content-hash"
 
 # The values of COMPONENT_LABEL: which part of a BaseModel's fleet a pod is.

@@ -124,6 +124,17 @@ def test_jobs_join_one_warm_trainer_up_to_its_capacity_and_a_deleted_job_leaves_
     create_object(kube, namespace, "trainingjobs", "TrainingJob", "c", training_job())
     wait_until(lambda: trainers(kube, namespace).get(trainer) == ["a", "b", "c"], 30, "c joined")
     assert placed(kube, namespace, {"c"}) == {"c": trainer}
+    # The pod is nudged (annotated with the new file's hash) so the kubelet updates its mounted
+    # tenants file now rather than at its next periodic sync.
+    nudged = client.CoreV1Api(kube).read_namespaced_config_map(trainer, namespace).metadata.annotations
+    wait_until(
+        lambda: (
+            (trainer_pods(kube, namespace)[0].metadata.annotations or {}).get("loraplex.dev/tenants")
+            == nudged["loraplex.dev/content-hash"]
+        ),
+        30,
+        "the trainer pod annotated with its tenants' hash",
+    )
     create_object(kube, namespace, "trainingjobs", "TrainingJob", "d", training_job())
     queued = wait_until(
         lambda: (s := statuses(kube, namespace).get("d", {})).get("phase") == "Queued" and s, 30, "d queued"
@@ -134,6 +145,14 @@ def test_jobs_join_one_warm_trainer_up_to_its_capacity_and_a_deleted_job_leaves_
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "trainingjobs", "b")
     wait_until(lambda: trainers(kube, namespace).get(trainer) == ["a", "c", "d"], 30, "b left, d joined")
     assert len(trainer_pods(kube, namespace)) == 1  # one pod, one base model load, for all of them
+    wait_until(
+        lambda: (
+            operator.metrics().get("loraplex_training_warm_tenants") == 3
+            and operator.metrics().get("loraplex_training_warm_trainers") == 1
+        ),
+        30,
+        "the warm trainer metrics",
+    )
     events = client.CoreV1Api(kube).list_namespaced_event(namespace, field_selector="involvedObject.name=d")
     assert any(e.reason == "Admitted" and trainer in e.message for e in events.items)
 

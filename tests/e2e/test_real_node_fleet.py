@@ -5,8 +5,8 @@ kube-proxy built from the pinned source), the images are built and imported,
 and the chart installs the operator. Everything after that is what a user sees
 on a cluster: the examples turn Ready as pods in namespaces that enforce the
 `restricted` Pod Security Standard, an OpenAI client is answered through the
-router pod, a TrainingJob's trainer pod publishes a revision the workers swap
-in, `helm uninstall` leaves nothing of the release, and `dev down` leaves no
+router pod, a TrainingJob trained in a warm trainer pod publishes a revision the
+workers swap in, `helm uninstall` leaves nothing of the release, and `dev down` leaves no
 process, mount or bridge behind.
 """
 
@@ -81,6 +81,10 @@ def test_the_fleet_runs_as_real_pods_installed_by_the_chart_and_leaves_nothing_b
         with contextlib.closing(cluster.api_client()) as api:  # the training example closes the loop
             job = wait_until(lambda: _phase(api, "support-bot-retrain", "Succeeded"), 600, "TrainingJob done")
             revision = job["adapterRevision"]
+            admitted = client.CoreV1Api(api).list_namespaced_event(
+                STORE_NAMESPACE, field_selector="involvedObject.name=support-bot-retrain"
+            )  # a shared job (the default): a tenant of a warm trainer, which reported its result in its log
+            assert any(e.reason == "Admitted" and "warm trainer" in e.message for e in admitted.items)
             assert revision != ORIGINAL_SUPPORT_BOT
             wait_until(
                 lambda: (_ready(api, "loraadapters", "support-bot") or {}).get("revision") == revision,

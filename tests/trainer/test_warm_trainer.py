@@ -117,6 +117,7 @@ def test_tenants_join_and_leave_a_running_trainer_which_loads_the_base_once(
     assert reports[-1].tenants == [
         {
             "name": "greet",
+            "checkpointUri": (tmp_path / "ck" / "greet").as_uri(),
             "phase": "Succeeded",
             "step": 6,
             "totalSteps": 6,

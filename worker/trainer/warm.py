@@ -197,16 +197,17 @@ class WarmTrainer:
         """Every listed tenant's state: the level the operator reads."""
         states: list[dict[str, object]] = []
         for name in sorted(self.admitted):
+            # Which run of the job this is: the operator ignores a state of one it no longer wants.
+            checkpoints = self.admitted[name].checkpoint_uri or self.config.checkpoint_uri
+            state: dict[str, object] = {"name": name, "checkpointUri": checkpoints}
             run = self.active.get(name)
             if run is not None:
-                states.append(
-                    {"name": name, "phase": "Running", "step": run.step, "totalSteps": run.total_steps}
-                )
+                states.append({**state, "phase": "Running", "step": run.step, "totalSteps": run.total_steps})
                 continue
             result = self.trainer.results.get(name)
             if result is None:
                 continue
-            state: dict[str, object] = {"name": name, "phase": result.phase, "step": result.step}
+            state.update(phase=result.phase, step=result.step)
             for key, value in (
                 ("totalSteps", result.total_steps), ("uri", result.uri), ("sha256", result.sha256),
                 ("reason", result.reason), ("message", result.message), ("checkpoint", result.checkpoint),
