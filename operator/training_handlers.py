@@ -72,6 +72,7 @@ from loraplex.operator.training_tenancy import (
 from loraplex.operator.training_throttle import PassThrottle, RecentStatuses
 from loraplex.operator.training_warm import (
     WarmTrainerView,
+    current_tenant_state,
     running_trainers,
     tenant_entry,
     trainer_group,
@@ -85,7 +86,6 @@ from loraplex.operator.training_workload import (
     Store,
     TrainingJobRef,
     attempt_name,
-    checkpoint_uri,
     output_uri,
     plan_attempt,
 )
@@ -263,9 +263,7 @@ class TrainingLoop:
         state = self.progress.tenant(job.ref.namespace, pod.name, job.ref.name, clock)
         generation = int(job.status.get("observedGeneration") or job.ref.generation)
         ref = replace(job.ref, generation=generation, run=int(job.status.get("run") or 0))
-        if state is None or state.get("checkpointUri") != checkpoint_uri(ref, self.store):
-            return None  # another run or generation of the job, which that trainer had before
-        return state
+        return current_tenant_state(state, ref, self.store)
 
     def _running_trainers(
         self,

@@ -237,3 +237,14 @@ def warm_gpus(
         per_node = used.setdefault(view.node, {})
         per_node[name] = per_node.get(name, 0) + view.group.gpus
     return used
+
+
+def current_tenant_state(
+    state: Mapping[str, Any] | None, ref: TrainingJobRef, store: Store
+) -> dict[str, Any] | None:
+    """A tenant's state in its trainer's report, if it is of the job's current run and generation
+    (`ref`): a trainer that trained an earlier one (a scheduled rerun, a changed spec) still lists
+    that one's result under the same name until it reads its new tenants file."""
+    if state is None or state.get("checkpointUri") != checkpoint_uri(ref, store):
+        return None
+    return dict(state)
