@@ -14,7 +14,7 @@ one nvidia.com/gpu; no serving workers, so training has it all):
   trainer, started cold for each N (no trainer is left from the run before).
 
 Each job is the same small fine-tune of the tiny Llama (its own dataset, 60
-steps). A run is timed from `kubectl apply` until every job is `Succeeded`
+steps; --steps for longer ones). A run is timed from `kubectl apply` until every job is `Succeeded`
 (published); its GPU-seconds are the GPUs its trainer pods requested times the
 time each pod existed within that window (a warm trainer's idle time after its
 last tenant, shipped default 300 s, is outside the window: it is held for the
@@ -71,7 +71,7 @@ def base_model() -> dict[str, Any]:
     }
 
 
-def training_job(name: str, dataset: str, sharing: str) -> dict[str, Any]:
+def training_job(name: str, dataset: str, sharing: str, steps: int = STEPS) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "TrainingJob",
@@ -81,7 +81,7 @@ def training_job(name: str, dataset: str, sharing: str) -> dict[str, Any]:
             "dataset": {"uri": f"pvc://loraplex-store/datasets/{dataset}", "textField": "text"},
             "output": {"adapterName": f"{name}-out", "replicas": 0},
             "lora": {"rank": 8, "alpha": 16, "dropout": 0.0, "targetModules": ["q_proj", "v_proj"]},
-            "training": {"steps": STEPS, "batchSize": 4, "maxSequenceLength": 64, "learningRate": 0.002},
+            "training": {"steps": steps, "batchSize": 4, "maxSequenceLength": 64, "learningRate": 0.002},
             "checkpoint": {"intervalSteps": 1000},
             "resources": {"gpu": 1},
             "sharing": sharing,
@@ -126,10 +126,13 @@ def apply(cluster: LocalCluster, objects: list[dict[str, Any]], folder: Path) ->
         raise RuntimeError(applied.stderr)
 
 
-def run_once(cluster: LocalCluster, api: Any, n: int, sharing: str, datasets: list[str], folder: Path) -> Run:
+def run_once(
+    cluster: LocalCluster, api: Any, n: int, sharing: str, datasets: list[str], folder: Path, steps: int
+) -> Run:
     names = [f"{sharing[0]}{n}-{i}" for i in range(n)]
     started = time.time()
-    apply(cluster, [training_job(name, datasets[i], sharing) for i, name in enumerate(names)], folder)
+    jobs = [training_job(name, datasets[i], sharing, steps) for i, name in enumerate(names)]
+    apply(cluster, jobs, folder)
     custom = client.CustomObjectsApi(api)
     deadline = started + 1800
     while True:
@@ -186,6 +189,7 @@ def clean(cluster: LocalCluster, api: Any) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,2,4,8", help="the Ns, comma-separated (default 1,2,4,8)")
+    parser.add_argument("--steps", type=int, default=STEPS, help=f"steps per job (default {STEPS})")
     parser.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -201,9 +205,9 @@ def main() -> None:
         with contextlib.closing(cluster.api_client()) as api:
             for n in sizes:
                 clean(cluster, api)
-                dedicated = run_once(cluster, api, n, "dedicated", datasets, folder)
+                dedicated = run_once(cluster, api, n, "dedicated", datasets, folder, args.steps)
                 clean(cluster, api)
-                shared = run_once(cluster, api, n, "shared", datasets, folder)
+                shared = run_once(cluster, api, n, "shared", datasets, folder, args.steps)
                 results[n] = (dedicated, shared)
                 print(
                     f"N={n}: dedicated {dedicated.seconds:.0f}s {dedicated.per_hour:.0f} jobs/h "
@@ -214,7 +218,7 @@ def main() -> None:
     finally:
         if not args.keep:
             loraplex(["dev", "down", "--name", NAME])
-    print(f"measured {datetime.now().isoformat(timespec='seconds')}, {STEPS} steps per job, one GPU")
+    print(f"measured {datetime.now().isoformat(timespec='seconds')}, {args.steps} steps per job, one GPU")
     line = []
     for n in sorted(results, reverse=True):
         dedicated, shared = results[n]

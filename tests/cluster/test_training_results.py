@@ -205,6 +205,21 @@ def test_a_revision_is_not_published_to_an_adapter_of_another_base_model(
     assert kept["spec"] == {**THEIRS, "replicas": 1, "policy": "OnDemand", "priority": 0}
 
 
+def run_pod(kube: Any, namespace: str, job: str, run: int) -> Any:
+    """The running trainer pod of a scheduled job's first run (0) or second (1)."""
+    return wait_until(
+        lambda: next(
+            (
+                p for p in trainer_pods(kube, namespace, job)
+                if p.status.phase == "Running" and (run == 0) != ("-r1-" in p.metadata.name)
+            ),
+            None,
+        ),
+        30,
+        f"trainer pod of run {run} running",
+    )  # fmt: skip
+
+
 def test_a_scheduled_job_runs_again_when_due_and_publishes_a_new_revision(
     kube: Any, namespace: str, trainer_operator: OperatorProcess, base_model: str, store: str
 ) -> None:
@@ -212,17 +227,7 @@ def test_a_scheduled_job_runs_again_when_due_and_publishes_a_new_revision(
     spec = {**training_job(adapter="nightly"), "schedule": "@daily"}
     create_object(kube, namespace, "trainingjobs", "TrainingJob", "nightly", spec)
     for run, digest in ((0, "3" * 64), (1, "4" * 64)):
-        pod = wait_until(
-            lambda r=run: next(
-                (
-                    p for p in trainer_pods(kube, namespace, "nightly")
-                    if p.status.phase == "Running" and (r == 0) != ("-r1-" in p.metadata.name)
-                ),
-                None,
-            ),
-            30,
-            f"trainer pod of run {run} running",
-        )  # fmt: skip
+        pod = run_pod(kube, namespace, "nightly", run)
         if run == 1:
             assert status_of(kube, namespace, "nightly")["checkpointUri"].endswith("-r1/nightly")
         published = f"{store}/adapters/{namespace}/nightly/{digest}"
@@ -266,17 +271,7 @@ def test_a_scheduled_run_with_init_from_published_starts_from_the_last_published
     create_object(kube, namespace, "trainingjobs", "TrainingJob", "continual", spec)
     starts: list[str | None] = []
     for run, digest in ((0, "5" * 64), (1, "6" * 64)):
-        pod = wait_until(
-            lambda r=run: next(
-                (
-                    p for p in trainer_pods(kube, namespace, "continual")
-                    if p.status.phase == "Running" and (r == 0) != ("-r1-" in p.metadata.name)
-                ),
-                None,
-            ),
-            30,
-            f"trainer pod of run {run} running",
-        )  # fmt: skip
+        pod = run_pod(kube, namespace, "continual", run)
         attempt = pod.metadata.labels["job-name"]
         config = yaml.safe_load(core.read_namespaced_config_map(attempt, namespace).data["trainer.yaml"])
         starts.append(config["adapters"][0].get("initRevision"))

@@ -20,6 +20,7 @@ from loraplex.worker.agent.fetch import Fetcher
 from loraplex.worker.agent.residency import Slots, Tier, WantedAdapter
 from loraplex.worker.agent.vllm_client import EngineAdapter, VllmClient, VllmError
 from loraplex.worker.digest import tree_digest
+from tests.worker.clock import Clock
 
 
 class FakeVllm(VllmClient):
@@ -47,14 +48,6 @@ class FakeVllm(VllmClient):
 
     async def metrics_text(self) -> str:
         return self.exposition
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def adapter_files(root: Path) -> tuple[Path, str]:

@@ -18,6 +18,7 @@ from loraplex.worker.agent.fetch import Fetcher
 from loraplex.worker.agent.residency import Slots, WantedAdapter
 from loraplex.worker.agent.vllm_client import EngineAdapter, VllmClient
 from loraplex.worker.digest import tree_digest
+from tests.worker.clock import Clock
 
 RETIRE_AFTER = 10.0
 
@@ -48,14 +49,6 @@ class RecordingVllm(VllmClient):
 
     async def metrics_text(self) -> str:
         return self.exposition
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def revision(root: Path, rank: int) -> tuple[Path, str]:
