@@ -47,7 +47,7 @@ class Tenancy:
         self.code = self.trainer.run()
 
     def write(self, *jobs: dict[str, Any]) -> None:
-        tenants = [{**job, "checkpointUri": (self.tmp_path / "ck" / job["name"]).as_uri()} for job in jobs]
+        tenants = [{"checkpointUri": (self.tmp_path / "ck" / job["name"]).as_uri(), **job} for job in jobs]
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump({"tenants": tenants}))
         tmp.replace(self.file)  # atomic, as the kubelet swaps a ConfigMap volume's files
@@ -159,6 +159,30 @@ def test_a_stop_checkpoints_every_tenant_and_a_new_trainer_resumes_them_exactly(
     reference = [{**job, "outputUri": (tmp_path / "ref" / str(job["name"])).as_uri()} for job in jobs]
     result = Trainer(make_config(*reference, checkpointUri=(tmp_path / "ref-ck").as_uri()), Recorder()).run()
     assert resumed == {a.name: a.sha256 for a in result.adapters}
+
+
+def test_the_next_run_of_a_job_trains_again_in_the_same_trainer_from_the_revision_the_last_published(
+    warm: Callable[..., Tenancy], dataset: Callable[..., Path], tmp_path: Path
+) -> None:
+    first_run = adapter_job("sql", dataset("sql"), tmp_path / "out", steps=4)
+    t = warm()
+    t.write({**first_run, "checkpointUri": (tmp_path / "ck" / "r0").as_uri()})
+    t.thread.start()
+    (published,) = wait_until(lambda: t.events.of("published", "sql"), 120, "run 0 published")
+    # The scheduled rerun: the same name, its own checkpoint folder, from run 0's revision.
+    second_run = adapter_job("sql", dataset("sql", seed=1), tmp_path / "out", steps=4)
+    t.write(
+        {**second_run, "checkpointUri": (tmp_path / "ck" / "r1").as_uri(), "initRevision": published.sha256}
+    )
+    wait_until(lambda: len(t.events.of("published", "sql")) == 2, 120, "run 1 published")
+    started = [e.message for e in t.events.of("started", "sql")]
+    assert started == ["started from scratch", f"started from published revision {published.sha256[:12]}"]
+    assert t.events.of("published", "sql")[1].sha256 != published.sha256
+    last = t.events.of("tenants")[-1].tenants
+    assert last is not None
+    assert [(s["checkpointUri"], s["phase"]) for s in last] == [
+        ((tmp_path / "ck" / "r1").as_uri(), "Succeeded")
+    ]
 
 
 def test_an_invalid_tenants_file_keeps_the_last_tenants_and_says_so_once(
