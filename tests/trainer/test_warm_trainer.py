@@ -243,3 +243,15 @@ def test_loraplex_trainer_with_a_tenants_file_runs_warm_and_exits_when_idle(
     assert events[-1]["event"] == "finished"
     last = [e for e in events if e["event"] == "tenants"][-1]
     assert [(t["name"], t["phase"]) for t in last["tenants"]] == [("sql", "Succeeded")]
+
+
+def test_a_config_is_either_one_shot_adapters_or_a_warm_tenants_file(tmp_path: Path) -> None:
+    from loraplex.worker.trainer.config import ConfigError
+
+    base = {"baseModel": "/m", "checkpointUri": "file:///c"}
+    job = _job("a", 1).model_dump(by_alias=True, exclude_none=True)
+    with pytest.raises(ConfigError, match="tenantsFile"):
+        TrainerConfig.parse(base)
+    with pytest.raises(ConfigError, match="takes its adapters from that file only"):
+        TrainerConfig.parse({**base, "adapters": [job], "tenantsFile": "/t.yaml"})
+    assert TrainerConfig.parse({**base, "tenantsFile": "/t.yaml"}).idle_seconds == 300

@@ -168,7 +168,7 @@ class TrainerConfig(ApiModel):
     )
 
     @model_validator(mode="after")
-    def _unique_names(self) -> TrainerConfig:
+    def _adapters_or_tenants(self) -> TrainerConfig:
         unique_names(self.adapters, "adapters")
         if not self.adapters and self.tenants_file is None:
             raise ValueError("adapters: list at least one adapter, or set tenantsFile for a warm trainer")
