@@ -137,6 +137,8 @@ KINDS: tuple[Kind, ...] = (
             {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
             {"name": "Adapter", "type": "string", "jsonPath": ".spec.output.adapterName"},
             *_ready_columns()[1:],
+            {"name": "Trainer", "type": "string", "jsonPath": ".status.placement.trainer", "priority": 1},
+            {"name": "Node", "type": "string", "jsonPath": ".status.placement.node", "priority": 1},
             _AGE,
         ),
         root_rules=(_name_rule(52, "it names the trainer pods"),),
