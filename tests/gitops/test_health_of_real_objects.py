@@ -113,6 +113,7 @@ def training_job(base: str = "bm", gpu: int = 1, **extra: Any) -> dict[str, Any]
         "output": {"adapterName": "out"},
         "training": {"steps": 100},
         "resources": {"gpu": gpu},
+        "sharing": "dedicated",  # its trainer pod ends the way the tests end KWOK pods (trainer_pods)
         **extra,
     }
 
