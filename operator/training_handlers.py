@@ -103,7 +103,9 @@ def _split(key: str) -> JobKey:
 
 
 def _trainer_of(step: Step) -> str | None:
-    """The warm trainer a step places its job in."""
+    """The warm trainer a step places its job in, as a tenant in flight (Running)."""
+    if step.status.get("phase") != "Running":
+        return None
     return (step.status.get("placement") or {}).get("trainer")
 
 
@@ -359,7 +361,7 @@ class TrainingLoop:
         tenants: dict[tuple[str, str], list[tuple[TrainingJobView, Step]]] = {}
         for job, step in jobs:
             trainer = _trainer_of(step)
-            if trainer is not None and step.status.get("phase") == "Running":
+            if trainer is not None:
                 tenants.setdefault((job.ref.namespace, trainer), []).append((job, step))
         metrics.WARM_TRAINERS.set(sum(1 for view in warm.values() if not view.finished))
         metrics.WARM_TENANTS.set(sum(len(members) for members in tenants.values()))

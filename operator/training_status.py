@@ -519,9 +519,10 @@ def _follow_tenant(
 
 
 def _left_trainer(step: Step) -> Step:
-    """`step` with the warm trainer dropped from its placement: a finished tenant is no longer one."""
-    placement = {k: v for k, v in (step.status.get("placement") or {}).items() if k != "trainer"}
-    return replace(step, status={**step.status, "placement": placement or None})
+    """`step` with the warm trainer dropped from its placement: a finished tenant is no longer one.
+    (`trainer: None`, not a missing key: the status is written as a merge patch.)"""
+    placement = {**(step.status.get("placement") or {}), "trainer": None}
+    return replace(step, status={**step.status, "placement": placement})
 
 
 def _succeeded(

@@ -85,6 +85,7 @@ def test_the_fleet_runs_as_real_pods_installed_by_the_chart_and_leaves_nothing_b
                 STORE_NAMESPACE, field_selector="involvedObject.name=support-bot-retrain"
             )  # a shared job (the default): a tenant of a warm trainer, which reported its result in its log
             assert any(e.reason == "Admitted" and "warm trainer" in e.message for e in admitted.items)
+            assert not (job.get("placement") or {}).get("trainer")  # a finished job is no tenant any more
             assert revision != ORIGINAL_SUPPORT_BOT
             wait_until(
                 lambda: (_ready(api, "loraadapters", "support-bot") or {}).get("revision") == revision,

@@ -76,7 +76,8 @@ def test_a_published_tenant_succeeds_while_its_trainer_goes_on_and_leaves_it() -
     assert step.status["phase"] == "Succeeded"
     assert step.publish is not None
     assert step.publish.sha256 == DIGEST
-    assert step.status["placement"] == {"node": "n1"}  # no longer the trainer's tenant
+    # No longer the trainer's tenant: None deletes the key in the merge patch that writes the status.
+    assert step.status["placement"] == {"node": "n1", "trainer": None}
     assert step.status["progress"] == {"step": 10, "totalSteps": 10}
     assert plan(step.status, None).status["phase"] == "Succeeded"  # terminal
 
