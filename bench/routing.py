@@ -16,7 +16,7 @@ that staging. Admitting a request whose adapter is not in a GPU slot is an
 adapter *load* (a GPU miss) and costs the tier's load time (CPU to GPU, unless
 the adapter left the CPU cache in between) before its prefill.
 
-The same request trace goes through six policies: random, round-robin,
+The same request trace goes through seven policies: random, round-robin,
 least-loaded (fewest running + waiting), the Gateway API Inference
 Extension's LoRA-affinity scorer (1.0 adapter active on the worker, 0.8 free
 adapter slot, 0.6 adapter waiting there, 0 full; highest score wins, ties
@@ -26,7 +26,9 @@ whose load stays within ceil(1.25 x the mean)) and loraplex's, which is the
 router's real decision code built as ``loraplex router`` builds it with no
 settings (``make_router`` with ``RouterSettings.from_env({})``), fed with the
 simulated residency, load, engine concurrency, request and load times as the
-live sources would feed it.
+live sources would feed it; and, as a reference no router could be, an affinity oracle that
+knows each adapter's share of the whole trace in advance and ignores load (what affinity alone
+saves on these workers, at whatever latency).
 
 Workloads, each at 10 and at 100 workers (``gie_10``, ``zipf_100``, ...):
 
@@ -42,7 +44,10 @@ For each workload it prints, per policy: GPU hit rate, loads, loads as a ratio
 to least-loaded's, max/mean imbalance of requests served per worker, and
 modelled TTFT p50/p99; and the offline lower bound on loads: Belady's MIN on
 one pooled cache with as many slots as all workers' GPU slots together (no
-routing can load less). Then, on (b) at 10 workers with its 128 most requested
+routing can load less), and how many distinct adapters would be running at
+once were every request started on arrival (their mean, and the share of time
+they exceed the fleet's GPU slots: slots running adapters take keep nothing
+warm). Then, on (b) at 10 workers with its 128 most requested
 adapters made named LoRAAdapters with ``replicas: 1`` (each placed on one
 worker, the rest catalog adapters), it runs loraplex's policy twice: as the
 router does (a named adapter spills past its placement when every worker it
@@ -402,12 +407,35 @@ def bounded_rendezvous(workload: Workload, seed: int) -> tuple[Simulation, Calla
     return sim, choose
 
 
+def affinity_oracle(workload: Workload, seed: int) -> tuple[Simulation, Callable[[Request], int]]:
+    """A reference, not a router: it knows each adapter's share of the whole trace in advance and
+    sends a request to the least loaded of the adapter's first ceil(share x workers) ranked workers,
+    with no load bound and no regard for queueing. What affinity alone saves on these workers, at
+    whatever latency it costs."""
+    sim = Simulation(workload)
+    trace = make_trace(workload, seed)  # the trace `simulate` runs: the same workload and seed
+    share = {adapter: count / len(trace) for adapter, count in Counter(r.adapter for r in trace).items()}
+    ranking = Rendezvous(seed=seed, depth=workload.workers)
+    ranking.set_workers(str(i) for i in range(workload.workers))
+    workers = sim.workers
+
+    def choose(request: Request) -> int:
+        spread = max(1, min(workload.workers, math.ceil(share[request.adapter] * workload.workers)))
+        return min(
+            (int(name) for name in ranking.ranking(request.adapter)[:spread]),
+            key=lambda i: workers[i].inflight,
+        )
+
+    return sim, choose
+
+
 POLICIES: dict[str, Policy] = {
     "random": random_policy,
     "round_robin": round_robin,
     "least_loaded": least_loaded,
     "gaie": gaie_lora_affinity,
     "bounded_rendezvous": bounded_rendezvous,
+    "affinity_oracle": affinity_oracle,
     "loraplex": loraplex_policy,
 }
 
@@ -551,6 +579,33 @@ def lru_loads(adapters: Sequence[str], slots: int) -> int:
     return misses
 
 
+def running_adapters(trace: Sequence[Request], slots: int) -> tuple[float, float]:
+    """Distinct adapters with a request running, were every request started on arrival on one pooled
+    fleet (no queueing, no idle copy kept): their mean over the trace's time, and the fraction of that
+    time they exceed `slots`. A fleet whose GPU slots are nearly all taken by running adapters has
+    next to none left to keep idle adapters warm in, however requests are routed."""
+    spans: list[tuple[float, float]] = []
+    open_spans: dict[str, list[float]] = {}  # adapter -> [start, end] of its current busy period
+    for request in trace:
+        start, end = request.arrival, request.arrival + PREFILL + request.decode
+        span = open_spans.get(request.adapter)
+        if span is not None and span[1] >= start:
+            span[1] = max(span[1], end)
+            continue
+        if span is not None:
+            spans.append((span[0], span[1]))
+        open_spans[request.adapter] = [start, end]
+    spans += [(start, end) for start, end in open_spans.values()]
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    duration = edges[-1][0] - edges[0][0]
+    running, over, previous = 0, 0.0, edges[0][0]
+    for when, change in edges:
+        if running > slots:
+            over += when - previous
+        previous, running = when, running + change
+    return sum(end - start for start, end in spans) / duration, over / duration
+
+
 # -- reporting --------------------------------------------------------------------------------------
 
 
@@ -595,6 +650,7 @@ def run_workloads(
         slots = workload.workers * workload.gpu_slots
         bound = belady_loads([r.adapter for r in trace], slots)
         pooled_lru = lru_loads([r.adapter for r in trace], slots)
+        running_mean, over_slots = running_adapters(trace, slots)
         baseline = per_policy["least_loaded"].loads
         for name, result in per_policy.items():
             print(
@@ -605,7 +661,8 @@ def run_workloads(
             )
         print(
             f"workload={workload.name} belady_bound_loads={bound} pooled_lru_loads={pooled_lru} "
-            f"pooled_lru_vs_bound={pooled_lru / bound:.3f} requests={workload.requests} "
+            f"pooled_lru_vs_bound={pooled_lru / bound:.3f} running_adapters_mean={running_mean:.1f} "
+            f"running_adapters_over_slots_time={over_slots:.3f} requests={workload.requests} "
             f"adapters={workload.adapters} workers={workload.workers} gpu_slots={workload.gpu_slots} "
             f"seconds={time.perf_counter() - started:.1f}"
         )
@@ -664,6 +721,10 @@ def summary(results: dict[str, dict[str, Result]], decision_ratio: float) -> str
             ("zipf_imbalance", mine.imbalance),
             ("decision_p99_vs_plain_rendezvous", decision_ratio),
             ("zipf_loads_vs_bound", mine.loads / zipf["bound"].loads),
+            (
+                "zipf_affinity_oracle_loads_vs_least_loaded",
+                zipf["affinity_oracle"].loads / zipf["least_loaded"].loads,
+            ),
             ("zipf_ttft_p99_vs_bounded_rendezvous", mine.ttft_p99 / zipf["bounded_rendezvous"].ttft_p99),
             ("zipf_ttft_p50_vs_least_loaded", mine.ttft_p50 / zipf["least_loaded"].ttft_p50),
             ("zipf_ttft_p50_vs_bounded_rendezvous", mine.ttft_p50 / zipf["bounded_rendezvous"].ttft_p50),
