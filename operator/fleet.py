@@ -215,6 +215,13 @@ def agent_args(ref: BaseModelRef, spec: BaseModelSpec) -> list[str]:
     return args
 
 
+def pull_secrets(spec: BaseModelSpec) -> Manifest:
+    """The `imagePullSecrets` of a pod the operator runs for this BaseModel (none when it names none)."""
+    if not spec.image_pull_secrets:
+        return {}
+    return {"imagePullSecrets": [{"name": secret.name} for secret in spec.image_pull_secrets]}
+
+
 def fetch_model_containers(
     spec: BaseModelSpec, settings: OperatorSettings, mounts: list[Manifest]
 ) -> list[Manifest]:
@@ -330,6 +337,7 @@ def worker_statefulset(
         ],
         "nodeSelector": dict(spec.node_selector),
         "tolerations": [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations],
+        **pull_secrets(spec),
         "affinity": _spread_over_nodes(ref),
         "terminationGracePeriodSeconds": 60,
     }
@@ -412,6 +420,7 @@ def router_deployment(ref: BaseModelRef, spec: BaseModelSpec, settings: Operator
     pod_spec = {
         "serviceAccountName": f"{ref.name}-router",
         "automountServiceAccountToken": True,  # it watches WorkerPlacements, LoRAAdapters and pods
+        **pull_secrets(spec),
         "containers": [container],
         **({"volumes": volumes} if volumes else {}),
     }

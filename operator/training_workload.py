@@ -49,6 +49,7 @@ from loraplex.operator.fleet import (
     model_location,
     model_resources,
     owned,
+    pull_secrets,
     pvc_parts,
 )
 from loraplex.operator.pod_security import restricted, writable_home
@@ -323,6 +324,7 @@ def trainer_pod_job(
         "terminationGracePeriodSeconds": POD_GRACE_PERIOD_SECONDS,
         "nodeSelector": node_selector,
         "tolerations": [t.model_dump(by_alias=True, exclude_none=True) for t in base.tolerations],
+        **pull_secrets(base),
         "containers": [container],
         "volumes": volumes,
     }

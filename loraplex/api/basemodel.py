@@ -294,6 +294,15 @@ class BaseModelSpec(ApiModel):
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=32, description="Taints the worker pods tolerate."
     )
+    image_pull_secrets: list[SecretReference] = Field(
+        default_factory=list,
+        max_length=16,
+        description=(
+            "Secrets in this namespace (type kubernetes.io/dockerconfigjson) that the pods the operator "
+            "runs for this base model (workers, router, trainers) pull their images with."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
     adapter_catalog: AdapterCatalog | None = None
     adapter_volumes: list[ObjectName] = Field(
         default_factory=list,

@@ -123,6 +123,16 @@ def test_workers_request_gpus_and_land_where_the_spec_says() -> None:
     assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
 
 
+def test_workers_and_router_pull_with_the_secrets_the_spec_names_and_none_otherwise() -> None:
+    secrets = [{"name": "regcred"}, {"name": "mirror"}]
+    manifests = by_kind(plan_fleet(REF, spec(imagePullSecrets=secrets), SETTINGS, 1))
+    for kind in ("StatefulSet", "Deployment"):
+        assert manifests[kind]["spec"]["template"]["spec"]["imagePullSecrets"] == secrets
+    plain = by_kind(plan_fleet(REF, spec(), SETTINGS, 1))
+    for kind in ("StatefulSet", "Deployment"):
+        assert "imagePullSecrets" not in plain[kind]["spec"]["template"]["spec"]
+
+
 def test_model_from_a_store_is_fetched_before_vllm_starts() -> None:
     pod = by_kind(plan_fleet(REF, spec(model={"uri": "s3://models/llama-8b/"}), SETTINGS, 1))["StatefulSet"]
     init = pod["spec"]["template"]["spec"]["initContainers"][0]

@@ -58,6 +58,16 @@ def test_an_admitted_attempt_is_a_low_priority_job_pinned_to_its_node() -> None:
     assert pod["terminationGracePeriodSeconds"] > 25
 
 
+def test_a_trainer_pulls_with_the_base_models_pull_secrets() -> None:
+    base = BaseModelSpec.model_validate(
+        {**BASE.model_dump(by_alias=True, exclude_none=True), "imagePullSecrets": [{"name": "regcred"}]}
+    )
+    _config, job = plan_attempt(REF, SPEC, base, SETTINGS, attempt=1, node="gpu-7")
+    assert job["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    _config, plain = plan_attempt(REF, SPEC, BASE, SETTINGS, attempt=1, node="gpu-7")
+    assert "imagePullSecrets" not in plain["spec"]["template"]["spec"]
+
+
 def test_the_config_is_one_the_trainer_accepts() -> None:
     config, _ = plan_attempt(REF, SPEC, BASE, SETTINGS, attempt=0, node="n")
     parsed = TrainerConfig.parse(yaml.safe_load(config["data"]["trainer.yaml"]))
