@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ from loraplex.worker.trainer.failures import Reason, TrainingFailure
 from loraplex.worker.trainer.multi_lora import AdapterWeights, MultiLoraModel
 from loraplex.worker.trainer.progress import Event, JsonLines, ProgressSink
 from loraplex.worker.trainer.publish import PEFT_PREFIX, publish
+from loraplex.worker.trainer.remote_data import fetch_dataset
 from loraplex.worker.trainer.store import Store, open_store
 
 RESULT = "result.json"
@@ -179,12 +182,20 @@ class Trainer:
         self.tokenizer: Tokenizer | None = None  # loaded once, with the base's config.json
         self.base_config = b""
         self.outputs: dict[str, Store] = {}  # adapter name -> the store its outputUri names
-        self._s3: Any = None  # made on first use by an s3:// store
+        self._s3: Any = None  # made on first use by an s3:// store or dataset
+        self._scratch: Path | None = None
 
     def _open_store(self, uri: str, field: str, *scratch: str) -> Store:
         """The store `uri` names; s3:// stores mirror into <scratchDir>/<scratch...> and share one client."""
         local = Path(self.config.scratch_dir, *scratch) if self.config.scratch_dir else None
         return open_store(uri, field, local, self._s3_client)
+
+    def _scratch_root(self) -> Path:
+        """`scratchDir`, else a temporary folder made once for this trainer."""
+        if self._scratch is None:
+            configured = self.config.scratch_dir
+            self._scratch = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="loraplex-"))
+        return self._scratch
 
     def _s3_client(self) -> Any:
         if self._s3 is None:
@@ -301,16 +312,18 @@ class Trainer:
     def _prepared(self, job: AdapterJob) -> Prepared | None:
         """The adapter with its data loaded; None (and the adapter failed) when the data is unusable."""
         assert self.tokenizer is not None
+        copies = self._scratch_root() / "datasets" / job.name  # an s3:// or https:// dataset's copy
         try:
-            data = load_dataset(
-                job.dataset, self.tokenizer, job.training.max_sequence_length, job.dataset_root
-            )
+            dataset = fetch_dataset(job.dataset, copies, self._s3_client)
+            data = load_dataset(dataset, self.tokenizer, job.training.max_sequence_length, job.dataset_root)
         except ConfigError as error:
             self._fail(job.name, TrainingFailure("ConfigInvalid", str(error)))
             return None
         except TrainingFailure as failure:
             self._fail(job.name, failure)
             return None
+        finally:
+            shutil.rmtree(copies, ignore_errors=True)  # tokenised into memory: the copy is not read again
         folder = self.checkpoint_stores[job.name].root / job.name
         return Prepared(
             job, data, folder, fingerprint(job, data, self.base_config), job.total_steps(len(data.examples))

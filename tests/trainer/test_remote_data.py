@@ -1,0 +1,130 @@
+"""Datasets in S3 (moto's server on loopback) and over HTTPS (a TLS server with a throwaway CA): the
+trainer copies what the URI names, trains on it, and fails the adapter with a reason when it cannot."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loraplex.api.trainingjob import Dataset
+from loraplex.e2e.adapter_store import AdapterStore
+from loraplex.worker.s3 import s3_client_from_env
+from loraplex.worker.trainer import remote_data
+from loraplex.worker.trainer.config import TrainerConfig
+from loraplex.worker.trainer.failures import TrainingFailure
+from loraplex.worker.trainer.progress import Recorder
+from loraplex.worker.trainer.remote_data import fetch_dataset
+from loraplex.worker.trainer.training import Trainer
+from tests.trainer.conftest import adapter_job
+
+BUCKET = "datasets"
+
+
+@pytest.fixture
+def bucket(s3_bucket: Callable[[str], Any]) -> Any:
+    return s3_bucket(BUCKET)
+
+
+def put(client: Any, key: str, text: str) -> None:
+    data = text.encode()
+    client.put_object(BUCKET, key, io.BytesIO(data), len(data))
+
+
+def fetched(uri: str, scratch: Path) -> Path:
+    copy = fetch_dataset(Dataset(uri=uri), scratch, s3_client_from_env)
+    assert copy.uri.startswith("file:///")
+    return Path(copy.uri.removeprefix("file://"))
+
+
+def test_an_s3_object_is_copied_alone_and_a_prefix_as_a_folder(tmp_path: Path, bucket: Any) -> None:
+    put(bucket, f"{tmp_path.name}/sql/train.jsonl", '{"text": "a"}\n')
+    put(bucket, f"{tmp_path.name}/sql/train.jsonl.bak", "not this one\n")
+    put(bucket, f"{tmp_path.name}/sql/more/part-2.jsonl", '{"text": "b"}\n')
+    one = fetched(f"s3://{BUCKET}/{tmp_path.name}/sql/train.jsonl", tmp_path / "one")
+    assert one.is_file()
+    assert list(one.parent.iterdir()) == [one]  # the .bak sibling shares the prefix, not the key
+    folder = fetched(f"s3://{BUCKET}/{tmp_path.name}/sql", tmp_path / "folder")
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.jsonl*")) == [
+        "more/part-2.jsonl", "train.jsonl", "train.jsonl.bak",
+    ]  # fmt: skip
+
+
+def test_a_missing_s3_dataset_fails_the_adapter_with_dataset_not_found(tmp_path: Path, bucket: Any) -> None:
+    with pytest.raises(TrainingFailure) as failure:
+        fetched(f"s3://{BUCKET}/{tmp_path.name}/nothing-here.jsonl", tmp_path / "copy")
+    assert failure.value.reason == "DatasetNotFound"
+    assert "nothing-here.jsonl" in failure.value.message
+
+
+@pytest.fixture
+def https_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AdapterStore]:
+    server = AdapterStore(tmp_path / "site").start()
+    monkeypatch.setenv("SSL_CERT_FILE", str(server.ca_file))  # trust its throwaway CA
+    yield server
+    server.stop()
+
+
+def test_an_https_file_is_copied_and_a_404_is_dataset_not_found(
+    tmp_path: Path, https_files: AdapterStore
+) -> None:
+    (https_files.root / "train.jsonl").write_text('{"text": "hello"}\n')
+    copy = fetched(f"{https_files.url}/train.jsonl", tmp_path / "copy")
+    assert copy.read_text() == '{"text": "hello"}\n'
+    with pytest.raises(TrainingFailure) as failure:
+        fetched(f"{https_files.url}/missing.jsonl", tmp_path / "copy")
+    assert failure.value.reason == "DatasetNotFound"
+    assert "404" in failure.value.message
+
+
+def test_an_endpoint_that_does_not_answer_is_tried_again_then_fails_the_adapter(tmp_path: Path) -> None:
+    slept: list[float] = []
+    with pytest.raises(TrainingFailure) as failure:
+        fetch_dataset(Dataset(uri="https://127.0.0.1:9/train.jsonl"), tmp_path / "copy", object, slept.append)
+    assert failure.value.reason == "DatasetNotFound"
+    assert f"unreachable after {remote_data.ATTEMPTS} tries" in failure.value.message
+    assert slept == [remote_data.BACKOFF_SECONDS * 2**i for i in range(remote_data.ATTEMPTS - 1)]
+
+
+def test_redirects_are_not_followed(tmp_path: Path) -> None:
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+            self.end_headers()
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(TrainingFailure) as failure:
+            remote_data._from_https(f"http://127.0.0.1:{server.server_port}/train.jsonl", tmp_path)
+        assert "answered 302" in failure.value.message
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_the_trainer_trains_on_an_s3_dataset_and_leaves_no_copy_behind(
+    tmp_path: Path, bucket: Any, dataset: Callable[..., Path], make_config: Callable[..., TrainerConfig]
+) -> None:
+    local = dataset("sql")
+    put(bucket, f"{tmp_path.name}/sql.jsonl", local.read_text())
+    job = adapter_job("sql", local, tmp_path / "out", steps=4)
+    job["dataset"] = {"uri": f"s3://{BUCKET}/{tmp_path.name}/sql.jsonl"}
+    config = make_config(job, scratchDir=str(tmp_path / "scratch"))
+    result = Trainer(config, Recorder()).run()
+    (adapter,) = result.adapters
+    assert adapter.phase == "Succeeded", adapter
+    assert not (tmp_path / "scratch" / "datasets" / "sql").exists()
+    missing = adapter_job("gone", local, tmp_path / "out", steps=4)
+    missing["dataset"] = {"uri": f"s3://{BUCKET}/{tmp_path.name}/gone.jsonl"}
+    (failed,) = Trainer(make_config(missing), Recorder()).run().adapters
+    assert (failed.phase, failed.reason) == ("Failed", "DatasetNotFound")

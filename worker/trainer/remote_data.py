@@ -1,0 +1,129 @@
+"""Datasets in an S3 bucket or behind an HTTPS URL, copied to a local folder before they are read.
+
+The operator admits such a dataset only under a root the admin declared
+(`training.datasetRoots`, checked before any pod runs); here the trainer copies
+exactly what the URI names, and nothing else:
+
+- `s3://bucket/key`: the object `key`, or else every object under `key/` (a
+  folder of files, read as one dataset), with the BaseModel's store credentials
+  (`adapterStoreSecretRef`: AWS_ENDPOINT_URL, keys, region), the ones its pods
+  fetch adapters with;
+- `https://host/path`: that one file, without credentials, and without
+  following redirects (a redirect could lead out of the admin's root).
+
+Missing, forbidden or empty: `DatasetNotFound`. An endpoint that does not
+answer, or answers 5xx / 429, is tried `ATTEMPTS` times, `BACKOFF_SECONDS` apart
+and growing, then fails the adapter the same way naming the error. Local URIs
+(`file://`) pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from loraplex.api.trainingjob import Dataset
+from loraplex.worker.s3 import download_prefix
+from loraplex.worker.trainer.failures import TrainingFailure
+
+ATTEMPTS = 3
+BACKOFF_SECONDS = 1.0
+HTTP_TIMEOUT_SECONDS = 60.0
+T = TypeVar("T")
+
+
+class _Transient(Exception):
+    """An error worth another try (no answer, 5xx, 429)."""
+
+
+def fetch_dataset(
+    dataset: Dataset, scratch: Path, s3_client: Callable[[], Any], sleep: Callable[[float], None] = time.sleep
+) -> Dataset:
+    """`dataset` with a local `file://` URI: itself when already local, else a copy under `scratch`
+    (emptied first). TrainingFailure("DatasetNotFound") when it cannot be copied."""
+    scheme = urlsplit(dataset.uri).scheme
+    if scheme not in ("s3", "https"):
+        return dataset
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    copy = _retried(
+        lambda: (
+            _from_s3(dataset.uri, scratch, s3_client())
+            if scheme == "s3"
+            else _from_https(dataset.uri, scratch)
+        ),
+        dataset.uri,
+        sleep,
+    )
+    return dataset.model_copy(update={"uri": copy.resolve().as_uri()})
+
+
+def _retried(fetch: Callable[[], T], uri: str, sleep: Callable[[float], None]) -> T:
+    for attempt in range(ATTEMPTS):
+        try:
+            return fetch()
+        except _Transient as error:
+            if attempt == ATTEMPTS - 1:
+                raise TrainingFailure(
+                    "DatasetNotFound", f"{uri}: unreachable after {ATTEMPTS} tries: {error}"
+                ) from error
+            sleep(BACKOFF_SECONDS * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _from_s3(uri: str, scratch: Path, client: Any) -> Path:
+    """The object the URI names, else every object under it as a folder."""
+    from minio.error import S3Error
+    from urllib3.exceptions import HTTPError
+
+    parts = urlsplit(uri)
+    bucket, key = parts.netloc, unquote(parts.path).strip("/")
+    try:
+        names = {
+            item.object_name
+            for item in client.list_objects(bucket, prefix=key, recursive=True)
+            if not item.object_name.endswith("/")
+        }
+        if key in names:
+            target = scratch / (Path(key).name or "dataset")
+            client.fget_object(bucket, key, str(target))
+            return target
+        folder = scratch / "dataset"
+        if not download_prefix(client, bucket, key, folder):
+            raise TrainingFailure("DatasetNotFound", f"no object {uri} and none under {uri.rstrip('/')}/")
+        return folder
+    except S3Error as error:
+        if error.code in ("SlowDown", "InternalError", "ServiceUnavailable"):
+            raise _Transient(f"{error.code}: {error.message}") from error
+        raise TrainingFailure("DatasetNotFound", f"{uri}: {error.code}: {error.message}") from error
+    except (HTTPError, OSError) as error:
+        raise _Transient(str(error) or type(error).__name__) from error
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the 3xx answer itself is raised as an HTTPError
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def _from_https(uri: str, scratch: Path) -> Path:
+    target = scratch / (Path(unquote(urlsplit(uri).path)).name or "dataset")
+    try:
+        with _OPENER.open(uri, timeout=HTTP_TIMEOUT_SECONDS) as response, target.open("wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
+    except urllib.error.HTTPError as error:
+        error.close()  # it holds the answer's connection
+        if error.code >= 500 or error.code == 429:
+            raise _Transient(f"answered {error.code}") from error
+        raise TrainingFailure("DatasetNotFound", f"{uri} answered {error.code}") from error
+    except (urllib.error.URLError, OSError) as error:
+        raise _Transient(str(error) or type(error).__name__) from error
+    return target
