@@ -25,6 +25,7 @@ from loraplex.api.access import RouterAccess
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.api.common import DEFAULT_MODEL_CPU, DEFAULT_MODEL_MEMORY
 from loraplex.api.labels import BASE_MODEL_LABEL, COMPONENT_LABEL, HASH_ANNOTATION, MANAGED_BY, ROUTER, WORKER
+from loraplex.api.trainer import STORE_CREDENTIAL_KEYS
 from loraplex.operator.pod_security import restricted, writable_home
 from loraplex.operator.pod_volumes import merge_claim_volumes
 from loraplex.operator.settings import OperatorSettings
@@ -235,16 +236,23 @@ def fetch_model_containers(
             "imagePullPolicy": PULL_POLICY,
             "args": ["agent", "fetch-model", "--uri", spec.model.uri, "--dest", MODEL_MOUNT],
             "volumeMounts": mounts,
-            **store_credentials(spec),
+            "env": store_credential_env(spec),
             "resources": settings.fetch_model_resources.manifest(),
         }
     ]
 
 
-def store_credentials(spec: BaseModelSpec) -> Manifest:
-    """The adapter store's credentials (AWS_* keys for S3) from the BaseModel's Secret, if it names one."""
+def store_credential_env(spec: BaseModelSpec) -> list[Manifest]:
+    """The adapter store's S3 keys (`STORE_CREDENTIAL_KEYS`) from the BaseModel's Secret, if it names
+    one, as environment variables: those keys only (a key the Secret lacks is left unset), never the
+    whole Secret."""
     ref = spec.adapter_store_secret_ref
-    return {"envFrom": [{"secretRef": {"name": ref.name}}]} if ref is not None else {}
+    if ref is None:
+        return []
+    return [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key, "optional": True}}}
+        for key in STORE_CREDENTIAL_KEYS
+    ]
 
 
 def service_account(ref: BaseModelRef, component: str) -> Manifest:
@@ -316,8 +324,8 @@ def worker_statefulset(
             _api_key_env(ref, spec, "LORAPLEX_VLLM_API_KEY"),
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            *store_credential_env(spec),
         ],
-        **store_credentials(spec),
         "ports": [{"name": "agent", "containerPort": AGENT_PORT}],
         **http_probes("/healthz", AGENT_PORT, AGENT_STARTUP_SECONDS),
         "resources": settings.agent_resources.manifest(),

@@ -56,7 +56,24 @@ def test_agent_follows_its_worker_placement_with_the_engine_slots_catalog_and_st
     assert args[args.index("--max-cpu-loras") + 1] == "24"
     assert args[args.index("--catalog-template") + 1] == "s3://adapters/users/{adapter}"
     assert {e["name"] for e in agent["env"]} >= {"POD_NAME", "POD_NAMESPACE", "LORAPLEX_VLLM_API_KEY"}
-    assert agent["envFrom"] == [{"secretRef": {"name": "store-keys"}}]
+    # Only the store keys it reads, each from the named Secret; never the whole Secret.
+    assert "envFrom" not in agent
+    store_keys = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in agent["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert {k: v["name"] for k, v in store_keys.items() if k.startswith("AWS_")} == {
+        key: "store-keys"
+        for key in (
+            "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_REGION",
+        )
+    }
+    assert all(store_keys[key]["optional"] for key in store_keys if key.startswith("AWS_"))
     pod = by_kind(manifests)["StatefulSet"]["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "llama-8b-worker"
     bindings = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "RoleBinding"}
@@ -138,6 +155,13 @@ def test_model_from_a_store_is_fetched_before_vllm_starts() -> None:
     init = pod["spec"]["template"]["spec"]["initContainers"][0]
     assert init["args"][:2] == ["agent", "fetch-model"]
     assert "s3://models/llama-8b/" in init["args"]
+    keyed = spec(model={"uri": "s3://models/llama-8b/"}, adapterStoreSecretRef={"name": "store-keys"})
+    init = by_kind(plan_fleet(REF, keyed, SETTINGS, 1))["StatefulSet"]["spec"]["template"]["spec"]
+    fetch = init["initContainers"][0]
+    assert "envFrom" not in fetch  # the store keys it reads, not the whole Secret
+    assert {e["valueFrom"]["secretKeyRef"]["key"] for e in fetch["env"]} == {
+        "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+    }  # fmt: skip
 
 
 def test_user_api_key_secret_replaces_the_generated_one() -> None:
