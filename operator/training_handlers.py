@@ -60,7 +60,14 @@ from loraplex.operator.training_logs import ProgressReader, kubernetes_reader
 from loraplex.operator.training_progress import with_progress
 from loraplex.operator.training_publish import AdapterPublisher
 from loraplex.operator.training_roots import parse_roots
-from loraplex.operator.training_status import JobView, Step, init_revision, output_conflict, output_refused
+from loraplex.operator.training_status import (
+    JobView,
+    Step,
+    init_revision,
+    output_conflict,
+    output_refused,
+    placed_trainer,
+)
 from loraplex.operator.training_tenancy import (
     Capacity,
     NewTrainer,
@@ -104,9 +111,7 @@ def _split(key: str) -> JobKey:
 
 def _trainer_of(step: Step) -> str | None:
     """The warm trainer a step places its job in, as a tenant in flight (Running)."""
-    if step.status.get("phase") != "Running":
-        return None
-    return (step.status.get("placement") or {}).get("trainer")
+    return placed_trainer(step.status) if step.status.get("phase") == "Running" else None
 
 
 def register(

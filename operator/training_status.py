@@ -292,8 +292,8 @@ def plan_training(
     )  # fmt: skip
 
 
-def _trainer(status: Mapping[str, Any]) -> str | None:
-    """The warm trainer a job is a tenant of, from its status."""
+def placed_trainer(status: Mapping[str, Any]) -> str | None:
+    """The warm trainer a job's status places it in (`status.placement.trainer`)."""
     return (status.get("placement") or {}).get("trainer")
 
 
@@ -302,7 +302,7 @@ def _in_flight(current: Mapping[str, Any], job: JobView | None, tenant: Mapping[
     trainer, that trainer while it has not reported the tenant finished."""
     if job is None or job.complete or job.failed:
         return False
-    if _trainer(current) is None:
+    if placed_trainer(current) is None:
         return True
     return (tenant or {}).get("phase") not in TERMINAL
 
@@ -352,7 +352,7 @@ def _plan_run(
             current["completionTime"] = None
             phase = None
 
-    trainer = _trainer(current)
+    trainer = placed_trainer(current)
     if job is not None and trainer is not None:
         return _follow_tenant(current, name, generation, spec, job, tenant, attempts, max_attempts, now)
     if job is not None:
