@@ -270,19 +270,25 @@ class Router:
         slot for a new adapter first, then (when no worker has a free seat) the shortest wait in its
         engine's queue, then the one whose load evicts the coldest GPU adapter, then the least
         loaded, then the earlier."""
-        workers = self.table.workers
-        queueing = self.table.free_seats > 0
+        table = self.table
+        workers = table.workers
+        queueing = table.free_seats > 0
         best = None
         best_key: tuple[bool, float, float, int, int] | None = None
         for rank, name in enumerate(candidates):
             state = workers.get(name)
             if state is None or not state.healthy or state.load >= cap or name in exclude:
                 continue
-            if queueing and state.queued:  # the request would wait there while another could start it
-                continue
-            # No seat free anywhere: the shorter wait first, then the colder victim.
-            wait = self.table.queue_seconds(state)
-            key = (state.slots_busy, wait, self._victim_heat(state, now), state.load, rank)
+            if queueing:
+                if state.queued:  # the request would wait there while another could start it
+                    continue
+                wait = 0.0
+            else:  # no seat free anywhere: the shorter wait first, then the colder victim
+                wait = table.queue_seconds(state)
+            busy = state.slots_busy
+            if best_key is not None and (busy, wait) > best_key[:2]:
+                continue  # loses before its victim's heat counts (the costlier part of the key)
+            key = (busy, wait, self._victim_heat(state, now), state.load, rank)
             if best_key is None or key < best_key:
                 best, best_key = name, key
         return best

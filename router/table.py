@@ -37,6 +37,7 @@ class WorkerState:
     healthy: bool = True
     inflight: int = 0
     reported: int = 0
+    load: int = 0  # max(inflight, reported): set with them (`WorkerTable._set_load`), read on every decision
     gpu_slots: int = 0
     cpu_slots: int = 0
     holds: dict[str, Tier] = field(default_factory=dict)
@@ -49,10 +50,6 @@ class WorkerState:
     def slots_busy(self) -> bool:
         """Requests of `gpu_slots` distinct adapters are in flight: one more adapter would wait."""
         return 0 < self.gpu_slots <= len(self.active)
-
-    @property
-    def load(self) -> int:
-        return max(self.inflight, self.reported)
 
     @property
     def queued(self) -> bool:
@@ -134,7 +131,7 @@ class WorkerTable:
 
     def _set_load(self, state: WorkerState, inflight: int, reported: int) -> None:
         before, seats = state.load, state.seats
-        state.inflight, state.reported = inflight, reported
+        state.inflight, state.reported, state.load = inflight, reported, max(inflight, reported)
         if state.healthy:
             self.total_load += state.load - before
             self.free_seats += state.seats - seats
