@@ -157,23 +157,40 @@ _ENTRY_MODELS: dict[str, type[ApiModel]] = {
     "failures": AdapterFailure,
     "conditions": Condition,
 }
+_ENTRY_KEYS = {
+    key: frozenset(field.alias or name for name, field in model.model_fields.items())
+    for key, model in _ENTRY_MODELS.items()
+}
 
 
 def read_status(raw: Mapping[str, Any] | None) -> WorkerPlacementStatus:
     """A WorkerPlacement status (or an agent's residency report) as its readers take it.
 
-    Keys it does not know are ignored (the agent's report carries `worker` and `engineReady`
-    besides). Tolerant like the readers before it: a missing field takes its default, and where
-    the whole does not validate, each entry of a list that does not, and each other field that
-    does not, is left out rather than failing the status.
+    Keys it does not know are ignored, at the top (the agent's report carries `worker` and
+    `engineReady` besides) and in each entry of its lists (a field a newer agent adds, as
+    `engineName` was, must not make an older router drop the copy during a rolling upgrade).
+    Tolerant like the readers before it: a missing field takes its default, and where the whole
+    does not validate, each entry of a list that does not, and each other field that does not, is
+    left out rather than failing the status.
     """
     if not raw:
         return WorkerPlacementStatus()
-    known = {key: value for key, value in raw.items() if key in _STATUS_KEYS}
+    known = {key: _known_entries(key, value) for key, value in raw.items() if key in _STATUS_KEYS}
     try:
         return WorkerPlacementStatus.model_validate(known)
     except ValidationError:
         return WorkerPlacementStatus.model_validate(_salvage(known))
+
+
+def _known_entries(key: str, value: Any) -> Any:
+    """A list field's entries with only the keys their model knows (other values as they are)."""
+    keys = _ENTRY_KEYS.get(key)
+    if keys is None or not isinstance(value, list):
+        return value
+    return [
+        {k: v for k, v in entry.items() if k in keys} if isinstance(entry, Mapping) else entry
+        for entry in value
+    ]
 
 
 def _salvage(known: Mapping[str, Any]) -> dict[str, Any]:

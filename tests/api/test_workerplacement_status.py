@@ -98,6 +98,20 @@ def test_a_reader_is_tolerant_of_what_it_does_not_know_and_of_what_is_missing() 
     assert (status.gpu_slots, status.cpu_slots, status.failures) == (None, 8, [])
 
 
+def test_an_entry_with_a_field_a_newer_agent_adds_is_kept_without_it() -> None:
+    newer = {
+        "adapters": [
+            {"name": "sql-gen", "tier": "GPU", "sha256": "ab" * 32, "warmth": 0.9},  # a field to come
+            {"name": "chat", "tier": "CPU"},
+        ],
+        "failures": [{"name": "bad", "reason": "DigestMismatch", "message": "m", "retryAfter": 5}],
+    }
+    status = read_status(newer)
+    assert [(a.name, a.tier) for a in status.adapters] == [("sql-gen", Tier.GPU), ("chat", Tier.CPU)]
+    assert status.adapters[0].sha256 == "ab" * 32
+    assert [f.name for f in status.failures] == ["bad"]
+
+
 def test_the_tiers_are_one_enum_in_speed_order() -> None:
     assert [tier.value for tier in TIERS] == ["GPU", "CPU", "Disk"]
     assert [rank.tier for rank in TierRank] == list(Tier)
