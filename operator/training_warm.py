@@ -43,6 +43,7 @@ from loraplex.operator.training_workload import (
     CONFIG_DIR,
     CONFIG_FILE,
     GRACE_PERIOD_SECONDS,
+    TRAINER_SCRATCH,
     Store,
     TrainerPod,
     TrainingJobRef,
@@ -128,6 +129,7 @@ def warm_config_map(
         "baseModel": model_path,
         "checkpointUri": f"{store.local_root}/checkpoints/{group.namespace}/warm/{name}",
         "tenantsFile": f"{CONFIG_DIR}/{TENANTS_FILE}",
+        "scratchDir": TRAINER_SCRATCH,
         "idleSeconds": settings.training_idle_seconds,
         "gracePeriodSeconds": GRACE_PERIOD_SECONDS,
     }

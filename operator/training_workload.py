@@ -67,6 +67,7 @@ DATA_MOUNT = "/data"
 TERMINATION_LOG = "/dev/termination-log"
 STORE_CREDENTIALS_DIR = "/var/run/loraplex/store"  # the store Secret's S3 keys, one file each
 TRAINER_HOME = "/home/trainer"  # HOME and caches (Hugging Face, Triton) of the trainer, as uid 65532
+TRAINER_SCRATCH = f"{TRAINER_HOME}/scratch"  # s3:// stores' mirror and s3/https datasets' copies
 GRACE_PERIOD_SECONDS = 25  # the trainer's own deadline for its final checkpoint after SIGTERM
 POD_GRACE_PERIOD_SECONDS = 45  # above the trainer's, so its final checkpoint is not cut short
 
@@ -192,6 +193,7 @@ def trainer_config(
                 **({"initRevision": init_revision} if init_revision else {}),
             }
         ],
+        "scratchDir": TRAINER_SCRATCH,
         "gracePeriodSeconds": GRACE_PERIOD_SECONDS,
         "resultPath": TERMINATION_LOG,
     }

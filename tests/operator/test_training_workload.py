@@ -74,6 +74,7 @@ def test_the_config_is_one_the_trainer_accepts() -> None:
     assert parsed.base_model == "/models/llama-8b"
     assert parsed.checkpoint_uri == "file:///store/loraplex/checkpoints/team/uid-1/g3"
     assert parsed.result_path == "/dev/termination-log"
+    assert parsed.scratch_dir == "/home/trainer/scratch"  # in the pod's writable HOME (an emptyDir)
     (adapter,) = parsed.adapters
     assert adapter.name == "sql-tune"
     assert adapter.dataset.uri == "file:///data/sql/train.jsonl"

@@ -42,14 +42,19 @@ class _Transient(Exception):
     """An error worth another try (no answer, 5xx, 429)."""
 
 
+def is_remote(dataset: Dataset) -> bool:
+    """Whether the trainer copies `dataset` before reading it (s3:// or https://)."""
+    return urlsplit(dataset.uri).scheme in ("s3", "https")
+
+
 def fetch_dataset(
     dataset: Dataset, scratch: Path, s3_client: Callable[[], Any], sleep: Callable[[float], None] = time.sleep
 ) -> Dataset:
     """`dataset` with a local `file://` URI: itself when already local, else a copy under `scratch`
     (emptied first). TrainingFailure("DatasetNotFound") when it cannot be copied."""
-    scheme = urlsplit(dataset.uri).scheme
-    if scheme not in ("s3", "https"):
+    if not is_remote(dataset):
         return dataset
+    scheme = urlsplit(dataset.uri).scheme
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     copy = _retried(

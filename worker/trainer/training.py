@@ -36,7 +36,7 @@ from loraplex.worker.trainer.failures import Reason, TrainingFailure
 from loraplex.worker.trainer.multi_lora import AdapterWeights, MultiLoraModel
 from loraplex.worker.trainer.progress import Event, JsonLines, ProgressSink
 from loraplex.worker.trainer.publish import PEFT_PREFIX, publish
-from loraplex.worker.trainer.remote_data import fetch_dataset
+from loraplex.worker.trainer.remote_data import fetch_dataset, is_remote
 from loraplex.worker.trainer.store import Store, open_store
 
 RESULT = "result.json"
@@ -312,9 +312,10 @@ class Trainer:
     def _prepared(self, job: AdapterJob) -> Prepared | None:
         """The adapter with its data loaded; None (and the adapter failed) when the data is unusable."""
         assert self.tokenizer is not None
-        copies = self._scratch_root() / "datasets" / job.name  # an s3:// or https:// dataset's copy
+        # An s3:// or https:// dataset is copied here first, and the copy deleted once read.
+        copies = self._scratch_root() / "datasets" / job.name if is_remote(job.dataset) else None
         try:
-            dataset = fetch_dataset(job.dataset, copies, self._s3_client)
+            dataset = fetch_dataset(job.dataset, copies, self._s3_client) if copies else job.dataset
             data = load_dataset(dataset, self.tokenizer, job.training.max_sequence_length, job.dataset_root)
         except ConfigError as error:
             self._fail(job.name, TrainingFailure("ConfigInvalid", str(error)))
@@ -323,7 +324,8 @@ class Trainer:
             self._fail(job.name, failure)
             return None
         finally:
-            shutil.rmtree(copies, ignore_errors=True)  # tokenised into memory: the copy is not read again
+            if copies is not None:  # tokenised into memory: the copy is not read again
+                shutil.rmtree(copies, ignore_errors=True)
         folder = self.checkpoint_stores[job.name].root / job.name
         return Prepared(
             job, data, folder, fingerprint(job, data, self.base_config), job.total_steps(len(data.examples))
