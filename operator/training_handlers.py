@@ -11,9 +11,11 @@ running trainer's log (`training_logs`: its progress, at most every
 TrainingJob status, trainer pods hold no token), asks `training_jobs`
 for each job and its step (`training_status` decides the step), asks
 `training_admission` which queued jobs start on which node (over the GPU
-picture `training_capacity` draws), then applies: the attempt's ConfigMap and
-Job, the output LoRAAdapter on success (`training_publish`), the status (only
-when it changed) and Events. The statuses it just wrote are kept for a few
+picture `training_capacity` draws; shared jobs join warm trainers as
+`training_tenancy` plans), then applies: the attempt's ConfigMap and Job (a
+warm trainer's tenants file and Job: `training_warm_writes`), the output
+LoRAAdapter on success (`training_publish`), the status (only when it
+changed) and Events. The statuses it just wrote are kept for a few
 seconds (`training_throttle`) so the next pass never admits a job twice while
 the watch catches up.
 """
@@ -30,31 +32,25 @@ from typing import Any, cast
 
 import kopf
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-from pydantic import ValidationError
 
 from loraplex.api import GROUP, TRAINING_JOBS, VERSION
-from loraplex.api.basemodel import BaseModelSpec
-from loraplex.api.labels import HASH_ANNOTATION, TENANTS_ANNOTATION
 from loraplex.operator import metrics
 from loraplex.operator.apply import Applier
 from loraplex.operator.fleet_scale import FleetTargets
 from loraplex.operator.fleet_status import status_changed
 from loraplex.operator.indexes import Indexes
 from loraplex.operator.settings import OperatorSettings
-from loraplex.operator.training_admission import Cluster, Node, QueuedJob, plan_admission
+from loraplex.operator.training_admission import Cluster, Node, plan_admission
 from loraplex.operator.training_capacity import cluster, serving_demands
 from loraplex.operator.training_jobs import (
     JobKey,
     TrainingJobView,
     admission_queue,
     attempt_view,
-    created,
     parse_job,
     plan_job,
     trainer_usage,
     unfinished,
-    waiting_for_capacity,
 )
 from loraplex.operator.training_logs import ProgressReader, kubernetes_reader
 from loraplex.operator.training_progress import with_progress
@@ -66,29 +62,20 @@ from loraplex.operator.training_status import (
     init_revision,
     output_conflict,
     output_refused,
-    placed_trainer,
 )
 from loraplex.operator.training_tenancy import (
-    Capacity,
     NewTrainer,
-    RunningTrainer,
     TrainerGroup,
-    WaitingTenant,
     plan_tenancy,
 )
 from loraplex.operator.training_throttle import PassThrottle, RecentStatuses
 from loraplex.operator.training_warm import (
     WarmTrainerView,
     current_tenant_state,
-    running_trainers,
-    tenant_entry,
-    trainer_group,
-    warm_config_map,
     warm_gpus,
-    warm_trainer_job,
     warm_trainer_name,
-    warm_trainer_views,
 )
+from loraplex.operator.training_warm_writes import WarmTrainers, tenant_trainer
 from loraplex.operator.training_workload import (
     Store,
     TrainingJobRef,
@@ -101,17 +88,11 @@ log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_SECONDS = 5.0  # the least time between two reads of one trainer pod's log
 WARM_QUEUE_PREFIX = "warm-trainer:"  # admission keys of new warm trainers (job keys hold one "/")
-RECENT_TRAINER_SECONDS = 30.0
 
 
 def _split(key: str) -> JobKey:
     namespace, name = key.split("/", 1)
     return namespace, name
-
-
-def _trainer_of(step: Step) -> str | None:
-    """The warm trainer a step places its job in, as a tenant in flight (Running)."""
-    return placed_trainer(step.status) if step.status.get("phase") == "Running" else None
 
 
 def register(
@@ -178,10 +159,7 @@ class TrainingLoop:
         self.lock = threading.Lock()
         self.throttle = PassThrottle(settings.training_interval_seconds)
         self.recent = RecentStatuses()
-        self.capacity = Capacity(settings.training_max_tenants, settings.training_max_rank_sum)
-        self.empty_since: dict[tuple[str, str], float] = {}  # warm trainer -> since when it has no tenant
-        self.recent_trainers: dict[tuple[str, str], float] = {}  # warm trainer -> until when its new Job
-        # may still be missing from the index (so it is not created again meanwhile)
+        self.warm = WarmTrainers(settings, applier, self.store, core)
 
     def run(self, indexes: Indexes, logger: kopf.Logger, force: bool = False) -> None:
         with self.lock:
@@ -198,18 +176,18 @@ class TrainingLoop:
         jobs = list(self._jobs(indexes, clock))
         by_key = dict(jobs)
         steps = {key: self._plan(job, None, now) for key, job in jobs}
-        warm = self._warm_trainers(indexes, jobs, steps)
+        warm = self.warm.views(indexes, jobs, steps)
         queue = admission_queue((job, steps[key]) for key, job in jobs if not job.shared)
         tenancy = plan_tenancy(
-            self._running_trainers(warm, jobs, steps, clock),
-            [waiting for key, job in jobs if (waiting := self._waiting_tenant(job, steps[key])) is not None],
-            self.capacity,
+            self.warm.running(warm, jobs, steps, clock),
+            [waiting for key, job in jobs if (waiting := self.warm.waiting(job, steps[key])) is not None],
+            self.warm.capacity,
         )
         for job_key, trainer in tenancy.joins.items():
             key = _split(job_key)
             steps[key] = self._plan(by_key[key], warm[(key[0], trainer)].node, now, trainer)
         new = {f"{WARM_QUEUE_PREFIX}{i}": trainer for i, trainer in enumerate(tenancy.new)}
-        queue += [q for key, trainer in new.items() if (q := self._trainer_request(key, trainer, indexes))]
+        queue += [q for key, trainer in new.items() if (q := self.warm.request(key, trainer, indexes))]
         plan = plan_admission(self._cluster(indexes, jobs, steps, warm), queue)
         for queued_key, node in plan.admitted.items():
             if queued_key in new:
@@ -224,30 +202,11 @@ class TrainingLoop:
             phase = steps[key].status.get("phase")
             if phase in phases:
                 phases[phase] += 1
-        self._write_trainers(indexes, warm, [(job, steps[key]) for key, job in jobs], clock, logger)
+        self.warm.write(indexes, warm, [(job, steps[key]) for key, job in jobs], clock, logger)
         if self.progress is not None:
             self.progress.forget_all_but(running)
         for phase, count in phases.items():
             metrics.TRAINING_JOBS.labels(phase).set(count)
-
-    def _warm_trainers(
-        self, indexes: Indexes, jobs: list[tuple[JobKey, TrainingJobView]], steps: dict[JobKey, Step]
-    ) -> dict[tuple[str, str], WarmTrainerView]:
-        """Every warm trainer: those the index shows, with their pods, and those only their tenants'
-        statuses name (just created, so not indexed yet, or gone while their tenants were away:
-        `_write_trainers` makes their Job)."""
-        warm = warm_trainer_views(
-            (namespace, replace(job, pods=tuple(indexes.attempt_pods(namespace, job.name))))
-            for namespace, job in indexes.warm_trainers()
-        )
-        for key, job in jobs:
-            trainer = _trainer_of(steps[key])
-            if trainer is None or (key[0], trainer) in warm:
-                continue
-            group = trainer_group(key[0], job.spec, self.settings.training_dataset_roots)
-            node = (steps[key].status.get("placement") or {}).get("node")
-            warm[(key[0], trainer)] = WarmTrainerView(key[0], trainer, group, node)
-        return warm
 
     def _jobs(self, indexes: Indexes, clock: float) -> Iterable[tuple[JobKey, TrainingJobView]]:
         for key in indexes.training_job_keys():
@@ -272,54 +231,6 @@ class TrainingLoop:
         ref = replace(job.ref, generation=generation, run=int(job.status.get("run") or 0))
         return current_tenant_state(state, ref, self.store)
 
-    def _running_trainers(
-        self,
-        warm: dict[tuple[str, str], WarmTrainerView],
-        jobs: list[tuple[JobKey, TrainingJobView]],
-        steps: dict[JobKey, Step],
-        clock: float,
-    ) -> list[RunningTrainer]:
-        """The warm trainers jobs may join, with the ranks of the tenants each holds now."""
-        tenants: dict[tuple[str, str], list[int]] = {key: [] for key in warm}
-        for key, job in jobs:
-            trainer = _trainer_of(steps[key])
-            if trainer is not None and (key[0], trainer) in tenants:
-                tenants[(key[0], trainer)].append(job.spec.lora.rank)
-        for held, ranks in tenants.items():
-            if ranks:
-                self.empty_since.pop(held, None)
-            else:
-                self.empty_since.setdefault(held, clock)
-        for gone in set(self.empty_since) - set(warm):
-            del self.empty_since[gone]
-        empty_for = {key: clock - since for key, since in self.empty_since.items()}
-        return running_trainers(warm, tenants, empty_for, self.settings.training_idle_seconds)
-
-    def _waiting_tenant(self, job: TrainingJobView, step: Step) -> WaitingTenant | None:
-        if not job.shared or job.base is None or not waiting_for_capacity(step):
-            return None
-        return WaitingTenant(
-            f"{job.ref.namespace}/{job.ref.name}",
-            trainer_group(job.ref.namespace, job.spec, self.settings.training_dataset_roots),
-            job.spec.lora.rank,
-            job.spec.priority,
-            created(job.body),
-        )
-
-    def _trainer_request(self, key: str, trainer: NewTrainer, indexes: Indexes) -> QueuedJob | None:
-        """A new warm trainer as admission queues it: its GPUs, at its first tenant's rank."""
-        base = self._base(indexes, trainer.group)
-        if base is None:
-            return None
-        return QueuedJob(
-            key=key,
-            priority=trainer.priority,
-            created=trainer.created,
-            resource=base[1].resources.gpu_resource_name,
-            gpus=trainer.group.gpus,
-            node_selector=dict(base[1].node_selector),
-        )
-
     def _start_trainer(
         self,
         trainer: NewTrainer,
@@ -329,7 +240,7 @@ class TrainingLoop:
         warm: dict[tuple[str, str], WarmTrainerView],
         now: datetime,
     ) -> None:
-        """Place a new trainer's tenants in it; `_write_trainers` makes its Job."""
+        """Place a new trainer's tenants in it; `WarmTrainers.write` makes its Job."""
         first = by_key[_split(trainer.tenants[0])]
         attempts = int(first.status.get("attempts") or 0)
         name = warm_trainer_name(trainer.group.base_model, first.ref.uid, attempts)
@@ -343,86 +254,6 @@ class TrainingLoop:
         for tenant in trainer.tenants:
             key = _split(tenant)
             steps[key] = self._plan(by_key[key], node, now, name)
-
-    def _base(self, indexes: Indexes, group: TrainerGroup) -> tuple[str, BaseModelSpec] | None:
-        """(uid, spec) of a trainer group's BaseModel; None when it is gone or invalid."""
-        for uid, spec in indexes.base_model_entries((group.namespace, group.base_model)):
-            try:
-                return uid, BaseModelSpec.model_validate(spec)
-            except ValidationError:
-                return None
-        return None
-
-    def _write_trainers(
-        self,
-        indexes: Indexes,
-        warm: dict[tuple[str, str], WarmTrainerView],
-        jobs: list[tuple[TrainingJobView, Step]],
-        clock: float,
-        logger: kopf.Logger,
-    ) -> None:
-        """Every warm trainer's tenants file from its tenants' statuses, and the Job of each trainer
-        a tenant is placed in that has none (just admitted, or gone while its tenants were away)."""
-        tenants: dict[tuple[str, str], list[tuple[TrainingJobView, Step]]] = {}
-        for job, step in jobs:
-            trainer = _trainer_of(step)
-            if trainer is not None:
-                tenants.setdefault((job.ref.namespace, trainer), []).append((job, step))
-        metrics.WARM_TRAINERS.set(sum(1 for view in warm.values() if not view.finished))
-        metrics.WARM_TENANTS.set(sum(len(members) for members in tenants.values()))
-        for key, view in sorted(warm.items()):
-            members = tenants.get(key, [])
-            if view.finished or (view.job is None and not members):
-                continue
-            base = self._base(indexes, view.group)
-            if base is None:
-                continue
-            entries = [self._tenant_entry(job, step, base[1]) for job, step in members]
-            config = warm_config_map(key[1], view.group, base[0], base[1], self.settings, entries)
-            if self.applier.apply(config) and view.job is not None:
-                self._nudge(key[0], view.job, config["metadata"]["annotations"][HASH_ANNOTATION])
-            if view.job is None and view.node is not None and self.recent_trainers.get(key, 0.0) < clock:
-                job_manifest = warm_trainer_job(
-                    key[1], view.group, base[0], base[1], self.settings, view.node
-                )
-                if self.applier.create_if_missing(job_manifest):
-                    metrics.TRAINING_ADMISSIONS.inc()
-                    logger.info(
-                        f"Started warm trainer {key[0]}/{key[1]} on node {view.node} "
-                        f"tenants={','.join(sorted(job.ref.name for job, _ in members))}"
-                    )
-                self.recent_trainers[key] = clock + RECENT_TRAINER_SECONDS
-        for key in [k for k, until in self.recent_trainers.items() if until < clock]:
-            del self.recent_trainers[key]
-
-    def _nudge(self, namespace: str, trainer: JobView, tenants_hash: str) -> None:
-        """Annotate the warm trainer's running pod with its new tenants file's hash: the pod update
-        makes the kubelet sync the pod at once, and with it the mounted ConfigMap, rather than on its
-        next periodic sync (a minute by default). Best effort: that periodic sync comes anyway."""
-        if self.core is None:
-            return
-        for pod in trainer.pods:
-            if pod.phase not in ("Pending", "Running") or pod.deleting:
-                continue
-            patch = {"metadata": {"annotations": {TENANTS_ANNOTATION: tenants_hash}}}
-            try:
-                self.core.patch_namespaced_pod(pod.name, namespace, patch)
-                metrics.API_WRITES.labels("Pod", "patch").inc()
-            except ApiException as error:
-                log.warning("Could not annotate warm trainer pod %s: %s", pod.name, error.reason)
-
-    def _tenant_entry(self, job: TrainingJobView, step: Step, base: BaseModelSpec) -> dict[str, Any]:
-        generation = int(step.status.get("observedGeneration") or job.ref.generation)
-        run = int(step.status.get("run") or 0)
-        ref = TrainingJobRef(job.ref.name, job.ref.namespace, job.ref.uid, generation, run)
-        return tenant_entry(
-            ref,
-            job.spec,
-            base,
-            self.store,
-            self.settings.training_dataset_roots,
-            step.status.get("initRevision"),
-        )
 
     def _with_progress(self, job: TrainingJobView, step: Step, running: list[tuple[str, str]]) -> Step:
         """`step` with the progress its running trainer pod's log shows (added to `running`)."""
@@ -456,7 +287,7 @@ class TrainingLoop:
         trainers = trainer_usage((job, steps[key]) for key, job in jobs)
 
         def resource(group: TrainerGroup) -> str | None:
-            base = self._base(indexes, group)
+            base = self.warm.base(indexes, group)
             return base[1].resources.gpu_resource_name if base else None
 
         for node_name, gpus in warm_gpus(warm.values(), resource).items():
@@ -471,7 +302,7 @@ class TrainingLoop:
         revision fails the job, before an attempt starts or when it would publish)."""
         ref, namespace, name = job.ref, job.ref.namespace, job.ref.name
         init: str | None = None
-        joined = _trainer_of(step) is not None and _trainer_of(step) != job.trainer
+        joined = tenant_trainer(step) is not None and tenant_trainer(step) != job.trainer
         if step.create_attempt is not None or joined:
             live = self.publisher.output_adapter(namespace, job.spec)
             root = self.store.public(output_uri(ref, job.spec, self.store))
