@@ -4,8 +4,9 @@ The operator admits such a dataset only under a root the admin declared
 (`training.datasetRoots`, checked before any pod runs); here the trainer copies
 exactly what the URI names, and nothing else:
 
-- `s3://bucket/key`: the object `key`, or else every object under `key/` (a
-  folder of files, read as one dataset), with the BaseModel's store credentials
+- `s3://bucket/key`: the object `key`, or else every object directly under
+  `key/` (a folder of files, read as one dataset; as with a local folder, not
+  its subfolders), with the BaseModel's store credentials
   (`adapterStoreSecretRef`: AWS_ENDPOINT_URL, keys, region), the ones its pods
   fetch adapters with;
 - `https://host/path`: that one file, without credentials, and without
@@ -29,7 +30,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from loraplex.api.trainingjob import Dataset
-from loraplex.worker.s3 import download_prefix
+from loraplex.worker.s3 import inside
 from loraplex.worker.trainer.failures import TrainingFailure
 
 ATTEMPTS = 3
@@ -100,13 +101,23 @@ def _from_s3(uri: str, scratch: Path, client: Any) -> Path:
             client.fget_object(bucket, key, str(target))
             return target
         folder = scratch / "dataset"
-        if not download_prefix(client, bucket, key, folder):
-            raise TrainingFailure("DatasetNotFound", f"no object {uri} and none under {uri.rstrip('/')}/")
+        prefix = key.rstrip("/") + "/"
+        files = [  # as a local folder is read: its files, not its subfolders
+            item.object_name
+            for item in client.list_objects(bucket, prefix=prefix, recursive=False)
+            if not item.object_name.endswith("/")
+        ]
+        if not files:
+            raise TrainingFailure("DatasetNotFound", f"no object {uri} and none under {prefix.rstrip('/')}/")
+        for name in files:
+            client.fget_object(bucket, name, str(inside(folder, name[len(prefix) :])))
         return folder
     except S3Error as error:
         if error.code in ("SlowDown", "InternalError", "ServiceUnavailable"):
             raise _Transient(f"{error.code}: {error.message}") from error
         raise TrainingFailure("DatasetNotFound", f"{uri}: {error.code}: {error.message}") from error
+    except ValueError as error:  # a key that would land outside the copy's folder (`inside`)
+        raise TrainingFailure("DatasetInvalid", f"{uri}: {error}") from error
     except (HTTPError, OSError) as error:
         raise _Transient(str(error) or type(error).__name__) from error
 
