@@ -36,6 +36,7 @@ from loraplex.worker.trainer.failures import TrainingFailure
 ATTEMPTS = 3
 BACKOFF_SECONDS = 1.0
 HTTP_TIMEOUT_SECONDS = 60.0
+REMOTE_SCHEMES = ("s3", "https")
 T = TypeVar("T")
 
 
@@ -45,7 +46,7 @@ class _Transient(Exception):
 
 def is_remote(dataset: Dataset) -> bool:
     """Whether the trainer copies `dataset` before reading it (s3:// or https://)."""
-    return urlsplit(dataset.uri).scheme in ("s3", "https")
+    return urlsplit(dataset.uri).scheme in REMOTE_SCHEMES
 
 
 def fetch_dataset(
@@ -53,9 +54,9 @@ def fetch_dataset(
 ) -> Dataset:
     """`dataset` with a local `file://` URI: itself when already local, else a copy under `scratch`
     (emptied first). TrainingFailure("DatasetNotFound") when it cannot be copied."""
-    if not is_remote(dataset):
-        return dataset
     scheme = urlsplit(dataset.uri).scheme
+    if scheme not in REMOTE_SCHEMES:
+        return dataset
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     copy = _retried(
@@ -91,11 +92,9 @@ def _from_s3(uri: str, scratch: Path, client: Any) -> Path:
     parts = urlsplit(uri)
     bucket, key = parts.netloc, unquote(parts.path).strip("/")
     try:
-        names = {
-            item.object_name
-            for item in client.list_objects(bucket, prefix=key, recursive=True)
-            if not item.object_name.endswith("/")
-        }
+        # One level under the key (the key itself, siblings sharing it, `key/` as one prefix), not
+        # every object of a folder dataset, to tell an object from a folder.
+        names = {item.object_name for item in client.list_objects(bucket, prefix=key, recursive=False)}
         if key in names:
             target = scratch / (Path(key).name or "dataset")
             client.fget_object(bucket, key, str(target))
