@@ -78,10 +78,13 @@ def test_an_https_file_is_copied_and_a_404_is_dataset_not_found(
     (https_files.root / "train.jsonl").write_text('{"text": "hello"}\n')
     copy = fetched(f"{https_files.url}/train.jsonl", tmp_path / "copy")
     assert copy.read_text() == '{"text": "hello"}\n'
+    slept: list[float] = []
+    missing = Dataset(uri=f"{https_files.url}/missing.jsonl")
     with pytest.raises(TrainingFailure) as failure:
-        fetched(f"{https_files.url}/missing.jsonl", tmp_path / "copy")
+        fetch_dataset(missing, tmp_path / "copy", s3_client_from_env, slept.append)
     assert failure.value.reason == "DatasetNotFound"
     assert "404" in failure.value.message
+    assert slept == []  # a 404 is an answer: not tried again
 
 
 def test_an_endpoint_that_does_not_answer_is_tried_again_then_fails_the_adapter(tmp_path: Path) -> None:
