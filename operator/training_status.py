@@ -40,7 +40,7 @@ from typing import Any, Literal, ParamSpec
 
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.api.conditions import ConditionUpdate, merge_conditions, timestamp
-from loraplex.api.trainer import EXIT_CONFIG, EXIT_FAILED, EXIT_PREEMPTED
+from loraplex.api.trainer import EXIT_CONFIG, EXIT_FAILED, EXIT_PREEMPTED, TENANT_PREPARING, TENANT_RUNNING
 from loraplex.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 from loraplex.api.wire import as_wire
 from loraplex.operator.training_progress import final_progress
@@ -505,13 +505,24 @@ def _follow_tenant(
         for key, value in (("node", node), ("pod", pod.name if pod else None), ("trainer", trainer.name))
         if value
     }
-    if pod is not None and pod.phase == "Running" and state.get("phase") == "Running":
+    if pod is not None and pod.phase == "Running" and state.get("phase") == TENANT_RUNNING:
         if not running.get("startTime"):
             running["startTime"] = timestamp(now)
         message = f"training in warm trainer {trainer.name} (pod {pod.name}) on node {node}"
         running["conditions"] = merge_conditions(
             current.get("conditions", []),
             _conditions("False", "Training", message, "Running"),
+            generation,
+            now,
+        )
+    elif pod is not None and pod.phase == "Running" and state.get("phase") == TENANT_PREPARING:
+        message = (
+            f"warm trainer {trainer.name} (pod {pod.name}) on node {node} is opening its checkpoint "
+            "and dataset (a remote dataset is copied and tokenised first); the other tenants train meanwhile"
+        )
+        running["conditions"] = merge_conditions(
+            current.get("conditions", []),
+            _conditions("False", "Starting", message, "Running"),
             generation,
             now,
         )

@@ -14,6 +14,11 @@ EXIT_CONFIG = 2  # the config file is missing or invalid: nothing ran
 EXIT_FAILED = 3  # at least one adapter failed for good (its `failed` event names the reason)
 EXIT_PREEMPTED = 75  # stopped on request after checkpointing (EX_TEMPFAIL): run the same config to resume
 
+# A warm trainer's `tenants` report: the phase of a tenant still in flight (a finished one's is its
+# result's: Succeeded, Failed, Preempted). Preparing: its checkpoint and dataset are being read.
+TENANT_PREPARING = "Preparing"
+TENANT_RUNNING = "Running"
+
 # The adapter store's S3 credentials, as a trainer pod gets them: each key of the BaseModel's store
 # Secret that the trainer needs, as a file named after it, in the folder this variable names (a
 # Secret volume with `items`, never the whole Secret as environment variables).

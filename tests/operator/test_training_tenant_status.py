@@ -68,6 +68,17 @@ def test_a_tenant_trains_in_its_warm_trainer() -> None:
     assert "tiny-warm-1" in ready(step)["message"]
 
 
+def test_a_tenant_whose_data_the_trainer_is_still_reading_says_so() -> None:
+    status = joined()
+    step = plan(status, trainer(), {"name": "tj", "phase": "Preparing"})
+    assert step.status["phase"] == "Running"
+    assert ready(step)["reason"] == "Starting"
+    assert "tiny-warm-1" in ready(step)["message"]
+    assert "dataset" in ready(step)["message"]
+    training = plan(step.status, trainer(), {"name": "tj", "phase": "Running", "step": 1, "totalSteps": 10})
+    assert ready(training)["reason"] == "Training"
+
+
 def test_a_published_tenant_succeeds_while_its_trainer_goes_on_and_leaves_it() -> None:
     status = joined()
     uri = f"file:///store/adapters/ns/sql/{DIGEST}"

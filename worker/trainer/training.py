@@ -18,6 +18,7 @@ import json
 import math
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -183,6 +184,7 @@ class Trainer:
         self.base_config = b""
         self.outputs: dict[str, Store] = {}  # adapter name -> the store its outputUri names
         self._s3: Any = None  # made on first use by an s3:// store or dataset
+        self._s3_lock = threading.Lock()  # a warm trainer opens joining tenants on another thread
         self._scratch: Path | None = None
 
     def _open_store(self, uri: str, field: str, *scratch: str) -> Store:
@@ -198,9 +200,10 @@ class Trainer:
         return self._scratch
 
     def _s3_client(self) -> Any:
-        if self._s3 is None:
-            self._s3 = s3_client_from_env()
-        return self._s3
+        with self._s3_lock:
+            if self._s3 is None:
+                self._s3 = s3_client_from_env()
+            return self._s3
 
     # -- set-up -----------------------------------------------------------------------------
 

@@ -7,9 +7,11 @@ into a ConfigMap that the pod mounts, and the trainer reads it at most every
 `pollSeconds`, between steps. What `plan_tenancy` finds changed is carried out
 before the next step:
 
-- a new tenant joins: its stores and data are opened, its weights made (or
-  restored from its checkpoint, or its `initRevision`) and it is in the next
-  combined step; the others never wait for more than that;
+- a new tenant joins: its stores and data are opened (its checkpoint pulled,
+  a remote dataset copied and tokenised) in a background thread while the
+  others go on stepping, reported as `Preparing`; once that is done its
+  weights are made (or restored from its checkpoint, or its `initRevision`)
+  between two steps and it is in the next combined step;
 - a tenant no longer listed (its job finished elsewhere, was deleted or moved)
   leaves at once: a checkpoint if it stepped since its last one, a `left`
   event, its weights and optimizer state dropped;
@@ -26,18 +28,26 @@ every tenant in flight and exits 75 (main.py); with no tenant in flight for
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from loraplex.api.trainer import EXIT_FAILED, EXIT_PREEMPTED, EXIT_SUCCEEDED
+from loraplex.api.trainer import (
+    EXIT_FAILED,
+    EXIT_PREEMPTED,
+    EXIT_SUCCEEDED,
+    TENANT_PREPARING,
+    TENANT_RUNNING,
+)
 from loraplex.worker.trainer import checkpoint
 from loraplex.worker.trainer.config import AdapterJob, ConfigError, Tenants, TrainerConfig
 from loraplex.worker.trainer.progress import Event, ProgressSink
-from loraplex.worker.trainer.training import AdapterRun, StopFlag, Trainer
+from loraplex.worker.trainer.training import AdapterRun, Prepared, StopFlag, Trainer
 
 REPORT_EVERY_SECONDS = 30.0  # a `tenants` report at least this often, so one is always in the log's tail
 
@@ -58,6 +68,46 @@ def plan_tenancy(desired: Mapping[str, AdapterJob], admitted: Mapping[str, Adapt
     leave = sorted(name for name, job in admitted.items() if desired.get(name) != job)
     join = [job for name, job in sorted(desired.items()) if admitted.get(name) != job]
     return TenancyChange(join, leave)
+
+
+@dataclass(eq=False)
+class Preparation:
+    """A joining tenant's stores and data being opened off the training thread."""
+
+    job: AdapterJob
+    done: threading.Event = field(default_factory=threading.Event)
+    cancelled: bool = False  # it left before its turn came: skipped
+    prepared: Prepared | None = None  # None when done: finished already, or failed (as reported)
+    error: BaseException | None = None  # an unexpected error, raised again on the training thread
+
+
+class Preparer:
+    """One daemon thread that opens joining tenants in the order they joined, so a rejoin with other
+    settings is opened after the run it replaces (their stores share the adapter's name)."""
+
+    def __init__(self, prepare: Callable[[AdapterJob], Prepared | None]) -> None:
+        self._prepare = prepare
+        self._queue: queue.SimpleQueue[Preparation] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: AdapterJob) -> Preparation:
+        item = Preparation(job)
+        self._queue.put(item)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="tenant-preparer", daemon=True)
+            self._thread.start()
+        return item
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if not item.cancelled:
+                    item.prepared = self._prepare(item.job)
+            except BaseException as error:  # handed to the training thread, raised there
+                item.error = error
+            finally:
+                item.done.set()
 
 
 class TenantsFile:
@@ -110,7 +160,9 @@ class WarmTrainer:
         self.clock = clock
         self.sleep = sleep
         self.admitted: dict[str, AdapterJob] = {}
+        self.preparing: dict[str, Preparation] = {}  # joined, stores and data still being opened
         self.active: dict[str, AdapterRun] = {}
+        self.preparer = Preparer(self._prepare)
         self.steps = 0
         self._reported = 0.0
 
@@ -125,13 +177,17 @@ class WarmTrainer:
         while True:
             now = self.clock()
             self._follow(self.tenants.read(now))
+            self._collect()
             if self.stop.requested:
                 self.trainer._stop(list(self.active.values()), True)
                 self.active = {}
+                self.preparing = {}
                 self._report()
                 return self._finished(EXIT_PREEMPTED, started)
             if not self.active:
-                if now - idle_since >= self.config.idle_seconds:
+                if self.preparing:
+                    idle_since = now
+                elif now - idle_since >= self.config.idle_seconds:
                     return self._finished(EXIT_SUCCEEDED, started)
                 self.sleep(min(self.config.poll_seconds, 0.2))
                 continue
@@ -164,16 +220,35 @@ class WarmTrainer:
 
     def _join(self, job: AdapterJob) -> None:
         self.admitted[job.name] = job
+        self.preparing[job.name] = self.preparer.submit(job)
+
+    def _prepare(self, job: AdapterJob) -> Prepared | None:
+        """On the preparer's thread: the job's stores and data (None: done already, reported again,
+        or failed). Its earlier result goes first, so a report never shows it as this run's."""
         self.trainer.results.pop(job.name, None)
         if not self.trainer._open(job):
-            return  # done already (reported again) or its stores are unusable (failed)
-        prepared = self.trainer._prepared(job)
-        run = self.trainer._started(prepared) if prepared is not None else None
-        if run is not None:
-            self.active[job.name] = run
+            return None
+        return self.trainer._prepared(job)
+
+    def _collect(self) -> None:
+        """Start the tenants whose preparation finished: weights made (or restored), in the next step."""
+        finished = [item for item in self.preparing.values() if item.done.is_set()]
+        for item in finished:
+            del self.preparing[item.job.name]
+            if item.error is not None:
+                raise item.error
+            run = self.trainer._started(item.prepared) if item.prepared is not None else None
+            if run is not None:
+                self.active[item.job.name] = run
+        if finished:
+            self._report()
 
     def _leave(self, name: str) -> None:
         del self.admitted[name]
+        preparation = self.preparing.pop(name, None)
+        if preparation is not None:  # its preparation finishes unheeded, or is skipped if not begun
+            preparation.cancelled = True
+            return
         self.trainer.results.pop(name, None)
         run = self.active.pop(name, None)
         if run is None:
@@ -200,9 +275,13 @@ class WarmTrainer:
             # Which run of the job this is: the operator ignores a state of one it no longer wants.
             checkpoints = self.admitted[name].checkpoint_uri or self.config.checkpoint_uri
             state: dict[str, object] = {"name": name, "checkpointUri": checkpoints}
+            if name in self.preparing:  # a result under its name is an earlier run's until then
+                states.append({**state, "phase": TENANT_PREPARING})
+                continue
             run = self.active.get(name)
             if run is not None:
-                states.append({**state, "phase": "Running", "step": run.step, "totalSteps": run.total_steps})
+                running = {"phase": TENANT_RUNNING, "step": run.step, "totalSteps": run.total_steps}
+                states.append({**state, **running})
                 continue
             result = self.trainer.results.get(name)
             if result is None:
