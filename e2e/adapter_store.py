@@ -31,6 +31,7 @@ class AdapterStore:
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self.requests = 0
+        self.redirects: dict[str, str] = {}  # path -> where it redirects (302), for tests
 
     @property
     def url(self) -> str:
@@ -72,6 +73,8 @@ class AdapterStore:
             request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
         ) -> web.StreamResponse:
             self.requests += 1
+            if request.path in self.redirects:
+                raise web.HTTPFound(self.redirects[request.path])
             return await handler(request)
 
         async def serve() -> None:

@@ -108,7 +108,9 @@ async def test_a_digest_mismatch_is_refused_and_nothing_is_cached(tmp_path: Path
     with pytest.raises(FetchError) as caught:
         await Fetcher(cache, retry=FAST).fetch(f"file://{source}", "f" * 64)
     assert caught.value.reason == "DigestMismatch"
-    assert tree_digest(source) in caught.value.message
+    assert "f" * 64 in caught.value.message
+    # The agent's own files are no digest oracle: what a local path holds is not told.
+    assert tree_digest(source) not in caught.value.message
     assert cache.revisions() == set()
     assert list((tmp_path / "cache" / "staging").iterdir()) == []
 
@@ -134,6 +136,32 @@ def test_an_https_archive_and_its_catalog_digest_are_fetched_with_tls(tmp_path: 
         with pytest.raises(FetchError) as caught:  # the store's CA is not in the system trust store
             asyncio.run(untrusted())
         assert caught.value.reason == "SourceUnreachable"
+    finally:
+        store.stop()
+
+
+def test_https_redirects_are_followed_to_https_only(tmp_path: Path) -> None:
+    source = adapter_dir(tmp_path / "src")
+    store = AdapterStore(tmp_path / "store").start()
+    try:
+        digest = store.publish("sql", source)
+        store.redirects["/moved.tar"] = "/sql.tar"  # relative, on the same https store
+        store.redirects["/elsewhere.tar"] = store.uri("sql")
+        store.redirects["/plain.tar"] = f"http://localhost:{store.port}/sql.tar"
+        store.redirects["/loop.tar"] = "/loop.tar"
+
+        async def fetch(path: str) -> Path:
+            cache = DiskCache(tmp_path / "cache" / path.strip("/"), 1 << 20)
+            fetcher = Fetcher(cache, retry=FAST, ssl_context=store.ssl_context())
+            return await fetcher.fetch(f"{store.url}{path}", digest)
+
+        assert tree_digest(asyncio.run(fetch("/moved.tar"))) == digest
+        assert tree_digest(asyncio.run(fetch("/elsewhere.tar"))) == digest
+        for path, reason in (("/plain.tar", "SourceForbidden"), ("/loop.tar", "SourceUnreachable")):
+            with pytest.raises(FetchError) as caught:
+                asyncio.run(fetch(path))
+            assert caught.value.reason == reason
+            assert path in caught.value.message
     finally:
         store.stop()
 

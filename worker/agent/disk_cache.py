@@ -37,6 +37,10 @@ class DigestMismatch(Exception):
         self.expected = expected
         self.actual = actual
 
+    def without_actual(self) -> str:
+        """The refusal without the digest the files have (for files the reader may not see)."""
+        return f"the adapter's files do not have the expected sha256 {self.expected}"
+
 
 class DiskCache:
     def __init__(self, root: Path, budget_bytes: int) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
@@ -31,6 +32,10 @@ from loraplex.worker.s3 import download_prefix, inside, s3_client_from_env
 
 T = TypeVar("T")
 SHA256_HEX = frozenset("0123456789abcdef")
+
+
+MAX_REDIRECTS = 5
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 class FetchError(Exception):
@@ -154,7 +159,10 @@ class Fetcher:
             try:
                 return await asyncio.to_thread(self.cache.commit, files, sha256)
             except DigestMismatch as error:
-                raise FetchError("DigestMismatch", f"refused {source.location}: {error}") from error
+                # A local path is read from the agent's own file system, which the adapter's owner
+                # cannot read: its files' digest would tell them something about it.
+                what = error.without_actual() if source.scheme == "local" else str(error)
+                raise FetchError("DigestMismatch", f"refused {source.location}: {what}") from error
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -168,22 +176,16 @@ class Fetcher:
 
     async def _download_https(self, url: str, target: Path, missing_reason: str) -> None:
         try:
-            async with (
-                aiohttp.ClientSession(timeout=self._http_timeout) as session,
-                session.get(url, ssl=self._ssl) as response,
-            ):
-                if response.status in (404, 410):
-                    raise FetchError(missing_reason, f"{url} answered {response.status}")
-                if response.status in (401, 403):
-                    raise FetchError("SourceForbidden", f"{url} answered {response.status}")
-                if response.status >= 400:
-                    transient = response.status >= 500 or response.status == 429
-                    raise FetchError(
-                        "SourceUnreachable", f"{url} answered {response.status}", transient=transient
-                    )
-                with target.open("wb") as out:
-                    async for chunk in response.content.iter_chunked(1 << 20):
-                        out.write(chunk)
+            async with aiohttp.ClientSession(timeout=self._http_timeout) as session:
+                at = url
+                for _ in range(MAX_REDIRECTS + 1):
+                    async with session.get(at, ssl=self._ssl, allow_redirects=False) as response:
+                        if response.status in REDIRECT_STATUSES and "Location" in response.headers:
+                            at = _redirect_target(url, at, response.headers["Location"])
+                            continue
+                        await _save(url, response, target, missing_reason)
+                        return
+                raise FetchError("SourceUnreachable", f"{url}: more than {MAX_REDIRECTS} redirects")
         except (aiohttp.ClientError, TimeoutError) as error:
             raise FetchError("SourceUnreachable", f"{url}: {error}", transient=True) from error
 
@@ -270,3 +272,26 @@ def _unpack(archive: Path, dest: Path) -> None:
         raise FetchError("UnsafeArchive", f"refused the archive: {error}") from error
     except tarfile.TarError as error:
         raise FetchError("InvalidArchive", f"not a readable tar archive: {error}") from error
+
+
+def _redirect_target(url: str, at: str, location: str) -> str:
+    """Where a redirect from `at` leads; only https:// is followed (no downgrade to plain HTTP)."""
+    target = urljoin(at, location)
+    scheme = urlsplit(target).scheme
+    if scheme != "https":
+        raise FetchError("SourceForbidden", f"{url} redirected to a {scheme} URL; only https:// is followed")
+    return target
+
+
+async def _save(url: str, response: aiohttp.ClientResponse, target: Path, missing_reason: str) -> None:
+    """Write a store's answer to `target`, or raise the FetchError its status calls for."""
+    if response.status in (404, 410):
+        raise FetchError(missing_reason, f"{url} answered {response.status}")
+    if response.status in (401, 403):
+        raise FetchError("SourceForbidden", f"{url} answered {response.status}")
+    if response.status >= 300:
+        transient = response.status >= 500 or response.status == 429
+        raise FetchError("SourceUnreachable", f"{url} answered {response.status}", transient=transient)
+    with target.open("wb") as out:
+        async for chunk in response.content.iter_chunked(1 << 20):
+            out.write(chunk)
