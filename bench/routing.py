@@ -47,17 +47,19 @@ one pooled cache with as many slots as all workers' GPU slots together (no
 routing can load less), and how many distinct adapters would be running at
 once were every request started on arrival (their mean, and the share of time
 they exceed the fleet's GPU slots: slots running adapters take keep nothing
-warm). Then, on (b) at 10 workers with its 128 most requested
-adapters made named LoRAAdapters with ``replicas: 1`` (each placed on one
-worker, the rest catalog adapters), it runs loraplex's policy twice: as the
-router does (a named adapter spills past its placement when every worker it
-names is at the load bound) and with spilling off, and prints both. Then it
-times the decision itself with 1,000,000 adapters (the head resident on 1,000
-workers in GPU and CPU tiers) and prints p50/p99 against a baseline: plain
-rendezvous hashing over all workers (a weight per worker per request),
-measured in the same run. The last line has each goal's figure at each fleet
-size (``..._10w``, ``..._100w``), the worst of the two under the goal's name,
-and ``goals_met``:
+warm); and the loads of that pooled cache when requests start on arrival and a
+running adapter is never evicted, evicting in vLLM's LRU order and by Belady's
+choice (references: no split into workers, no routing). Then, on (b) at 10
+workers with its 128 most requested adapters made named LoRAAdapters with
+``replicas: 1`` (each placed on one worker, the rest catalog adapters), it
+runs loraplex's policy twice: as the router does (a named adapter spills past
+its placement when every worker it names is at the load bound) and with
+spilling off, and prints both. Then it times the decision itself with
+1,000,000 adapters (the head resident on 1,000 workers in GPU and CPU tiers)
+and prints p50/p99 against a baseline: plain rendezvous hashing over all
+workers (a weight per worker per request), measured in the same run. The last
+line has each goal's figure at each fleet size (``..._10w``, ``..._100w``),
+the worst of the two under the goal's name, and ``goals_met``:
 
 ``gie_hit_rate>=0.995 zipf_loads_vs_least_loaded<=0.75 zipf_ttft_p99_vs_least_loaded<=1.1
 zipf_ttft_p99_vs_gaie<=0.1 zipf_imbalance<=1.25 decision_p99_vs_plain_rendezvous<=0.2``,
@@ -579,6 +581,41 @@ def lru_loads(adapters: Sequence[str], slots: int) -> int:
     return misses
 
 
+def pooled_running_loads(trace: Sequence[Request], slots: int, evict: str = "lru") -> int:
+    """Loads of the whole fleet as one cache of `slots` in which an adapter with a request running
+    (every request started on arrival) is never evicted: no split into workers, no routing at all.
+    `evict` picks the idle victim: "lru" (vLLM's order) or "belady" (the adapter next requested
+    farthest in the future: perfect knowledge). A reference, not a bound: a router picks among
+    the workers' victims, and queueing changes what runs at once. When every cached adapter is
+    running, the new one is loaded beyond the slots (as `running_adapters` counts the time above)."""
+    next_use = [math.inf] * len(trace)
+    if evict == "belady":
+        seen: dict[str, float] = {}
+        for i in range(len(trace) - 1, -1, -1):
+            next_use[i] = seen.get(trace[i].adapter, math.inf)
+            seen[trace[i].adapter] = trace[i].arrival
+    cache: OrderedDict[str, float] = OrderedDict()  # adapter -> its next request, least recent first
+    busy_until: dict[str, float] = {}
+    loads = 0
+    for i, request in enumerate(trace):
+        adapter, now = request.adapter, request.arrival
+        if adapter not in cache:
+            loads += 1
+            while len(cache) >= slots:
+                idle = (name for name in cache if busy_until[name] <= now)
+                if evict == "belady":
+                    victim = max(idle, key=cache.__getitem__, default=None)
+                else:
+                    victim = next(idle, None)
+                if victim is None:
+                    break
+                del cache[victim]
+        cache[adapter] = next_use[i]
+        cache.move_to_end(adapter)
+        busy_until[adapter] = max(busy_until.get(adapter, 0.0), now + PREFILL + request.decode)
+    return loads
+
+
 def running_adapters(trace: Sequence[Request], slots: int) -> tuple[float, float]:
     """Distinct adapters with a request running, were every request started on arrival on one pooled
     fleet (no queueing, no idle copy kept): their mean over the trace's time, and the fraction of that
@@ -650,6 +687,8 @@ def run_workloads(
         slots = workload.workers * workload.gpu_slots
         bound = belady_loads([r.adapter for r in trace], slots)
         pooled_lru = lru_loads([r.adapter for r in trace], slots)
+        pooled_running = pooled_running_loads(trace, slots, "lru")
+        pooled_running_belady = pooled_running_loads(trace, slots, "belady")
         running_mean, over_slots = running_adapters(trace, slots)
         baseline = per_policy["least_loaded"].loads
         for name, result in per_policy.items():
@@ -661,13 +700,20 @@ def run_workloads(
             )
         print(
             f"workload={workload.name} belady_bound_loads={bound} pooled_lru_loads={pooled_lru} "
-            f"pooled_lru_vs_bound={pooled_lru / bound:.3f} running_adapters_mean={running_mean:.1f} "
+            f"pooled_lru_vs_bound={pooled_lru / bound:.3f} pooled_lru_running_loads={pooled_running} "
+            f"pooled_lru_running_vs_least_loaded={pooled_running / baseline:.3f} "
+            f"pooled_belady_running_loads={pooled_running_belady} "
+            f"pooled_belady_running_vs_least_loaded={pooled_running_belady / baseline:.3f} "
+            f"running_adapters_mean={running_mean:.1f} "
             f"running_adapters_over_slots_time={over_slots:.3f} requests={workload.requests} "
             f"adapters={workload.adapters} workers={workload.workers} gpu_slots={workload.gpu_slots} "
             f"seconds={time.perf_counter() - started:.1f}"
         )
         sys.stdout.flush()
         per_policy["bound"] = Result(1 - bound / workload.requests, bound, 1.0, 0.0, 0.0)
+        references = {"pooled_lru_running": pooled_running, "pooled_belady_running": pooled_running_belady}
+        for name, loads in references.items():
+            per_policy[name] = Result(1 - loads / workload.requests, loads, 1.0, 0.0, 0.0)
         results[workload.name] = per_policy
     return results
 
@@ -724,6 +770,14 @@ def summary(results: dict[str, dict[str, Result]], decision_ratio: float) -> str
             (
                 "zipf_affinity_oracle_loads_vs_least_loaded",
                 zipf["affinity_oracle"].loads / zipf["least_loaded"].loads,
+            ),
+            (
+                "zipf_pooled_lru_running_loads_vs_least_loaded",
+                zipf["pooled_lru_running"].loads / zipf["least_loaded"].loads,
+            ),
+            (
+                "zipf_pooled_belady_running_loads_vs_least_loaded",
+                zipf["pooled_belady_running"].loads / zipf["least_loaded"].loads,
             ),
             ("zipf_ttft_p99_vs_bounded_rendezvous", mine.ttft_p99 / zipf["bounded_rendezvous"].ttft_p99),
             ("zipf_ttft_p50_vs_least_loaded", mine.ttft_p50 / zipf["least_loaded"].ttft_p50),

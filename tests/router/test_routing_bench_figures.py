@@ -23,6 +23,31 @@ def test_running_adapters_counts_distinct_adapters_busy_at_once_and_time_above_t
     assert over == pytest.approx(1.5 / 4.0)  # two adapters busy from 0 to 1.5, one slot
 
 
+def test_the_pooled_references_never_evict_a_running_adapter() -> None:
+    bench = bench_routing()
+    prefill = bench.PREFILL
+    trace = [
+        bench.Request("a", 0.0, 1.0 - prefill),  # a runs from 0 to 1
+        bench.Request("b", 0.5, 1.0 - prefill),  # one slot, a running: b is loaded beyond it
+        bench.Request("a", 0.7, 1.0 - prefill),  # a was kept: no load
+        bench.Request("c", 3.0, 1.0 - prefill),  # a and b idle: both go for c (least recent first)
+        bench.Request("b", 3.5, 1.0 - prefill),  # evicted for c: loaded again beyond the slot
+    ]
+    assert bench.pooled_running_loads(trace, slots=1) == 4
+    assert bench.lru_loads([r.adapter for r in trace], slots=1) == 5  # without running requests
+    assert bench.pooled_running_loads(trace, slots=3) == 3
+
+
+def test_the_pooled_belady_reference_evicts_the_adapter_wanted_last() -> None:
+    bench = bench_routing()
+    short = 0.1 - bench.PREFILL
+    trace = [bench.Request(name, float(at), short) for at, name in enumerate("abcacbab")]
+    # Two slots, nothing running at each arrival: LRU evicts what comes back next, Belady keeps it.
+    assert bench.pooled_running_loads(trace, slots=2, evict="lru") == 6
+    assert bench.pooled_running_loads(trace, slots=2, evict="belady") == 4
+    assert bench.belady_loads([r.adapter for r in trace], slots=2) == 4
+
+
 def test_the_affinity_oracle_spreads_each_adapter_over_its_share_of_the_workers_only() -> None:
     bench = bench_routing()
     workload = next(w for w in bench.workloads(quick=True) if w.name == "gie_10")
