@@ -9,10 +9,14 @@ engine live in tests/engine/.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import aiohttp
@@ -222,3 +226,16 @@ async def fleet() -> AsyncIterator[Fleet]:
                 assert worker.agent is not None
                 await worker.vllm.close()
                 await worker.agent.close()
+
+
+@pytest.fixture(scope="session")
+def routing_bench() -> ModuleType:
+    """bench/routing.py as a module (the bench is a script, not part of the package)."""
+    path = Path(__file__).resolve().parents[2] / "bench" / "routing.py"
+    spec = importlib.util.spec_from_file_location("bench_routing", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module

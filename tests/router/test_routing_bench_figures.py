@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
+from types import ModuleType
 
 import pytest
 
-from tests.router.test_routing_defaults import bench_routing
 
-
-def test_running_adapters_counts_distinct_adapters_busy_at_once_and_time_above_the_slots() -> None:
-    bench = bench_routing()
+def test_running_adapters_counts_distinct_adapters_busy_at_once_and_time_above_the_slots(
+    routing_bench: ModuleType,
+) -> None:
+    bench = routing_bench
     prefill = bench.PREFILL
     trace = [
         bench.Request("a", 0.0, 1.0 - prefill),  # a busy from 0 to 1 ...
@@ -23,8 +24,8 @@ def test_running_adapters_counts_distinct_adapters_busy_at_once_and_time_above_t
     assert over == pytest.approx(1.5 / 4.0)  # two adapters busy from 0 to 1.5, one slot
 
 
-def test_the_pooled_references_never_evict_a_running_adapter() -> None:
-    bench = bench_routing()
+def test_the_pooled_references_never_evict_a_running_adapter(routing_bench: ModuleType) -> None:
+    bench = routing_bench
     prefill = bench.PREFILL
     trace = [
         bench.Request("a", 0.0, 1.0 - prefill),  # a runs from 0 to 1
@@ -38,8 +39,8 @@ def test_the_pooled_references_never_evict_a_running_adapter() -> None:
     assert bench.pooled_running_loads(trace, slots=3) == 3
 
 
-def test_the_pooled_belady_reference_evicts_the_adapter_wanted_last() -> None:
-    bench = bench_routing()
+def test_the_pooled_belady_reference_evicts_the_adapter_wanted_last(routing_bench: ModuleType) -> None:
+    bench = routing_bench
     short = 0.1 - bench.PREFILL
     trace = [bench.Request(name, float(at), short) for at, name in enumerate("abcacbab")]
     # Two slots, nothing running at each arrival: LRU evicts what comes back next, Belady keeps it.
@@ -48,8 +49,10 @@ def test_the_pooled_belady_reference_evicts_the_adapter_wanted_last() -> None:
     assert bench.belady_loads([r.adapter for r in trace], slots=2) == 4
 
 
-def test_the_affinity_oracle_spreads_each_adapter_over_its_share_of_the_workers_only() -> None:
-    bench = bench_routing()
+def test_the_affinity_oracle_spreads_each_adapter_over_its_share_of_the_workers_only(
+    routing_bench: ModuleType,
+) -> None:
+    bench = routing_bench
     workload = next(w for w in bench.workloads(quick=True) if w.name == "gie_10")
     sim, choose = bench.affinity_oracle(workload, seed=1)
     trace = bench.make_trace(workload, seed=1)

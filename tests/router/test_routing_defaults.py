@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import re
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -25,18 +23,8 @@ from loraplex.router.table import WorkerTable
 REPO = Path(__file__).resolve().parents[2]
 
 
-def bench_routing() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_routing", REPO / "bench" / "routing.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_benchmark_routes_with_what_loraplex_router_runs_when_given_no_settings(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, routing_bench: ModuleType
 ) -> None:
     import os
 
@@ -46,7 +34,7 @@ def test_the_benchmark_routes_with_what_loraplex_router_runs_when_given_no_setti
     router_main.configure(parser)
     args = parser.parse_args(["--base-model", "m", "--workers", "w=http://a:1,http://a:2"])
     shipped = router_main.settings_from_args(args).routing
-    bench = bench_routing()
+    bench = routing_bench
     assert bench.shipped_routing() == shipped
     workload = bench.workloads(quick=True)[0]
     _sim, choose = bench.loraplex_policy(workload, seed=1)
