@@ -170,6 +170,7 @@ class Simulation:
         self.events: list[tuple[float, int, int, int, Request]] = []  # (when, seq, kind, worker, request)
         self.seq = itertools.count()
         self.ttfts: list[float] = []
+        self.slot_waits = 0  # requests the router sent where every GPU slot was busy with others
         self.on_done: Callable[[int, Request], None] = lambda _w, _r: None
         # (worker, the tier an adapter was staged from, seconds): what the router's ensure call times
         self.on_staged: Callable[[int, str, float], None] = lambda _w, _t, _s: None
@@ -381,6 +382,8 @@ def loraplex_policy(
     def choose(request: Request) -> int:
         decision = router.decide(request.adapter, request.arrival, spill=spill)
         assert decision is not None
+        if table.waits_for_slot(decision.worker, request.adapter):  # the router's slot-wait counter
+            sim.slot_waits += 1
         table.begin(decision.worker, request.adapter)
         return index[decision.worker]
 
@@ -658,6 +661,7 @@ class Result:
     imbalance: float
     ttft_p50: float
     ttft_p99: float
+    slot_wait_share: float = 0.0  # loraplex only: what loraplex_router_gpu_slot_waits_total would count
 
 
 def simulate(workload: Workload, policy: Policy, seed: int) -> Result:
@@ -672,6 +676,7 @@ def simulate(workload: Workload, policy: Policy, seed: int) -> Result:
         imbalance=max(served) / statistics.fmean(served),
         ttft_p50=percentile(sim.ttfts, 0.50),
         ttft_p99=percentile(sim.ttfts, 0.99),
+        slot_wait_share=sim.slot_waits / len(trace),
     )
 
 
@@ -765,6 +770,8 @@ def summary(results: dict[str, dict[str, Result]], decision_ratio: float) -> str
             ("zipf_ttft_p99_vs_least_loaded", mine.ttft_p99 / zipf["least_loaded"].ttft_p99),
             ("zipf_ttft_p99_vs_gaie", mine.ttft_p99 / zipf["gaie"].ttft_p99),
             ("zipf_imbalance", mine.imbalance),
+            ("zipf_slot_wait_share", mine.slot_wait_share),
+            ("gie_slot_wait_share", gie["loraplex"].slot_wait_share),
             ("decision_p99_vs_plain_rendezvous", decision_ratio),
             ("zipf_loads_vs_bound", mine.loads / zipf["bound"].loads),
             (

@@ -129,6 +129,12 @@ class RouterMetrics:
             ["adapter"],
             registry=r,
         )
+        self.slot_waits = Counter(
+            "loraplex_router_gpu_slot_waits_total",
+            "Requests sent to a worker whose GPU slots were all taken by other adapters' requests in flight"
+            " (this router's): they wait there for a slot. Often: raise the BaseModel's engine.maxLoras",
+            registry=r,
+        )
         self.principal_requests = Counter(
             "loraplex_router_principal_requests_total",
             "Requests admitted per principal (a bounded number named, the others: _other)",

@@ -318,6 +318,8 @@ async def _forward(
     if rewrite is not None:
         body = rewrite.request(body)
     table = proxy.state.table
+    if adapter is not None and table.waits_for_slot(worker, adapter):
+        proxy.metrics.slot_waits.inc()
     table.begin(worker, adapter)
     gauge = proxy.metrics.worker_inflight(worker)
     gauge.inc()

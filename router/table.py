@@ -168,6 +168,13 @@ class WorkerTable:
             else:
                 del state.active[adapter]
 
+    def waits_for_slot(self, name: str, adapter: str) -> bool:
+        """Whether a request for `adapter` sent to worker `name` now would wait for a GPU slot: every
+        slot is taken by another adapter with requests in flight (this router's; where its slots are
+        known)."""
+        state = self.workers.get(name)
+        return state is not None and adapter not in state.active and state.slots_busy
+
     def queue_seconds(self, state: WorkerState) -> float:
         """About how long one more request would wait on the worker: its place in the queue times
         the mean request time over the engine's concurrency (inf when no request time is known)."""

@@ -16,6 +16,8 @@ import aiohttp
 import openai
 import pytest
 
+from loraplex.router.state import Resident
+
 API_KEY = "test-vllm-key"
 DEADLINE = 10.0
 
@@ -447,3 +449,22 @@ async def test_healthz_is_ready_once_the_state_has_synced(fleet: Any) -> None:
         fleet.state.synced = False
         async with session.get(f"{fleet.url}/healthz") as response:
             assert response.status == 503
+
+
+async def test_a_request_sent_where_every_gpu_slot_is_busy_with_other_adapters_is_counted(fleet: Any) -> None:
+    """What tells an operator the fleet is short of GPU slots (engine.maxLoras), not of workers."""
+    worker = fleet.workers["worker-0"]
+    fleet.state.report_residency("worker-0", [Resident("sql-gen", "GPU")], gpu_slots=1)
+    fleet.state.table.set_healthy("worker-1", False)  # worker-0 serves everything
+    worker.gated = True
+    async with client(fleet) as api:
+        held = await api.completions.create(model="sql-gen", prompt="x", stream=True)
+        chunks = aiter(held)
+        await asyncio.wait_for(anext(chunks), DEADLINE)  # sql-gen runs there: its one slot is taken
+        await api.completions.create(model="sql-gen", prompt="x")  # its own slot: no wait
+        await api.completions.create(model="chat-bot", prompt="x")  # would wait for sql-gen's slot
+        worker.release.set()
+        [chunk async for chunk in chunks]
+        # Now nothing is in flight: a request for a third adapter takes the free slot.
+        await api.completions.create(model="tail-1", prompt="x")
+    assert "loraplex_router_gpu_slot_waits_total 1.0" in await fleet.metrics_text()  # chat-bot only
