@@ -62,6 +62,14 @@ class Tenancy:
         return self.code
 
 
+def training_alone(t: Tenancy, job: dict[str, Any], steps: int) -> Tenancy:
+    """`t` started with `job` as its one tenant, once the job has trained `steps` steps."""
+    t.write(job)
+    t.thread.start()
+    wait_until(lambda: t.step_of(job["name"]) >= steps, 120, f"{job['name']} training")
+    return t
+
+
 @pytest.fixture
 def warm(tmp_path: Path, make_config: Callable[..., TrainerConfig]) -> Iterator[Callable[..., Tenancy]]:
     made: list[Tenancy] = []
@@ -94,10 +102,7 @@ def test_tenants_join_and_leave_a_running_trainer_which_loads_the_base_once(
     out = tmp_path / "out"
     sql = adapter_job("sql", dataset("sql"), out, steps=400, interval=1000)
     greet = adapter_job("greet", dataset("greet"), out, steps=6, batchSize=3)
-    t = warm()
-    t.write(sql)
-    t.thread.start()
-    wait_until(lambda: t.step_of("sql") >= 3, 120, "sql training")
+    t = training_alone(warm(), sql, steps=3)
 
     t.write(sql, greet)  # greet joins the running trainer
     wait_until(lambda: t.events.of("published", "greet"), 120, "greet published")
@@ -155,10 +160,7 @@ def test_a_joining_tenants_data_is_read_while_the_others_go_on_training(
     out = tmp_path / "out"
     sql = adapter_job("sql", dataset("sql"), out, steps=100_000, interval=100_000)
     greet = adapter_job("greet", dataset("greet"), out, steps=6, batchSize=3)
-    t = warm()
-    t.write(sql)
-    t.thread.start()
-    wait_until(lambda: t.step_of("sql") >= 2, 120, "sql training")
+    t = training_alone(warm(), sql, steps=2)
 
     t.write(sql, greet)
     wait_until(reading["greet"].is_set, 30, "greet's data being read")
@@ -255,10 +257,7 @@ def test_an_invalid_tenants_file_keeps_the_last_tenants_and_says_so_once(
     warm: Callable[..., Tenancy], dataset: Callable[..., Path], tmp_path: Path
 ) -> None:
     sql = adapter_job("sql", dataset("sql"), tmp_path / "out", steps=300, interval=1000)
-    t = warm()
-    t.write(sql)
-    t.thread.start()
-    wait_until(lambda: t.step_of("sql") >= 2, 120, "sql training")
+    t = training_alone(warm(), sql, steps=2)
     t.file.write_text("tenants: [{name: broken}]\n")
     wait_until(lambda: [e for e in t.events.of("tenants") if e.reason == "ConfigInvalid"], 30, "said")
     steps = t.step_of("sql")
