@@ -15,6 +15,7 @@ import yaml
 
 from loraplex.e2e.waiting import wait_until
 from loraplex.worker.trainer import training
+from loraplex.worker.trainer import warm as warm_module
 from loraplex.worker.trainer.config import AdapterJob, TrainerConfig
 from loraplex.worker.trainer.progress import Event, Recorder
 from loraplex.worker.trainer.training import StopFlag, Trainer
@@ -193,6 +194,42 @@ def test_a_joining_tenants_data_is_read_while_the_others_go_on_training(
     assert listed() == ["greet", "sql"]
 
 
+@pytest.mark.parametrize("sql_ready_within_the_wait", [True, False])
+def test_tenants_listed_together_start_together_unless_one_takes_long(
+    warm: Callable[..., Tenancy],
+    dataset: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sql_ready_within_the_wait: bool,
+) -> None:
+    monkeypatch.setattr(warm_module, "START_TOGETHER_SECONDS", 3.0)
+    release = threading.Event()
+    load = training.load_dataset
+
+    def slow_sql(spec: Any, *args: Any, **kwargs: Any) -> Any:
+        if "/sql-" in spec.uri:  # read after greet's (tenants join in name order)
+            release.wait(1.0 if sql_ready_within_the_wait else 120)
+        return load(spec, *args, **kwargs)
+
+    monkeypatch.setattr(training, "load_dataset", slow_sql)
+    out = tmp_path / "out"
+    t = warm()
+    t.write(
+        adapter_job("sql", dataset("sql"), out, steps=100_000, interval=100_000),
+        adapter_job("greet", dataset("greet"), out, steps=100_000, interval=100_000),
+    )
+    t.thread.start()
+    if sql_ready_within_the_wait:  # greet, ready first, waited: both in the first combined step
+        wait_until(lambda: t.events.of("started", "sql"), 60, "sql started")
+        first = [e.adapter for e in t.events.events if e.event in ("started", "progress")][:2]
+        assert first == ["greet", "sql"]
+    else:  # past START_TOGETHER_SECONDS greet trains alone; sql joins once its data is read
+        wait_until(lambda: t.step_of("greet") >= 2, 60, "greet training alone")
+        assert not t.events.of("started", "sql")
+        release.set()
+        wait_until(lambda: t.events.of("started", "sql"), 60, "sql started")
+
+
 def test_a_stop_checkpoints_every_tenant_and_a_new_trainer_resumes_them_exactly(
     warm: Callable[..., Tenancy],
     dataset: Callable[..., Path],
@@ -212,15 +249,13 @@ def test_a_stop_checkpoints_every_tenant_and_a_new_trainer_resumes_them_exactly(
     first.thread.start()
     assert first.exited() == 75
     preempted = {e.adapter: e.step for e in first.events.of("preempted")}
-    # Each where it had got to (a tenant whose data was ready first may have stepped alone first).
-    assert preempted == {name: first.step_of(name) for name in ("sql", "greet")}
-    assert max(preempted.values()) == 5
+    assert preempted == {"sql": 5, "greet": 5}  # listed together, they started together
 
     second = warm()
     second.write(*jobs)
     second.thread.start()
     assert second.exited() == 0
-    assert {e.adapter: e.step for e in second.events.of("started")} == preempted
+    assert {e.adapter: e.step for e in second.events.of("started")} == {"sql": 5, "greet": 5}
     resumed = {e.adapter: e.sha256 for e in second.events.of("published")}
 
     # The same adapters as one uninterrupted one-shot run of both (same batches, step for step).

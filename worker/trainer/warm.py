@@ -11,7 +11,8 @@ before the next step:
   a remote dataset copied and tokenised) in a background thread while the
   others go on stepping, reported as `Preparing`; once that is done its
   weights are made (or restored from its checkpoint, or its `initRevision`)
-  between two steps and it is in the next combined step;
+  between two steps and it is in the next combined step (with nothing
+  training, tenants ready within START_TOGETHER_SECONDS start together);
 - a tenant no longer listed (its job finished elsewhere, was deleted or moved)
   leaves at once: a checkpoint if it stepped since its last one, a `left`
   event, its weights and optimizer state dropped;
@@ -50,6 +51,10 @@ from loraplex.worker.trainer.progress import Event, ProgressSink
 from loraplex.worker.trainer.training import AdapterRun, Prepared, StopFlag, Trainer
 
 REPORT_EVERY_SECONDS = 30.0  # a `tenants` report at least this often, so one is always in the log's tail
+# With nothing training, the first tenant ready waits this long for the others being prepared, so
+# tenants listed together (a new or resumed trainer's) start in one combined step: a tenant's
+# numerics depend on the batch it shares, so a resumed trainer then repeats an uninterrupted one.
+START_TOGETHER_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,7 @@ class WarmTrainer:
         self.preparer = Preparer(self._prepare)
         self.steps = 0
         self._reported = 0.0
+        self._ready_since: float | None = None  # when a ready tenant began to wait for the others
 
     def run(self) -> int:
         """Train until stopped (75) or idle for idleSeconds (0); 3 when the base cannot be loaded."""
@@ -231,8 +237,17 @@ class WarmTrainer:
         return self.trainer._prepared(job)
 
     def _collect(self) -> None:
-        """Start the tenants whose preparation finished: weights made (or restored), in the next step."""
+        """Start the tenants whose preparation finished: weights made (or restored), in the next step.
+        With nothing training, wait up to START_TOGETHER_SECONDS for the rest to start them together."""
         finished = [item for item in self.preparing.values() if item.done.is_set()]
+        if not finished:
+            return
+        if not self.active and len(finished) < len(self.preparing):
+            now = self.clock()
+            self._ready_since = now if self._ready_since is None else self._ready_since
+            if now - self._ready_since < START_TOGETHER_SECONDS:
+                return
+        self._ready_since = None
         for item in finished:
             del self.preparing[item.job.name]
             if item.error is not None:
@@ -240,8 +255,7 @@ class WarmTrainer:
             run = self.trainer._started(item.prepared) if item.prepared is not None else None
             if run is not None:
                 self.active[item.job.name] = run
-        if finished:
-            self._report()
+        self._report()
 
     def _leave(self, name: str) -> None:
         del self.admitted[name]
