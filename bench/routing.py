@@ -546,14 +546,20 @@ def workloads(quick: bool) -> list[Workload]:
 # -- the offline lower bound ------------------------------------------------------------------------
 
 
-def belady_loads(adapters: Sequence[str], slots: int) -> int:
-    """Misses of Belady's MIN (evict the adapter used farthest in the future) on one cache of `slots`."""
+def next_uses(adapters: Sequence[str]) -> list[int]:
+    """For each position, where its adapter is asked for next (len(adapters): never again)."""
     never = len(adapters)
     next_use = [never] * len(adapters)
     seen: dict[str, int] = {}
     for i in range(len(adapters) - 1, -1, -1):
         next_use[i] = seen.get(adapters[i], never)
         seen[adapters[i]] = i
+    return next_use
+
+
+def belady_loads(adapters: Sequence[str], slots: int) -> int:
+    """Misses of Belady's MIN (evict the adapter used farthest in the future) on one cache of `slots`."""
+    next_use = next_uses(adapters)
     cached: dict[str, int] = {}  # adapter -> its next use
     heap: list[tuple[int, str]] = []  # (-next use, adapter), stale entries skipped
     misses = 0
@@ -591,13 +597,8 @@ def pooled_running_loads(trace: Sequence[Request], slots: int, evict: str = "lru
     farthest in the future: perfect knowledge). A reference, not a bound: a router picks among
     the workers' victims, and queueing changes what runs at once. When every cached adapter is
     running, the new one is loaded beyond the slots (as `running_adapters` counts the time above)."""
-    next_use = [math.inf] * len(trace)
-    if evict == "belady":
-        seen: dict[str, float] = {}
-        for i in range(len(trace) - 1, -1, -1):
-            next_use[i] = seen.get(trace[i].adapter, math.inf)
-            seen[trace[i].adapter] = trace[i].arrival
-    cache: OrderedDict[str, float] = OrderedDict()  # adapter -> its next request, least recent first
+    next_use = next_uses([request.adapter for request in trace]) if evict == "belady" else [0] * len(trace)
+    cache: OrderedDict[str, int] = OrderedDict()  # adapter -> its next request, least recent first
     busy_until: dict[str, float] = {}
     loads = 0
     for i, request in enumerate(trace):
