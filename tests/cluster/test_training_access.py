@@ -120,11 +120,19 @@ def test_a_trainer_pod_holds_no_token_and_only_the_store_keys_as_files(
     # No account, Role or binding of its own (the BaseModel's worker and router have theirs): nothing a
     # token could be had for.
     core, rbac = client.CoreV1Api(kube), client.RbacAuthorizationV1Api(kube)
-    accounts = {a.metadata.name for a in core.list_namespaced_service_account(namespace).items}
-    assert accounts == {"default", "bm-worker", "bm-router"}
+
+    def accounts() -> set[str]:
+        return {a.metadata.name for a in core.list_namespaced_service_account(namespace).items}
+
+    def bound() -> set[str]:
+        return {s.name for b in rbac.list_namespaced_role_binding(namespace).items for s in b.subjects or []}
+
+    # The BaseModel's own are made by its reconcile, which may come after the trainer's admission.
+    wait_until(lambda: {"bm-worker", "bm-router"} <= accounts() and {"bm-worker", "bm-router"} <= bound(),
+               60, "the BaseModel's ServiceAccounts and bindings")  # fmt: skip
+    assert accounts() == {"default", "bm-worker", "bm-router"}
     assert rbac.list_namespaced_role(namespace).items == []
-    bound = {s.name for b in rbac.list_namespaced_role_binding(namespace).items for s in b.subjects or []}
-    assert bound == {"bm-worker", "bm-router"}
+    assert bound() == {"bm-worker", "bm-router"}
 
 
 def test_the_operator_starts_a_trainer_with_only_the_charts_rbac_and_may_not_grant_roles(
