@@ -437,8 +437,12 @@ class Trainer:
         return result
 
     def _step(self, active: list[AdapterRun]) -> list[AdapterRun]:
-        """One combined step; returns the adapters still in flight."""
+        """One combined step; returns the adapters still in flight. The adapters go into the batch in
+        name order: the stacked kernel's sums depend on where each adapter sits, so the same tenants
+        give the same numbers however they were listed or joined (a resumed warm trainer repeats a
+        one-shot run)."""
         assert self.model is not None
+        active = sorted(active, key=lambda run: run.job.name)
         batches = [run.stream.next_batch() for run in active]
         weights = [run.weights for run in active]
         out = self.model.losses(weights, batches)
