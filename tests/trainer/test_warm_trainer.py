@@ -18,6 +18,7 @@ from loraplex.worker.trainer import training
 from loraplex.worker.trainer import warm as warm_module
 from loraplex.worker.trainer.config import AdapterJob, TrainerConfig
 from loraplex.worker.trainer.progress import Event, Recorder
+from loraplex.worker.trainer.store import LocalStore
 from loraplex.worker.trainer.training import StopFlag, Trainer
 from loraplex.worker.trainer.warm import WarmTrainer, plan_tenancy
 from tests.trainer.conftest import adapter_job
@@ -291,6 +292,50 @@ def test_the_next_run_of_a_job_trains_again_in_the_same_trainer_from_the_revisio
     assert [(s["checkpointUri"], s["phase"]) for s in last] == [
         ((tmp_path / "ck" / "r1").as_uri(), "Succeeded")
     ]
+
+
+def test_a_joining_tenants_published_revision_is_pulled_while_the_others_go_on_training(
+    warm: Callable[..., Tenancy],
+    dataset: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The revision a rerun starts from (an adapter's weights, from S3 in production) is brought
+    down with the tenant's data, off the training thread: the tenant is Preparing meanwhile."""
+    out = tmp_path / "out"
+    busy = adapter_job("greet", dataset("greet"), out, steps=100_000, interval=100_000)
+    first_run = {
+        **adapter_job("sql", dataset("sql"), out, steps=2),
+        "checkpointUri": (tmp_path / "r0").as_uri(),
+    }
+    t = warm()
+    t.write(busy, first_run)
+    t.thread.start()
+    (published,) = wait_until(lambda: t.events.of("published", "sql"), 120, "run 0 published")
+
+    pulling, release = threading.Event(), threading.Event()
+    pull = LocalStore.pull_folder
+
+    def slow_pull(self: LocalStore, relative: str) -> Path:
+        pulling.set()
+        assert release.wait(120)
+        return pull(self, relative)
+
+    monkeypatch.setattr(LocalStore, "pull_folder", slow_pull)
+    second_run = adapter_job("sql", dataset("sql", seed=1), out, steps=2)
+    rerun = {**second_run, "checkpointUri": (tmp_path / "r1").as_uri(), "initRevision": published.sha256}
+    t.write(busy, rerun)
+    wait_until(pulling.is_set, 30, "run 0's revision being pulled")
+    steps = t.step_of("greet")
+    wait_until(lambda: t.step_of("greet") >= steps + 3, 60, "greet training while it is pulled")
+    last = t.events.of("tenants")[-1].tenants
+    assert last is not None
+    assert [(s["name"], s["phase"]) for s in last] == [("greet", "Running"), ("sql", "Preparing")]
+
+    release.set()
+    wait_until(lambda: len(t.events.of("published", "sql")) == 2, 120, "run 1 published")
+    started = t.events.of("started", "sql")[-1].message
+    assert started == f"started from published revision {published.sha256[:12]}"
 
 
 def test_an_invalid_tenants_file_keeps_the_last_tenants_and_says_so_once(

@@ -27,6 +27,7 @@ from loraplex.worker.digest import tree_digest
 from loraplex.worker.durable import fsync_dir, fsync_tree
 
 PEFT_PREFIX = "base_model.model."
+WEIGHTS_FILE = "adapter_model.safetensors"  # peft's name for the LoRA matrices
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def write_peft_adapter(
     fields = config.to_dict()  # type: ignore[no-untyped-call]
     fields = {k: sorted(v) if isinstance(v, set) else v for k, v in fields.items()}
     (dest / "adapter_config.json").write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
-    save_file(peft_state_dict(weights), dest / "adapter_model.safetensors", metadata={"format": "pt"})
+    save_file(peft_state_dict(weights), dest / WEIGHTS_FILE, metadata={"format": "pt"})
 
 
 def publish(

@@ -36,7 +36,7 @@ from loraplex.worker.trainer.data import BatchStream, LoadedDataset, Tokenizer, 
 from loraplex.worker.trainer.failures import Reason, TrainingFailure
 from loraplex.worker.trainer.multi_lora import AdapterWeights, MultiLoraModel
 from loraplex.worker.trainer.progress import Event, JsonLines, ProgressSink
-from loraplex.worker.trainer.publish import PEFT_PREFIX, publish
+from loraplex.worker.trainer.publish import PEFT_PREFIX, WEIGHTS_FILE, publish
 from loraplex.worker.trainer.remote_data import fetch_dataset, is_remote
 from loraplex.worker.trainer.store import Store, open_store
 
@@ -112,6 +112,7 @@ class Prepared:
     folder: Path
     fingerprint: str
     total_steps: int
+    published: Path | None = None  # initRevision's files, pulled and checked (none with a checkpoint)
 
 
 @dataclass(eq=False)
@@ -330,9 +331,15 @@ class Trainer:
             if copies is not None:  # tokenised into memory: the copy is not read again
                 shutil.rmtree(copies, ignore_errors=True)
         folder = self.checkpoint_stores[job.name].root / job.name
-        return Prepared(
-            job, data, folder, fingerprint(job, data, self.base_config), job.total_steps(len(data.examples))
-        )
+        total_steps = job.total_steps(len(data.examples))
+        published = None
+        if job.init_revision is not None and checkpoint.latest(folder) is None:
+            try:  # here, not when it starts: a warm trainer's other tenants go on stepping meanwhile
+                published = self._pull_published(job)
+            except TrainingFailure as failure:
+                self._fail(job.name, failure, 0, total_steps)
+                return None
+        return Prepared(job, data, folder, fingerprint(job, data, self.base_config), total_steps, published)
 
     def _started(self, prepared: Prepared) -> AdapterRun | None:
         assert self.model is not None
@@ -368,7 +375,8 @@ class Trainer:
             run.last_loss = saved.state.loss
             message = f"resumed from step {run.step}"
         elif job.init_revision is not None:
-            weights.load_state_dict(self._published_weights(job), "InitRevisionMismatch")
+            assert prepared.published is not None
+            weights.load_state_dict(self._published_weights(prepared.published), "InitRevisionMismatch")
             message = f"started from published revision {job.init_revision[:12]}"
         else:
             message = "started from scratch"
@@ -384,21 +392,24 @@ class Trainer:
         )
         return run
 
-    def _published_weights(self, job: AdapterJob) -> dict[str, torch.Tensor]:
-        """The LoRA matrices of the revision `job.init_revision` published into its output store,
-        under our names (peft's, less the prefix), after checking its files' digest."""
-        from safetensors.torch import load_file
-
+    def _pull_published(self, job: AdapterJob) -> Path:
+        """The folder of the revision `job.init_revision` published into its output store, pulled and
+        its files' digest checked."""
         assert job.init_revision is not None
         folder = self.outputs[job.name].pull_folder(job.init_revision)
-        weights_file = folder / "adapter_model.safetensors"
-        if not weights_file.is_file() or tree_digest(folder) != job.init_revision:
+        if not (folder / WEIGHTS_FILE).is_file() or tree_digest(folder) != job.init_revision:
             raise TrainingFailure(
                 "InitRevisionNotFound",
                 f"no intact published revision {job.init_revision} under {job.output_uri}; "
                 "set spec.initFrom: scratch or republish it",
             )
-        tensors = load_file(weights_file, device=str(self.device))
+        return folder
+
+    def _published_weights(self, folder: Path) -> dict[str, torch.Tensor]:
+        """A published revision's LoRA matrices under our names (peft's, less the prefix)."""
+        from safetensors.torch import load_file
+
+        tensors = load_file(folder / WEIGHTS_FILE, device=str(self.device))
         return {key.removeprefix(PEFT_PREFIX): value.float() for key, value in tensors.items()}
 
     # -- the loop ---------------------------------------------------------------------------

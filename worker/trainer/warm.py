@@ -8,8 +8,9 @@ into a ConfigMap that the pod mounts, and the trainer reads it at most every
 before the next step:
 
 - a new tenant joins: its stores and data are opened (its checkpoint pulled,
-  a remote dataset copied and tokenised) in a background thread while the
-  others go on stepping, reported as `Preparing`; once that is done its
+  a remote dataset copied and tokenised, its `initRevision` pulled) in a
+  background thread while the others go on stepping, reported as
+  `Preparing`; once that is done its
   weights are made (or restored from its checkpoint, or its `initRevision`)
   between two steps and it is in the next combined step (with nothing
   training, tenants ready within START_TOGETHER_SECONDS start together);
