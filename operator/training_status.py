@@ -505,26 +505,20 @@ def _follow_tenant(
         for key, value in (("node", node), ("pod", pod.name if pod else None), ("trainer", trainer.name))
         if value
     }
-    if pod is not None and pod.phase == "Running" and state.get("phase") == TENANT_RUNNING:
-        if not running.get("startTime"):
-            running["startTime"] = timestamp(now)
-        message = f"training in warm trainer {trainer.name} (pod {pod.name}) on node {node}"
+    tenant_phase = state.get("phase")
+    if pod is not None and pod.phase == "Running" and tenant_phase in (TENANT_RUNNING, TENANT_PREPARING):
+        where = f"warm trainer {trainer.name} (pod {pod.name}) on node {node}"
+        if tenant_phase == TENANT_RUNNING:
+            running["startTime"] = running.get("startTime") or timestamp(now)
+            reason, message = "Training", f"training in {where}"
+        else:
+            reason = "Starting"
+            message = (
+                f"{where} is opening its checkpoint and dataset (a remote dataset is copied and tokenised "
+                "first, a published revision to start from pulled); the other tenants train meanwhile"
+            )
         running["conditions"] = merge_conditions(
-            current.get("conditions", []),
-            _conditions("False", "Training", message, "Running"),
-            generation,
-            now,
-        )
-    elif pod is not None and pod.phase == "Running" and state.get("phase") == TENANT_PREPARING:
-        message = (
-            f"warm trainer {trainer.name} (pod {pod.name}) on node {node} is opening its checkpoint "
-            "and dataset (a remote dataset is copied and tokenised first); the other tenants train meanwhile"
-        )
-        running["conditions"] = merge_conditions(
-            current.get("conditions", []),
-            _conditions("False", "Starting", message, "Running"),
-            generation,
-            now,
+            current.get("conditions", []), _conditions("False", reason, message, "Running"), generation, now
         )
     return Step(running)
 
