@@ -9,7 +9,10 @@ hyperparameters:
   each; every one pays its own start-up (Python and torch imports, reading the
   base model, moving it to the device) as separate Kubernetes jobs would.
   Adapter i's single-adapter job is the same job whatever N is, so each runs
-  once and the baseline for N is the sum of jobs 0..N-1.
+  once and the baseline for N is the sum of jobs 0..N-1;
+- warm: one warm trainer (`tenantsFile`) with the N jobs listed as its tenants,
+  as a shared TrainingJob runs, timed until every tenant is reported
+  Succeeded (its idle wait for the next job after that is not counted).
 
 Each run is a real subprocess of the real command (`python -m loraplex.cli
 trainer --config ...`), timed from spawn to exit: start-up, training,
@@ -17,7 +20,8 @@ checkpoints (one, mid-run) and publishing included. It prints adapters
 finished per hour for both and their ratio, plus the training-only ratio
 (from each process's first `started` event to its exit), which shows how much
 of the gain is batching and how much is start-up paid once instead of N
-times. The last line is `ratio_at_8=<concurrent / sequential adapters per hour at N=8>`.
+times. The last line is `ratio_at_8=<concurrent / sequential adapters per hour at N=8>
+warm_ratio_at_8=<warm / sequential>`.
 
 --quick: the tiny 2-layer Llama (loraplex.e2e.tiny_model) on CPU. Without it
 (or with --model), a random Llama of a larger shape is built here (never
@@ -31,6 +35,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -120,22 +125,72 @@ def adapter_job(index: int, data: Path, run_dir: Path, args: argparse.Namespace)
 
 
 def run_trainer(base: Path, jobs: list[dict[str, Any]], run_dir: Path, args: argparse.Namespace) -> Timing:
-    """One trainer process, timed from spawn to exit."""
+    """One one-shot trainer process (`adapters` in its config), timed from spawn to exit."""
     run_dir.mkdir(parents=True)
-    config = {
+    config = {**trainer_settings(base, run_dir, args), "adapters": jobs}
+    steps = 0
+
+    def follow(event: dict[str, Any]) -> bool:
+        nonlocal steps
+        if event["event"] == "finished":
+            steps = int(event["step"])
+        return False
+
+    timing = spawn_trainer(config, run_dir, follow)
+    check_published(jobs)
+    return Timing(timing.wall, timing.startup, steps)
+
+
+def run_warm(base: Path, jobs: list[dict[str, Any]], run_dir: Path, args: argparse.Namespace) -> Timing:
+    """A warm trainer (`tenantsFile`, shipped poll and idle settings) with the jobs listed as its
+    tenants, each with its own checkpoints, as the operator lists them; timed from spawn until every
+    tenant is reported Succeeded (published). Then it is stopped: its idle wait for the next job is
+    not the jobs' time."""
+    run_dir.mkdir(parents=True)
+    tenants = [{**job, "checkpointUri": (run_dir / "checkpoints" / job["name"]).as_uri()} for job in jobs]
+    tenants_file = run_dir / "tenants.json"
+    tenants_file.write_text(json.dumps({"tenants": tenants}))
+    config = {**trainer_settings(base, run_dir, args), "tenantsFile": str(tenants_file)}
+    names = {job["name"] for job in jobs}
+    steps = 0
+
+    def follow(event: dict[str, Any]) -> bool:
+        nonlocal steps
+        if event["event"] != "tenants" or "tenants" not in event:
+            return False
+        phases = {state["name"]: state.get("phase") for state in event["tenants"]}
+        failed = [name for name, phase in phases.items() if phase == "Failed"]
+        if failed:
+            raise SystemExit(f"warm tenants failed in {run_dir}: {failed}")
+        if all(phases.get(name) == "Succeeded" for name in names):
+            steps = max(int(state.get("step", 0)) for state in event["tenants"])
+            return True
+        return False
+
+    timing = spawn_trainer(config, run_dir, follow)
+    check_published(jobs)
+    return Timing(timing.wall, timing.startup, steps)
+
+
+def trainer_settings(base: Path, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    return {
         "baseModel": str(base),
         "checkpointUri": (run_dir / "checkpoints").as_uri(),
-        "adapters": jobs,
         "progressEverySteps": args.steps,
         "device": args.device,
         **({"threads": args.threads} if args.threads else {}),
     }
+
+
+def spawn_trainer(config: dict[str, Any], run_dir: Path, done: Callable[[dict[str, Any]], bool]) -> Timing:
+    """Run `loraplex trainer` on `config`; the time is spawn to exit, or to the first event `done`
+    accepts (the process is then stopped with SIGTERM). Startup: spawn to the first `started` event."""
     path = run_dir / "job.json"
     path.write_text(json.dumps(config))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
     started = None
-    steps = 0
+    ended = None
     with subprocess.Popen(
         [sys.executable, "-m", "loraplex.cli", "trainer", "--config", str(path)],
         stdout=subprocess.PIPE,
@@ -147,16 +202,21 @@ def run_trainer(base: Path, jobs: list[dict[str, Any]], run_dir: Path, args: arg
             event = json.loads(line)
             if event["event"] == "started" and started is None:
                 started = time.perf_counter()
-            elif event["event"] == "finished":
-                steps = int(event["step"])
+            if ended is None and done(event):
+                ended = time.perf_counter()
+                process.send_signal(signal.SIGTERM)
         code = process.wait()
-    wall = time.perf_counter() - start
-    if code != 0:
+    wall = (ended or time.perf_counter()) - start
+    if ended is None and code != 0:
         raise SystemExit(f"trainer exited {code} in {run_dir}")
+    return Timing(wall, (started or start) - start, 0)
+
+
+def check_published(jobs: list[dict[str, Any]]) -> None:
     for job in jobs:  # each output must be a published adapter
         out = Path(job["outputUri"].removeprefix("file://"))
-        assert any(out.iterdir()), f"nothing published for {job['name']}"
-    return Timing(wall, (started or start) - start, steps)
+        if not out.is_dir() or not any(out.iterdir()):
+            raise SystemExit(f"nothing published for {job['name']}")
 
 
 def best_of(
@@ -165,9 +225,10 @@ def best_of(
     jobs: Callable[[Path], list[dict[str, Any]]],
     run_dir: Path,
     args: argparse.Namespace,
+    run: Callable[[Path, list[dict[str, Any]], Path, argparse.Namespace], Timing] = run_trainer,
 ) -> Timing:
     """The fastest of `repeat` identical runs (fresh folders each), as timeit takes the minimum."""
-    runs = [run_trainer(base, jobs(run_dir / f"try-{k}"), run_dir / f"try-{k}", args) for k in range(repeat)]
+    runs = [run(base, jobs(run_dir / f"try-{k}"), run_dir / f"try-{k}", args) for k in range(repeat)]
     return min(runs, key=lambda t: t.wall)
 
 
@@ -214,17 +275,16 @@ def main() -> None:
         f"targets={','.join(TARGETS)} repeat={repeat}",
         flush=True,
     )
-    ratio = 0.0
+    ratio = warm_ratio = 0.0
     singles: list[Timing] = []  # single-adapter job i, run once; the baseline for N is jobs 0..N-1 in a row
     try:
         for n in counts:
-            concurrent = best_of(
-                repeat,
-                base,
-                lambda run_dir, n=n: [adapter_job(i, data, run_dir, args) for i in range(n)],
-                work / f"n{n}-concurrent",
-                args,
-            )
+
+            def jobs(run_dir: Path, n: int = n) -> list[dict[str, Any]]:
+                return [adapter_job(i, data, run_dir, args) for i in range(n)]
+
+            concurrent = best_of(repeat, base, jobs, work / f"n{n}-concurrent", args)
+            warm = best_of(repeat, base, jobs, work / f"n{n}-warm", args, run=run_warm)
             for i in range(len(singles), n):
                 singles.append(
                     best_of(
@@ -239,21 +299,25 @@ def main() -> None:
             seq_wall = sum(t.wall for t in sequential)
             seq_train = sum(t.wall - t.startup for t in sequential)
             conc_rate = n / concurrent.wall * 3600
+            warm_rate = n / warm.wall * 3600
             seq_rate = n / seq_wall * 3600
             ratio = conc_rate / seq_rate
+            warm_ratio = warm_rate / seq_rate
             train_ratio = seq_train / (concurrent.wall - concurrent.startup)
             print(
                 f"n={n} concurrent_adapters_per_hour={conc_rate:.0f} "
                 f"sequential_adapters_per_hour={seq_rate:.0f} ratio={ratio:.2f} "
                 f"train_only_ratio={train_ratio:.2f} "
+                f"warm_adapters_per_hour={warm_rate:.0f} warm_ratio={warm_ratio:.2f} "
                 f"concurrent_s={concurrent.wall:.1f} (startup {concurrent.startup:.1f}) "
+                f"warm_s={warm.wall:.1f} (startup {warm.startup:.1f}) "
                 f"sequential_s={seq_wall:.1f} (startup {sum(t.startup for t in sequential):.1f})",
                 flush=True,
             )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"ratio_at_{counts[-1]}={ratio:.2f}")
+    print(f"ratio_at_{counts[-1]}={ratio:.2f} warm_ratio_at_{counts[-1]}={warm_ratio:.2f}")
 
 
 if __name__ == "__main__":
