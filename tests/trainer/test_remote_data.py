@@ -3,9 +3,11 @@ trainer copies what the URI names, trains on it, and fails the adapter with a re
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import io
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,10 +16,11 @@ import pytest
 
 from loraplex.api.trainingjob import Dataset
 from loraplex.e2e.adapter_store import AdapterStore
+from loraplex.e2e.waiting import wait_until
 from loraplex.worker.s3 import s3_client_from_env
 from loraplex.worker.trainer import remote_data
 from loraplex.worker.trainer.config import TrainerConfig
-from loraplex.worker.trainer.failures import TrainingFailure
+from loraplex.worker.trainer.failures import PreparationCancelled, TrainingFailure
 from loraplex.worker.trainer.progress import Recorder
 from loraplex.worker.trainer.remote_data import fetch_dataset
 from loraplex.worker.trainer.training import Trainer
@@ -55,6 +58,25 @@ def test_an_s3_object_is_copied_alone_and_a_prefix_as_a_folder(tmp_path: Path, b
         "train.jsonl",
         "train.jsonl.bak",
     ]
+
+
+def test_a_cancelled_copy_of_an_s3_folder_stops_between_objects(tmp_path: Path, bucket: Any) -> None:
+    for part in range(3):
+        put(bucket, f"{tmp_path.name}/big/part-{part}.jsonl", '{"text": "a"}\n')
+    cancel = threading.Event()
+    client = s3_client_from_env()
+    fetch = client.fget_object
+
+    def fetch_then_leave(*args: Any, **kwargs: Any) -> Any:
+        result = fetch(*args, **kwargs)
+        cancel.set()  # the tenant leaves while its first object comes down
+        return result
+
+    client.fget_object = fetch_then_leave
+    uri = f"s3://{BUCKET}/{tmp_path.name}/big"
+    with pytest.raises(PreparationCancelled):
+        fetch_dataset(Dataset(uri=uri), tmp_path / "copy", lambda: client, cancel=cancel)
+    assert [p.name for p in (tmp_path / "copy" / "dataset").iterdir()] == ["part-0.jsonl"]
 
 
 def test_a_missing_s3_dataset_fails_the_adapter_with_dataset_not_found(tmp_path: Path, bucket: Any) -> None:
@@ -110,8 +132,51 @@ def test_redirects_are_not_followed(tmp_path: Path) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         with pytest.raises(TrainingFailure) as failure:
-            remote_data._from_https(f"http://127.0.0.1:{server.server_port}/train.jsonl", tmp_path)
+            remote_data._from_https(
+                f"http://127.0.0.1:{server.server_port}/train.jsonl", tmp_path, threading.Event()
+            )
         assert "answered 302" in failure.value.message
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_copy_stops_when_it_is_cancelled(tmp_path: Path) -> None:
+    """A warm tenant that leaves mid-copy: a long download stops at the next chunk."""
+
+    class Long(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            chunk = b'{"text": "hello"}\n' * 4096  # 72 KiB, about 7 MB/s: 40 s for the whole
+            with contextlib.suppress(OSError):  # the client hung up
+                for _ in range(4000):
+                    self.wfile.write(chunk)
+                    time.sleep(0.01)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Long)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cancel = threading.Event()
+    outcome: list[BaseException] = []
+
+    def copy() -> None:
+        try:
+            remote_data._from_https(f"http://127.0.0.1:{server.server_port}/train.jsonl", tmp_path, cancel)
+        except BaseException as error:
+            outcome.append(error)
+
+    copying = threading.Thread(target=copy, daemon=True)
+    copying.start()
+    try:
+        target = tmp_path / "train.jsonl"
+        wait_until(lambda: target.is_file() and target.stat().st_size > 1 << 20, 30, "copying")
+        cancel.set()
+        copying.join(30)
+        assert not copying.is_alive(), "the copy went on after it was cancelled"
+        assert [type(error) for error in outcome] == [PreparationCancelled]
     finally:
         server.shutdown()
         server.server_close()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 import yaml
 
 from loraplex.e2e.waiting import wait_until
-from loraplex.worker.trainer import training
+from loraplex.worker.trainer import data, training
 from loraplex.worker.trainer import warm as warm_module
 from loraplex.worker.trainer.config import AdapterJob, TrainerConfig
 from loraplex.worker.trainer.progress import Event, Recorder
@@ -144,7 +146,7 @@ def test_a_joining_tenants_data_is_read_while_the_others_go_on_training(
     """A slow dataset (a large remote one being copied and tokenised) holds up only its own tenant:
     it is reported as Preparing meanwhile, and one that leaves before it is ready never starts."""
     reading = {"greet": threading.Event(), "slow": threading.Event()}
-    read = threading.Event()  # the slow one's data was read
+    read = threading.Event()  # the slow one's reading ended (read, or stopped as its tenant left)
     release = threading.Event()
     load = training.load_dataset
 
@@ -153,10 +155,11 @@ def test_a_joining_tenants_data_is_read_while_the_others_go_on_training(
             if f"/{name}-" in spec.uri:
                 entered.set()
                 assert release.wait(120)
-        data = load(spec, *args, **kwargs)
-        if "/slow-" in spec.uri:
-            read.set()
-        return data
+        try:
+            return load(spec, *args, **kwargs)
+        finally:
+            if "/slow-" in spec.uri:
+                read.set()
 
     monkeypatch.setattr(training, "load_dataset", slow_for_some)
     out = tmp_path / "out"
@@ -188,11 +191,47 @@ def test_a_joining_tenants_data_is_read_while_the_others_go_on_training(
 
     wait_until(lambda: listed() == ["greet", "sql"], 30, "gone left")
     release.set()
-    wait_until(read.is_set, 30, "gone's data read")
+    wait_until(read.is_set, 30, "gone's data reading ended")
     steps = t.step_of("sql")
     wait_until(lambda: t.step_of("sql") >= steps + 3, 60, "sql training on")
     assert not t.events.of("started", "gone")
     assert listed() == ["greet", "sql"]
+
+
+def test_a_tenant_that_leaves_while_its_data_is_read_stops_the_read_and_holds_up_no_joiner(
+    warm: Callable[..., Tenancy],
+    dataset: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A dataset that would take for ever to read (here: endless) stops being read once its tenant
+    leaves, so the next tenant to join is opened and trains."""
+    reading, stopped = threading.Event(), threading.Event()
+    records = data._records
+
+    def endless_for_slow(path: Path, spec: Any) -> Iterator[Any]:
+        if "/slow-" not in str(path):
+            yield from records(path, spec)
+            return
+        reading.set()
+        try:
+            for record in itertools.cycle(list(records(path, spec))):
+                time.sleep(0.001)
+                yield record
+        finally:
+            stopped.set()  # the reader let go of the file
+
+    monkeypatch.setattr(data, "_records", endless_for_slow)
+    out = tmp_path / "out"
+    sql = adapter_job("sql", dataset("sql"), out, steps=100_000, interval=100_000)
+    t = training_alone(warm(), sql, steps=2)
+    t.write(sql, adapter_job("gone", dataset("slow"), out, steps=6))
+    wait_until(reading.is_set, 30, "gone's data being read")
+    t.write(sql, adapter_job("next", dataset("greet"), out, steps=4, batchSize=3))
+    wait_until(stopped.is_set, 30, "gone's read stopped")
+    wait_until(lambda: t.events.of("published", "next"), 120, "next trained and published")
+    assert not t.events.of("started", "gone")
+    assert not t.events.of("failed", "gone")
 
 
 @pytest.mark.parametrize("sql_ready_within_the_wait", [True, False])

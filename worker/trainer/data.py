@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 
 from loraplex.api.trainingjob import Dataset
 from loraplex.worker.trainer.config import ConfigError, local_path
-from loraplex.worker.trainer.failures import TrainingFailure
+from loraplex.worker.trainer.failures import PreparationCancelled, TrainingFailure
 
 IGNORE = -100  # label of a token the loss skips (prompt and padding), as in transformers
 
@@ -127,10 +128,15 @@ def confined(files: list[Path], root: str | None) -> list[Path]:
 
 
 def load_dataset(
-    spec: Dataset, tokenizer: Tokenizer, max_length: int, root: str | None = None
+    spec: Dataset,
+    tokenizer: Tokenizer,
+    max_length: int,
+    root: str | None = None,
+    cancel: threading.Event | None = None,
 ) -> LoadedDataset:
     """Read and tokenise a dataset (every file under `root` once links are resolved, if given);
-    DatasetNotFound, DatasetInvalid or DatasetOutsideRoots when it cannot be used."""
+    DatasetNotFound, DatasetInvalid or DatasetOutsideRoots when it cannot be used, and
+    PreparationCancelled as soon as `cancel` is set."""
     try:
         location = local_path(spec.uri, "dataset.uri")
     except ConfigError as error:
@@ -144,6 +150,8 @@ def load_dataset(
     for path in files:
         digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
         for record in _records(path, spec):
+            if cancel is not None and cancel.is_set():
+                raise PreparationCancelled(spec.uri)
             example = tokenise(record, tokenizer, max_length)
             # A label predicts the next token, so the first position's label never counts.
             if any(label != IGNORE for label in example.labels[1:]):

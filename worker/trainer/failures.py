@@ -30,3 +30,7 @@ class TrainingFailure(Exception):
         super().__init__(f"{reason}: {message}")
         self.reason: Reason = reason
         self.message = message
+
+
+class PreparationCancelled(Exception):
+    """A warm tenant left while its data was being copied or read: the work stops, nothing failed."""

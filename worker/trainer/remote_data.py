@@ -12,6 +12,9 @@ exactly what the URI names, and nothing else:
 - `https://host/path`: that one file, without credentials, and without
   following redirects (a redirect could lead out of the admin's root).
 
+A copy stops (PreparationCancelled) between two files or two 1 MiB chunks once
+its `cancel` event is set: a warm tenant that left needs no copy.
+
 Missing, forbidden or empty: `DatasetNotFound`. An endpoint that does not
 answer, or answers 5xx / 429, is tried `ATTEMPTS` times, `BACKOFF_SECONDS` apart
 and growing, then fails the adapter the same way naming the error. Local URIs
@@ -21,6 +24,7 @@ and growing, then fails the adapter the same way naming the error. Local URIs
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,11 +35,12 @@ from urllib.parse import unquote, urlsplit
 
 from loraplex.api.trainingjob import Dataset
 from loraplex.worker.s3 import inside
-from loraplex.worker.trainer.failures import TrainingFailure
+from loraplex.worker.trainer.failures import PreparationCancelled, TrainingFailure
 
 ATTEMPTS = 3
 BACKOFF_SECONDS = 1.0
 HTTP_TIMEOUT_SECONDS = 60.0
+CHUNK_BYTES = 1 << 20
 REMOTE_SCHEMES = ("s3", "https")
 T = TypeVar("T")
 
@@ -50,7 +55,11 @@ def is_remote(dataset: Dataset) -> bool:
 
 
 def fetch_dataset(
-    dataset: Dataset, scratch: Path, s3_client: Callable[[], Any], sleep: Callable[[float], None] = time.sleep
+    dataset: Dataset,
+    scratch: Path,
+    s3_client: Callable[[], Any],
+    sleep: Callable[[float], None] = time.sleep,
+    cancel: threading.Event | None = None,
 ) -> Dataset:
     """`dataset` with a local `file://` URI: itself when already local, else a copy under `scratch`
     (emptied first). TrainingFailure("DatasetNotFound") when it cannot be copied."""
@@ -59,11 +68,12 @@ def fetch_dataset(
         return dataset
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
+    cancel = cancel or threading.Event()
     copy = _retried(
         lambda: (
-            _from_s3(dataset.uri, scratch, s3_client())
+            _from_s3(dataset.uri, scratch, s3_client(), cancel)
             if scheme == "s3"
-            else _from_https(dataset.uri, scratch)
+            else _from_https(dataset.uri, scratch, cancel)
         ),
         dataset.uri,
         sleep,
@@ -84,7 +94,7 @@ def _retried(fetch: Callable[[], T], uri: str, sleep: Callable[[float], None]) -
     raise AssertionError("unreachable")
 
 
-def _from_s3(uri: str, scratch: Path, client: Any) -> Path:
+def _from_s3(uri: str, scratch: Path, client: Any, cancel: threading.Event) -> Path:
     """The object the URI names, else every object under it as a folder."""
     from minio.error import S3Error
     from urllib3.exceptions import HTTPError
@@ -109,6 +119,8 @@ def _from_s3(uri: str, scratch: Path, client: Any) -> Path:
         if not files:
             raise TrainingFailure("DatasetNotFound", f"no object {uri} and none under {prefix.rstrip('/')}/")
         for name in files:
+            if cancel.is_set():
+                raise PreparationCancelled(uri)
             client.fget_object(bucket, name, str(inside(folder, name[len(prefix) :])))
         return folder
     except S3Error as error:
@@ -129,11 +141,14 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirects)
 
 
-def _from_https(uri: str, scratch: Path) -> Path:
+def _from_https(uri: str, scratch: Path, cancel: threading.Event) -> Path:
     target = scratch / (Path(unquote(urlsplit(uri).path)).name or "dataset")
     try:
         with _OPENER.open(uri, timeout=HTTP_TIMEOUT_SECONDS) as response, target.open("wb") as out:
-            shutil.copyfileobj(response, out, 1 << 20)
+            while chunk := response.read(CHUNK_BYTES):
+                if cancel.is_set():
+                    raise PreparationCancelled(uri)
+                out.write(chunk)
     except urllib.error.HTTPError as error:
         error.close()  # it holds the answer's connection
         if error.code >= 500 or error.code == 429:

@@ -33,7 +33,7 @@ from loraplex.worker.s3 import s3_client_from_env
 from loraplex.worker.trainer import checkpoint
 from loraplex.worker.trainer.config import AdapterJob, ConfigError, TrainerConfig
 from loraplex.worker.trainer.data import BatchStream, LoadedDataset, Tokenizer, load_dataset
-from loraplex.worker.trainer.failures import Reason, TrainingFailure
+from loraplex.worker.trainer.failures import PreparationCancelled, Reason, TrainingFailure
 from loraplex.worker.trainer.multi_lora import AdapterWeights, MultiLoraModel
 from loraplex.worker.trainer.progress import Event, JsonLines, ProgressSink
 from loraplex.worker.trainer.publish import PEFT_PREFIX, WEIGHTS_FILE, publish
@@ -313,14 +313,20 @@ class Trainer:
         self.base_config = (base / "config.json").read_bytes()
         return True
 
-    def _prepared(self, job: AdapterJob) -> Prepared | None:
-        """The adapter with its data loaded; None (and the adapter failed) when the data is unusable."""
+    def _prepared(self, job: AdapterJob, cancel: threading.Event | None = None) -> Prepared | None:
+        """The adapter with its data loaded; None (and the adapter failed) when the data is unusable,
+        or (nothing failed) when `cancel` was set meanwhile."""
         assert self.tokenizer is not None
         # An s3:// or https:// dataset is copied here first, and the copy deleted once read.
         copies = self._scratch_root() / "datasets" / job.name if is_remote(job.dataset) else None
         try:
-            dataset = fetch_dataset(job.dataset, copies, self._s3_client) if copies else job.dataset
-            data = load_dataset(dataset, self.tokenizer, job.training.max_sequence_length, job.dataset_root)
+            dataset = (
+                fetch_dataset(job.dataset, copies, self._s3_client, cancel=cancel) if copies else job.dataset
+            )
+            max_length = job.training.max_sequence_length
+            data = load_dataset(dataset, self.tokenizer, max_length, job.dataset_root, cancel)
+        except PreparationCancelled:
+            return None
         except ConfigError as error:
             self._fail(job.name, TrainingFailure("ConfigInvalid", str(error)))
             return None
@@ -333,6 +339,8 @@ class Trainer:
         folder = self.checkpoint_stores[job.name].root / job.name
         total_steps = job.total_steps(len(data.examples))
         published = None
+        if cancel is not None and cancel.is_set():
+            return None
         if job.init_revision is not None and checkpoint.latest(folder) is None:
             try:  # here, not when it starts: a warm trainer's other tenants go on stepping meanwhile
                 published = self._pull_published(job)

@@ -15,8 +15,9 @@ before the next step:
   between two steps and it is in the next combined step (with nothing
   training, tenants ready within START_TOGETHER_SECONDS start together);
 - a tenant no longer listed (its job finished elsewhere, was deleted or moved)
-  leaves at once: a checkpoint if it stepped since its last one, a `left`
-  event, its weights and optimizer state dropped;
+  leaves at once (one still being prepared: its copy or read stops at the next
+  chunk or record, and it never starts): a checkpoint if it stepped since its
+  last one, a `left` event, its weights and optimizer state dropped;
 - a tenant listed with other settings leaves and joins again.
 
 A tenant that finishes publishes and leaves the batch as in a one-shot run;
@@ -82,7 +83,7 @@ class Preparation:
 
     job: AdapterJob
     done: threading.Event = field(default_factory=threading.Event)
-    cancelled: bool = False  # it left before its turn came: skipped
+    cancel: threading.Event = field(default_factory=threading.Event)  # it left: skipped, or stopped
     prepared: Prepared | None = None  # None when done: finished already, or failed (as reported)
     error: BaseException | None = None  # an unexpected error, raised again on the training thread
 
@@ -91,7 +92,7 @@ class Preparer:
     """One daemon thread that opens joining tenants in the order they joined, so a rejoin with other
     settings is opened after the run it replaces (their stores share the adapter's name)."""
 
-    def __init__(self, prepare: Callable[[AdapterJob], Prepared | None]) -> None:
+    def __init__(self, prepare: Callable[[AdapterJob, threading.Event], Prepared | None]) -> None:
         self._prepare = prepare
         self._queue: queue.SimpleQueue[Preparation] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -108,8 +109,8 @@ class Preparer:
         while True:
             item = self._queue.get()
             try:
-                if not item.cancelled:
-                    item.prepared = self._prepare(item.job)
+                if not item.cancel.is_set():
+                    item.prepared = self._prepare(item.job, item.cancel)
             except BaseException as error:  # handed to the training thread, raised there
                 item.error = error
             finally:
@@ -229,13 +230,14 @@ class WarmTrainer:
         self.admitted[job.name] = job
         self.preparing[job.name] = self.preparer.submit(job)
 
-    def _prepare(self, job: AdapterJob) -> Prepared | None:
+    def _prepare(self, job: AdapterJob, cancel: threading.Event) -> Prepared | None:
         """On the preparer's thread: the job's stores and data (None: done already, reported again,
-        or failed). Its earlier result goes first, so a report never shows it as this run's."""
+        failed, or left meanwhile). Its earlier result goes first, so a report never shows it as
+        this run's."""
         self.trainer.results.pop(job.name, None)
         if not self.trainer._open(job):
             return None
-        return self.trainer._prepared(job)
+        return self.trainer._prepared(job, cancel)
 
     def _collect(self) -> None:
         """Start the tenants whose preparation finished: weights made (or restored), in the next step.
@@ -261,8 +263,8 @@ class WarmTrainer:
     def _leave(self, name: str) -> None:
         del self.admitted[name]
         preparation = self.preparing.pop(name, None)
-        if preparation is not None:  # its preparation finishes unheeded, or is skipped if not begun
-            preparation.cancelled = True
+        if preparation is not None:  # its copy or read stops at the next chunk or record, unheeded
+            preparation.cancel.set()
             return
         self.trainer.results.pop(name, None)
         run = self.active.pop(name, None)
