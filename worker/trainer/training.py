@@ -336,11 +336,11 @@ class Trainer:
         finally:
             if copies is not None:  # tokenised into memory: the copy is not read again
                 shutil.rmtree(copies, ignore_errors=True)
+        if cancel is not None and cancel.is_set():
+            return None
         folder = self.checkpoint_stores[job.name].root / job.name
         total_steps = job.total_steps(len(data.examples))
         published = None
-        if cancel is not None and cancel.is_set():
-            return None
         if job.init_revision is not None and checkpoint.latest(folder) is None:
             try:  # here, not when it starts: a warm trainer's other tenants go on stepping meanwhile
                 published = self._pull_published(job)

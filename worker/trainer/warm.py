@@ -10,10 +10,10 @@ before the next step:
 - a new tenant joins: its stores and data are opened (its checkpoint pulled,
   a remote dataset copied and tokenised, its `initRevision` pulled) in a
   background thread while the others go on stepping, reported as
-  `Preparing`; once that is done its
-  weights are made (or restored from its checkpoint, or its `initRevision`)
-  between two steps and it is in the next combined step (with nothing
-  training, tenants ready within START_TOGETHER_SECONDS start together);
+  `Preparing`; once that is done its weights are made (or restored from its
+  checkpoint, or its `initRevision`) between two steps and it is in the next
+  combined step (with nothing training, tenants ready within
+  START_TOGETHER_SECONDS start together);
 - a tenant no longer listed (its job finished elsewhere, was deleted or moved)
   leaves at once (one still being prepared: its copy or read stops at the next
   chunk or record, and it never starts): a checkpoint if it stepped since its
