@@ -198,6 +198,36 @@ def test_a_joining_tenants_data_is_read_while_the_others_go_on_training(
     assert listed() == ["greet", "sql"]
 
 
+def test_a_joining_tenants_long_copy_holds_up_no_tenant_that_joins_after_it(
+    warm: Callable[..., Tenancy],
+    dataset: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Joining tenants are opened side by side: one whose remote dataset takes long to copy does not
+    keep a later joiner from training."""
+    copying, release = threading.Event(), threading.Event()
+
+    def slow_copy(spec: Any, *_args: Any, **_kwargs: Any) -> Any:
+        copying.set()
+        assert release.wait(120)
+        return spec  # the "copy" is the local file itself
+
+    monkeypatch.setattr(training, "is_remote", lambda spec: "/big-" in spec.uri)
+    monkeypatch.setattr(training, "fetch_dataset", slow_copy)
+    out = tmp_path / "out"
+    sql = adapter_job("sql", dataset("sql"), out, steps=100_000, interval=100_000)
+    big = adapter_job("big", dataset("big"), out, steps=4)
+    t = training_alone(warm(), sql, steps=2)
+    t.write(sql, big)
+    wait_until(copying.is_set, 30, "big's dataset being copied")
+    t.write(sql, big, adapter_job("small", dataset("greet"), out, steps=4, batchSize=3))
+    wait_until(lambda: t.events.of("published", "small"), 120, "small trained while big is copied")
+    assert not t.events.of("started", "big")
+    release.set()
+    wait_until(lambda: t.events.of("published", "big"), 120, "big trained once copied")
+
+
 def test_a_tenant_that_leaves_while_its_data_is_read_stops_the_read_and_holds_up_no_joiner(
     warm: Callable[..., Tenancy],
     dataset: Callable[..., Path],
@@ -399,6 +429,35 @@ def _job(name: str, steps: int) -> AdapterJob:
             "outputUri": "file:///o",
         }
     )
+
+
+def test_the_preparer_opens_tenants_side_by_side_but_one_name_after_another() -> None:
+    """A rejoin (same name, other settings) is opened after the run it replaces: they share stores."""
+    release = {"x": threading.Event(), "y": threading.Event(), "x2": threading.Event()}
+    entered: list[str] = []
+
+    def prepare(job: AdapterJob, _cancel: threading.Event) -> None:
+        label = f"{job.name}{job.training.steps}" if job.training.steps == 2 else job.name
+        entered.append(label)
+        assert release[label].wait(30)
+
+    preparer = warm_module.Preparer(prepare)
+    first, other, rejoin = (
+        preparer.submit(_job("x", 1)),
+        preparer.submit(_job("y", 1)),
+        preparer.submit(_job("x", 2)),
+    )
+    wait_until(lambda: sorted(entered) == ["x", "y"], 10, "x and y opened side by side")
+    time.sleep(0.2)
+    assert "x2" not in entered  # x's rejoin waits for x
+    release["x"].set()
+    wait_until(lambda: "x2" in entered, 10, "x's rejoin opened once x is done")
+    assert first.done.is_set()
+    assert not other.done.is_set()
+    release["y"].set()
+    release["x2"].set()
+    assert other.done.wait(10)
+    assert rejoin.done.wait(10)
 
 
 def test_plan_tenancy_joins_new_leaves_gone_and_rejoins_changed_tenants() -> None:

@@ -38,6 +38,21 @@ class Tokenizer(Protocol):
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
 
 
+class SerialTokenizer:
+    """A tokenizer whose encode calls take turns: a warm trainer reads joining tenants' datasets on
+    several threads, and a Rust-backed tokenizer is not promised to be safe to share across them."""
+
+    def __init__(self, inner: Tokenizer) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+        self.bos_token_id = inner.bos_token_id
+        self.eos_token_id = inner.eos_token_id
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        with self._lock:
+            return self._inner.encode(text, add_special_tokens=add_special_tokens)
+
+
 @dataclass(frozen=True)
 class Example:
     """One tokenised example: token ids and their labels (IGNORE where no loss is taken)."""

@@ -32,7 +32,13 @@ from loraplex.worker.durable import write_atomic
 from loraplex.worker.s3 import s3_client_from_env
 from loraplex.worker.trainer import checkpoint
 from loraplex.worker.trainer.config import AdapterJob, ConfigError, TrainerConfig
-from loraplex.worker.trainer.data import BatchStream, LoadedDataset, Tokenizer, load_dataset
+from loraplex.worker.trainer.data import (
+    BatchStream,
+    LoadedDataset,
+    SerialTokenizer,
+    Tokenizer,
+    load_dataset,
+)
 from loraplex.worker.trainer.failures import PreparationCancelled, Reason, TrainingFailure
 from loraplex.worker.trainer.multi_lora import AdapterWeights, MultiLoraModel
 from loraplex.worker.trainer.progress import Event, JsonLines, ProgressSink
@@ -185,7 +191,8 @@ class Trainer:
         self.base_config = b""
         self.outputs: dict[str, Store] = {}  # adapter name -> the store its outputUri names
         self._s3: Any = None  # made on first use by an s3:// store or dataset
-        self._s3_lock = threading.Lock()  # a warm trainer opens joining tenants on another thread
+        self._s3_lock = threading.Lock()  # a warm trainer opens joining tenants on other threads
+        self._scratch_lock = threading.Lock()
         self._scratch: Path | None = None
 
     def _open_store(self, uri: str, field: str, *scratch: str) -> Store:
@@ -195,10 +202,11 @@ class Trainer:
 
     def _scratch_root(self) -> Path:
         """`scratchDir`, else a temporary folder made once for this trainer."""
-        if self._scratch is None:
-            configured = self.config.scratch_dir
-            self._scratch = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="loraplex-"))
-        return self._scratch
+        with self._scratch_lock:
+            if self._scratch is None:
+                configured = self.config.scratch_dir
+                self._scratch = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="loraplex-"))
+            return self._scratch
 
     def _s3_client(self) -> Any:
         with self._s3_lock:
@@ -305,7 +313,7 @@ class Trainer:
             return True
         base = self.config.base_model_path
         try:
-            self.tokenizer = self._load_tokenizer(base)
+            self.tokenizer = SerialTokenizer(self._load_tokenizer(base))
         except TrainingFailure as failure:
             for job in jobs:
                 self._fail(job.name, failure)

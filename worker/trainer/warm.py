@@ -8,8 +8,9 @@ into a ConfigMap that the pod mounts, and the trainer reads it at most every
 before the next step:
 
 - a new tenant joins: its stores and data are opened (its checkpoint pulled,
-  a remote dataset copied and tokenised, its `initRevision` pulled) in a
-  background thread while the others go on stepping, reported as
+  a remote dataset copied and tokenised, its `initRevision` pulled) on a
+  background thread (`Preparer`: up to PARALLEL_PREPARATIONS tenants at once)
+  while the others go on stepping, reported as
   `Preparing`; once that is done its weights are made (or restored from its
   checkpoint, or its `initRevision`) between two steps and it is in the next
   combined step (with nothing training, tenants ready within
@@ -31,7 +32,6 @@ every tenant in flight and exits 75 (main.py); with no tenant in flight for
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -57,6 +57,9 @@ REPORT_EVERY_SECONDS = 30.0  # a `tenants` report at least this often, so one is
 # tenants listed together (a new or resumed trainer's) start in one combined step: a tenant's
 # numerics depend on the batch it shares, so a resumed trainer then repeats an uninterrupted one.
 START_TOGETHER_SECONDS = 10.0
+# Joining tenants opened at once: their checkpoints pulled and remote datasets copied side by side,
+# their records read and tokenised in turns (CPU work, under one interpreter lock).
+PARALLEL_PREPARATIONS = 4
 
 
 @dataclass(frozen=True)
@@ -89,32 +92,44 @@ class Preparation:
 
 
 class Preparer:
-    """One daemon thread that opens joining tenants in the order they joined, so a rejoin with other
-    settings is opened after the run it replaces (their stores share the adapter's name)."""
+    """Opens joining tenants off the training thread, up to `parallel` at once, so a large dataset
+    being copied holds up only its own tenant. One adapter name's preparations run in the order they
+    were submitted: a rejoin with other settings is opened after the run it replaces (their stores
+    share the adapter's name). Daemon threads: a trainer that exits does not wait for a copy."""
 
-    def __init__(self, prepare: Callable[[AdapterJob, threading.Event], Prepared | None]) -> None:
+    def __init__(
+        self,
+        prepare: Callable[[AdapterJob, threading.Event], Prepared | None],
+        parallel: int = PARALLEL_PREPARATIONS,
+    ) -> None:
         self._prepare = prepare
-        self._queue: queue.SimpleQueue[Preparation] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._slots = threading.BoundedSemaphore(parallel)
+        self._lock = threading.Lock()
+        self._last: dict[str, Preparation] = {}  # each name's latest preparation not yet done
 
     def submit(self, job: AdapterJob) -> Preparation:
         item = Preparation(job)
-        self._queue.put(item)
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="tenant-preparer", daemon=True)
-            self._thread.start()
+        with self._lock:
+            before = self._last.get(job.name)
+            self._last[job.name] = item
+        name = f"prepare-{job.name}"
+        threading.Thread(target=self._work, args=(item, before), name=name, daemon=True).start()
         return item
 
-    def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            try:
+    def _work(self, item: Preparation, before: Preparation | None) -> None:
+        try:
+            if before is not None:
+                before.done.wait()
+            with self._slots:
                 if not item.cancel.is_set():
                     item.prepared = self._prepare(item.job, item.cancel)
-            except BaseException as error:  # handed to the training thread, raised there
-                item.error = error
-            finally:
-                item.done.set()
+        except BaseException as error:  # handed to the training thread, raised there
+            item.error = error
+        finally:
+            with self._lock:
+                if self._last.get(item.job.name) is item:
+                    del self._last[item.job.name]
+            item.done.set()
 
 
 class TenantsFile:
