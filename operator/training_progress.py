@@ -94,9 +94,12 @@ def _progress(fields: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def final_progress(last: Mapping[str, Any] | None, entry: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The progress once an attempt ended: `last` (the status's) with the step and totalSteps of the
-    trainer's summary `entry` for the adapter; `last` as it was when the summary has no step."""
-    ended = _progress({"step": (entry or {}).get("step"), "totalSteps": (entry or {}).get("totalSteps")})
+    """The progress once an attempt ended: `last` (the status's) with the step, totalSteps and (a
+    success's) final loss of the trainer's summary `entry` for the adapter; `last` as it was when
+    the summary has no step. Without the summary's loss, the status's last read loss would stand
+    beside the final step, though the log may not have been read since an earlier window."""
+    fields = {key: (entry or {}).get(key) for key in ("step", "totalSteps", "loss")}
+    ended = _progress(fields)
     if ended is None:
         return dict(last) if last else None
     return {**(last or {}), **ended}

@@ -105,6 +105,12 @@ def test_the_final_progress_takes_the_summarys_step_and_keeps_the_rest() -> None
     assert final_progress(None, {"name": "sql"}) is None
 
 
+def test_a_success_shows_its_final_loss_not_the_last_one_the_operator_happened_to_read() -> None:
+    last = {"step": 20, "totalSteps": 30, "loss": 5.87, "tokensPerSecond": 250.0}
+    entry = {"name": "sql", "phase": "Succeeded", "step": 30, "totalSteps": 30, "loss": 5.61}
+    assert final_progress(last, entry) == {**last, "step": 30, "loss": 5.61}
+
+
 class Logs:
     """A trainer pod's log as the operator would read it; `broken`: reading it fails."""
 

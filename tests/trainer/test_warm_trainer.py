@@ -133,6 +133,7 @@ def test_tenants_join_and_leave_a_running_trainer_which_loads_the_base_once(
             "totalSteps": 6,
             "uri": t.events.of("published", "greet")[0].uri,
             "sha256": t.events.of("published", "greet")[0].sha256,
+            "loss": t.events.of("progress", "greet")[-1].loss,
         }
     ]
 
@@ -361,6 +362,8 @@ def test_the_next_run_of_a_job_trains_again_in_the_same_trainer_from_the_revisio
     assert [(s["checkpointUri"], s["phase"]) for s in last] == [
         ((tmp_path / "ck" / "r1").as_uri(), "Succeeded")
     ]
+    # Its final loss, as its last progress event said it (the operator may not have read that one).
+    assert last[0]["loss"] == t.events.of("progress", "sql")[-1].loss
 
 
 def test_a_joining_tenants_published_revision_is_pulled_while_the_others_go_on_training(

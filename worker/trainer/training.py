@@ -77,6 +77,7 @@ class AdapterResult:
     reason: Reason | None = None
     message: str | None = None
     checkpoint: str | None = None
+    loss: float | None = None  # a success's: the mean loss of its last progress window
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ class AdapterRun:
     loss_steps: int = 0
     tokens: int = 0
     last_loss: float | None = None
+    reported_loss: float | None = None  # the loss the last progress event carried
     window_start: float = field(default_factory=time.monotonic)
 
 
@@ -517,13 +519,14 @@ class Trainer:
         now = time.monotonic()
         elapsed = max(now - run.window_start, 1e-9)
         loss = run.loss_sum / run.loss_steps if run.loss_steps else run.last_loss
+        run.reported_loss = round(loss, 6) if loss is not None else None
         self.sink(
             Event(
                 "progress",
                 run.job.name,
                 step=run.step,
                 total_steps=run.total_steps,
-                loss=round(loss, 6) if loss is not None else None,
+                loss=run.reported_loss,
                 tokens_per_second=round(run.tokens / elapsed, 1),
             )
         )
@@ -568,6 +571,7 @@ class Trainer:
             total_steps=run.total_steps,
             uri=uri,
             sha256=published.sha256,
+            loss=run.reported_loss,
         )
         self._record(run.folder, result)
         self.results[run.job.name] = result

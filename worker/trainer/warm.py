@@ -322,6 +322,7 @@ class WarmTrainer:
             for key, value in (
                 ("totalSteps", result.total_steps), ("uri", result.uri), ("sha256", result.sha256),
                 ("reason", result.reason), ("message", result.message), ("checkpoint", result.checkpoint),
+                ("loss", result.loss),
             ):  # fmt: skip
                 if value is not None:
                     state[key] = value
