@@ -42,6 +42,10 @@ API_KEY_DEFAULT_KEY = "api-key"
 ENGINE_HOME = "/home/engine"  # vLLM's HOME and caches: its image expects root's, the pod runs as 65532
 SHM_MOUNT = "/dev/shm"
 PULL_POLICY = "IfNotPresent"  # images imported into the nodes are used as they are
+FETCH_MODEL_CONTAINER = "fetch-model"  # the init container that copies the base model into the pod
+# A worker container that fails leaves its log's last lines as its termination message, which the
+# BaseModel's Ready condition quotes (fleet_status): the cause without `kubectl logs --previous`.
+TERMINATION_MESSAGE = {"terminationMessagePolicy": "FallbackToLogsOnError"}
 ENGINE_STARTUP_SECONDS = 30 * 60  # loading a large model (and compiling its graphs) is slow
 AGENT_STARTUP_SECONDS = 2 * 60
 ROUTER_STARTUP_SECONDS = 5 * 60  # its first sync lists every adapter of the BaseModel
@@ -231,13 +235,14 @@ def fetch_model_containers(
         return []
     return [
         {
-            "name": "fetch-model",
+            "name": FETCH_MODEL_CONTAINER,
             "image": settings.image,
             "imagePullPolicy": PULL_POLICY,
             "args": ["agent", "fetch-model", "--uri", spec.model.uri, "--dest", MODEL_MOUNT],
             "volumeMounts": mounts,
             "env": store_credential_env(spec),
             "resources": settings.fetch_model_resources.manifest(),
+            **TERMINATION_MESSAGE,
         }
     ]
 
@@ -311,6 +316,7 @@ def worker_statefulset(
             resources.gpu_resource_name, resources.gpu, resources.cpu, resources.memory
         ),
         "volumeMounts": [*mounts, cache_mount, home_mount, {"name": "shm", "mountPath": SHM_MOUNT}],
+        **TERMINATION_MESSAGE,
     }
     claim_volumes, claim_mounts = adapter_volumes(spec)
     agent = {
@@ -330,6 +336,7 @@ def worker_statefulset(
         **http_probes("/healthz", AGENT_PORT, AGENT_STARTUP_SECONDS),
         "resources": settings.agent_resources.manifest(),
         "volumeMounts": [cache_mount, *claim_mounts, *({**m, "readOnly": True} for m in mounts)],
+        **TERMINATION_MESSAGE,
     }
     init_containers = fetch_model_containers(spec, settings, mounts)
     pod_spec: Manifest = {

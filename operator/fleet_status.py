@@ -20,12 +20,25 @@ from loraplex.api.wire import to_wire
 
 
 @dataclass(frozen=True)
+class ContainerTrouble:
+    """A worker pod's container the kubelet cannot start or keep running, as its status says."""
+
+    container: str
+    waiting_reason: str  # the kubelet's (ImagePullBackOff, ...); CrashLoopBackOff also for a failed exit
+    message: str = ""  # the waiting message, or for a crash its last exit and the last line it logged
+    restarts: int = 0
+    init: bool = False  # an init container (fetch-model: the copy of the base model)
+
+
+@dataclass(frozen=True)
 class WorkerPod:
     """What the status needs to know of one worker pod."""
 
     name: str
     ready: bool
     unschedulable_message: str | None = None  # PodScheduled=False, reason Unschedulable
+    trouble: ContainerTrouble | None = None
+    fetching_model_since: str | None = None  # the fetch-model init container is running, since then
 
 
 @dataclass(frozen=True)
@@ -98,7 +111,25 @@ def plan_base_model_status(
 
 
 # Ready=False reasons that waiting alone will not fix: the fleet is stuck, not starting.
-BLOCKED_REASONS = frozenset({"InsufficientGPU", "Unschedulable", "ObjectRefused"})
+BLOCKED_REASONS = frozenset(
+    {
+        "InsufficientGPU",
+        "Unschedulable",
+        "ObjectRefused",
+        "ImagePullFailed",
+        "ContainerConfigError",
+        "WorkerCrashLoop",
+        "ModelFetchFailed",
+    }
+)
+# The kubelet's waiting reasons for a container it cannot start, by the Ready reason they give.
+IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
+CONFIG_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError", "RunContainerError"})
+CRASH_LOOP = "CrashLoopBackOff"
+TROUBLE_REASONS = IMAGE_PULL_REASONS | CONFIG_REASONS | {CRASH_LOOP}
+# Restarts before a crash loop counts as stuck: an engine may exit once while it starts (the kubelet
+# restarts it) without the fleet being Stalled, which GitOps tools read as a failed rollout.
+CRASH_LOOP_RESTARTS = 3
 
 
 def _ready_condition(
@@ -123,11 +154,42 @@ def _ready_condition(
         return ConditionUpdate(
             "Ready", "False", "Unschedulable", f"{first.name}: {first.unschedulable_message}"
         )
+    stuck = [(p, trouble) for p in observed.pods if (trouble := _stuck(p.trouble)) is not None]
+    if stuck:
+        pod, (reason, what) = stuck[0]
+        others = f" ({len(stuck)} worker pods in all)" if len(stuck) > 1 else ""
+        return ConditionUpdate("Ready", "False", reason, f"{pod.name}: {what}{others}")
     if ready < desired:
+        fetching = [p for p in observed.pods if p.fetching_model_since and not p.ready]
+        if fetching:
+            first = fetching[0]
+            message = (
+                f"{ready} of {desired} workers ready; {len(fetching)} copying the base model from "
+                f"{spec.model.uri} (first: {first.name}, since {first.fetching_model_since})"
+            )
+            return ConditionUpdate("Ready", "False", "FetchingBaseModel", message)
         return ConditionUpdate("Ready", "False", "WorkersStarting", f"{ready} of {desired} workers ready")
     if _rolling(observed, desired, planned_hash):
         return ConditionUpdate("Ready", "False", "RollingUpdate", "Rolling the workers to the new spec")
     return ConditionUpdate("Ready", "True", "WorkersReady", f"{ready} of {desired} workers ready")
+
+
+def _stuck(trouble: ContainerTrouble | None) -> tuple[str, str] | None:
+    """The Ready reason and message of a container that will not start or keep running without a
+    change; None for one that may yet (a first pull error, a crash or two while starting)."""
+    if trouble is None:
+        return None
+    container, detail = trouble.container, trouble.message
+    if trouble.waiting_reason in IMAGE_PULL_REASONS:
+        return "ImagePullFailed", f"container {container} cannot pull its image: {detail}"
+    if trouble.waiting_reason in CONFIG_REASONS:
+        return "ContainerConfigError", f"container {container} cannot be created: {detail}"
+    if trouble.waiting_reason == CRASH_LOOP and trouble.restarts >= CRASH_LOOP_RESTARTS:
+        if trouble.init:
+            what = f"copying the base model failed {trouble.restarts + 1} times ({container}): {detail}"
+            return "ModelFetchFailed", what
+        return "WorkerCrashLoop", f"container {container} restarted {trouble.restarts} times: {detail}"
+    return None
 
 
 def _rolling(observed: FleetObservation, desired: int, planned_hash: str | None) -> bool:

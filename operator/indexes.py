@@ -41,8 +41,9 @@ from loraplex.api.labels import (
     WARM_TRAINER_LABEL,
     WORKER,
 )
-from loraplex.operator.fleet_status import WorkerPod
-from loraplex.operator.observe import index_essentials
+from loraplex.operator.fleet import FETCH_MODEL_CONTAINER
+from loraplex.operator.fleet_status import ContainerTrouble, WorkerPod
+from loraplex.operator.observe import container_trouble, index_essentials, init_running_since
 from loraplex.operator.training_status import JobView, PodView
 from loraplex.operator.training_workload import HOSTNAME_LABEL, TRAINER_CONTAINER
 
@@ -62,6 +63,8 @@ class WorkerPodView:
     ready: bool = False  # condition Ready=True
     deleting: bool = False
     unschedulable_message: str | None = None  # PodScheduled=False, reason Unschedulable
+    trouble: ContainerTrouble | None = None  # a container the kubelet cannot start or keep running
+    fetching_model_since: str | None = None  # fetch-model (the base model's copy) running since
 
     @property
     def healthy(self) -> bool:
@@ -70,7 +73,9 @@ class WorkerPodView:
 
     def status_view(self) -> WorkerPod:
         """The pod as the BaseModel status reads it."""
-        return WorkerPod(self.name, self.ready, self.unschedulable_message)
+        return WorkerPod(
+            self.name, self.ready, self.unschedulable_message, self.trouble, self.fetching_model_since
+        )
 
 
 class NodeView(NamedTuple):
@@ -89,7 +94,8 @@ class NodeView(NamedTuple):
 
 
 def worker_pod_view(body: Mapping[str, Any]) -> WorkerPodView:
-    conditions = {c.get("type"): c for c in body.get("status", {}).get("conditions", []) or []}
+    status = body.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions", []) or []}
     scheduled = conditions.get("PodScheduled", {})
     unschedulable = scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
     return WorkerPodView(
@@ -98,6 +104,8 @@ def worker_pod_view(body: Mapping[str, Any]) -> WorkerPodView:
         ready=conditions.get("Ready", {}).get("status") == "True",
         deleting=bool(body["metadata"].get("deletionTimestamp")),
         unschedulable_message=str(scheduled.get("message", "")) if unschedulable else None,
+        trouble=container_trouble(status),
+        fetching_model_since=init_running_since(status, FETCH_MODEL_CONTAINER),
     )
 
 

@@ -8,8 +8,15 @@ from typing import Any
 from loraplex.api.labels import HASH_ANNOTATION
 from loraplex.api.tiers import Tier
 from loraplex.api.workerplacement import read_status
-from loraplex.operator.fleet_status import FleetObservation, WorkerPod
+from loraplex.operator.fleet_status import (
+    CRASH_LOOP,
+    TROUBLE_REASONS,
+    ContainerTrouble,
+    FleetObservation,
+    WorkerPod,
+)
 
+MESSAGE_CHARS = 300  # of a crashed container's last log line, in a condition message
 KEPT_METADATA = ("name", "namespace", "uid", "generation", "deletionTimestamp", "finalizers")
 
 
@@ -43,15 +50,47 @@ def running_workers(worker_sets: Iterable[Mapping[str, Any]]) -> int | None:
     return next((statefulset_replicas(statefulset) for statefulset in worker_sets), None)
 
 
-def worker_pod(body: Mapping[str, Any]) -> WorkerPod:
-    conditions = {c.get("type"): c for c in body.get("status", {}).get("conditions", []) or []}
-    scheduled = conditions.get("PodScheduled", {})
-    unschedulable = scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
-    return WorkerPod(
-        name=body["metadata"]["name"],
-        ready=conditions.get("Ready", {}).get("status") == "True",
-        unschedulable_message=str(scheduled.get("message", "")) if unschedulable else None,
-    )
+def container_trouble(pod_status: Mapping[str, Any]) -> ContainerTrouble | None:
+    """The first of a pod's containers (init containers first) that the kubelet holds in a state a user
+    has to act on: a crash loop, an image it cannot pull, a spec it cannot create. A container that
+    exited with an error counts as crash-looping: the kubelet shows it terminated for most of the back-off
+    before it writes `CrashLoopBackOff` (worker pods restart every container)."""
+    for init, key in ((True, "initContainerStatuses"), (False, "containerStatuses")):
+        for container in pod_status.get(key) or []:
+            state = container.get("state") or {}
+            waiting = state.get("waiting") or {}
+            failed = (state.get("terminated") or {}).get("exitCode", 0) != 0
+            reason = CRASH_LOOP if failed else waiting.get("reason")
+            if reason in TROUBLE_REASONS:
+                return ContainerTrouble(
+                    container=str(container.get("name", "")),
+                    waiting_reason=str(reason),
+                    message=_trouble_detail(container, str(reason), waiting),
+                    restarts=int(container.get("restartCount") or 0),
+                    init=init,
+                )
+    return None
+
+
+def _trouble_detail(container: Mapping[str, Any], reason: str, waiting: Mapping[str, Any]) -> str:
+    """For a crash: how the container last exited and the last line it wrote (the worker containers'
+    termination message falls back to their log's tail); else the kubelet's waiting message."""
+    state = container.get("state") or {}
+    last = state.get("terminated") or (container.get("lastState") or {}).get("terminated")
+    if reason != CRASH_LOOP or not last:
+        return str(waiting.get("message") or reason)
+    exited = f"exit code {last.get('exitCode')} ({last.get('reason') or 'Error'})"
+    lines = [line.strip() for line in str(last.get("message") or "").splitlines() if line.strip()]
+    return f"{exited}: {lines[-1][:MESSAGE_CHARS]}" if lines else exited
+
+
+def init_running_since(pod_status: Mapping[str, Any], name: str) -> str | None:
+    """When the pod's init container `name` started, while it runs; None otherwise."""
+    for container in pod_status.get("initContainerStatuses") or []:
+        running = (container.get("state") or {}).get("running")
+        if container.get("name") == name and running is not None:
+            return str(running.get("startedAt") or "")
+    return None
 
 
 def slots_used(placements: Iterable[Mapping[str, Any]]) -> tuple[int, int]:

@@ -67,6 +67,7 @@ def test_the_fleet_runs_as_real_pods_installed_by_the_chart_and_leaves_nothing_b
             _assert_pods_are_real_and_restricted(core)
             router_ip = _router_ip(core)
             _assert_only_the_router_may_reach_vllm(api, core)
+            _assert_a_model_that_cannot_be_fetched_stalls_its_base_model_with_the_cause(cluster, api)
 
         caller = openai.OpenAI(base_url=f"http://{router_ip}:8000/v1", api_key="unused", max_retries=2)
         texts = {model: _answer(caller, model, "select") for model in ("tiny-llama", "sql-gen", "user-2")}
@@ -173,6 +174,43 @@ def _assert_prometheus_answers_every_panel(prometheus: LocalPrometheus) -> None:
     with contextlib.suppress(TimeoutError):
         wait_until(answered, 60, "every dashboard panel answered", interval=5)
     assert empty == []
+
+
+def _assert_a_model_that_cannot_be_fetched_stalls_its_base_model_with_the_cause(
+    cluster: LocalCluster, api: Any
+) -> None:
+    """A BaseModel whose weights cannot be copied: its worker's fetch-model init container fails under
+    the kubelet, and the BaseModel says so (Stalled, the pod, the error the container logged)."""
+    broken = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "BaseModel",
+        "metadata": {"name": "unreachable-model", "namespace": STORE_NAMESPACE},
+        "spec": {
+            "model": {"uri": "https://127.0.0.1:9/tiny-llama.tar"},  # nothing listens in the pod
+            "engine": {"image": "ghcr.io/loraplex/vllm-cpu:v0.32.0"},
+            "resources": {"gpu": 1, "cpu": "50m", "memory": "256Mi"},
+            "replicas": {"min": 1},
+        },
+    }
+    objects = client.CustomObjectsApi(api)
+    objects.create_namespaced_custom_object(GROUP, VERSION, STORE_NAMESPACE, "basemodels", broken)
+
+    def stalled() -> dict[str, Any] | None:
+        status = (
+            objects.get_namespaced_custom_object(
+                GROUP, VERSION, STORE_NAMESPACE, "basemodels", "unreachable-model"
+            ).get("status")
+            or {}
+        )
+        found = {c["type"]: c for c in status.get("conditions", [])}
+        return found["Ready"] if found.get("Stalled", {}).get("status") == "True" else None
+
+    ready = wait_until(stalled, 300, "the unreachable model's BaseModel Stalled")
+    assert ready["reason"] == "ModelFetchFailed", ready
+    assert ready["message"].startswith("unreachable-model-worker-0: copying the base model failed"), ready
+    assert "fetch-model failed (" in ready["message"], ready  # the container's own last line
+    deleted = kubectl(cluster, "delete", "-n", STORE_NAMESPACE, "basemodel", "unreachable-model", "--wait")
+    assert deleted.returncode == 0, deleted.stderr
 
 
 def _in_pod_subnet(ip: str | None) -> bool:

@@ -230,3 +230,11 @@ def test_every_vllm_flag_the_operator_sets_is_one_engine_args_may_not_set() -> N
     spec = BaseModelSpec.model_validate({"model": {"uri": "/m"}, "engine": {"maxModelLen": 2048}})
     flags = [arg.removeprefix("--") for arg in vllm_args(REF, spec, "/m") if arg.startswith("--")]
     assert sorted(set(flags) - set(MANAGED_ENGINE_FLAGS)) == []
+
+
+def test_a_failing_worker_container_leaves_its_last_log_lines_for_the_status_to_quote() -> None:
+    pod = by_kind(plan_fleet(REF, spec(model={"uri": "s3://models/llama-8b/"}), SETTINGS, 1))["StatefulSet"]
+    template = pod["spec"]["template"]["spec"]
+    every = [*template["initContainers"], *template["containers"]]
+    assert [c["name"] for c in every] == ["fetch-model", "vllm", "agent"]
+    assert {c["terminationMessagePolicy"] for c in every} == {"FallbackToLogsOnError"}

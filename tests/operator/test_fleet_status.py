@@ -10,7 +10,7 @@ import pytest
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.api.conditions import ConditionUpdate, condition, merge_conditions
 from loraplex.operator.fleet_status import FleetObservation, WorkerPod, plan_base_model_status, status_changed
-from loraplex.operator.observe import slots_used
+from loraplex.operator.observe import container_trouble, init_running_since, slots_used
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 SPEC = BaseModelSpec.model_validate(
@@ -147,3 +147,119 @@ def test_only_answers_that_refuse_the_object_itself_become_object_refused() -> N
     assert refusal(forbidden) == "the API server refused an object of the fleet: Forbidden"
     for passing in (409, 429, 500, 503):  # a conflict, throttling, the server's own trouble: retried as is
         assert refusal(ApiException(status=passing, reason="x")) is None
+
+
+# What the kubelet writes for worker pods that will not start: a crash loop (the log's last lines as
+# the termination message, FallbackToLogsOnError), an image it cannot pull, a missing Secret key.
+def crashing(container: str, restarts: int, log_tail: str, init: bool = False) -> dict[str, Any]:
+    entry = {
+        "name": container,
+        "restartCount": restarts,
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed"}},
+        "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": log_tail}},
+    }
+    return {"initContainerStatuses" if init else "containerStatuses": [entry]}
+
+
+def exited(container: str, restarts: int, log_tail: str, init: bool = False) -> dict[str, Any]:
+    """Between a failed run and the kubelet's next sync the container shows terminated, not waiting."""
+    entry = {
+        "name": container,
+        "restartCount": restarts,
+        "state": {"terminated": {"exitCode": 1, "reason": "Error", "message": log_tail}},
+        "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": "an older run's"}},
+    }
+    return {"initContainerStatuses" if init else "containerStatuses": [entry]}
+
+
+def waiting(container: str, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "containerStatuses": [
+            {"name": container, "state": {"waiting": {"reason": reason, "message": message}}}
+        ]
+    }
+
+
+def stuck_fleet(pod_status: dict[str, Any], fetching: str | None = None) -> FleetObservation:
+    pod = WorkerPod("w-1", False, trouble=container_trouble(pod_status), fetching_model_since=fetching)
+    return settled(ready_replicas=1, pods=(WorkerPod("w-0", True), pod))
+
+
+def conditions_of(observation: FleetObservation) -> dict[str, dict[str, Any]]:
+    status = plan_base_model_status(SPEC, 1, observation, {}, NOW)
+    return {c["type"]: c for c in status["conditions"]}
+
+
+TRACEBACK = "Traceback (most recent call last):\n  File ...\nValueError: max_lora_rank 8 is too small\n\n"
+
+
+@pytest.mark.parametrize(
+    ("pod_status", "reason", "says"),
+    [
+        (
+            crashing("vllm", 3, TRACEBACK),
+            "WorkerCrashLoop",
+            "w-1: container vllm restarted 3 times: exit code 1 (Error): ValueError: max_lora_rank 8 is too",
+        ),
+        (
+            crashing("fetch-model", 4, "NotFound: s3://models/llama/ has no objects", init=True),
+            "ModelFetchFailed",
+            "w-1: copying the base model failed 5 times (fetch-model): exit code 1 (Error): NotFound: s3://models/llama/",
+        ),
+        (
+            exited("fetch-model", 4, "fetch-model failed (SourceUnreachable): https://h/m.tar", init=True),
+            "ModelFetchFailed",
+            "w-1: copying the base model failed 5 times (fetch-model): exit code 1 (Error): fetch-model",
+        ),
+        (
+            waiting("vllm", "ImagePullBackOff", 'Back-off pulling image "vllm/vllm-openai:nope"'),
+            "ImagePullFailed",
+            'w-1: container vllm cannot pull its image: Back-off pulling image "vllm/vllm-openai:nope"',
+        ),
+        (
+            waiting("agent", "CreateContainerConfigError", 'secret "store" not found'),
+            "ContainerConfigError",
+            'w-1: container agent cannot be created: secret "store" not found',
+        ),
+    ],
+)
+def test_a_worker_that_cannot_start_stalls_the_base_model_naming_the_pod_container_and_cause(
+    pod_status: dict[str, Any], reason: str, says: str
+) -> None:
+    found = conditions_of(stuck_fleet(pod_status))
+    assert (found["Ready"]["status"], found["Ready"]["reason"]) == ("False", reason)
+    assert found["Ready"]["message"].startswith(says)
+    assert (found["Stalled"]["status"], found["Reconciling"]["status"], found["Degraded"]["status"]) == (
+        "True",
+        "False",
+        "True",
+    )
+
+
+def test_a_crash_or_two_while_starting_and_a_first_pull_error_are_still_starting() -> None:
+    for pod_status in (
+        crashing("vllm", 2, TRACEBACK),
+        waiting("vllm", "ErrImagePull", "connection reset"),
+        waiting("vllm", "ContainerCreating", ""),
+    ):
+        found = conditions_of(stuck_fleet(pod_status))
+        assert found["Ready"]["reason"] == "WorkersStarting"
+        assert (found["Stalled"]["status"], found["Reconciling"]["status"]) == ("False", "True")
+
+
+def test_a_worker_copying_the_base_model_says_so_while_the_fleet_starts() -> None:
+    status = {"initContainerStatuses": [{"name": "fetch-model", "state": {"running": {"startedAt": "T1"}}}]}
+    pod = WorkerPod("w-1", False, fetching_model_since=init_running_since(status, "fetch-model"))
+    found = conditions_of(settled(ready_replicas=1, pods=(WorkerPod("w-0", True), pod)))
+    assert found["Ready"]["reason"] == "FetchingBaseModel"
+    assert (
+        found["Ready"]["message"]
+        == "1 of 2 workers ready; 1 copying the base model from /m (first: w-1, since T1)"
+    )
+    assert (found["Stalled"]["status"], found["Reconciling"]["status"]) == ("False", "True")
+    assert (
+        init_running_since(
+            {"initContainerStatuses": [{"name": "fetch-model", "state": {"terminated": {}}}]}, "fetch-model"
+        )
+        is None
+    )

@@ -12,6 +12,7 @@ import kopf
 
 from loraplex.operator import adapter_handlers, basemodel_handlers, indexes, placement_loop, training_handlers
 from loraplex.operator.fleet_scale import FleetTargets
+from loraplex.operator.fleet_status import ContainerTrouble
 from loraplex.operator.indexes import (
     INDEX_IDS,
     ZONE_LABEL,
@@ -92,6 +93,20 @@ def test_accessors_read_what_kopf_passes_and_treat_a_missing_index_as_empty() ->
     assert read.workers(key) == [WorkerPodView("tiny-worker-0", "node-a", ready=True, deleting=True)]
     assert not read.workers(key)[0].healthy  # being deleted: no adapters go there
     assert read.workers(key)[0].status_view().ready
+    crashing = worker_pod_view(
+        {
+            "metadata": {"name": "tiny-worker-1"},
+            "status": {
+                "initContainerStatuses": [{"name": "fetch-model", "state": {"running": {"startedAt": "T0"}}}],
+                "containerStatuses": [
+                    {"name": "vllm", "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}},
+                    {"name": "agent", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "m"}}},
+                ],
+            },
+        }
+    ).status_view()
+    assert crashing.fetching_model_since == "T0"
+    assert crashing.trouble == ContainerTrouble("agent", "ImagePullBackOff", "m")
     assert read.node("node-a") == NodeView({"nvidia.com/gpu": 4}, {ZONE_LABEL: "zone-a"}, False)
     assert read.node_zone("node-a") == "zone-a"
     assert read.node_zone("node-b") == ""
