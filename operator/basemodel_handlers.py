@@ -41,7 +41,7 @@ from loraplex.operator.fleet import (
     worker_statefulset,
 )
 from loraplex.operator.fleet_scale import FleetTargets, scaling_message, workers_to_run
-from loraplex.operator.fleet_status import WorkerPod, plan_base_model_status, status_changed
+from loraplex.operator.fleet_status import WorkerPod, newly_stalled, plan_base_model_status, status_changed
 from loraplex.operator.indexes import Indexes
 from loraplex.operator.observe import fleet_observation, running_workers
 from loraplex.operator.settings import OperatorSettings
@@ -65,9 +65,8 @@ def register(
         name: str,
         namespace: str | None,
         uid: str,
-        meta: kopf.Meta,
-        status: kopf.Status,
         patch: kopf.Patch,
+        body: kopf.Body,
         logger: kopf.Logger,
         **kwargs: Any,
     ) -> None:
@@ -90,12 +89,12 @@ def register(
                 if refused is None:
                     raise
                 refusals[key] = refused  # the status timer keeps saying so until an apply succeeds
-                write_fleet_status(model, settings, ref, meta, status, patch, fleet, refused)
+                write_fleet_status(model, settings, ref, body, patch, fleet, refused)
                 raise kopf.TemporaryError(refused, delay=REFUSED_RETRY_SECONDS) from error
             refusals.pop(key, None)
             if writes:
                 logger.info(f"Applied worker fleet of {namespace}/{name} writes={writes}")
-            write_fleet_status(model, settings, ref, meta, status, patch, fleet)
+            write_fleet_status(model, settings, ref, body, patch, fleet)
 
     @kopf.timer(
         GROUP,
@@ -110,8 +109,6 @@ def register(
         name: str,
         namespace: str | None,
         uid: str,
-        meta: kopf.Meta,
-        status: kopf.Status,
         patch: kopf.Patch,
         body: kopf.Body,
         logger: kopf.Logger,
@@ -126,7 +123,7 @@ def register(
         key = (ref.namespace, ref.name)
         scale_workers(ref, model, running_workers(indexes.worker_statefulsets(key)), body, logger)
         fleet = FleetIndexes.of(indexes, key)
-        write_fleet_status(model, settings, ref, meta, status, patch, fleet, refusals.get(key))
+        write_fleet_status(model, settings, ref, body, patch, fleet, refusals.get(key))
 
     def scale_workers(
         ref: BaseModelRef, model: BaseModelSpec, running: int | None, body: kopf.Body, logger: kopf.Logger
@@ -196,13 +193,14 @@ def write_fleet_status(
     model: BaseModelSpec,
     settings: OperatorSettings,
     ref: BaseModelRef,
-    meta: kopf.Meta,
-    status: kopf.Status,
+    body: kopf.Body,
     patch: kopf.Patch,
     indexes: FleetIndexes,
     refused: str | None = None,
 ) -> None:
-    """Fill `patch` with the BaseModel's status as the indexes show the fleet, if anything changed.
+    """Fill `patch` with the BaseModel's status as the indexes show the fleet, if anything changed; a
+    fleet that has just got stuck also gets a Warning Event (what `kubectl describe` and alerting on
+    Events show).
 
     `refused`: the API server's answer to the last apply of the fleet, when it refused an object.
     """
@@ -218,8 +216,8 @@ def write_fleet_status(
     # What this generation's worker StatefulSet looks like at the worker count the index shows (a scale
     # the placement loop decided is not a roll), to tell a StatefulSet the watch has not caught up with.
     planned_hash = content_hash(worker_statefulset(ref, model, settings, observation.replicas))
-    current = dict(status)
-    generation = int(meta.get("generation", 0))
+    current = dict(body.get("status") or {})
+    generation = int(body.get("metadata", {}).get("generation", 0))
     planned = plan_base_model_status(
         model, generation, observation, current, _now(), worker_selector(ref.name), planned_hash
     )
@@ -228,6 +226,8 @@ def write_fleet_status(
     metrics.WORKERS.labels(*key, "ready").set(planned["readyWorkers"])
     if status_changed(current, planned):
         patch.status.update(planned)
+        if (stalled := newly_stalled(current, planned)) is not None:
+            kopf.warn(body, reason=stalled[0], message=stalled[1])
         metrics.API_WRITES.labels("BaseModel", "patch-status").inc()  # kopf sends it after the handler
 
 

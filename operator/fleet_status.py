@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from loraplex.api.basemodel import BaseModelSpec, BaseModelStatus, SlotUsage
-from loraplex.api.conditions import ConditionUpdate, merge_conditions
+from loraplex.api.conditions import ConditionUpdate, condition, merge_conditions
 from loraplex.api.wire import to_wire
 
 
@@ -210,6 +210,17 @@ def _flag(type_: str, on: bool, cause: ConditionUpdate) -> ConditionUpdate:
     if on:
         return ConditionUpdate(type_, "True", cause.reason, cause.message)
     return ConditionUpdate(type_, "False", "AsExpected")
+
+
+def newly_stalled(previous: dict[str, Any], planned: dict[str, Any]) -> tuple[str, str] | None:
+    """The Ready reason and message when `planned` turns Ready to a reason waiting will not fix: a
+    Warning Event's worth, once per change of reason (not on every pass, nor as a restart count grows)."""
+    before = condition(previous.get("conditions", []), "Ready") or {}
+    after = condition(planned.get("conditions", []), "Ready") or {}
+    reason = after.get("reason")
+    if reason in BLOCKED_REASONS and reason != before.get("reason"):
+        return str(reason), str(after.get("message", ""))
+    return None
 
 
 def status_changed(current: dict[str, Any], planned: dict[str, Any]) -> bool:

@@ -98,13 +98,14 @@ def worker_pod_view(body: Mapping[str, Any]) -> WorkerPodView:
     conditions = {c.get("type"): c for c in status.get("conditions", []) or []}
     scheduled = conditions.get("PodScheduled", {})
     unschedulable = scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+    deleting = bool(body["metadata"].get("deletionTimestamp"))
     return WorkerPodView(
         name=body["metadata"]["name"],
         node=body.get("spec", {}).get("nodeName"),
         ready=conditions.get("Ready", {}).get("status") == "True",
-        deleting=bool(body["metadata"].get("deletionTimestamp")),
+        deleting=deleting,
         unschedulable_message=str(scheduled.get("message", "")) if unschedulable else None,
-        trouble=container_trouble(status),
+        trouble=None if deleting else container_trouble(status),  # a killed container is no crash
         fetching_model_since=init_running_since(status, FETCH_MODEL_CONTAINER),
     )
 

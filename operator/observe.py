@@ -52,15 +52,12 @@ def running_workers(worker_sets: Iterable[Mapping[str, Any]]) -> int | None:
 
 def container_trouble(pod_status: Mapping[str, Any]) -> ContainerTrouble | None:
     """The first of a pod's containers (init containers first) that the kubelet holds in a state a user
-    has to act on: a crash loop, an image it cannot pull, a spec it cannot create. A container that
-    exited with an error counts as crash-looping: the kubelet shows it terminated for most of the back-off
-    before it writes `CrashLoopBackOff` (worker pods restart every container)."""
+    has to act on: a crash loop, an image it cannot pull, a spec it cannot create."""
     for init, key in ((True, "initContainerStatuses"), (False, "containerStatuses")):
         for container in pod_status.get(key) or []:
             state = container.get("state") or {}
             waiting = state.get("waiting") or {}
-            failed = (state.get("terminated") or {}).get("exitCode", 0) != 0
-            reason = CRASH_LOOP if failed else waiting.get("reason")
+            reason = CRASH_LOOP if _crashing(container, state) else waiting.get("reason")
             if reason in TROUBLE_REASONS:
                 return ContainerTrouble(
                     container=str(container.get("name", "")),
@@ -70,6 +67,18 @@ def container_trouble(pod_status: Mapping[str, Any]) -> ContainerTrouble | None:
                     init=init,
                 )
     return None
+
+
+def _crashing(container: Mapping[str, Any], state: Mapping[str, Any]) -> bool:
+    """Whether a container is in a crash loop whatever the kubelet's last word: one that exited with an
+    error (shown terminated for most of the back-off before `CrashLoopBackOff` is written; worker pods
+    restart every container), or one trying again, not ready yet, after such an exit. So a fleet stuck
+    in a loop keeps one reason through its tries (fleet_status counts the restarts) instead of
+    flipping between stuck and starting."""
+    if (state.get("terminated") or {}).get("exitCode", 0) != 0:
+        return True
+    last = (container.get("lastState") or {}).get("terminated") or {}
+    return "running" in state and not container.get("ready") and last.get("exitCode", 0) != 0
 
 
 def _trouble_detail(container: Mapping[str, Any], reason: str, waiting: Mapping[str, Any]) -> str:

@@ -86,6 +86,14 @@ def test_workers_that_cannot_get_gpus_say_so(kube: Any, namespace: str, operator
     conditions = {c["type"]: c["status"] for c in base_model(kube, namespace, "huge")["status"]["conditions"]}
     assert conditions["Stalled"] == "True"
 
+    def warned() -> list[Any] | None:  # kubectl describe and Event-based alerting see it too
+        about = "involvedObject.kind=BaseModel,involvedObject.name=huge,type=Warning"
+        events = client.CoreV1Api(kube).list_namespaced_event(namespace, field_selector=about).items
+        return [e for e in events if e.reason == "InsufficientGPU"] or None
+
+    (event,) = wait_until(warned, 30, "one Warning Event InsufficientGPU on the BaseModel")
+    assert "16 free nvidia.com/gpu" in event.message
+
 
 def worker_revisions(kube: Any, namespace: str, name: str) -> dict[str, tuple[str, str]]:
     """Each worker pod's name -> (uid, the StatefulSet revision it runs)."""

@@ -209,6 +209,13 @@ def _assert_a_model_that_cannot_be_fetched_stalls_its_base_model_with_the_cause(
     assert ready["reason"] == "ModelFetchFailed", ready
     assert ready["message"].startswith("unreachable-model-worker-0: copying the base model failed"), ready
     assert "fetch-model failed (" in ready["message"], ready  # the container's own last line
+
+    def warned() -> list[str] | None:  # kopf posts events after the handler
+        about = "involvedObject.kind=BaseModel,involvedObject.name=unreachable-model"
+        events = client.CoreV1Api(api).list_namespaced_event(STORE_NAMESPACE, field_selector=about)
+        return [e.type for e in events.items if e.reason == "ModelFetchFailed"] or None
+
+    assert wait_until(warned, 60, "a Warning Event on the BaseModel") == ["Warning"]
     deleted = kubectl(cluster, "delete", "-n", STORE_NAMESPACE, "basemodel", "unreachable-model", "--wait")
     assert deleted.returncode == 0, deleted.stderr
 

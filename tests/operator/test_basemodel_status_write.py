@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import kopf
+import pytest
 
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.operator.basemodel_handlers import FleetIndexes, write_fleet_status
 from loraplex.operator.fleet import BaseModelRef, owned_by, worker_statefulset
-from loraplex.operator.fleet_status import WorkerPod
+from loraplex.operator.fleet_status import ContainerTrouble, WorkerPod
 from loraplex.operator.observe import index_essentials
 from loraplex.operator.settings import OperatorSettings
 
@@ -46,7 +47,7 @@ def written_ready(planned: BaseModelSpec, generation: int, indexed: BaseModelSpe
     )
     body = kopf.Body({"metadata": {"name": "tiny", "generation": generation}, "status": {}})
     patch = kopf.Patch()
-    write_fleet_status(planned, SETTINGS, REF, body.meta, body.status, patch, indexes)
+    write_fleet_status(planned, SETTINGS, REF, body, patch, indexes)
     conditions = {c["type"]: c for c in patch["status"]["conditions"]}
     ready, progressing = conditions["Ready"], conditions["Progressing"]
     return patch["status"]["observedGeneration"], ready["status"], ready["reason"], progressing["status"]
@@ -60,3 +61,20 @@ def test_a_spec_change_is_not_ready_while_the_index_shows_the_old_statefulset() 
 
 def test_a_fleet_running_the_planned_statefulset_is_ready() -> None:
     assert written_ready(SECOND, 2, indexed=SECOND) == (2, "True", "WorkersReady", "False")
+
+
+def test_a_fleet_that_gets_stuck_is_announced_by_one_warning_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    warned: list[tuple[str, str]] = []
+    monkeypatch.setattr(kopf, "warn", lambda _body, *, reason, message: warned.append((reason, message)))
+    key = (REF.namespace, REF.name)
+    status: dict[str, Any] = {}
+    for restarts in (3, 4, 5):  # three status passes while a worker keeps crashing
+        crashing = ContainerTrouble("vllm", "CrashLoopBackOff", "exit code 2 (Error): bad flag", restarts)
+        pods = [WorkerPod("tiny-worker-0", True), WorkerPod("tiny-worker-1", False, trouble=crashing)]
+        indexes = FleetIndexes({key: [settled_statefulset(FIRST)]}, {key: pods}, {})
+        body = kopf.Body({"metadata": {"generation": 1}, "status": status})
+        patch = kopf.Patch()
+        write_fleet_status(FIRST, SETTINGS, REF, body, patch, indexes)
+        status = {**status, **patch.get("status", {})}
+    said = "tiny-worker-1: container vllm restarted 3 times: exit code 2 (Error): bad flag"
+    assert warned == [("WorkerCrashLoop", said)]

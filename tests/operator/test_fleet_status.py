@@ -172,6 +172,18 @@ def exited(container: str, restarts: int, log_tail: str, init: bool = False) -> 
     return {"initContainerStatuses" if init else "containerStatuses": [entry]}
 
 
+def retrying(container: str, restarts: int, log_tail: str, ready: bool = False) -> dict[str, Any]:
+    """Its next try after a failed exit, running (and for vLLM, not ready yet)."""
+    entry = {
+        "name": container,
+        "restartCount": restarts,
+        "ready": ready,
+        "state": {"running": {"startedAt": "T"}},
+        "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled", "message": log_tail}},
+    }
+    return {"containerStatuses": [entry]}
+
+
 def waiting(container: str, reason: str, message: str) -> dict[str, Any]:
     return {
         "containerStatuses": [
@@ -212,6 +224,11 @@ TRACEBACK = "Traceback (most recent call last):\n  File ...\nValueError: max_lor
             "w-1: copying the base model failed 5 times (fetch-model): exit code 1 (Error): fetch-model",
         ),
         (
+            retrying("vllm", 3, ""),
+            "WorkerCrashLoop",
+            "w-1: container vllm restarted 3 times: exit code 137 (OOMKilled)",
+        ),
+        (
             waiting("vllm", "ImagePullBackOff", 'Back-off pulling image "vllm/vllm-openai:nope"'),
             "ImagePullFailed",
             'w-1: container vllm cannot pull its image: Back-off pulling image "vllm/vllm-openai:nope"',
@@ -240,6 +257,7 @@ def test_a_crash_or_two_while_starting_and_a_first_pull_error_are_still_starting
     for pod_status in (
         crashing("vllm", 2, TRACEBACK),
         waiting("vllm", "ErrImagePull", "connection reset"),
+        retrying("vllm", 5, "", ready=True),  # up again after its crashes (the pod awaits the agent)
         waiting("vllm", "ContainerCreating", ""),
     ):
         found = conditions_of(stuck_fleet(pod_status))

@@ -107,6 +107,9 @@ def test_accessors_read_what_kopf_passes_and_treat_a_missing_index_as_empty() ->
     ).status_view()
     assert crashing.fetching_model_since == "T0"
     assert crashing.trouble == ContainerTrouble("agent", "ImagePullBackOff", "m")
+    killed = {"name": "vllm", "restartCount": 3, "state": {"terminated": {"exitCode": 137}}}
+    deleted = {"metadata": {"name": "w", "deletionTimestamp": "T"}, "status": {"containerStatuses": [killed]}}
+    assert worker_pod_view(deleted).trouble is None  # killed as its pod goes: no crash
     assert read.node("node-a") == NodeView({"nvidia.com/gpu": 4}, {ZONE_LABEL: "zone-a"}, False)
     assert read.node_zone("node-a") == "zone-a"
     assert read.node_zone("node-b") == ""

@@ -221,7 +221,7 @@ def reconcile_fleet(spec: dict[str, Any], status: dict[str, Any]) -> kopf.Patch:
     body = kopf.Body({"metadata": {"name": "fleet", "namespace": "ns", "generation": 1}, "status": status})
     patch = kopf.Patch()
     fleet_handler()(
-        spec=spec, name="fleet", namespace="ns", uid="uid-fleet", meta=body.meta, status=body.status,
+        spec=spec, name="fleet", namespace="ns", uid="uid-fleet", body=body,
         patch=patch, logger=LOGGER, worker_sets={}, pods={}, worker_placements={},
     )  # fmt: skip
     return patch
