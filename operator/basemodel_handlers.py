@@ -41,7 +41,7 @@ from loraplex.operator.fleet import (
     worker_statefulset,
 )
 from loraplex.operator.fleet_scale import FleetTargets, scaling_message, workers_to_run
-from loraplex.operator.fleet_status import WorkerPod, newly_stalled, plan_base_model_status, status_changed
+from loraplex.operator.fleet_status import FleetPod, newly_stalled, plan_base_model_status, status_changed
 from loraplex.operator.indexes import Indexes
 from loraplex.operator.observe import fleet_observation, running_workers
 from loraplex.operator.settings import OperatorSettings
@@ -179,14 +179,20 @@ class FleetIndexes:
     """Worker StatefulSets, pods and WorkerPlacements as the indexes show them, by (namespace, BaseModel)."""
 
     worker_sets: Mapping[tuple[str, str], Iterable[dict[str, Any]]]
-    worker_pods: Mapping[tuple[str, str], Iterable[WorkerPod]]
+    worker_pods: Mapping[tuple[str, str], Iterable[FleetPod]]
     worker_placements: Mapping[tuple[str, str], Iterable[dict[str, Any]]]
+    router_pods: Mapping[tuple[str, str], Iterable[FleetPod]]
 
     @classmethod
     def of(cls, indexes: Indexes, key: tuple[str, str]) -> FleetIndexes:
         """BaseModel `key`'s part of the operator's indexes."""
         pods = [pod.status_view() for pod in indexes.workers(key)]
-        return cls({key: indexes.worker_statefulsets(key)}, {key: pods}, {key: indexes.placements(key)})
+        return cls(
+            {key: indexes.worker_statefulsets(key)},
+            {key: pods},
+            {key: indexes.placements(key)},
+            {key: indexes.routers(key)},
+        )
 
 
 def write_fleet_status(
@@ -210,6 +216,7 @@ def write_fleet_status(
         sets[0] if sets else None,
         list(indexes.worker_pods.get(key, [])),
         list(indexes.worker_placements.get(key, [])),
+        list(indexes.router_pods.get(key, [])),
     )
     if refused is not None:
         observation = replace(observation, refused=refused)

@@ -31,8 +31,8 @@ class ContainerTrouble:
 
 
 @dataclass(frozen=True)
-class WorkerPod:
-    """What the status needs to know of one worker pod."""
+class FleetPod:
+    """What the status needs to know of one pod of the fleet: a worker or a router."""
 
     name: str
     ready: bool
@@ -43,7 +43,7 @@ class WorkerPod:
 
 @dataclass(frozen=True)
 class FleetObservation:
-    """The worker StatefulSet's status (absent: not created yet) and its pods."""
+    """The worker StatefulSet's status (absent: not created yet), its pods and the router's pods."""
 
     statefulset_found: bool = False
     replicas: int = 0  # the StatefulSet's spec.replicas: the worker count the operator decided
@@ -54,10 +54,11 @@ class FleetObservation:
     current_revision: str | None = None
     update_revision: str | None = None
     applied_hash: str | None = None  # the content hash the StatefulSet carries: what was last applied
-    pods: Sequence[WorkerPod] = field(default_factory=tuple)
+    pods: Sequence[FleetPod] = field(default_factory=tuple)
     gpu_used: int = 0  # adapters the agents report in GPU slots, over all workers
     cpu_used: int = 0  # ... and in CPU slots (vLLM's CPU cache holds the GPU ones too)
     refused: str | None = None  # the API server refused an object of the fleet: which, and its answer
+    router_pods: Sequence[FleetPod] = field(default_factory=tuple)
 
 
 def plan_base_model_status(
@@ -119,6 +120,7 @@ BLOCKED_REASONS = frozenset(
         "ImagePullFailed",
         "ContainerConfigError",
         "WorkerCrashLoop",
+        "RouterCrashLoop",
         "ModelFetchFailed",
     }
 )
@@ -139,7 +141,7 @@ def _ready_condition(
         return ConditionUpdate("Ready", "False", "ObjectRefused", observed.refused)
     if not observed.statefulset_found:
         return ConditionUpdate("Ready", "Unknown", "Creating", "Creating the worker StatefulSet")
-    unschedulable = [p for p in observed.pods if p.unschedulable_message]
+    unschedulable = [p for p in (*observed.pods, *observed.router_pods) if p.unschedulable_message]
     gpu = spec.resources.gpu_resource_name
     no_gpu = [p for p in unschedulable if gpu in (p.unschedulable_message or "")]
     if no_gpu:
@@ -154,11 +156,12 @@ def _ready_condition(
         return ConditionUpdate(
             "Ready", "False", "Unschedulable", f"{first.name}: {first.unschedulable_message}"
         )
-    stuck = [(p, trouble) for p in observed.pods if (trouble := _stuck(p.trouble)) is not None]
-    if stuck:
-        pod, (reason, what) = stuck[0]
-        others = f" ({len(stuck)} worker pods in all)" if len(stuck) > 1 else ""
-        return ConditionUpdate("Ready", "False", reason, f"{pod.name}: {what}{others}")
+    for pods, crash_loop in ((observed.pods, "WorkerCrashLoop"), (observed.router_pods, "RouterCrashLoop")):
+        stuck = [(p, found) for p in pods if (found := _stuck(p.trouble, crash_loop)) is not None]
+        if stuck:
+            pod, (reason, what) = stuck[0]
+            others = f" ({len(stuck)} pods in all)" if len(stuck) > 1 else ""
+            return ConditionUpdate("Ready", "False", reason, f"{pod.name}: {what}{others}")
     if ready < desired:
         fetching = [p for p in observed.pods if p.fetching_model_since and not p.ready]
         if fetching:
@@ -169,12 +172,15 @@ def _ready_condition(
             )
             return ConditionUpdate("Ready", "False", "FetchingBaseModel", message)
         return ConditionUpdate("Ready", "False", "WorkersStarting", f"{ready} of {desired} workers ready")
+    if not any(p.ready for p in observed.router_pods):  # nothing answers clients yet
+        message = f"{ready} of {desired} workers ready; no router pod ready yet"
+        return ConditionUpdate("Ready", "False", "RouterStarting", message)
     if _rolling(observed, desired, planned_hash):
         return ConditionUpdate("Ready", "False", "RollingUpdate", "Rolling the workers to the new spec")
     return ConditionUpdate("Ready", "True", "WorkersReady", f"{ready} of {desired} workers ready")
 
 
-def _stuck(trouble: ContainerTrouble | None) -> tuple[str, str] | None:
+def _stuck(trouble: ContainerTrouble | None, crash_loop: str) -> tuple[str, str] | None:
     """The Ready reason and message of a container that will not start or keep running without a
     change; None for one that may yet (a first pull error, a crash or two while starting)."""
     if trouble is None:
@@ -188,7 +194,7 @@ def _stuck(trouble: ContainerTrouble | None) -> tuple[str, str] | None:
         if trouble.init:
             what = f"copying the base model failed {trouble.restarts + 1} times ({container}): {detail}"
             return "ModelFetchFailed", what
-        return "WorkerCrashLoop", f"container {container} restarted {trouble.restarts} times: {detail}"
+        return crash_loop, f"container {container} restarted {trouble.restarts} times: {detail}"
     return None
 
 

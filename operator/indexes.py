@@ -12,7 +12,8 @@ handlers can share its values:
 - `worker_sets`: worker StatefulSets, (namespace, BaseModel) -> index essentials
 - `nodes`: nodes, name -> NodeView (GPUs, labels with the zone, usable)
 - `pods`: every pod, under the keys of what reads it: ("worker", namespace, BaseModel) -> a worker
-  pod's WorkerPodView (the fleet status, the placement loop); ("workers", namespace, BaseModel) ->
+  pod's WorkerPodView (the fleet status, the placement loop); ("router", namespace, BaseModel) -> a
+  router pod's FleetPod (the fleet status); ("workers", namespace, BaseModel) ->
   whether a worker is scheduled and ("node", node) -> GPUs a non-trainer pod holds there (training
   admission); ("attempt", namespace, Job) -> a trainer pod's PodView (the training status)
 - `trainer_jobs`: trainer batch/v1 Jobs, (namespace, name) -> JobView
@@ -35,6 +36,7 @@ from loraplex.api.labels import (
     BASE_MODEL_LABEL,
     COMPONENT_LABEL,
     MANAGED_BY,
+    ROUTER,
     TRAINER,
     TRAINER_GROUP_ANNOTATION,
     TRAINING_JOB_LABEL,
@@ -42,12 +44,13 @@ from loraplex.api.labels import (
     WORKER,
 )
 from loraplex.operator.fleet import FETCH_MODEL_CONTAINER
-from loraplex.operator.fleet_status import ContainerTrouble, WorkerPod
-from loraplex.operator.observe import container_trouble, index_essentials, init_running_since
+from loraplex.operator.fleet_status import ContainerTrouble, FleetPod
+from loraplex.operator.observe import fleet_pod, index_essentials, init_running_since
 from loraplex.operator.training_status import JobView, PodView
 from loraplex.operator.training_workload import HOSTNAME_LABEL, TRAINER_CONTAINER
 
 WORKER_LABELS = {**MANAGED_BY, COMPONENT_LABEL: WORKER}
+ROUTER_LABELS = {**MANAGED_BY, COMPONENT_LABEL: ROUTER}
 TRAINER_LABELS = {**MANAGED_BY, COMPONENT_LABEL: TRAINER}
 ZONE_LABEL = "topology.kubernetes.io/zone"
 
@@ -71,9 +74,9 @@ class WorkerPodView:
         """Ready and not being deleted: the placement planner may put adapters on it."""
         return self.ready and not self.deleting
 
-    def status_view(self) -> WorkerPod:
+    def status_view(self) -> FleetPod:
         """The pod as the BaseModel status reads it."""
-        return WorkerPod(
+        return FleetPod(
             self.name, self.ready, self.unschedulable_message, self.trouble, self.fetching_model_since
         )
 
@@ -94,19 +97,15 @@ class NodeView(NamedTuple):
 
 
 def worker_pod_view(body: Mapping[str, Any]) -> WorkerPodView:
-    status = body.get("status") or {}
-    conditions = {c.get("type"): c for c in status.get("conditions", []) or []}
-    scheduled = conditions.get("PodScheduled", {})
-    unschedulable = scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
-    deleting = bool(body["metadata"].get("deletionTimestamp"))
+    seen = fleet_pod(body)
     return WorkerPodView(
-        name=body["metadata"]["name"],
+        name=seen.name,
         node=body.get("spec", {}).get("nodeName"),
-        ready=conditions.get("Ready", {}).get("status") == "True",
-        deleting=deleting,
-        unschedulable_message=str(scheduled.get("message", "")) if unschedulable else None,
-        trouble=None if deleting else container_trouble(status),  # a killed container is no crash
-        fetching_model_since=init_running_since(status, FETCH_MODEL_CONTAINER),
+        ready=seen.ready,
+        deleting=bool(body["metadata"].get("deletionTimestamp")),
+        unschedulable_message=seen.unschedulable_message,
+        trouble=seen.trouble,
+        fetching_model_since=init_running_since(body.get("status") or {}, FETCH_MODEL_CONTAINER),
     )
 
 
@@ -151,7 +150,8 @@ def pod_requests(body: Mapping[str, Any]) -> dict[str, int]:
 def pod_entries(body: Mapping[str, Any], namespace: str, labels: Mapping[str, str]) -> dict[Any, Any]:
     """What the handlers read of a pod, under up to three keys:
 
-    ("worker", ns, base model) -> a worker pod's WorkerPodView; ("workers", ns, base model) ->
+    ("worker", ns, base model) -> a worker pod's WorkerPodView; ("router", ns, base model) -> a router
+    pod's FleetPod; ("workers", ns, base model) ->
     whether that worker is scheduled and holds its GPUs; ("node", node) -> GPUs a non-trainer pod
     holds there; ("attempt", ns, job) -> the PodView of a trainer pod.
     """
@@ -176,6 +176,8 @@ def pod_entries(body: Mapping[str, Any], namespace: str, labels: Mapping[str, st
         entries[("workers", namespace, labels[BASE_MODEL_LABEL])] = held
         if all(labels.get(label) == value for label, value in WORKER_LABELS.items()):
             entries[("worker", namespace, labels[BASE_MODEL_LABEL])] = worker_pod_view(body)
+    if BASE_MODEL_LABEL in labels and all(labels.get(k) == v for k, v in ROUTER_LABELS.items()):
+        entries[("router", namespace, labels[BASE_MODEL_LABEL])] = fleet_pod(body)
     return entries
 
 
@@ -348,6 +350,10 @@ class Indexes:
     def workers(self, key: BaseKey) -> list[WorkerPodView]:
         """BaseModel `key`'s worker pods."""
         return list(self.pods.get(("worker", *key), []))
+
+    def routers(self, key: BaseKey) -> list[FleetPod]:
+        """BaseModel `key`'s router pods, as its status reads them."""
+        return list(self.pods.get(("router", *key), []))
 
     # Nodes
 

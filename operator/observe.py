@@ -13,7 +13,7 @@ from loraplex.operator.fleet_status import (
     TROUBLE_REASONS,
     ContainerTrouble,
     FleetObservation,
-    WorkerPod,
+    FleetPod,
 )
 
 MESSAGE_CHARS = 300  # of a crashed container's last log line, in a condition message
@@ -48,6 +48,22 @@ def statefulset_replicas(statefulset: Mapping[str, Any]) -> int:
 def running_workers(worker_sets: Iterable[Mapping[str, Any]]) -> int | None:
     """The worker StatefulSet's spec.replicas as its index entry shows them; None before it exists."""
     return next((statefulset_replicas(statefulset) for statefulset in worker_sets), None)
+
+
+def fleet_pod(body: Mapping[str, Any]) -> FleetPod:
+    """A worker or router pod as the BaseModel status reads it (a worker's copy of the base model is
+    added by the caller, which knows the init container's name)."""
+    status = body.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions", []) or []}
+    scheduled = conditions.get("PodScheduled", {})
+    unschedulable = scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+    deleting = bool(body["metadata"].get("deletionTimestamp"))
+    return FleetPod(
+        name=body["metadata"]["name"],
+        ready=conditions.get("Ready", {}).get("status") == "True",
+        unschedulable_message=str(scheduled.get("message", "")) if unschedulable else None,
+        trouble=None if deleting else container_trouble(status),  # a killed container is no crash
+    )
 
 
 def container_trouble(pod_status: Mapping[str, Any]) -> ContainerTrouble | None:
@@ -110,14 +126,17 @@ def slots_used(placements: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
 
 def fleet_observation(
     statefulset: Mapping[str, Any] | None,
-    pods: Iterable[WorkerPod],
+    pods: Iterable[FleetPod],
     placements: Iterable[Mapping[str, Any]] = (),
+    router_pods: Iterable[FleetPod] = (),
 ) -> FleetObservation:
     gpu_used, cpu_used = slots_used(placements)
+    routers = tuple(sorted(router_pods, key=lambda p: p.name))
     if statefulset is None:
-        return FleetObservation(pods=tuple(pods), gpu_used=gpu_used, cpu_used=cpu_used)
+        return FleetObservation(pods=tuple(pods), router_pods=routers, gpu_used=gpu_used, cpu_used=cpu_used)
     status = statefulset.get("status", {}) or {}
     return FleetObservation(
+        router_pods=routers,
         gpu_used=gpu_used,
         cpu_used=cpu_used,
         statefulset_found=True,

@@ -10,7 +10,7 @@ import pytest
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.operator.basemodel_handlers import FleetIndexes, write_fleet_status
 from loraplex.operator.fleet import BaseModelRef, owned_by, worker_statefulset
-from loraplex.operator.fleet_status import ContainerTrouble, WorkerPod
+from loraplex.operator.fleet_status import ContainerTrouble, FleetPod
 from loraplex.operator.observe import index_essentials
 from loraplex.operator.settings import OperatorSettings
 
@@ -42,8 +42,9 @@ def written_ready(planned: BaseModelSpec, generation: int, indexed: BaseModelSpe
     key = (REF.namespace, REF.name)
     indexes = FleetIndexes(
         worker_sets={key: [settled_statefulset(indexed)]},
-        worker_pods={key: [WorkerPod("tiny-worker-0", True), WorkerPod("tiny-worker-1", True)]},
+        worker_pods={key: [FleetPod("tiny-worker-0", True), FleetPod("tiny-worker-1", True)]},
         worker_placements={},
+        router_pods={key: [FleetPod("tiny-router-0", True)]},
     )
     body = kopf.Body({"metadata": {"name": "tiny", "generation": generation}, "status": {}})
     patch = kopf.Patch()
@@ -70,8 +71,8 @@ def test_a_fleet_that_gets_stuck_is_announced_by_one_warning_event(monkeypatch: 
     status: dict[str, Any] = {}
     for restarts in (3, 4, 5):  # three status passes while a worker keeps crashing
         crashing = ContainerTrouble("vllm", "CrashLoopBackOff", "exit code 2 (Error): bad flag", restarts)
-        pods = [WorkerPod("tiny-worker-0", True), WorkerPod("tiny-worker-1", False, trouble=crashing)]
-        indexes = FleetIndexes({key: [settled_statefulset(FIRST)]}, {key: pods}, {})
+        pods = [FleetPod("tiny-worker-0", True), FleetPod("tiny-worker-1", False, trouble=crashing)]
+        indexes = FleetIndexes({key: [settled_statefulset(FIRST)]}, {key: pods}, {}, {})
         body = kopf.Body({"metadata": {"generation": 1}, "status": status})
         patch = kopf.Patch()
         write_fleet_status(FIRST, SETTINGS, REF, body, patch, indexes)

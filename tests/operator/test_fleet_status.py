@@ -9,7 +9,7 @@ import pytest
 
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.api.conditions import ConditionUpdate, condition, merge_conditions
-from loraplex.operator.fleet_status import FleetObservation, WorkerPod, plan_base_model_status, status_changed
+from loraplex.operator.fleet_status import FleetObservation, FleetPod, plan_base_model_status, status_changed
 from loraplex.operator.observe import container_trouble, init_running_since, slots_used
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -22,7 +22,7 @@ def settled(**overrides: Any) -> FleetObservation:
     values: dict[str, Any] = {
         "statefulset_found": True, "replicas": 2, "observed_generation": 1, "generation": 1,
         "ready_replicas": 2, "updated_replicas": 2, "current_revision": "r1", "update_revision": "r1",
-        "pods": (WorkerPod("w-0", True), WorkerPod("w-1", True)),
+        "pods": (FleetPod("w-0", True), FleetPod("w-1", True)), "router_pods": (FleetPod("r-0", True),),
     }  # fmt: skip
     return FleetObservation(**{**values, **overrides})
 
@@ -41,12 +41,12 @@ def ready(status: dict[str, Any]) -> tuple[str, str]:
         (settled(update_revision="r2"), ("False", "RollingUpdate")),
         (
             settled(
-                pods=(WorkerPod("w-0", False, "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."),)
+                pods=(FleetPod("w-0", False, "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."),)
             ),
             ("False", "InsufficientGPU"),
         ),
         (
-            settled(pods=(WorkerPod("w-0", False, "0/4 nodes are available: node(s) had taints"),)),
+            settled(pods=(FleetPod("w-0", False, "0/4 nodes are available: node(s) had taints"),)),
             ("False", "Unschedulable"),
         ),
         (settled(), ("True", "WorkersReady")),
@@ -57,7 +57,7 @@ def test_ready_condition_follows_the_fleet(observation: FleetObservation, expect
 
 
 def test_insufficient_gpu_is_stalled_and_says_what_is_missing() -> None:
-    stuck = settled(ready_replicas=0, pods=(WorkerPod("w-0", False, "4 Insufficient nvidia.com/gpu."),))
+    stuck = settled(ready_replicas=0, pods=(FleetPod("w-0", False, "4 Insufficient nvidia.com/gpu."),))
     status = plan_base_model_status(SPEC, 1, stuck, {}, NOW)
     by_type = {c["type"]: c for c in status["conditions"]}
     assert by_type["Stalled"]["status"] == "True"
@@ -151,7 +151,7 @@ def test_only_answers_that_refuse_the_object_itself_become_object_refused() -> N
 
 # What the kubelet writes for worker pods that will not start: a crash loop (the log's last lines as
 # the termination message, FallbackToLogsOnError), an image it cannot pull, a missing Secret key.
-def crashing(container: str, restarts: int, log_tail: str, init: bool = False) -> dict[str, Any]:
+def crashing_status(container: str, restarts: int, log_tail: str, init: bool = False) -> dict[str, Any]:
     entry = {
         "name": container,
         "restartCount": restarts,
@@ -193,8 +193,8 @@ def waiting(container: str, reason: str, message: str) -> dict[str, Any]:
 
 
 def stuck_fleet(pod_status: dict[str, Any], fetching: str | None = None) -> FleetObservation:
-    pod = WorkerPod("w-1", False, trouble=container_trouble(pod_status), fetching_model_since=fetching)
-    return settled(ready_replicas=1, pods=(WorkerPod("w-0", True), pod))
+    pod = FleetPod("w-1", False, trouble=container_trouble(pod_status), fetching_model_since=fetching)
+    return settled(ready_replicas=1, pods=(FleetPod("w-0", True), pod))
 
 
 def conditions_of(observation: FleetObservation) -> dict[str, dict[str, Any]]:
@@ -209,12 +209,12 @@ TRACEBACK = "Traceback (most recent call last):\n  File ...\nValueError: max_lor
     ("pod_status", "reason", "says"),
     [
         (
-            crashing("vllm", 3, TRACEBACK),
+            crashing_status("vllm", 3, TRACEBACK),
             "WorkerCrashLoop",
             "w-1: container vllm restarted 3 times: exit code 1 (Error): ValueError: max_lora_rank 8 is too",
         ),
         (
-            crashing("fetch-model", 4, "NotFound: s3://models/llama/ has no objects", init=True),
+            crashing_status("fetch-model", 4, "NotFound: s3://models/llama/ has no objects", init=True),
             "ModelFetchFailed",
             "w-1: copying the base model failed 5 times (fetch-model): exit code 1 (Error): NotFound: s3://models/llama/",
         ),
@@ -255,7 +255,7 @@ def test_a_worker_that_cannot_start_stalls_the_base_model_naming_the_pod_contain
 
 def test_a_crash_or_two_while_starting_and_a_first_pull_error_are_still_starting() -> None:
     for pod_status in (
-        crashing("vllm", 2, TRACEBACK),
+        crashing_status("vllm", 2, TRACEBACK),
         waiting("vllm", "ErrImagePull", "connection reset"),
         retrying("vllm", 5, "", ready=True),  # up again after its crashes (the pod awaits the agent)
         waiting("vllm", "ContainerCreating", ""),
@@ -267,8 +267,8 @@ def test_a_crash_or_two_while_starting_and_a_first_pull_error_are_still_starting
 
 def test_a_worker_copying_the_base_model_says_so_while_the_fleet_starts() -> None:
     status = {"initContainerStatuses": [{"name": "fetch-model", "state": {"running": {"startedAt": "T1"}}}]}
-    pod = WorkerPod("w-1", False, fetching_model_since=init_running_since(status, "fetch-model"))
-    found = conditions_of(settled(ready_replicas=1, pods=(WorkerPod("w-0", True), pod)))
+    pod = FleetPod("w-1", False, fetching_model_since=init_running_since(status, "fetch-model"))
+    found = conditions_of(settled(ready_replicas=1, pods=(FleetPod("w-0", True), pod)))
     assert found["Ready"]["reason"] == "FetchingBaseModel"
     assert (
         found["Ready"]["message"]
@@ -280,4 +280,26 @@ def test_a_worker_copying_the_base_model_says_so_while_the_fleet_starts() -> Non
             {"initContainerStatuses": [{"name": "fetch-model", "state": {"terminated": {}}}]}, "fetch-model"
         )
         is None
+    )
+
+
+def test_a_fleet_is_ready_only_once_a_router_answers_and_a_crashing_router_stalls_it() -> None:
+    waiting_router = conditions_of(settled(router_pods=(FleetPod("r-0", False),)))
+    assert waiting_router["Ready"]["reason"] == "RouterStarting"
+    assert waiting_router["Ready"]["message"] == "2 of 2 workers ready; no router pod ready yet"
+    assert (waiting_router["Stalled"]["status"], waiting_router["Reconciling"]["status"]) == ("False", "True")
+    assert conditions_of(settled(router_pods=()))["Ready"]["reason"] == "RouterStarting"
+    crashing = FleetPod(
+        "r-0", False, trouble=container_trouble(crashing_status("router", 3, "KeyError: 'x'"))
+    )
+    stuck = conditions_of(settled(router_pods=(crashing, FleetPod("r-1", False))))
+    assert (stuck["Ready"]["reason"], stuck["Stalled"]["status"]) == ("RouterCrashLoop", "True")
+    assert (
+        stuck["Ready"]["message"]
+        == "r-0: container router restarted 3 times: exit code 1 (Error): KeyError: 'x'"
+    )
+    pending = conditions_of(settled(router_pods=(FleetPod("r-0", False, "0/1 nodes: Insufficient cpu"),)))
+    assert (pending["Ready"]["reason"], pending["Ready"]["message"]) == (
+        "Unschedulable",
+        "r-0: 0/1 nodes: Insufficient cpu",
     )

@@ -12,7 +12,7 @@ import kopf
 
 from loraplex.operator import adapter_handlers, basemodel_handlers, indexes, placement_loop, training_handlers
 from loraplex.operator.fleet_scale import FleetTargets
-from loraplex.operator.fleet_status import ContainerTrouble
+from loraplex.operator.fleet_status import ContainerTrouble, FleetPod
 from loraplex.operator.indexes import (
     INDEX_IDS,
     ZONE_LABEL,
@@ -140,3 +140,11 @@ def test_one_pods_index_serves_the_fleet_and_training_admission() -> None:
     entries = indexes.pod_entries(pod(lookalike), "team", lookalike)
     assert ("worker", "team", "tiny") not in entries
     assert entries[("node", "node-a")] == {"nvidia.com/gpu": 1}
+    # A router pod is read for the fleet's status, as one; it holds no GPUs and is no worker.
+    router = {**worker, "app.kubernetes.io/component": "router"}
+    entries = indexes.pod_entries(pod(router, gpus=0), "team", router)
+    read = Indexes(pods={key: [value] for key, value in entries.items()})  # type: ignore[arg-type]
+    assert read.routers(("team", "tiny")) == [FleetPod("p", True)]
+    assert read.workers(("team", "tiny")) == []
+    foreign = {**router, "app.kubernetes.io/managed-by": "someone-else"}
+    assert not indexes.pod_entries(pod(foreign, gpus=0), "team", foreign)

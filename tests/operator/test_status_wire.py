@@ -27,7 +27,7 @@ from loraplex.operator.adapter_residency import (
     plan_placed_adapter_status,
 )
 from loraplex.operator.adapter_status import check_adapter, plan_adapter_status
-from loraplex.operator.fleet_status import FleetObservation, WorkerPod, plan_base_model_status
+from loraplex.operator.fleet_status import FleetObservation, FleetPod, plan_base_model_status
 from loraplex.operator.training_roots import parse_roots
 from loraplex.operator.training_status import JobView, PodView, output_refused, plan_training
 
@@ -51,7 +51,7 @@ def round_trips(model: type[ApiModel], written: dict[str, Any]) -> None:
 
 pods = st.lists(
     st.builds(
-        WorkerPod,
+        FleetPod,
         st.sampled_from(["w-0", "w-1", "w-2"]),
         st.booleans(),
         st.sampled_from(
@@ -72,6 +72,7 @@ observations = st.builds(
     update_revision=st.sampled_from([None, "r1", "r2"]),
     applied_hash=st.sampled_from([None, "h1"]),
     pods=pods,
+    router_pods=pods,
     gpu_used=st.integers(0, 20),
     cpu_used=st.integers(0, 20),
 )
@@ -93,7 +94,19 @@ def test_base_model_statuses_are_base_model_status_models(
 
 def test_a_base_model_status_on_the_wire() -> None:
     observed = FleetObservation(
-        True, 2, 1, 1, 2, 2, "r1", "r1", "h1", (WorkerPod("w-0", True), WorkerPod("w-1", True)), 3, 1
+        True,
+        2,
+        1,
+        1,
+        2,
+        2,
+        "r1",
+        "r1",
+        "h1",
+        (FleetPod("w-0", True), FleetPod("w-1", True)),
+        3,
+        1,
+        router_pods=(FleetPod("r-0", True),),
     )
     assert plan_base_model_status(BASE, 1, observed, {}, NOW, "app=worker", "h1") == {
         "observedGeneration": 1,
