@@ -79,7 +79,8 @@ def plan_base_model_status(
     """
     desired = observed.replicas if observed.statefulset_found else spec.replicas.min
     ready = min(observed.ready_replicas, desired)
-    ready_condition = _ready_condition(spec, observed, ready, desired, planned_hash)
+    before = (condition(previous.get("conditions", []), "Ready") or {}).get("reason")
+    ready_condition = _ready_condition(spec, observed, ready, desired, planned_hash, before == PULL_FAILED)
     blocked = ready_condition.reason in BLOCKED_REASONS
     in_flight = ready_condition.status != "True" and not blocked
     updates = [
@@ -111,13 +112,14 @@ def plan_base_model_status(
     return to_wire(status)
 
 
+PULL_FAILED = "ImagePullFailed"
 # Ready=False reasons that waiting alone will not fix: the fleet is stuck, not starting.
 BLOCKED_REASONS = frozenset(
     {
         "InsufficientGPU",
         "Unschedulable",
         "ObjectRefused",
-        "ImagePullFailed",
+        PULL_FAILED,
         "ContainerConfigError",
         "WorkerCrashLoop",
         "RouterCrashLoop",
@@ -127,15 +129,21 @@ BLOCKED_REASONS = frozenset(
 # The kubelet's waiting reasons for a container it cannot start, by the Ready reason they give.
 IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 CONFIG_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError", "RunContainerError"})
+PULL_ERROR = "ErrImagePull"  # a failed pull: the first may pass, so only after a back-off (_stuck)
 CRASH_LOOP = "CrashLoopBackOff"
-TROUBLE_REASONS = IMAGE_PULL_REASONS | CONFIG_REASONS | {CRASH_LOOP}
+TROUBLE_REASONS = IMAGE_PULL_REASONS | CONFIG_REASONS | {CRASH_LOOP, PULL_ERROR}
 # Restarts before a crash loop counts as stuck: an engine may exit once while it starts (the kubelet
 # restarts it) without the fleet being Stalled, which GitOps tools read as a failed rollout.
 CRASH_LOOP_RESTARTS = 3
 
 
 def _ready_condition(
-    spec: BaseModelSpec, observed: FleetObservation, ready: int, desired: int, planned_hash: str | None
+    spec: BaseModelSpec,
+    observed: FleetObservation,
+    ready: int,
+    desired: int,
+    planned_hash: str | None,
+    pull_failed_before: bool = False,
 ) -> ConditionUpdate:
     if observed.refused is not None:
         return ConditionUpdate("Ready", "False", "ObjectRefused", observed.refused)
@@ -157,7 +165,8 @@ def _ready_condition(
             "Ready", "False", "Unschedulable", f"{first.name}: {first.unschedulable_message}"
         )
     for pods, crash_loop in ((observed.pods, "WorkerCrashLoop"), (observed.router_pods, "RouterCrashLoop")):
-        stuck = [(p, found) for p in pods if (found := _stuck(p.trouble, crash_loop)) is not None]
+        troubles = ((p, _stuck(p.trouble, crash_loop, pull_failed_before)) for p in pods)
+        stuck = [(p, found) for p, found in troubles if found is not None]
         if stuck:
             pod, (reason, what) = stuck[0]
             others = f" ({len(stuck)} pods in all)" if len(stuck) > 1 else ""
@@ -180,14 +189,19 @@ def _ready_condition(
     return ConditionUpdate("Ready", "True", "WorkersReady", f"{ready} of {desired} workers ready")
 
 
-def _stuck(trouble: ContainerTrouble | None, crash_loop: str) -> tuple[str, str] | None:
+def _stuck(
+    trouble: ContainerTrouble | None, crash_loop: str, pull_failed_before: bool
+) -> tuple[str, str] | None:
     """The Ready reason and message of a container that will not start or keep running without a
-    change; None for one that may yet (a first pull error, a crash or two while starting)."""
+    change; None for one that may yet (a first pull error, a crash or two while starting). Once the
+    kubelet backs off pulling an image, its next tries (`ErrImagePull` between the back-offs) keep
+    the fleet stuck: one reason, not one that flips with each try."""
     if trouble is None:
         return None
     container, detail = trouble.container, trouble.message
-    if trouble.waiting_reason in IMAGE_PULL_REASONS:
-        return "ImagePullFailed", f"container {container} cannot pull its image: {detail}"
+    pulling_again = trouble.waiting_reason == PULL_ERROR and pull_failed_before
+    if trouble.waiting_reason in IMAGE_PULL_REASONS or pulling_again:
+        return PULL_FAILED, f"container {container} cannot pull its image: {detail}"
     if trouble.waiting_reason in CONFIG_REASONS:
         return "ContainerConfigError", f"container {container} cannot be created: {detail}"
     if trouble.waiting_reason == CRASH_LOOP and trouble.restarts >= CRASH_LOOP_RESTARTS:

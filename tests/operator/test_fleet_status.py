@@ -9,7 +9,13 @@ import pytest
 
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.api.conditions import ConditionUpdate, condition, merge_conditions
-from loraplex.operator.fleet_status import FleetObservation, FleetPod, plan_base_model_status, status_changed
+from loraplex.operator.fleet_status import (
+    FleetObservation,
+    FleetPod,
+    newly_stalled,
+    plan_base_model_status,
+    status_changed,
+)
 from loraplex.operator.observe import container_trouble, init_running_since, slots_used
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -303,3 +309,16 @@ def test_a_fleet_is_ready_only_once_a_router_answers_and_a_crashing_router_stall
         "Unschedulable",
         "r-0: 0/1 nodes: Insufficient cpu",
     )
+
+
+def test_an_image_the_kubelet_keeps_failing_to_pull_stays_one_reason_between_its_back_offs() -> None:
+    backing_off = stuck_fleet(waiting("vllm", "ImagePullBackOff", 'Back-off pulling image "x"'))
+    pulling_again = stuck_fleet(waiting("vllm", "ErrImagePull", "no such host"))
+    status = plan_base_model_status(SPEC, 1, backing_off, {}, NOW)
+    again = plan_base_model_status(SPEC, 1, pulling_again, status, NOW + timedelta(seconds=20))
+    assert ready(again) == ("False", "ImagePullFailed")
+    assert condition(again["conditions"], "Ready")["message"] == (  # type: ignore[index]
+        "w-1: container vllm cannot pull its image: no such host"
+    )
+    assert newly_stalled(status, again) is None  # so no second Warning Event
+    assert ready(plan_base_model_status(SPEC, 1, pulling_again, {}, NOW)) == ("False", "WorkersStarting")
