@@ -228,8 +228,12 @@ def test_a_scheduled_job_runs_again_when_due_and_publishes_a_new_revision(
     create_object(kube, namespace, "trainingjobs", "TrainingJob", "nightly", spec)
     for run, digest in ((0, "3" * 64), (1, "4" * 64)):
         pod = run_pod(kube, namespace, "nightly", run)
-        if run == 1:
-            assert status_of(kube, namespace, "nightly")["checkpointUri"].endswith("-r1/nightly")
+        if run == 1:  # the status patch lands after the handler made the run's Job: its pod may be first
+            wait_until(
+                lambda: status_of(kube, namespace, "nightly")["checkpointUri"].endswith("-r1/nightly"),
+                10,
+                "the second run's checkpoints in status",
+            )
         published = f"{store}/adapters/{namespace}/nightly/{digest}"
         result = summary(0, "nightly", phase="Succeeded", uri=published, sha256=digest)
         end_trainer_pod(kube, namespace, pod.metadata.name, 0, result)
