@@ -26,7 +26,7 @@ from loraplex.api.basemodel import BaseModelSpec
 from loraplex.api.common import DEFAULT_MODEL_CPU, DEFAULT_MODEL_MEMORY
 from loraplex.api.labels import BASE_MODEL_LABEL, COMPONENT_LABEL, HASH_ANNOTATION, MANAGED_BY, ROUTER, WORKER
 from loraplex.api.trainer import STORE_CREDENTIAL_KEYS
-from loraplex.operator.pod_security import restricted, writable_home
+from loraplex.operator.pod_security import restricted, service_account_token, writable_home
 from loraplex.operator.pod_volumes import merge_claim_volumes
 from loraplex.operator.settings import OperatorSettings
 
@@ -319,6 +319,9 @@ def worker_statefulset(
         **TERMINATION_MESSAGE,
     }
     claim_volumes, claim_mounts = adapter_volumes(spec)
+    # Only the agent calls the API server: vLLM runs the model's code and fetch-model reads what the
+    # spec names, so neither holds the token that reads and writes the namespace's WorkerPlacements.
+    token_volume, token_mount = service_account_token("agent-api-access")
     agent = {
         "name": "agent",
         "image": settings.image,
@@ -335,16 +338,22 @@ def worker_statefulset(
         "ports": [{"name": "agent", "containerPort": AGENT_PORT}],
         **http_probes("/healthz", AGENT_PORT, AGENT_STARTUP_SECONDS),
         "resources": settings.agent_resources.manifest(),
-        "volumeMounts": [cache_mount, *claim_mounts, *({**m, "readOnly": True} for m in mounts)],
+        "volumeMounts": [
+            cache_mount,
+            *claim_mounts,
+            *({**m, "readOnly": True} for m in mounts),
+            token_mount,
+        ],
         **TERMINATION_MESSAGE,
     }
     init_containers = fetch_model_containers(spec, settings, mounts)
     pod_spec: Manifest = {
         "serviceAccountName": worker_name(ref),
-        "automountServiceAccountToken": True,  # the agent watches its WorkerPlacement
+        "automountServiceAccountToken": False,  # the agent alone mounts it (token_volume)
         "containers": [vllm, agent],
         "volumes": [
             *volumes,
+            token_volume,
             {"name": "adapter-cache", "emptyDir": {}},
             home_volume,
             shm_volume,

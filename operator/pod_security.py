@@ -49,3 +49,27 @@ def writable_home(volume: str, path: str) -> tuple[Manifest, Manifest, list[Mani
         {"name": "XDG_CACHE_HOME", "value": f"{path}/.cache"},
     ]
     return {"name": volume, "emptyDir": {}}, {"name": volume, "mountPath": path}, env
+
+
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"  # where API clients look in a pod
+# The lifetime the kubelet's own token volume asks for: the API server treats it as that volume's.
+TOKEN_SECONDS = 3607
+
+
+def service_account_token(volume: str) -> tuple[Manifest, Manifest]:
+    """(pod volume, container mount) giving one container the pod's ServiceAccount token, CA and
+    namespace where the kubelet's own token volume would put them, for a pod that mounts no token
+    (`automountServiceAccountToken: false`) so that its other containers get none."""
+    sources = [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_SECONDS}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {
+            "downwardAPI": {
+                "items": [
+                    {"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}
+                ]
+            }
+        },
+    ]
+    projected = {"name": volume, "projected": {"defaultMode": 0o444, "sources": sources}}
+    return projected, {"name": volume, "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True}

@@ -208,14 +208,32 @@ def test_the_engine_and_the_trainer_have_a_writable_home(pod: str, container: st
     assert {"name": mount["name"], "emptyDir": {}} in PODS[pod]["volumes"]
 
 
-def test_only_pods_that_call_the_api_mount_a_service_account_token() -> None:
+def token_holders(pod: dict[str, Any]) -> list[str]:
+    """The containers that get the pod's ServiceAccount token: all if the kubelet mounts it, else
+    those mounting a projected token volume at the place API clients read it."""
+    if pod["automountServiceAccountToken"]:
+        return [c["name"] for c in all_containers(pod)]
+    projected = {v["name"]: v.get("projected", {}).get("sources", []) for v in pod["volumes"]}
+    tokens = {name for name, sources in projected.items() if any("serviceAccountToken" in s for s in sources)}
+    return [
+        c["name"]
+        for c in all_containers(pod)
+        for m in c.get("volumeMounts", [])
+        if m["name"] in tokens and m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
+    ]
+
+
+def test_only_containers_that_call_the_api_get_a_service_account_token() -> None:
     accounts = [m for m in plan_fleet(REF, base(), SETTINGS, 1) if m["kind"] == "ServiceAccount"]
     assert sorted(a["metadata"]["name"] for a in accounts) == ["llama-8b-router", "llama-8b-worker"]
     assert all(a["automountServiceAccountToken"] is False for a in accounts)
-    # The agent watches its WorkerPlacement, the router the fleet; the trainer calls no API at all
-    # (the operator reads its progress from its log).
-    tokens = {name: pod["automountServiceAccountToken"] for name, pod in PODS.items()}
-    assert tokens == {
-        "worker": True, "worker-fetching-its-model": True, "router": True,
-        "trainer": False, "trainer-fetching-its-model": False,
+    # The agent watches its WorkerPlacement, the router the fleet; vLLM (which runs the model's code),
+    # fetch-model and the trainer call no API at all (the operator reads the trainer's log).
+    holders = {name: token_holders(pod) for name, pod in PODS.items()}
+    assert holders == {
+        "worker": ["agent"], "worker-fetching-its-model": ["agent"], "router": ["router"],
+        "trainer": [], "trainer-fetching-its-model": [],
     }  # fmt: skip
+    (token,) = [v for v in PODS["worker"]["volumes"] if v["name"] == "agent-api-access"]
+    sources = {key for source in token["projected"]["sources"] for key in source}
+    assert sources == {"serviceAccountToken", "configMap", "downwardAPI"}  # token, CA, namespace
