@@ -266,18 +266,27 @@ def _can_build() -> str | None:
     return None
 
 
+# buildah's own re-exec through a sealed in-memory copy of itself, before the command runs, now and then
+# fails to seal it (EBUSY; seen once on a fresh machine): that says nothing of the image, so try again.
+BUILDAH_TRANSIENT = "sealing memfd copy"
+
+
 def buildah_run(image: str, *command: str) -> subprocess.CompletedProcess[str]:
     container = subprocess.run(
         ["buildah", "from", "--pull-never", image], check=True, capture_output=True, text=True
     ).stdout.strip()
     try:
-        return subprocess.run(
-            ["buildah", "run", "--isolation", "chroot", container, "--", *command],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        for _ in range(3):
+            result = subprocess.run(
+                ["buildah", "run", "--isolation", "chroot", container, "--", *command],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            if BUILDAH_TRANSIENT not in result.stderr:
+                break
+        return result
     finally:
         subprocess.run(["buildah", "rm", container], check=False, capture_output=True)
 
