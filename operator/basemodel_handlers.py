@@ -3,8 +3,9 @@
 Level-based: every pass rebuilds the whole fleet plan from the spec and lets
 the applier skip what is already right, so running twice changes nothing and
 a restart mid-way loses nothing. Live state comes from kopf indexes of the
-worker StatefulSets and pods (kept by watches), read by a per-BaseModel timer
-that writes status only when it changed. The index lags behind the operator's
+worker StatefulSets and pods (kept by watches), and for a pod stuck setting up
+from its Warning Events (pod_events: a volume that will not mount), read by a
+per-BaseModel timer that writes status only when it changed. The index lags behind the operator's
 own writes, so the status calls the fleet ready only once the indexed worker
 StatefulSet carries the content hash of the one this generation plans.
 
@@ -24,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
@@ -44,11 +46,16 @@ from loraplex.operator.fleet_scale import FleetTargets, scaling_message, workers
 from loraplex.operator.fleet_status import FleetPod, newly_stalled, plan_base_model_status, status_changed
 from loraplex.operator.indexes import Indexes
 from loraplex.operator.observe import fleet_observation, running_workers
+from loraplex.operator.pod_events import PodSetupEvents
 from loraplex.operator.settings import OperatorSettings
 
 
 def register(
-    registry: kopf.OperatorRegistry, settings: OperatorSettings, applier: Applier, targets: FleetTargets
+    registry: kopf.OperatorRegistry,
+    settings: OperatorSettings,
+    api: client.ApiClient,
+    applier: Applier,
+    targets: FleetTargets,
 ) -> None:
     """Attach the BaseModel handlers and timer to `registry` (they read the indexes of operator/indexes.py).
 
@@ -56,6 +63,7 @@ def register(
     handlers apply them to the worker StatefulSet.
     """
     refusals: dict[tuple[str, str], str] = {}  # BaseModel -> the API server's refusal of its fleet
+    setup_events = PodSetupEvents(client.CoreV1Api(api))  # why a pod's volumes will not mount
 
     @kopf.on.resume(GROUP, VERSION, BASE_MODELS, id="fleet", registry=registry)
     @kopf.on.create(GROUP, VERSION, BASE_MODELS, id="fleet", registry=registry)
@@ -81,7 +89,7 @@ def register(
             indexes = Indexes.from_kwargs(kwargs)
             running = running_workers(indexes.worker_statefulsets(key))
             workers = workers_to_run(model, targets.get(key), running)
-            fleet = FleetIndexes.of(indexes, key)
+            fleet = FleetIndexes.of(indexes, key, setup_events)
             try:
                 writes = applier.apply_all(plan_fleet(ref, model, settings, workers))
             except ApiException as error:
@@ -122,7 +130,7 @@ def register(
         indexes = Indexes.from_kwargs(kwargs)
         key = (ref.namespace, ref.name)
         scale_workers(ref, model, running_workers(indexes.worker_statefulsets(key)), body, logger)
-        fleet = FleetIndexes.of(indexes, key)
+        fleet = FleetIndexes.of(indexes, key, setup_events)
         write_fleet_status(model, settings, ref, body, patch, fleet, refusals.get(key))
 
     def scale_workers(
@@ -184,14 +192,17 @@ class FleetIndexes:
     router_pods: Mapping[tuple[str, str], Iterable[FleetPod]]
 
     @classmethod
-    def of(cls, indexes: Indexes, key: tuple[str, str]) -> FleetIndexes:
-        """BaseModel `key`'s part of the operator's indexes."""
-        pods = [pod.status_view() for pod in indexes.workers(key)]
+    def of(cls, indexes: Indexes, key: tuple[str, str], setup_events: PodSetupEvents) -> FleetIndexes:
+        """BaseModel `key`'s part of the operator's indexes, with what the Events of its pods stuck
+        setting up say."""
+        namespace = key[0]
+        workers = setup_events.with_volume_trouble(namespace, (pod.seen for pod in indexes.workers(key)))
+        routers = setup_events.with_volume_trouble(namespace, indexes.routers(key))
         return cls(
             {key: indexes.worker_statefulsets(key)},
-            {key: pods},
+            {key: workers},
             {key: indexes.placements(key)},
-            {key: indexes.routers(key)},
+            {key: routers},
         )
 
 

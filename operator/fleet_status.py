@@ -17,6 +17,7 @@ from typing import Any
 from loraplex.api.basemodel import BaseModelSpec, BaseModelStatus, SlotUsage
 from loraplex.api.conditions import ConditionUpdate, condition, merge_conditions
 from loraplex.api.wire import to_wire
+from loraplex.operator.fleet import FETCH_MODEL_CONTAINER
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class FleetPod:
     unschedulable_message: str | None = None  # PodScheduled=False, reason Unschedulable
     trouble: ContainerTrouble | None = None
     fetching_model_since: str | None = None  # the fetch-model init container is running, since then
+    uid: str = ""
+    setting_up_since: str | None = None  # scheduled then, and the kubelet has started no container yet
+    volume_trouble: str | None = None  # why a volume will not mount, from the kubelet's Warning Events
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,7 @@ BLOCKED_REASONS = frozenset(
         "WorkerCrashLoop",
         "RouterCrashLoop",
         "ModelFetchFailed",
+        "VolumeMountFailed",
     }
 )
 # The kubelet's waiting reasons for a container it cannot start, by the Ready reason they give.
@@ -169,15 +174,20 @@ def _ready_condition(
         stuck = [(p, found) for p, found in troubles if found is not None]
         if stuck:
             pod, (reason, what) = stuck[0]
-            others = f" ({len(stuck)} pods in all)" if len(stuck) > 1 else ""
-            return ConditionUpdate("Ready", "False", reason, f"{pod.name}: {what}{others}")
+            return ConditionUpdate("Ready", "False", reason, _first_of(pod.name, what, len(stuck)))
+    unmounted = [p for p in (*observed.pods, *observed.router_pods) if p.volume_trouble]
+    if unmounted:
+        first = unmounted[0]
+        message = _first_of(first.name, str(first.volume_trouble), len(unmounted))
+        return ConditionUpdate("Ready", "False", "VolumeMountFailed", message)
     if ready < desired:
         fetching = [p for p in observed.pods if p.fetching_model_since and not p.ready]
         if fetching:
             first = fetching[0]
             message = (
                 f"{ready} of {desired} workers ready; {len(fetching)} copying the base model from "
-                f"{spec.model.uri} (first: {first.name}, since {first.fetching_model_since})"
+                f"{spec.model.uri} (first: {first.name}, since {first.fetching_model_since}; "
+                f"its progress: kubectl logs {first.name} -c {FETCH_MODEL_CONTAINER})"
             )
             return ConditionUpdate("Ready", "False", "FetchingBaseModel", message)
         return ConditionUpdate("Ready", "False", "WorkersStarting", f"{ready} of {desired} workers ready")
@@ -187,6 +197,11 @@ def _ready_condition(
     if _rolling(observed, desired, planned_hash):
         return ConditionUpdate("Ready", "False", "RollingUpdate", "Rolling the workers to the new spec")
     return ConditionUpdate("Ready", "True", "WorkersReady", f"{ready} of {desired} workers ready")
+
+
+def _first_of(pod: str, what: str, count: int) -> str:
+    """A message naming the first pod in trouble, and how many there are when it is not alone."""
+    return f"{pod}: {what}" + (f" ({count} pods in all)" if count > 1 else "")
 
 
 def _stuck(

@@ -26,7 +26,7 @@ pool, a thread hop per watch event.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import kopf
@@ -44,7 +44,7 @@ from loraplex.api.labels import (
     WORKER,
 )
 from loraplex.operator.fleet import FETCH_MODEL_CONTAINER
-from loraplex.operator.fleet_status import ContainerTrouble, FleetPod
+from loraplex.operator.fleet_status import FleetPod
 from loraplex.operator.observe import fleet_pod, index_essentials, init_running_since
 from loraplex.operator.training_status import JobView, PodView
 from loraplex.operator.training_workload import HOSTNAME_LABEL, TRAINER_CONTAINER
@@ -59,26 +59,21 @@ BaseKey = tuple[str, str]  # (namespace, BaseModel name)
 
 @dataclass(frozen=True)
 class WorkerPodView:
-    """What the operator reads of one worker pod."""
+    """What the operator reads of one worker pod: what the BaseModel status reads of it (`seen`), and
+    where it runs and whether it is going, for the placement loop."""
 
-    name: str
+    seen: FleetPod
     node: str | None = None
-    ready: bool = False  # condition Ready=True
     deleting: bool = False
-    unschedulable_message: str | None = None  # PodScheduled=False, reason Unschedulable
-    trouble: ContainerTrouble | None = None  # a container the kubelet cannot start or keep running
-    fetching_model_since: str | None = None  # fetch-model (the base model's copy) running since
+
+    @property
+    def name(self) -> str:
+        return self.seen.name
 
     @property
     def healthy(self) -> bool:
         """Ready and not being deleted: the placement planner may put adapters on it."""
-        return self.ready and not self.deleting
-
-    def status_view(self) -> FleetPod:
-        """The pod as the BaseModel status reads it."""
-        return FleetPod(
-            self.name, self.ready, self.unschedulable_message, self.trouble, self.fetching_model_since
-        )
+        return self.seen.ready and not self.deleting
 
 
 class NodeView(NamedTuple):
@@ -97,15 +92,11 @@ class NodeView(NamedTuple):
 
 
 def worker_pod_view(body: Mapping[str, Any]) -> WorkerPodView:
-    seen = fleet_pod(body)
+    fetching = init_running_since(body.get("status") or {}, FETCH_MODEL_CONTAINER)
     return WorkerPodView(
-        name=seen.name,
+        seen=replace(fleet_pod(body), fetching_model_since=fetching),
         node=body.get("spec", {}).get("nodeName"),
-        ready=seen.ready,
         deleting=bool(body["metadata"].get("deletionTimestamp")),
-        unschedulable_message=seen.unschedulable_message,
-        trouble=seen.trouble,
-        fetching_model_since=init_running_since(body.get("status") or {}, FETCH_MODEL_CONTAINER),
     )
 
 

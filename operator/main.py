@@ -120,7 +120,7 @@ def run(settings: OperatorSettings) -> int:
         applier = Applier(api, settings.field_manager)
         targets = FleetTargets()  # worker counts the placement loops decide, read by the others
         indexes.register(registry)  # every index, once: the handlers read them through indexes.Indexes
-        basemodel_handlers.register(registry, settings, applier, targets)
+        basemodel_handlers.register(registry, settings, api, applier, targets)
         adapter_handlers.register(registry, api)
         placement_loop.register(registry, settings, api, applier, targets)
         training_handlers.register(registry, settings, api, applier, targets)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from loraplex.api.labels import HASH_ANNOTATION
@@ -63,6 +64,55 @@ def fleet_pod(body: Mapping[str, Any]) -> FleetPod:
         ready=conditions.get("Ready", {}).get("status") == "True",
         unschedulable_message=str(scheduled.get("message", "")) if unschedulable else None,
         trouble=None if deleting else container_trouble(status),  # a killed container is no crash
+        uid=str(body["metadata"].get("uid", "")),
+        setting_up_since=None if deleting else setting_up_since(status),
+    )
+
+
+# The kubelet's waiting reasons while it prepares a pod (volumes, sandbox, image pulls).
+SETTING_UP = frozenset({"ContainerCreating", "PodInitializing"})
+
+
+def setting_up_since(pod_status: Mapping[str, Any]) -> str | None:
+    """When the pod was scheduled, while the kubelet has started none of its containers yet: the
+    time a pod whose volume will not mount stays in (it shows only `ContainerCreating`)."""
+    conditions = pod_status.get("conditions") or []
+    scheduled: Mapping[str, Any] = next((c for c in conditions if c.get("type") == "PodScheduled"), {})
+    if scheduled.get("status") != "True":
+        return None
+    containers = (
+        *(pod_status.get("initContainerStatuses") or []),
+        *(pod_status.get("containerStatuses") or []),
+    )
+    waiting = [((c.get("state") or {}).get("waiting") or {}).get("reason") for c in containers]
+    if not all(reason in SETTING_UP for reason in waiting):
+        return None
+    return str(scheduled.get("lastTransitionTime") or "") or None
+
+
+# The kubelet's Warning Events of a volume it cannot mount or attach for a pod.
+VOLUME_EVENT_REASONS = frozenset({"FailedMount", "FailedAttachVolume"})
+
+
+def volume_trouble(events: Iterable[Mapping[str, Any]]) -> str | None:
+    """The latest of a pod's Events that says a volume will not mount or attach (reason: message)."""
+    found = [e for e in events if e.get("reason") in VOLUME_EVENT_REASONS]
+    if not found:
+        return None
+    latest = max(found, key=_event_time)
+    lines = [line.strip() for line in str(latest.get("message") or "").splitlines() if line.strip()]
+    return f"{latest['reason']}: {lines[0] if lines else ''}"[:MESSAGE_CHARS]
+
+
+def _event_time(event: Mapping[str, Any]) -> str:
+    """When an Event last happened, as RFC 3339 (which sorts as text), by what its writer filled in."""
+    series = event.get("series") or {}
+    return str(
+        series.get("lastObservedTime")
+        or event.get("lastTimestamp")
+        or event.get("eventTime")
+        or (event.get("metadata") or {}).get("creationTimestamp")
+        or ""
     )
 
 
@@ -73,7 +123,10 @@ def container_trouble(pod_status: Mapping[str, Any]) -> ContainerTrouble | None:
         for container in pod_status.get(key) or []:
             state = container.get("state") or {}
             waiting = state.get("waiting") or {}
-            reason = CRASH_LOOP if _crashing(container, state) else waiting.get("reason")
+            crashing = _crashing(container, state)
+            reason = CRASH_LOOP if crashing else waiting.get("reason")
+            if reason == CRASH_LOOP and not crashing:
+                continue  # backing off after a long run: starting again, not a loop
             if reason in TROUBLE_REASONS:
                 return ContainerTrouble(
                     container=str(container.get("name", "")),
@@ -88,13 +141,38 @@ def container_trouble(pod_status: Mapping[str, Any]) -> ContainerTrouble | None:
 def _crashing(container: Mapping[str, Any], state: Mapping[str, Any]) -> bool:
     """Whether a container is in a crash loop whatever the kubelet's last word: one that exited with an
     error (shown terminated for most of the back-off before `CrashLoopBackOff` is written; worker pods
-    restart every container), or one trying again, not ready yet, after such an exit. So a fleet stuck
-    in a loop keeps one reason through its tries (fleet_status counts the restarts) instead of
-    flipping between stuck and starting."""
-    if (state.get("terminated") or {}).get("exitCode", 0) != 0:
-        return True
+    restart every container), one backing off, or one trying again, not ready yet, after such an exit.
+    So a fleet stuck in a loop keeps one reason through its tries (fleet_status counts the restarts)
+    instead of flipping between stuck and starting. A run that lasted LOOP_RESET_SECONDS before it
+    failed is no loop (the kubelet resets its back-off then): restarts add up over a pod's life, and a
+    worker that fails now and then after serving for hours is starting again, not stuck."""
+    terminated = state.get("terminated") or {}
+    if terminated.get("exitCode", 0) != 0:
+        return _brief(terminated)
     last = (container.get("lastState") or {}).get("terminated") or {}
-    return "running" in state and not container.get("ready") and last.get("exitCode", 0) != 0
+    backing_off = (state.get("waiting") or {}).get("reason") == CRASH_LOOP
+    retrying = "running" in state and not container.get("ready") and last.get("exitCode", 0) != 0
+    return (backing_off or retrying) and _brief(last)
+
+
+# The kubelet resets a container's restart back-off once it ran this long.
+LOOP_RESET_SECONDS = 600.0
+
+
+def _brief(run: Mapping[str, Any]) -> bool:
+    """Whether a container's run failed within LOOP_RESET_SECONDS of its start (brief if unknown)."""
+    started, finished = epoch_seconds(run.get("startedAt")), epoch_seconds(run.get("finishedAt"))
+    return started is None or finished is None or finished - started < LOOP_RESET_SECONDS
+
+
+def epoch_seconds(timestamp: str | None) -> float | None:
+    """An RFC 3339 time from the API server as seconds since the epoch; None if absent or unreadable."""
+    if not timestamp:
+        return None
+    try:
+        return datetime.fromisoformat(str(timestamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _trouble_detail(container: Mapping[str, Any], reason: str, waiting: Mapping[str, Any]) -> str:

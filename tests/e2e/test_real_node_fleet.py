@@ -68,6 +68,7 @@ def test_the_fleet_runs_as_real_pods_installed_by_the_chart_and_leaves_nothing_b
             router_ip = _router_ip(core)
             _assert_only_the_router_may_reach_vllm(api, core)
             _assert_a_model_that_cannot_be_fetched_stalls_its_base_model_with_the_cause(cluster, api)
+            _assert_a_volume_that_will_not_mount_stalls_its_base_model_until_it_can(cluster, api)
 
         caller = openai.OpenAI(base_url=f"http://{router_ip}:8000/v1", api_key="unused", max_retries=2)
         texts = {model: _answer(caller, model, "select") for model in ("tiny-llama", "sql-gen", "user-2")}
@@ -218,6 +219,49 @@ def _assert_a_model_that_cannot_be_fetched_stalls_its_base_model_with_the_cause(
     assert wait_until(warned, 60, "a Warning Event on the BaseModel") == ["Warning"]
     deleted = kubectl(cluster, "delete", "-n", STORE_NAMESPACE, "basemodel", "unreachable-model", "--wait")
     assert deleted.returncode == 0, deleted.stderr
+
+
+def _assert_a_volume_that_will_not_mount_stalls_its_base_model_until_it_can(
+    cluster: LocalCluster, api: Any
+) -> None:
+    """A BaseModel naming an API-key Secret that does not exist: its router pod stays ContainerCreating
+    under the kubelet, which says why only in Events; the BaseModel says it (Stalled, the kubelet's
+    words), and is Ready once the Secret is there."""
+    name, keys = "locked-out", "no-such-keys"
+    model = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "BaseModel",
+        "metadata": {"name": name, "namespace": STORE_NAMESPACE},
+        "spec": {
+            "model": {"uri": "https://127.0.0.1:9/tiny-llama.tar"},  # no worker runs: replicas 0
+            "replicas": {"min": 0},
+            "access": {"authentication": {"apiKeys": {"secretNames": [keys]}}},
+        },
+    }
+    objects = client.CustomObjectsApi(api)
+    objects.create_namespaced_custom_object(GROUP, VERSION, STORE_NAMESPACE, "basemodels", model)
+
+    def ready_condition() -> dict[str, Any]:
+        body = objects.get_namespaced_custom_object(GROUP, VERSION, STORE_NAMESPACE, "basemodels", name)
+        found = {c["type"]: c for c in (body.get("status") or {}).get("conditions", [])}
+        return found.get("Ready", {})
+
+    def unmounted() -> dict[str, Any] | None:
+        ready = ready_condition()
+        return ready if ready.get("reason") == "VolumeMountFailed" else None
+
+    ready = wait_until(unmounted, 180, "the BaseModel whose key Secret is missing says VolumeMountFailed")
+    assert ready["message"].startswith(f"{name}-router-"), ready
+    assert (
+        f'FailedMount: MountVolume.SetUp failed for volume "api-keys-0" : secret "{keys}" not found'
+        in (ready["message"])
+    ), ready
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": keys}, "data": {}}
+    client.CoreV1Api(api).create_namespaced_secret(STORE_NAMESPACE, secret)
+    wait_until(lambda: ready_condition().get("status") == "True", 300, "Ready once the Secret exists")
+    deleted = kubectl(cluster, "delete", "-n", STORE_NAMESPACE, "basemodel", name, "--wait")
+    assert deleted.returncode == 0, deleted.stderr
+    client.CoreV1Api(api).delete_namespaced_secret(keys, STORE_NAMESPACE)
 
 
 def _in_pod_subnet(ip: str | None) -> bool:

@@ -16,7 +16,14 @@ from loraplex.operator.fleet_status import (
     plan_base_model_status,
     status_changed,
 )
-from loraplex.operator.observe import container_trouble, init_running_since, slots_used
+from loraplex.operator.observe import (
+    container_trouble,
+    fleet_pod,
+    init_running_since,
+    setting_up_since,
+    slots_used,
+    volume_trouble,
+)
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 SPEC = BaseModelSpec.model_validate(
@@ -278,7 +285,8 @@ def test_a_worker_copying_the_base_model_says_so_while_the_fleet_starts() -> Non
     assert found["Ready"]["reason"] == "FetchingBaseModel"
     assert (
         found["Ready"]["message"]
-        == "1 of 2 workers ready; 1 copying the base model from /m (first: w-1, since T1)"
+        == "1 of 2 workers ready; 1 copying the base model from /m (first: w-1, since T1; "
+        "its progress: kubectl logs w-1 -c fetch-model)"
     )
     assert (found["Stalled"]["status"], found["Reconciling"]["status"]) == ("False", "True")
     assert (
@@ -322,3 +330,110 @@ def test_an_image_the_kubelet_keeps_failing_to_pull_stays_one_reason_between_its
     )
     assert newly_stalled(status, again) is None  # so no second Warning Event
     assert ready(plan_base_model_status(SPEC, 1, pulling_again, {}, NOW)) == ("False", "WorkersStarting")
+
+
+# What a kubelet shows of a pod whose volume will not mount: scheduled, every container waiting.
+MOUNTING_ROUTER = {
+    "phase": "Pending",
+    "conditions": [
+        {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-11-22T11:58:00Z"},
+        {"type": "Ready", "status": "False", "reason": "ContainersNotReady"},
+    ],
+    "containerStatuses": [
+        {"name": "router", "ready": False, "state": {"waiting": {"reason": "ContainerCreating"}}}
+    ],
+}
+MOUNTING_WORKER = {
+    **MOUNTING_ROUTER,
+    "initContainerStatuses": [{"name": "fetch-model", "state": {"waiting": {"reason": "PodInitializing"}}}],
+    "containerStatuses": [
+        {"name": "vllm", "state": {"waiting": {"reason": "PodInitializing"}}},
+        {"name": "agent", "state": {"waiting": {"reason": "PodInitializing"}}},
+    ],
+}
+
+
+def test_a_pod_is_setting_up_from_its_scheduling_until_the_kubelet_starts_a_container() -> None:
+    assert setting_up_since(MOUNTING_ROUTER) == "2026-11-22T11:58:00Z"
+    assert setting_up_since(MOUNTING_WORKER) == "2026-11-22T11:58:00Z"
+    fetching = {
+        **MOUNTING_WORKER,
+        "initContainerStatuses": [{"name": "fetch-model", "state": {"running": {}}}],
+    }
+    pulling_failed = {**MOUNTING_ROUTER, **waiting("router", "ImagePullBackOff", "back-off")}
+    unscheduled = {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}
+    for started in (fetching, pulling_failed, unscheduled, {}):
+        assert setting_up_since(started) is None
+    body = {"metadata": {"name": "r-0", "uid": "u-1"}, "status": MOUNTING_ROUTER}
+    assert fleet_pod(body) == FleetPod("r-0", False, uid="u-1", setting_up_since="2026-11-22T11:58:00Z")
+    leaving = {**body, "metadata": {**body["metadata"], "deletionTimestamp": "T"}}
+    assert fleet_pod(leaving).setting_up_since is None
+
+
+def kubelet_event(reason: str, message: str, at: str, kind: str = "Warning") -> dict[str, Any]:
+    return {"type": kind, "reason": reason, "message": message, "lastTimestamp": at}
+
+
+def test_a_pods_volume_trouble_is_the_latest_mount_or_attach_event_the_kubelet_wrote() -> None:
+    missing = 'MountVolume.SetUp failed for volume "api-keys-0" : secret "team-keys" not found'
+    events = [
+        kubelet_event("FailedMount", "older: configmap not found", "2026-11-22T11:58:05Z"),
+        kubelet_event("FailedMount", missing, "2026-11-22T11:59:10Z"),
+        kubelet_event("Pulling", 'Pulling image "router"', "2026-11-22T11:59:30Z", kind="Normal"),
+        kubelet_event("BackOff", "Back-off restarting failed container", "2026-11-22T11:59:40Z"),
+    ]
+    assert volume_trouble(events) == f"FailedMount: {missing}"
+    multi = 'Multi-Attach error for volume "pvc-1" Volume is already exclusively attached to one node'
+    attach = {
+        "type": "Warning",
+        "reason": "FailedAttachVolume",
+        "message": multi,
+        "eventTime": "2026-11-22T12:00:00.5Z",
+    }
+    assert volume_trouble([*events, attach]) == f"FailedAttachVolume: {multi}"
+    assert volume_trouble(events[2:]) is None
+
+
+def test_a_volume_that_will_not_mount_stalls_the_base_model_naming_the_pod_and_the_kubelets_words() -> None:
+    says = 'FailedMount: MountVolume.SetUp failed for volume "api-keys-0" : secret "team-keys" not found'
+    router = FleetPod("r-0", False, setting_up_since="T", volume_trouble=says)
+    found = conditions_of(settled(router_pods=(router,)))
+    assert (found["Ready"]["status"], found["Ready"]["reason"]) == ("False", "VolumeMountFailed")
+    assert found["Ready"]["message"] == f"r-0: {says}"
+    assert (found["Stalled"]["status"], found["Reconciling"]["status"], found["Degraded"]["status"]) == (
+        "True",
+        "False",
+        "True",
+    )
+    workers = (
+        FleetPod("w-0", False, volume_trouble="FailedMount: x"),
+        FleetPod("w-1", False, volume_trouble="y"),
+    )
+    message = conditions_of(settled(ready_replicas=0, pods=workers))["Ready"]["message"]
+    assert message == "w-0: FailedMount: x (2 pods in all)"
+    # Setting up without a word from the kubelet is still starting.
+    quiet = conditions_of(settled(router_pods=(FleetPod("r-0", False, setting_up_since="T"),)))
+    assert quiet["Ready"]["reason"] == "RouterStarting"
+
+
+def ran(status: dict[str, Any], started: str, finished: str) -> dict[str, Any]:
+    """`status` with its container's failed run (the current one if it ended, else the last) timed."""
+    (entry,) = status["containerStatuses"]
+    states = ("state", "lastState") if "terminated" in entry["state"] else ("lastState",)
+    for key in states:
+        entry[key]["terminated"] |= {"startedAt": started, "finishedAt": finished}
+    return status
+
+
+def test_a_worker_that_fails_after_serving_for_a_while_is_starting_again_not_crash_looping() -> None:
+    # Restarts add up over a pod's life; the kubelet resets its back-off after 10 minutes of running.
+    hours = ("2026-11-22T08:00:00Z", "2026-11-22T11:59:00Z")
+    for shape in (crashing_status, exited, retrying):
+        found = conditions_of(stuck_fleet(ran(shape("vllm", 7, "killed"), *hours)))
+        assert found["Ready"]["reason"] == "WorkersStarting", shape
+        assert found["Stalled"]["status"] == "False"
+    seconds = ("2026-11-22T11:58:00Z", "2026-11-22T11:58:40Z")
+    for shape in (crashing_status, exited, retrying):
+        assert conditions_of(stuck_fleet(ran(shape("vllm", 7, "x"), *seconds)))["Ready"]["reason"] == (
+            "WorkerCrashLoop"
+        )

@@ -32,7 +32,7 @@ def operator_registry() -> kopf.OperatorRegistry:
     """A registry filled as operator/main.py fills it."""
     registry = kopf.OperatorRegistry()
     indexes.register(registry)
-    basemodel_handlers.register(registry, SETTINGS, None, FleetTargets())  # type: ignore[arg-type]
+    basemodel_handlers.register(registry, SETTINGS, None, None, FleetTargets())  # type: ignore[arg-type]
     adapter_handlers.register(registry, None)  # type: ignore[arg-type]
     placement_loop.register(registry, SETTINGS, None, None, FleetTargets())  # type: ignore[arg-type]
     training_handlers.register(registry, SETTINGS, None, None, FleetTargets())  # type: ignore[arg-type]
@@ -90,9 +90,9 @@ def test_accessors_read_what_kopf_passes_and_treat_a_missing_index_as_empty() ->
     read = Indexes.from_kwargs(kwargs)
     assert read.base_model_specs(key) == [{"model": {"uri": "/m"}}]
     assert read.base_model_entries(("ns", "gone")) == []
-    assert read.workers(key) == [WorkerPodView("tiny-worker-0", "node-a", ready=True, deleting=True)]
+    leaving = WorkerPodView(FleetPod("tiny-worker-0", ready=True), "node-a", deleting=True)
+    assert read.workers(key) == [leaving]
     assert not read.workers(key)[0].healthy  # being deleted: no adapters go there
-    assert read.workers(key)[0].status_view().ready
     crashing = worker_pod_view(
         {
             "metadata": {"name": "tiny-worker-1"},
@@ -104,12 +104,12 @@ def test_accessors_read_what_kopf_passes_and_treat_a_missing_index_as_empty() ->
                 ],
             },
         }
-    ).status_view()
+    ).seen
     assert crashing.fetching_model_since == "T0"
     assert crashing.trouble == ContainerTrouble("agent", "ImagePullBackOff", "m")
     killed = {"name": "vllm", "restartCount": 3, "state": {"terminated": {"exitCode": 137}}}
     deleted = {"metadata": {"name": "w", "deletionTimestamp": "T"}, "status": {"containerStatuses": [killed]}}
-    assert worker_pod_view(deleted).trouble is None  # killed as its pod goes: no crash
+    assert worker_pod_view(deleted).seen.trouble is None  # killed as its pod goes: no crash
     assert read.node("node-a") == NodeView({"nvidia.com/gpu": 4}, {ZONE_LABEL: "zone-a"}, False)
     assert read.node_zone("node-a") == "zone-a"
     assert read.node_zone("node-b") == ""

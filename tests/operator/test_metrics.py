@@ -23,6 +23,7 @@ from loraplex.api.tiers import TIERS
 from loraplex.operator import adapter_handlers, basemodel_handlers, placement_loop
 from loraplex.operator.admission_policy import UNLOAD_FINALIZER
 from loraplex.operator.fleet_scale import FleetTargets
+from loraplex.operator.fleet_status import FleetPod
 from loraplex.operator.indexes import ZONE_LABEL, Indexes, NodeView, WorkerPodView
 from loraplex.operator.settings import OperatorSettings
 from loraplex.operator.training_handlers import TrainingLoop
@@ -129,12 +130,13 @@ def run_placement_passes(
     applier = Applier(clock, seconds_per_write=5.0)  # each WorkerPlacement write takes 5 s on this clock
     placement_loop.register(registry, SETTINGS, None, applier, FleetTargets())  # type: ignore[arg-type]
     key = ("ns", base)
+    pods = [WorkerPodView(FleetPod(f"w-{i}", True), node) for i, node in enumerate(ZONES)]
     handler(registry, "placement")(
         stopped=Stopped(passes, reason), name=base, namespace="ns", uid=f"uid-{base}",
         spec={"model": {"uri": "/m"}, "replicas": {"min": 2}, "engine": {"maxLoras": 1, "maxCpuLoras": 2}},
         body={"metadata": {"name": base, "namespace": "ns"}}, logger=LOGGER,
         adapters_by_base={key: adapters}, worker_sets={},
-        pods={("worker", *key): [WorkerPodView(f"w-{i}", node, ready=True) for i, node in enumerate(ZONES)]},
+        pods={("worker", *key): pods},
         nodes={node: [NodeView({}, {ZONE_LABEL: zone}, True)] for node, zone in ZONES.items()},
         worker_placements={key: placements or []},
     )  # fmt: skip
@@ -213,7 +215,7 @@ def test_placement_passes_count_the_adapters_agents_report_active(
 
 def fleet_handler() -> Callable[..., Any]:
     registry = kopf.OperatorRegistry()
-    basemodel_handlers.register(registry, SETTINGS, Applier(), FleetTargets())  # type: ignore[arg-type]
+    basemodel_handlers.register(registry, SETTINGS, None, Applier(), FleetTargets())  # type: ignore[arg-type]
     return handler(registry, "fleet")
 
 

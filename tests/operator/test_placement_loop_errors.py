@@ -15,6 +15,7 @@ from loraplex.api import API_VERSION
 from loraplex.operator import placement_loop
 from loraplex.operator.fleet import BaseModelRef
 from loraplex.operator.fleet_scale import FleetTargets
+from loraplex.operator.fleet_status import FleetPod
 from loraplex.operator.indexes import Indexes, NodeView, WorkerPodView
 from loraplex.operator.placement_loop import PlacementLoop
 from loraplex.operator.settings import OperatorSettings
@@ -64,10 +65,11 @@ def indexes(workers: int = 2, replicas: int = 3) -> Indexes:
         "spec": {"baseModel": "flaky", "source": {"uri": "s3://bucket/sql/", "sha256": SHA}, "rank": 8},
         "status": {},
     }  # fmt: skip
+    pods = [WorkerPodView(FleetPod(f"w-{i}", True), f"node-{i}") for i in range(workers)]
     return Indexes(
         adapters_by_base={KEY: [adapter]},  # type: ignore[arg-type]
         worker_sets={KEY: [{"metadata": {"name": "flaky-worker"}, "spec": {"replicas": replicas}}]},  # type: ignore[arg-type]
-        pods={("worker", *KEY): [WorkerPodView(f"w-{i}", f"node-{i}", ready=True) for i in range(workers)]},  # type: ignore[arg-type]
+        pods={("worker", *KEY): pods},  # type: ignore[arg-type]
         nodes={f"node-{i}": [NodeView({}, {}, True)] for i in range(workers)},  # type: ignore[arg-type]
     )
 

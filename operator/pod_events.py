@@ -1,0 +1,78 @@
+"""Reads why a fleet pod will not start when the kubelet says so only in Events: a volume it cannot
+mount or attach (a Secret that does not exist, a claim attached to another node).
+
+Such a pod stays `ContainerCreating` with nothing in its status; the kubelet's Warning Events
+(`FailedMount`, `FailedAttachVolume`) hold the cause. For each fleet pod that has been setting up
+longer than `settle_seconds` (a mount the kubelet retries once at a pod's start is no trouble) this
+lists that pod's Events, by its uid (a StatefulSet's new pod has its predecessor's name), at most
+once per `recheck_seconds`; the answer goes into the pod's `volume_trouble`, which the BaseModel's
+Ready condition reports (`VolumeMountFailed`). The operator needs `list` on Events.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from loraplex.operator.fleet_status import FleetPod
+from loraplex.operator.observe import epoch_seconds, volume_trouble
+
+log = logging.getLogger(__name__)
+
+SETTLE_SECONDS = 30.0
+RECHECK_SECONDS = 10.0
+
+
+class PodSetupEvents:
+    """The kubelet's word on fleet pods stuck setting up, read from Events (see the module's doc)."""
+
+    def __init__(
+        self,
+        core: client.CoreV1Api,
+        *,
+        settle_seconds: float = SETTLE_SECONDS,
+        recheck_seconds: float = RECHECK_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.core = core
+        self.settle_seconds = settle_seconds
+        self.recheck_seconds = recheck_seconds
+        self.clock = clock
+        self._read: dict[str, tuple[float, str | None]] = {}  # pod uid -> (read at, its trouble)
+        self._lock = threading.Lock()  # kopf runs the timers of several BaseModels in its threads
+
+    def with_volume_trouble(self, namespace: str, pods: Iterable[FleetPod]) -> list[FleetPod]:
+        """`pods`, each one stuck setting up with the volume trouble its Events show (if any)."""
+        now = self.clock()
+        kept = 6 * self.recheck_seconds  # forget pods no longer asked about (started or gone)
+        with self._lock:
+            self._read = {uid: seen for uid, seen in self._read.items() if now - seen[0] < kept}
+        return [self._with_trouble(namespace, pod, now) for pod in pods]
+
+    def _with_trouble(self, namespace: str, pod: FleetPod, now: float) -> FleetPod:
+        since = epoch_seconds(pod.setting_up_since)
+        if since is None or not pod.uid or now - since < self.settle_seconds:
+            return pod
+        with self._lock:
+            read_at, trouble = self._read.get(pod.uid, (None, None))
+        if read_at is None or now - read_at >= self.recheck_seconds:
+            trouble = self._read_trouble(namespace, pod)
+            with self._lock:
+                self._read[pod.uid] = (now, trouble)
+        return replace(pod, volume_trouble=trouble) if trouble else pod
+
+    def _read_trouble(self, namespace: str, pod: FleetPod) -> str | None:
+        selector = f"involvedObject.uid={pod.uid},type=Warning"
+        try:
+            answer = self.core.list_namespaced_event(namespace, field_selector=selector)
+        except ApiException as error:  # the status still says the pod is starting, just not why
+            log.warning(f"Cannot read pod {namespace}/{pod.name}'s Events: {error.status} {error.reason}")
+            return None
+        listed = self.core.api_client.sanitize_for_serialization(answer)
+        return volume_trouble(listed.get("items") or [])
