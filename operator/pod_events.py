@@ -5,8 +5,10 @@ Such a pod stays `ContainerCreating` with nothing in its status; the kubelet's W
 (`FailedMount`, `FailedAttachVolume`) hold the cause. For each fleet pod that has been setting up
 longer than `settle_seconds` (a mount the kubelet retries once at a pod's start is no trouble) this
 lists that pod's Events, by its uid (a StatefulSet's new pod has its predecessor's name), at most
-once per `recheck_seconds`; the answer goes into the pod's `volume_trouble`, which the BaseModel's
-Ready condition reports (`VolumeMountFailed`). The operator needs `list` on Events.
+once per `recheck_seconds`, and at most `reads_per_pass` pods per call (a fleet of hundreds whose
+claim will not attach costs a few reads a pass, each pod read in turn); the answer goes into the
+pod's `volume_trouble`, which the BaseModel's Ready condition reports (`VolumeMountFailed`). The
+operator needs `list` on Events.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 SETTLE_SECONDS = 30.0
 RECHECK_SECONDS = 10.0
+READS_PER_PASS = 3
 
 
 class PodSetupEvents:
@@ -38,13 +41,16 @@ class PodSetupEvents:
         *,
         settle_seconds: float = SETTLE_SECONDS,
         recheck_seconds: float = RECHECK_SECONDS,
+        reads_per_pass: int = READS_PER_PASS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.core = core
         self.settle_seconds = settle_seconds
         self.recheck_seconds = recheck_seconds
+        self.reads_per_pass = reads_per_pass
         self.clock = clock
         self._read: dict[str, tuple[float, str | None]] = {}  # pod uid -> (read at, its trouble)
+        self._asked: dict[str, float] = {}  # pod uid -> when a caller last asked about it
         self._lock = threading.Lock()  # kopf runs the timers of several BaseModels in its threads
 
     def with_volume_trouble(self, namespace: str, pods: Iterable[FleetPod]) -> list[FleetPod]:
@@ -52,20 +58,27 @@ class PodSetupEvents:
         now = self.clock()
         kept = 6 * self.recheck_seconds  # forget pods no longer asked about (started or gone)
         with self._lock:
-            self._read = {uid: seen for uid, seen in self._read.items() if now - seen[0] < kept}
-        return [self._with_trouble(namespace, pod, now) for pod in pods]
-
-    def _with_trouble(self, namespace: str, pod: FleetPod, now: float) -> FleetPod:
-        since = epoch_seconds(pod.setting_up_since)
-        if since is None or not pod.uid or now - since < self.settle_seconds:
-            return pod
+            self._asked = {uid: at for uid, at in self._asked.items() if now - at < kept}
+            self._read = {uid: seen for uid, seen in self._read.items() if uid in self._asked}
+        fleet = list(pods)
+        stuck = [pod for pod in fleet if self._stuck(pod, now)]
         with self._lock:
-            read_at, trouble = self._read.get(pod.uid, (None, None))
-        if read_at is None or now - read_at >= self.recheck_seconds:
+            self._asked.update((pod.uid, now) for pod in stuck)
+            last_read = {pod.uid: self._read.get(pod.uid, (None, None))[0] for pod in stuck}
+        due = [pod for pod in stuck if (at := last_read[pod.uid]) is None or now - at >= self.recheck_seconds]
+        due.sort(key=lambda pod: last_read[pod.uid] or 0.0)  # never read first, then the longest ago
+        for pod in due[: self.reads_per_pass]:
             trouble = self._read_trouble(namespace, pod)
             with self._lock:
                 self._read[pod.uid] = (now, trouble)
-        return replace(pod, volume_trouble=trouble) if trouble else pod
+        with self._lock:
+            troubles = {uid: self._read.get(uid, (None, None))[1] for uid in last_read}
+        return [replace(p, volume_trouble=troubles[p.uid]) if troubles.get(p.uid) else p for p in fleet]
+
+    def _stuck(self, pod: FleetPod, now: float) -> bool:
+        """Whether the pod has been setting up longer than a mount the kubelet retries at once takes."""
+        since = epoch_seconds(pod.setting_up_since)
+        return since is not None and bool(pod.uid) and now - since >= self.settle_seconds
 
     def _read_trouble(self, namespace: str, pod: FleetPod) -> str | None:
         selector = f"involvedObject.uid={pod.uid},type=Warning"

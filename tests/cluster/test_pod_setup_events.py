@@ -4,7 +4,7 @@ the chart's RBAC, on the real API server (the real kubelet's side: tests/e2e/tes
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,15 +36,26 @@ def operator_core(local_cluster: LocalCluster, namespace: str, tmp_path: Path) -
             yield client.CoreV1Api(api)
 
 
-def stuck_pod(kube: Any, namespace: str, name: str) -> str:
-    """A pod bound to a node no kubelet runs (it stays as created); returns its uid."""
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {"nodeName": "no-such-node", "containers": [{"name": "router", "image": "router:test"}]},
-    }
-    return str(client.CoreV1Api(kube).create_namespaced_pod(namespace, pod).metadata.uid)
+@pytest.fixture
+def stuck_pod(kube: Any, namespace: str) -> Iterator[Callable[[str], str]]:
+    """Makes pods bound to a node no kubelet runs (they stay as created), returning each one's uid;
+    deleted at once afterwards (no kubelet would confirm a graceful deletion, and other tests count
+    the pods on every node)."""
+    core, made = client.CoreV1Api(kube), []
+
+    def make(name: str) -> str:
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {"nodeName": "no-such-node", "containers": [{"name": "router", "image": "router:test"}]},
+        }
+        made.append(name)
+        return str(core.create_namespaced_pod(namespace, pod).metadata.uid)
+
+    yield make
+    for name in made:
+        core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
 
 
 def kubelet_warning(kube: Any, namespace: str, pod: str, uid: str, reason: str, message: str) -> None:
@@ -73,11 +84,11 @@ def kubelet_warning(kube: Any, namespace: str, pod: str, uid: str, reason: str, 
 
 
 def test_a_stuck_pods_mount_failure_is_read_from_its_own_events_under_the_charts_rbac(
-    kube: Any, namespace: str, operator_core: client.CoreV1Api
+    kube: Any, namespace: str, operator_core: client.CoreV1Api, stuck_pod: Callable[[str], str]
 ) -> None:
-    uid = stuck_pod(kube, namespace, "tiny-router-0")
+    uid = stuck_pod("tiny-router-0")
     kubelet_warning(kube, namespace, "tiny-router-0", uid, "FailedMount", MISSING)
-    other = stuck_pod(kube, namespace, "tiny-router-1")
+    other = stuck_pod("tiny-router-1")
     kubelet_warning(kube, namespace, "tiny-router-1", other, "FailedScheduling", "not a volume")
     # The same name's earlier pod (a StatefulSet reuses names) had a mount trouble: not this pod's.
     kubelet_warning(kube, namespace, "tiny-router-1", "uid-of-a-gone-pod", "FailedMount", "gone pod's")
