@@ -5,9 +5,10 @@ the applier skip what is already right, so running twice changes nothing and
 a restart mid-way loses nothing. Live state comes from kopf indexes of the
 worker StatefulSets and pods (kept by watches), and for a pod stuck setting up
 from its Warning Events (pod_events: a volume that will not mount), read by a
-per-BaseModel timer that writes status only when it changed. The index lags behind the operator's
-own writes, so the status calls the fleet ready only once the indexed worker
-StatefulSet carries the content hash of the one this generation plans.
+per-BaseModel timer that writes status only when it changed. The index lags
+behind the operator's own writes, so the status calls the fleet ready only once
+the indexed worker StatefulSet carries the content hash of the one this
+generation plans.
 
 These handlers are the one writer of the worker StatefulSet: its template on a
 spec change (the fleet handler), its replicas whenever the BaseModel's placement

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime
 from typing import Any
 
 from loraplex.api.labels import HASH_ANNOTATION
@@ -16,6 +15,7 @@ from loraplex.operator.fleet_status import (
     FleetObservation,
     FleetPod,
 )
+from loraplex.operator.training_schedule import parse_time
 
 MESSAGE_CHARS = 300  # of a crashed container's last log line, in a condition message
 KEPT_METADATA = ("name", "namespace", "uid", "generation", "deletionTimestamp", "finalizers")
@@ -161,18 +161,8 @@ LOOP_RESET_SECONDS = 600.0
 
 def _brief(run: Mapping[str, Any]) -> bool:
     """Whether a container's run failed within LOOP_RESET_SECONDS of its start (brief if unknown)."""
-    started, finished = epoch_seconds(run.get("startedAt")), epoch_seconds(run.get("finishedAt"))
-    return started is None or finished is None or finished - started < LOOP_RESET_SECONDS
-
-
-def epoch_seconds(timestamp: str | None) -> float | None:
-    """An RFC 3339 time from the API server as seconds since the epoch; None if absent or unreadable."""
-    if not timestamp:
-        return None
-    try:
-        return datetime.fromisoformat(str(timestamp).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+    started, finished = parse_time(run.get("startedAt")), parse_time(run.get("finishedAt"))
+    return started is None or finished is None or (finished - started).total_seconds() < LOOP_RESET_SECONDS
 
 
 def _trouble_detail(container: Mapping[str, Any], reason: str, waiting: Mapping[str, Any]) -> str:

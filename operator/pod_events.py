@@ -23,7 +23,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from loraplex.operator.fleet_status import FleetPod
-from loraplex.operator.observe import epoch_seconds, volume_trouble
+from loraplex.operator.observe import volume_trouble
+from loraplex.operator.training_schedule import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,8 @@ class PodSetupEvents:
 
     def _stuck(self, pod: FleetPod, now: float) -> bool:
         """Whether the pod has been setting up longer than a mount the kubelet retries at once takes."""
-        since = epoch_seconds(pod.setting_up_since)
-        return since is not None and bool(pod.uid) and now - since >= self.settle_seconds
+        since = parse_time(pod.setting_up_since)
+        return since is not None and bool(pod.uid) and now - since.timestamp() >= self.settle_seconds
 
     def _read_trouble(self, namespace: str, pod: FleetPod) -> str | None:
         selector = f"involvedObject.uid={pod.uid},type=Warning"
