@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 from pathlib import Path
 
 import aiohttp
@@ -35,6 +33,7 @@ from loraplex.router.proxy import Proxy, make_app
 from loraplex.router.settings import RouterSettings, load_access_file, load_workers_file, parse_workers
 from loraplex.router.state import FleetState
 from loraplex.router.static_source import StaticSource
+from loraplex.shutdown import stop_event
 
 log = logging.getLogger("loraplex.router")
 
@@ -183,11 +182,7 @@ async def serve(
         tasks = [asyncio.create_task(source.run()), asyncio.create_task(poller.run())]
         if keys is not None:
             tasks.append(asyncio.create_task(keys.run(settings.api_keys_reload_seconds)))
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+        stop = stop_event()
         if ready is not None:
             ready.set()
         try:

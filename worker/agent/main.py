@@ -106,17 +106,27 @@ def run_digest(args: argparse.Namespace) -> int:
 
 def run_fetch_model(args: argparse.Namespace) -> int:
     from loraplex.worker.agent.fetch import FetchError
-    from loraplex.worker.agent.model_fetch import fetch_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    pvc_root = Path(os.environ.get("LORAPLEX_PVC_ROOT", "/mnt/pvc"))
     try:
-        asyncio.run(
-            fetch_model(args.uri, args.dest, pvc_root=Path(os.environ.get("LORAPLEX_PVC_ROOT", "/mnt/pvc")))
-        )
+        asyncio.run(_fetch_model_until_stopped(args.uri, args.dest, pvc_root))
     except FetchError as error:
         print(f"fetch-model failed ({error.reason}): {error.message}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _fetch_model_until_stopped(uri: str, dest: Path, pvc_root: Path) -> None:
+    """Copy the base model; on SIGTERM (the pod is going away) drop the partial copy and exit at
+    once with 143, as a container killed by SIGTERM does: a file's copy still running on a thread
+    would otherwise hold the exit until it ends, and the next start copies again anyway."""
+    from loraplex.shutdown import until_stopped
+    from loraplex.worker.agent.model_fetch import fetch_model
+
+    if await until_stopped(fetch_model(uri, dest, pvc_root=pvc_root)):
+        print("fetch-model: stopped by a signal; the partial copy is removed", file=sys.stderr, flush=True)
+        os._exit(143)
 
 
 def read_base_modules(model_dir: Path | None) -> frozenset[str] | None:
@@ -153,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
 async def serve(args: argparse.Namespace) -> None:
     from aiohttp import web
 
+    from loraplex.shutdown import until_stopped
     from loraplex.worker.agent.agent import Agent
     from loraplex.worker.agent.disk_cache import DiskCache
     from loraplex.worker.agent.fetch import Fetcher
@@ -196,7 +207,8 @@ async def serve(args: argparse.Namespace) -> None:
         "Started agent of worker %s port=%d vllm=%s", args.worker, args.port, args.vllm_url
     )
     try:
-        await asyncio.gather(agent.run(), source.run())
+        if await until_stopped(asyncio.gather(agent.run(), source.run())):
+            logging.getLogger("loraplex.agent").info("Stopping agent of worker %s (signal)", args.worker)
     finally:
         await runner.cleanup()
         await vllm.close()
