@@ -30,6 +30,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mypy bench  # the benchmarks are scripts, not part of the package mypy checks above
 	$(BIN)/lint-imports
 	$(BIN)/loraplex crds generate --check
 

@@ -31,6 +31,7 @@ downloaded) and saved once under the cache, so each job reads it from disk.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -48,7 +49,7 @@ from typing import Any
 from loraplex.e2e.tiny_model import CORPUS, cache_root, tiny_llama
 
 # Larger shapes for GPU runs: (hidden, intermediate, layers, heads, kv heads, vocab).
-SHAPES = {
+SHAPES: dict[str, tuple[int, int, int, int, int, int] | None] = {
     "tiny": None,
     "small": (1024, 2816, 12, 16, 4, 32000),  # ~0.3B parameters
     "1b": (2048, 5632, 22, 32, 4, 32000),  # TinyLlama-1.1B's shape
@@ -74,7 +75,9 @@ def build_base(shape: str) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    hidden, intermediate, layers, heads, kv_heads, vocab = SHAPES[shape]
+    dims = SHAPES[shape]
+    assert dims is not None, shape  # "tiny" returned above
+    hidden, intermediate, layers, heads, kv_heads, vocab = dims
     config = LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
@@ -90,7 +93,7 @@ def build_base(shape: str) -> Path:
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
+        model = LlamaForCausalLM(config).to(torch.bfloat16)  # type: ignore[no-untyped-call,arg-type]
     tmp = Path(tempfile.mkdtemp(prefix=".bench-", dir=dest.parent))
     model.save_pretrained(tmp, safe_serialization=True)
     AutoTokenizer.from_pretrained(tiny).save_pretrained(tmp)  # ids stay below the tiny vocabulary
@@ -105,6 +108,11 @@ def write_dataset(path: Path, seed: int, examples: int, words: int) -> None:
     with path.open("w") as handle:
         for _ in range(examples):
             handle.write(json.dumps({"text": " ".join(rng.choice(vocabulary) for _ in range(words))}) + "\n")
+
+
+def one_job(i: int, data: Path, args: argparse.Namespace, run_dir: Path) -> list[dict[str, Any]]:
+    """The jobs of a run that trains adapter `i` alone."""
+    return [adapter_job(i, data, run_dir, args)]
 
 
 def adapter_job(index: int, data: Path, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -290,7 +298,7 @@ def main() -> None:
                     best_of(
                         repeat,
                         base,
-                        lambda run_dir, i=i: [adapter_job(i, data, run_dir, args)],
+                        functools.partial(one_job, i, data, args),
                         work / f"single-{i}",
                         args,
                     )

@@ -37,7 +37,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client, watch
 from urllib3.exceptions import ProtocolError
@@ -132,7 +132,10 @@ class PlacedWatch:
         self.custom = custom
         self.placed: set[str] = set()
         self.placed_at: list[float] = []  # monotonic time of each adapter's first placed status
-        listed = custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "loraadapters", limit=1)
+        listed = cast(
+            dict[str, Any],
+            custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "loraadapters", limit=1),
+        )
         self.resource_version = listed["metadata"]["resourceVersion"]
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -140,7 +143,7 @@ class PlacedWatch:
     def _run(self) -> None:
         while True:
             try:
-                stream = watch.Watch().stream(
+                stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
                     self.custom.list_namespaced_custom_object, GROUP, VERSION, NAMESPACE, "loraadapters",
                     resource_version=self.resource_version, timeout_seconds=300,
                 )  # fmt: skip
@@ -181,7 +184,7 @@ def main() -> int:
     print(f"cluster_up_seconds={time.monotonic() - started:.1f} nodes={nodes}", flush=True)
     with tempfile.TemporaryDirectory() as scratch, contextlib.closing(cluster.api_client()) as api:
         core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-        core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
         operator = OperatorProcess(cluster.kubeconfig, NAMESPACE, Path(scratch) / "operator.log").start()
         try:
             spec = {

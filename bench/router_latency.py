@@ -13,6 +13,7 @@ stream_ttft_added_ms_p99=<ms>` (one line).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 import time
@@ -80,8 +81,8 @@ def main() -> None:
         for stream in (False, True):
             runs = measure(
                 samples,
-                lambda stream=stream: request(f"{vllm.url}/v1/completions", vllm.api_key, stream),
-                lambda stream=stream: request(f"{router.url}/v1/completions", "unused", stream),
+                functools.partial(request, f"{vllm.url}/v1/completions", vllm.api_key, stream),
+                functools.partial(request, f"{router.url}/v1/completions", "unused", stream),
             )
             kind = "stream" if stream else "plain"
             for index, what in ((0, "ttft"), (1, "total")) if stream else ((1, "total"),):

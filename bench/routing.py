@@ -84,10 +84,10 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from loraplex.api.tiers import Tier
 from loraplex.router.decision import RoutingConfig, make_router
 from loraplex.router.rendezvous import Rendezvous
 from loraplex.router.settings import RouterSettings
-from loraplex.router.table import Tier
 
 # Modelled costs (seconds).
 PREFILL = 0.030
@@ -144,11 +144,11 @@ class SimWorker:
 
     def tier(self, adapter: str) -> Tier | None:
         if adapter in self.gpu:
-            return "GPU"
+            return Tier.GPU
         if adapter in self.cpu:
-            return "CPU"
+            return Tier.CPU
         if adapter in self.disk:
-            return "Disk"
+            return Tier.DISK
         return None
 
 
@@ -194,7 +194,7 @@ class Simulation:
             self.on_tier(index, victim, worker.tier(victim))
         worker.gpu[adapter] = None
         self._register(index, worker, adapter)
-        self.on_tier(index, adapter, "GPU")
+        self.on_tier(index, adapter, Tier.GPU)
         return seconds
 
     def _register(self, index: int, worker: SimWorker, adapter: str) -> None:
@@ -264,7 +264,7 @@ class Simulation:
             del worker.staging[adapter]
             if adapter not in worker.gpu:
                 self._register(index, worker, adapter)
-                self.on_tier(index, adapter, "CPU")
+                self.on_tier(index, adapter, Tier.CPU)
         self._enqueue(index, request, now)
 
     def _enqueue(self, index: int, request: Request, now: float) -> None:
@@ -823,7 +823,7 @@ def decision_timing(adapters: int, workers: int, samples: int, seed: int) -> tup
     for rank in range(head):
         for copy in range(2):
             worker = names[(rank * 2 + copy) % workers]
-            tier: Tier = "GPU" if (rank * 2 + copy) // workers < 8 else "CPU"
+            tier = Tier.GPU if (rank * 2 + copy) // workers < 8 else Tier.CPU
             table.set_tier(worker, f"adapter-{rank}", tier)
     for i, name in enumerate(names):
         table.set_reported_load(name, rng.randrange(8) + (i % 3))

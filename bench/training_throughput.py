@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from kubernetes import client
@@ -136,12 +136,13 @@ def run_once(
     custom = client.CustomObjectsApi(api)
     deadline = started + 1800
     while True:
-        statuses = {
-            item["metadata"]["name"]: item.get("status") or {}
-            for item in custom.list_namespaced_custom_object(
+        listed = cast(
+            dict[str, Any],
+            custom.list_namespaced_custom_object(
                 GROUP, VERSION, STORE_NAMESPACE, "trainingjobs", label_selector="bench=training-throughput"
-            )["items"]
-        }
+            ),
+        )
+        statuses = {item["metadata"]["name"]: item.get("status") or {} for item in listed["items"]}
         phases = [statuses.get(name, {}).get("phase") for name in names]
         if "Failed" in phases:
             raise RuntimeError(f"a job failed: {json.dumps(statuses, indent=1)[:3000]}")
@@ -158,6 +159,7 @@ def gpu_seconds(api: Any, start: float, end: float) -> float:
     """GPUs requested by the trainer pods in the namespace, times their lifetimes within [start, end]."""
     total = 0.0
     pods = client.CoreV1Api(api).list_namespaced_pod(STORE_NAMESPACE, label_selector=TRAINERS)
+    pod: Any
     for pod in pods.items:
         gpus = sum(int((c.resources.limits or {}).get(GPU, 0)) for c in pod.spec.containers)
         born = pod.metadata.creation_timestamp.timestamp()
