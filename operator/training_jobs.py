@@ -21,6 +21,7 @@ from loraplex.api.basemodel import BaseModelSpec
 from loraplex.api.trainingjob import TrainingJobSpec
 from loraplex.operator.training_admission import QueuedJob
 from loraplex.operator.training_roots import Location
+from loraplex.operator.training_schedule import parse_time
 from loraplex.operator.training_status import (
     TERMINAL,
     VALIDATION_REASONS,
@@ -193,7 +194,4 @@ def waiting_for_capacity(step: Step) -> bool:
 
 def created(body: Mapping[str, Any]) -> datetime:
     """A body's creationTimestamp (the earliest time when it has none)."""
-    stamp = body["metadata"].get("creationTimestamp")
-    if not stamp:
-        return datetime.min.replace(tzinfo=UTC)
-    return datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    return parse_time(body["metadata"].get("creationTimestamp")) or datetime.min.replace(tzinfo=UTC)
