@@ -190,12 +190,16 @@ def _ready_condition(
                 f"its progress: kubectl logs {first.name} -c {FETCH_MODEL_CONTAINER})"
             )
             return ConditionUpdate("Ready", "False", "FetchingBaseModel", message)
+        if _spec_changed(observed, planned_hash):  # workers restarting on the new spec, not new ones
+            return ConditionUpdate(
+                "Ready", "False", "RollingUpdate", _rolling_message(observed, desired, ready)
+            )
         return ConditionUpdate("Ready", "False", "WorkersStarting", f"{ready} of {desired} workers ready")
     if not any(p.ready for p in observed.router_pods):  # nothing answers clients yet
         message = f"{ready} of {desired} workers ready; no router pod ready yet"
         return ConditionUpdate("Ready", "False", "RouterStarting", message)
     if _rolling(observed, desired, planned_hash):
-        return ConditionUpdate("Ready", "False", "RollingUpdate", "Rolling the workers to the new spec")
+        return ConditionUpdate("Ready", "False", "RollingUpdate", _rolling_message(observed, desired, ready))
     return ConditionUpdate("Ready", "True", "WorkersReady", f"{ready} of {desired} workers ready")
 
 
@@ -227,17 +231,27 @@ def _stuck(
     return None
 
 
+def _rolling_message(observed: FleetObservation, desired: int, ready: int) -> str:
+    updated = min(observed.updated_replicas, desired)
+    return f"Rolling the workers to the new spec: {updated} of {desired} updated, {ready} of {desired} ready"
+
+
 def _rolling(observed: FleetObservation, desired: int, planned_hash: str | None) -> bool:
+    return (
+        _spec_changed(observed, planned_hash)
+        or observed.observed_generation < observed.generation
+        or observed.updated_replicas < desired
+    )
+
+
+def _spec_changed(observed: FleetObservation, planned_hash: str | None) -> bool:
+    """The workers' pod spec changed: the StatefulSet seen is not yet the one planned, or it is and
+    its pods are not all on its latest revision."""
     revisions_differ = (
         observed.update_revision is not None and observed.update_revision != observed.current_revision
     )
     not_yet_seen = planned_hash is not None and observed.applied_hash != planned_hash
-    return (
-        not_yet_seen
-        or observed.observed_generation < observed.generation
-        or observed.updated_replicas < desired
-        or revisions_differ
-    )
+    return not_yet_seen or revisions_differ
 
 
 def _flag(type_: str, on: bool, cause: ConditionUpdate) -> ConditionUpdate:

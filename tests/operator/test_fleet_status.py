@@ -69,6 +69,20 @@ def test_ready_condition_follows_the_fleet(observation: FleetObservation, expect
     assert ready(plan_base_model_status(SPEC, 1, observation, {}, NOW)) == expected
 
 
+def test_a_worker_restarting_on_a_new_spec_is_a_rolling_update_and_a_new_worker_is_starting() -> None:
+    """While a spec change rolls, the worker it restarts is not ready; Ready says the fleet is
+    rolling and how far, not that workers are starting. A worker added by a scale-up is starting."""
+    rolling = settled(ready_replicas=1, updated_replicas=1, update_revision="r2")
+    found = condition(plan_base_model_status(SPEC, 1, rolling, {}, NOW)["conditions"], "Ready")
+    assert found is not None
+    assert (found["reason"], found["message"]) == (
+        "RollingUpdate",
+        "Rolling the workers to the new spec: 1 of 2 updated, 1 of 2 ready",
+    )
+    scaling_up = settled(ready_replicas=1, updated_replicas=1)  # same revision: the second is new
+    assert ready(plan_base_model_status(SPEC, 1, scaling_up, {}, NOW)) == ("False", "WorkersStarting")
+
+
 def test_insufficient_gpu_is_stalled_and_says_what_is_missing() -> None:
     stuck = settled(ready_replicas=0, pods=(FleetPod("w-0", False, "4 Insufficient nvidia.com/gpu."),))
     status = plan_base_model_status(SPEC, 1, stuck, {}, NOW)
