@@ -39,10 +39,11 @@ class Resident:
 
 @dataclass(frozen=True)
 class WorkerReport:
-    """What one worker's agent reports: adapters held, and adapters it failed to load."""
+    """What one worker's agent reports: adapters held, adapters it failed to load, its request load."""
 
     held: Mapping[str, Resident]
     failures: Mapping[str, tuple[str, str]]  # adapter -> (reason, message)
+    requests: float | None = None  # running or waiting in its vLLM, a one-minute mean; None: not reported
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ Pure: no Kubernetes client, kopf, clock or I/O; the caller passes `now`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -45,7 +45,7 @@ from loraplex.operator.adapter_residency import (
 from loraplex.operator.adapter_status import check_adapter
 from loraplex.operator.admission_policy import UNLOAD_FINALIZER
 from loraplex.operator.fleet import BaseModelRef, Manifest
-from loraplex.operator.fleet_scale import ScaleStep, SlotDemand, next_scale, slot_demand, workers_needed
+from loraplex.operator.fleet_scale import FleetDemand, ScaleStep, next_scale, slot_demand, workers_needed
 from loraplex.operator.fleet_status import status_changed
 from loraplex.operator.placement import Adapter, Worker
 from loraplex.operator.placement_sync import FleetSnapshot, PlacementSync
@@ -96,7 +96,7 @@ class PassPlan:
     release: list[Mapping[str, Any]] = field(default_factory=list)  # adapters' metadata: finalizer off
     target: int = 0  # the worker count the fleet is heading for
     decided: bool = False  # the target is this pass's decision (False: no StatefulSet yet)
-    demand: SlotDemand = field(default_factory=SlotDemand)
+    demand: FleetDemand = field(default_factory=FleetDemand)
     placement: dict[str, dict[str, str]] = field(default_factory=dict)  # adapter -> worker -> tier
     moved: int = 0
     missing: int = 0
@@ -126,7 +126,8 @@ def run_pass(snapshot: PlacementSnapshot, state: PlacementState) -> PassPlan:
     reports = worker_reports(snapshot.placements, state.reports)
     active = active_adapters(reports)
     adapters, state.parsed = valid_adapters(snapshot.adapters, snapshot.model, state.parsed, active)
-    demand = slot_demand(a for a, _, _ in adapters.values())
+    load = sum(reports[w].requests or 0.0 for w in sorted(snapshot.workers.keys() & reports.keys()))
+    demand = replace(slot_demand(a for a, _, _ in adapters.values()), requests=load)
     decided = snapshot.running is not None
     if snapshot.running is None:
         target = workers_needed(snapshot.model, demand)  # the fleet handler creates the StatefulSet first
@@ -197,7 +198,8 @@ def worker_reports(
         else:
             status = read_status(raw)
             held = {a.name: Resident(a.tier, a.sha256, a.load_seconds, a.active) for a in status.adapters}
-            report = WorkerReport(held, {f.name: (f.reason, f.message) for f in status.failures})
+            failures = {f.name: (f.reason, f.message) for f in status.failures}
+            report = WorkerReport(held, failures, status.requests)
         reports[worker] = seen[worker] = report
         if memo is not None:
             memo[worker] = (raw, report)

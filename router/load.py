@@ -21,12 +21,12 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from loraplex.api.engine_metrics import REQUESTS_RUNNING, REQUESTS_WAITING
 from loraplex.router.state import FleetState
 
 log = logging.getLogger(__name__)
 
-_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
-_RUNNING, _WAITING = _GAUGES
+_RUNNING, _WAITING = REQUESTS_RUNNING, REQUESTS_WAITING
 _CAPACITY = "vllm:num_requests_waiting_by_reason{"  # with reason="capacity": no seat for it
 _INFERENCE_SUM, _INFERENCE_COUNT = (
     "vllm:request_inference_time_seconds_sum",

@@ -156,6 +156,18 @@ class ReplicaRange(ApiModel):
         default=1, ge=0, le=1000, description="Workers the fleet always runs (kubectl scale sets this)."
     )
     max: int | None = Field(default=None, ge=1, le=1000, description="Upper bound (default: min).")
+    target_requests_per_worker: int | None = Field(
+        default=None,
+        ge=1,
+        le=10000,
+        description=(
+            "Scale on request load: run enough workers, between min and max, that the requests "
+            "running or waiting in their vLLMs (a one-minute mean, as the agents report it) come to "
+            "at most this many per worker; fewer once the load has stayed lower for the operator's "
+            "scale-down delay. Unset: the fleet is sized by its adapters alone (and by kubectl scale "
+            "or an HPA through min)."
+        ),
+    )
 
     @property
     def effective_max(self) -> int:

@@ -149,6 +149,14 @@ class WorkerPlacementStatus(ApiModel):
         default=None, ge=0, description="The worker's CPU-cache adapter slots (vLLM --max-cpu-loras)."
     )
     held: str | None = Field(default=None, max_length=32, description="Adapters held / wanted, for humans.")
+    requests: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Requests running or waiting in the worker's vLLM, a one-minute mean; rewritten only once "
+            "the mean moves by a whole request and by a tenth of itself, so a steady load writes nothing."
+        ),
+    )
 
 
 _STATUS_KEYS = frozenset(field.alias or name for name, field in WorkerPlacementStatus.model_fields.items())

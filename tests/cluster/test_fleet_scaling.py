@@ -122,3 +122,63 @@ def test_kubectl_scale_sets_the_floor_and_is_bounded_by_max(
         )
     assert refused.value.status == 422
     assert "replicas.max must be at least replicas.min" in refused.value.body
+
+
+def report_requests(kube: Any, namespace: str, worker: str, requests: float) -> None:
+    """What the worker's agent writes into its WorkerPlacement's status: its request load."""
+    client.CustomObjectsApi(kube).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, "workerplacements", worker, {"status": {"requests": requests}}
+    )
+
+
+def test_workers_grow_with_the_requests_the_agents_report_and_shrink_back_after_the_delay(
+    kube: Any, namespace: str, operator: OperatorProcess
+) -> None:
+    create_object(kube, namespace, "basemodels", "BaseModel", "tiny", {
+        "model": {"uri": "/models/tiny"}, "replicas": {"min": 1, "max": 4, "targetRequestsPerWorker": 4},
+    })  # fmt: skip
+    one = (1, "1/1", ["tiny-worker-0"])
+    wait_until(lambda: fleet(kube, namespace) == one, 60, "one worker")
+    custom = client.CustomObjectsApi(kube)
+
+    def placement_of(worker: str) -> dict[str, Any] | None:
+        try:
+            return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "workerplacements", worker)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    wait_until(lambda: placement_of("tiny-worker-0"), 30, "the first worker's WorkerPlacement")
+    report_requests(kube, namespace, "tiny-worker-0", 5.0)  # a busy minute on the one worker
+    two = (2, "2/2", ["tiny-worker-0", "tiny-worker-1"])
+    wait_until(lambda: fleet(kube, namespace) == two, 60, "two workers for 5 requests at 4 a worker")
+
+    wait_until(lambda: placement_of("tiny-worker-1"), 30, "the second worker's WorkerPlacement")
+    report_requests(kube, namespace, "tiny-worker-1", 5.0)  # the load grew: 10 requests over two workers
+    three = (3, "3/3", ["tiny-worker-0", "tiny-worker-1", "tiny-worker-2"])
+    wait_until(lambda: fleet(kube, namespace) == three, 60, "three workers for 10 requests at 4 a worker")
+
+    def scaled_events() -> list[str]:
+        events = client.CoreV1Api(kube).list_namespaced_event(namespace, field_selector="reason=Scaled")
+        return [event.message for event in events.items if " -> 3: " in event.message]
+
+    messages = wait_until(scaled_events, 30, "a Scaled event on the BaseModel")
+    assert "10 requests running or waiting, at most 4 per worker wanted" in messages[0]
+
+    for worker in ("tiny-worker-0", "tiny-worker-1"):
+        report_requests(kube, namespace, worker, 0.0)  # the load is gone
+    wait_until(lambda: fleet(kube, namespace) == one, 60, "back to one worker once the delay passed")
+
+    # A target of no requests per worker is refused at admission, naming the field.
+    with pytest.raises(ApiException) as refused:
+        custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "basemodels",
+            "tiny",
+            {"spec": {"replicas": {"targetRequestsPerWorker": 0}}},
+        )
+    assert refused.value.status == 422
+    assert "spec.replicas.targetRequestsPerWorker" in refused.value.body

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -115,6 +116,23 @@ def test_a_scale_down_waits_out_its_delay_in_the_state_the_passes_share() -> Non
     assert plan.target == 3
     plan = run_pass(snapshot(adapters, running=3, now=160.0), state)
     assert (plan.target, state.pending) == (1, False)
+
+
+def test_the_requests_its_healthy_workers_report_size_a_fleet_with_a_target_per_worker() -> None:
+    model = MODEL.model_copy(
+        update={"replicas": MODEL.replicas.model_copy(update={"target_requests_per_worker": 4})}
+    )
+    adapters = [adapter("sql")]
+    placements = as_indexed(run_pass(snapshot(adapters), PlacementState()))
+    loads = {"w-0": 5.5, "w-1": 3.0, "w-9": 40.0}  # w-9 is gone: its last report does not count
+    reported = [{**p, "status": {"requests": loads[p["spec"]["worker"]]}} for p in placements]
+    reported.append(
+        {**placements[0], "spec": {**placements[0]["spec"], "worker": "w-9"}, "status": {"requests": 40.0}}
+    )
+    busy = dataclasses.replace(snapshot(adapters, reported), model=model)
+    plan = run_pass(busy, PlacementState())
+    assert (plan.demand.requests, plan.target) == (8.5, 3)  # ceil(8.5 / 4), within max 3
+    assert run_pass(dataclasses.replace(busy, model=MODEL), PlacementState()).target == 2  # no target
 
 
 def test_an_adapter_turns_ready_once_its_agents_report_it_though_the_passes_remember_what_they_read() -> None:

@@ -45,6 +45,7 @@ from typing import Any
 import aiohttp
 
 from loraplex.api.agent import LOAD_REASONS, REFUSED_REASONS, AgentResidency, EnsureCode, EnsureStatus
+from loraplex.api.engine_metrics import requests_in_engine
 from loraplex.api.tiers import TIERS, Tier
 from loraplex.api.wire import to_wire
 from loraplex.api.workerplacement import AdapterFailure, ResidentAdapter, adapter_of_engine_name
@@ -59,6 +60,7 @@ from loraplex.worker.agent.activity import (
 from loraplex.worker.agent.adapter_lookup import AdapterLookup, LookupFailed
 from loraplex.worker.agent.base_modules import adapter_targets_problem
 from loraplex.worker.agent.disk_cache import DiskCache
+from loraplex.worker.agent.engine_load import LoadMean, to_report
 from loraplex.worker.agent.fetch import Fetcher, FetchError
 from loraplex.worker.agent.metrics import AgentMetrics
 from loraplex.worker.agent.residency import (
@@ -159,6 +161,8 @@ class Agent:
         self.activity_interval = activity_interval
         self.wall_clock = wall_clock  # vLLM stamps activity with the epoch time, not a monotonic clock
         self._activity_read_at: float | None = None
+        self.load = LoadMean()  # vLLM's requests running and waiting, read with the activity
+        self.requests: float | None = None  # their mean as reported (see engine_load.py)
         self.metrics.disk_budget.set(cache.budget_bytes)
 
     # -- inputs -------------------------------------------------------------------------------
@@ -256,12 +260,17 @@ class Agent:
         self._activity_read_at = now
         try:
             text = await self.vllm.metrics_text()
-            seen = by_adapter(await asyncio.to_thread(last_use, text))  # a big one must not stall ensures
+            uses, requests = await asyncio.to_thread(_read_metrics, text)  # a big one must not stall ensures
         except (aiohttp.ClientError, TimeoutError, VllmError, ValueError) as error:
             log.warning("Could not read adapter activity from vLLM of worker %s: %s", self.worker, error)
             return
+        seen = by_adapter(uses)
         self.activity.merge(seen, self.registered)
         self._take_in_uses(seen)
+        self.load.add(now, requests)
+        mean = self.load.mean()
+        if mean is not None:
+            self.requests = to_report(self.requests, mean)
 
     def _take_in_uses(self, seen: Mapping[str, float]) -> None:
         """vLLM's uses of a copy count for keeping it: copies loaded on demand stay most recently used
@@ -628,6 +637,7 @@ class Agent:
             cpu_slots=self.slots.cpu,
             held=f"{held_wanted}/{len(wanted)}",
             observed_generation=self.generation,
+            **({"requests": self.requests} if self.requests is not None else {}),
         )
 
     async def publish(self) -> None:
@@ -646,6 +656,11 @@ class Agent:
         for engine_name, retired in list(self.retiring.items()):
             if retired.unload_after is None and serving.get(retired.copy.name) != engine_name:
                 self.retiring[engine_name] = dataclasses.replace(retired, unload_after=unload_after)
+
+
+def _read_metrics(text: str) -> tuple[dict[str, float], float]:
+    """From vLLM's `/metrics`: each engine name's last use, and the requests running or waiting."""
+    return last_use(text), requests_in_engine(text)
 
 
 def _other_than(engine_name: str, name: str) -> str | None:
