@@ -7,8 +7,12 @@ concurrency (the requests it runs while others wait for a seat, unless
 against the measured time of an adapter load.
 
 One poll of all workers every `interval` seconds, concurrently, each with a
-short timeout; an answer updates the worker's load and marks it alive, no
-answer (or an error status) takes it out of rotation until it answers again.
+short timeout; an answer updates the worker's load and marks it alive; a refused
+connection or an error status takes it out of rotation until it answers again.
+A poll that times out changes nothing: a vLLM busy enough (or with a large enough
+exposition) to render `/metrics` slowly is still serving, and the requests it
+answers keep it alive (`FleetState.report_answer`); one that answers nothing at
+all goes once its last answer is `stale_after` old.
 """
 
 from __future__ import annotations
@@ -125,7 +129,10 @@ class LoadPoller:
             ) as response:
                 response.raise_for_status()
                 sample = parse_engine(await response.text())
-        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        except TimeoutError:
+            log.debug("The vLLM of worker %s did not answer a load poll within %.1f s", name, timeout.total)
+            return
+        except (aiohttp.ClientError, ValueError) as error:
             if self.state.table.workers.get(name) is not None and self.state.table.workers[name].healthy:
                 log.warning(
                     "Lost worker %s: its vLLM did not answer (%s)", name, error or type(error).__name__

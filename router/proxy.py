@@ -333,6 +333,7 @@ async def _forward(
             if upstream.status >= 500:
                 detail = (await upstream.text())[:200]
                 raise Retryable("status", f"worker {worker} answered {upstream.status}: {detail}")
+            proxy.state.report_answer(worker, proxy.clock())
             if upstream.status == 404:
                 missing = await upstream.read()
                 if adapter is not None and _model_missing(missing):

@@ -7,9 +7,10 @@ methods directly. The proxy reads the worker table and the endpoints and
 reports a failed call with `report_failure`.
 
 Health, with staleness bounded: a worker is healthy when its source says it
-is ready, its vLLM answered a load poll within `stale_after` seconds, and no
-request failed on it since that answer. So a worker that stops answering is
-out after at most `stale_after` seconds, and at once when a request fails there.
+is ready, its vLLM answered a load poll or a request within `stale_after`
+seconds, and no request failed on it since that answer. So a worker that stops
+answering is out after at most `stale_after` seconds, and at once when a request
+fails there or a poll cannot reach it.
 """
 
 from __future__ import annotations
@@ -189,8 +190,17 @@ class FleetState:
         health.failed_at = None
         self._refresh(name, now)
 
+    def report_answer(self, name: str, now: float) -> None:
+        """The worker's vLLM answered a request: it is alive, as after a good load poll (a vLLM too
+        busy to render `/metrics` within the poll's timeout still serves)."""
+        health = self._health.get(name)
+        if health is not None:
+            health.last_ok = now
+            health.failed_at = None
+            self._refresh(name, now)
+
     def report_unreachable(self, name: str, now: float) -> None:
-        """A load poll got no answer: out of rotation until one does."""
+        """A load poll could not reach the worker or got an error: out of rotation until it answers."""
         if name in self._health:
             self._health[name].last_ok = None
             self._refresh(name, now)

@@ -58,6 +58,7 @@ class FakeWorker:
     mode: str = "ok"  # ok | fail | break (stream breaks after the first chunk) | hang | not_loaded
     agent_mode: str = "ok"  # ok | not_ready (its vLLM restarts: 503 EngineNotReady) | lookup_failed
     gated: bool = False  # hold the stream after the first chunk until `release` is set
+    metrics_seconds: float = 0.0  # how long GET /metrics takes (a busy vLLM renders it slowly)
     ensure_gate: asyncio.Event | None = None  # the agent answers ensure calls once this is set
     known: set[str] = field(default_factory=lambda: {"sql-gen", "chat-bot", "tail-1"})
     engine_names: dict[str, str] = field(default_factory=dict)  # adapter -> the name ensure answers
@@ -118,6 +119,7 @@ class FakeWorker:
         return response
 
     async def metrics(self, _: web.Request) -> web.Response:
+        await asyncio.sleep(self.metrics_seconds)
         running = 'vllm:num_requests_running{model_name="x"} 1.0\n'
         return web.Response(text=running + "vllm:num_requests_waiting 2.0\n")
 

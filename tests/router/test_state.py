@@ -63,6 +63,42 @@ async def test_the_load_poller_takes_out_a_worker_whose_vllm_stops_answering(fle
     assert state.table.workers["worker-1"].healthy
 
 
+def test_a_request_the_worker_answers_keeps_it_alive_as_a_load_poll_does() -> None:
+    state = new_state(stale_after=2.0)
+    state.upsert_worker("w", "http://v", "http://a", ready=True, now=0.0)
+    state.report_load("w", 4, now=0.0)
+    state.report_answer("w", now=1.5)
+    state.refresh(now=3.0)
+    assert state.table.workers["w"].healthy  # no poll for 3 s, but it answered a request 1.5 s ago
+    state.refresh(now=3.6)
+    assert not state.table.workers["w"].healthy  # answered nothing for 2 s
+    state.report_failure("w", now=3.7)
+    state.report_answer("w", now=3.8)
+    assert state.table.workers["w"].healthy
+
+
+async def test_a_worker_too_busy_to_render_its_metrics_in_time_is_not_taken_out(fleet: Any) -> None:
+    state = fleet.state
+    async with aiohttp.ClientSession() as session:
+        poller = LoadPoller(state, session, interval=0.1)  # each poll waits 0.2 s at most
+        fleet.workers["worker-0"].metrics_seconds = 1.0
+        await poller.poll_once()
+    assert state.table.workers["worker-0"].healthy  # slow is not gone: staleness decides
+    assert state.table.workers["worker-1"].healthy
+
+
+async def test_the_proxy_reports_each_answer_of_a_worker(fleet: Any, monkeypatch: Any) -> None:
+    answered: list[str] = []
+    monkeypatch.setattr(fleet.state, "report_answer", lambda name, now: answered.append(name))
+    body = {"model": "sql-gen", "prompt": "hi", "max_tokens": 4}
+    headers = {"Authorization": "Bearer ignored"}
+    url = f"{fleet.url}/v1/completions"
+    async with aiohttp.ClientSession() as session, session.post(url, json=body, headers=headers) as response:
+        assert response.status == 200
+        served = (await response.json())["choices"][0]["text"]
+    assert [f"served by {name}" for name in answered] == [served]
+
+
 async def test_static_mode_reads_residency_and_slots_from_the_agents(fleet: Any) -> None:
     state = new_state()
     workers = [StaticWorker(w.name, w.vllm_url, w.agent_url) for w in fleet.workers.values()]
