@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -84,14 +84,20 @@ class Pid1:
 
 
 @pytest.fixture
-def processes() -> Iterator[list[Pid1]]:
+def start(tmp_path: Path) -> Iterator[Callable[[Sequence[str]], Pid1]]:
+    """Starts `loraplex <args>` as PID 1 (its log under tmp_path); each is killed after the test."""
     started: list[Pid1] = []
-    yield started
+
+    def start_one(args: Sequence[str]) -> Pid1:
+        started.append(Pid1(args, tmp_path / f"{args[0]}-{len(started)}.log"))
+        return started[-1]
+
+    yield start_one
     for process in started:
         process.kill()
 
 
-def test_the_agent_stops_on_sigterm(tmp_path: Path, processes: list[Pid1]) -> None:
+def test_the_agent_stops_on_sigterm(tmp_path: Path, start: Callable[[Sequence[str]], Pid1]) -> None:
     wanted = tmp_path / "wanted.json"
     wanted.write_text('{"adapters": []}')
     port = free_port()
@@ -100,35 +106,32 @@ def test_the_agent_stops_on_sigterm(tmp_path: Path, processes: list[Pid1]) -> No
         "--cache-dir", str(tmp_path / "cache"), "--host", "127.0.0.1", "--port", str(port),
         "--wanted-file", str(wanted),
     ]  # fmt: skip
-    agent = Pid1(args, tmp_path / "agent.log")
-    processes.append(agent)
+    agent = start(args)
     agent.wait_for_line("Started agent of worker worker-0")
     assert agent.terminate_and_wait() == 0
     assert "Stopping agent of worker worker-0 (signal)" in agent.output()
 
 
-def test_the_router_stops_on_sigterm(tmp_path: Path, processes: list[Pid1]) -> None:
+def test_the_router_stops_on_sigterm(start: Callable[[Sequence[str]], Pid1]) -> None:
     unreachable = f"http://127.0.0.1:{free_port()}"
     args = [
         "router", "--base-model", "tiny-llama", "--host", "127.0.0.1", "--port", str(free_port()),
         "--workers", f"worker-0={unreachable},{unreachable}",
     ]  # fmt: skip
-    router = Pid1(args, tmp_path / "router.log")
-    processes.append(router)
+    router = start(args)
     router.wait_for_line("Started router of tiny-llama")
     assert router.terminate_and_wait() == 0
     assert "Stopped router of tiny-llama" in router.output()
 
 
 def test_fetch_model_stops_mid_copy_on_sigterm_and_leaves_no_partial_copy(
-    tmp_path: Path, processes: list[Pid1]
+    tmp_path: Path, start: Callable[[Sequence[str]], Pid1]
 ) -> None:
     with socket.create_server(("127.0.0.1", 0)) as silent:  # takes the connection, never answers
         port = silent.getsockname()[1]
         dest = tmp_path / "models"
         args = ["agent", "fetch-model", "--uri", f"https://127.0.0.1:{port}/tiny.tar", "--dest", str(dest)]
-        fetch = Pid1(args, tmp_path / "fetch.log")
-        processes.append(fetch)
+        fetch = start(args)
         fetch.wait_for_line(f"fetch-model: copying https://127.0.0.1:{port}/tiny.tar into {dest}")
         assert fetch.terminate_and_wait() == 143  # as a container killed by SIGTERM
     assert "fetch-model: stopped by a signal; the partial copy is removed" in fetch.output()
