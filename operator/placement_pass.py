@@ -143,7 +143,10 @@ def run_pass(snapshot: PlacementSnapshot, state: PlacementState) -> PassPlan:
     specs = {k: s for k, (_, s, _) in adapters.items()}
     deleting = {b["metadata"]["name"] for b in snapshot.adapters if b["metadata"].get("deletionTimestamp")}
     unloads = on_demand_unloads(deleting, snapshot.placements)
-    planned = plan_worker_placements(snapshot.ref, sorted(workers), result.placement, specs, unloads)
+    scales_on_load = snapshot.model.replicas.target_requests_per_worker is not None
+    planned = plan_worker_placements(
+        snapshot.ref, sorted(workers), result.placement, specs, unloads, report_requests=scales_on_load
+    )
     statuses, events, announced = plan_adapter_statuses(
         adapters,
         result.placement,

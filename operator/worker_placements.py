@@ -56,8 +56,10 @@ def plan_worker_placements(
     target: Target,
     adapters: Mapping[str, LoRAAdapterSpec],
     unloads: Mapping[str, list[str]] | None = None,
+    report_requests: bool = False,
 ) -> list[Manifest]:
-    """One WorkerPlacement per worker (empty for a worker that holds nothing)."""
+    """One WorkerPlacement per worker (empty for a worker that holds nothing); `report_requests`
+    asks the agents for their request load (the BaseModel scales on it)."""
     wanted: dict[str, list[dict[str, object]]] = defaultdict(list)
     for name in sorted(target):
         spec = adapters.get(name)
@@ -76,17 +78,23 @@ def plan_worker_placements(
             )
     unloads = unloads or {}
     return [
-        _worker_placement(ref, worker, wanted.get(worker, []), unloads.get(worker, []))
+        _worker_placement(ref, worker, wanted.get(worker, []), unloads.get(worker, []), report_requests)
         for worker in sorted(workers)
     ]
 
 
 def _worker_placement(
-    ref: BaseModelRef, worker: str, adapters: list[dict[str, object]], unload: list[str]
+    ref: BaseModelRef,
+    worker: str,
+    adapters: list[dict[str, object]],
+    unload: list[str],
+    report_requests: bool,
 ) -> Manifest:
     spec: dict[str, object] = {"baseModel": ref.name, "worker": worker, "adapters": adapters}
     if unload:  # left out when empty: the content hash of every other WorkerPlacement stays as it was
         spec["unload"] = unload
+    if report_requests:  # likewise
+        spec["reportRequests"] = True
     return owned_by(
         ref,
         {

@@ -95,6 +95,11 @@ class WorkerPlacementSpec(ApiModel):
         "deletion completes.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
+    report_requests: bool = Field(
+        default=False,
+        description="Report the worker's request load in status.requests: set while the BaseModel "
+        "scales on it (replicas.targetRequestsPerWorker), so other fleets pay no status writes for it.",
+    )
 
 
 class ResidentAdapter(ApiModel):

@@ -149,7 +149,8 @@ def test_workers_grow_with_the_requests_the_agents_report_and_shrink_back_after_
                 return None
             raise
 
-    wait_until(lambda: placement_of("tiny-worker-0"), 30, "the first worker's WorkerPlacement")
+    first = wait_until(lambda: placement_of("tiny-worker-0"), 30, "the first worker's WorkerPlacement")
+    assert first["spec"]["reportRequests"] is True  # its agent is asked for the load
     report_requests(kube, namespace, "tiny-worker-0", 5.0)  # a busy minute on the one worker
     two = (2, "2/2", ["tiny-worker-0", "tiny-worker-1"])
     wait_until(lambda: fleet(kube, namespace) == two, 60, "two workers for 5 requests at 4 a worker")

@@ -132,6 +132,7 @@ def test_the_requests_its_healthy_workers_report_size_a_fleet_with_a_target_per_
     busy = dataclasses.replace(snapshot(adapters, reported), model=model)
     plan = run_pass(busy, PlacementState())
     assert (plan.demand.requests, plan.target) == (8.5, 3)  # ceil(8.5 / 4), within max 3
+    assert [m["spec"].get("reportRequests") for m in plan.apply] == [True, True]  # the agents are asked
     assert run_pass(dataclasses.replace(busy, model=MODEL), PlacementState()).target == 2  # no target
 
 

@@ -91,6 +91,14 @@ def test_a_worker_holding_an_adapter_being_deleted_on_demand_is_told_to_unload_i
     assert hashes[1:3] == hashes[4:6]  # the other workers' objects are as they were: nothing rewritten
 
 
+def test_the_agents_are_asked_for_their_load_only_while_the_base_model_scales_on_it() -> None:
+    target = {"sql": {"llama-8b-worker-0": "GPU"}}
+    asking = plan_worker_placements(REF, WORKERS, target, {"sql": SQL}, report_requests=True)
+    assert [m["spec"].get("reportRequests") for m in asking] == [True, True, True]
+    plain = plan_worker_placements(REF, WORKERS, target, {"sql": SQL})
+    assert [m["spec"].get("reportRequests") for m in plain] == [None, None, None]  # left out: no rewrite
+
+
 def report(**held: Resident) -> WorkerReport:
     return WorkerReport(held=held, failures={})
 

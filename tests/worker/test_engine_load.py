@@ -49,9 +49,12 @@ def test_the_reported_load_moves_only_by_a_request_and_a_tenth() -> None:
     assert to_report(50.0, 44.96) == 45.0
 
 
-async def test_the_agent_reports_its_workers_load_from_vllm(tmp_path: Path) -> None:
+async def test_the_agent_reports_its_workers_load_from_vllm_while_its_worker_placement_asks(
+    tmp_path: Path,
+) -> None:
     vllm, clock = FakeVllm(), Clock()
     agent = agent_on(tmp_path, vllm, clock)
+    agent.set_wanted([], report_requests=True)
     assert "requests" not in agent.report()  # nothing read yet: the field is left out
     vllm.exposition = engine(6, 2)
     await agent.read_activity()
@@ -66,3 +69,5 @@ async def test_the_agent_reports_its_workers_load_from_vllm(tmp_path: Path) -> N
     vllm.exposition = engine(0)
     await agent.read_activity()
     assert agent.report()["requests"] == 0.0  # the busy minute is over
+    agent.set_wanted([], report_requests=False)  # the BaseModel no longer scales on load
+    assert "requests" not in agent.report()

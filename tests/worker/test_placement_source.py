@@ -14,25 +14,29 @@ SPEC = {
 }
 
 
-def test_a_worker_placement_delivers_its_adapters_generation_and_unload_list() -> None:
-    delivered: list[tuple[list[WantedAdapter], int | None, list[str]]] = []
+def test_a_worker_placement_delivers_its_adapters_generation_unload_list_and_load_report_wish() -> None:
+    delivered: list[tuple[list[WantedAdapter], int | None, list[str], bool]] = []
     obj = {"metadata": {"generation": 3}, "spec": SPEC}
     WorkerPlacementSource._deliver(obj, lambda *args: delivered.append(args))
+    asking = {"metadata": {"generation": 4}, "spec": {**SPEC, "reportRequests": True}}
+    WorkerPlacementSource._deliver(asking, lambda *args: delivered.append(args))
     WorkerPlacementSource._deliver(None, lambda *args: delivered.append(args))  # the object is gone
+    sql_gen = WantedAdapter("sql-gen", "file:///a/sql", "1" * 64, "GPU")
     assert delivered == [
-        ([WantedAdapter("sql-gen", "file:///a/sql", "1" * 64, "GPU")], 3, ["code-lazy"]),
-        ([], None, []),
+        ([sql_gen], 3, ["code-lazy"], False),
+        ([sql_gen], 4, ["code-lazy"], True),
+        ([], None, [], False),
     ]
 
 
 async def test_a_wanted_file_delivers_its_unload_list_too(tmp_path: Path) -> None:
     wanted = tmp_path / "wanted.yaml"
     wanted.write_text('{"adapters": [], "unload": ["code-lazy"]}')
-    delivered: asyncio.Queue[tuple[list[WantedAdapter], int | None, list[str]]] = asyncio.Queue()
+    delivered: asyncio.Queue[tuple[list[WantedAdapter], int | None, list[str], bool]] = asyncio.Queue()
     source = FileSource(wanted, lambda *args: delivered.put_nowait(args), interval=0.01)
     task = asyncio.create_task(source.run())
     try:
-        assert await asyncio.wait_for(delivered.get(), 5) == ([], None, ["code-lazy"])
+        assert await asyncio.wait_for(delivered.get(), 5) == ([], None, ["code-lazy"], False)
     finally:
         task.cancel()
 

@@ -163,17 +163,24 @@ class Agent:
         self._activity_read_at: float | None = None
         self.load = LoadMean()  # vLLM's requests running and waiting, read with the activity
         self.requests: float | None = None  # their mean as reported (see engine_load.py)
+        self.report_requests = False  # the WorkerPlacement asks for it (its BaseModel scales on load)
         self.metrics.disk_budget.set(cache.budget_bytes)
 
     # -- inputs -------------------------------------------------------------------------------
 
     def set_wanted(
-        self, wanted: list[WantedAdapter], generation: int | None = None, unload: Iterable[str] = ()
+        self,
+        wanted: list[WantedAdapter],
+        generation: int | None = None,
+        unload: Iterable[str] = (),
+        report_requests: bool = False,
     ) -> None:
-        """The WorkerPlacement's spec: what to hold, and which adapters being deleted to drop."""
+        """The WorkerPlacement's spec: what to hold, which adapters being deleted to drop, and whether
+        to report the worker's request load."""
         self.wanted = wanted
         self.generation = generation
         self.unload = frozenset(unload)
+        self.report_requests = report_requests
         self._wake.set()
 
     # -- the loop -----------------------------------------------------------------------------
@@ -637,7 +644,7 @@ class Agent:
             cpu_slots=self.slots.cpu,
             held=f"{held_wanted}/{len(wanted)}",
             observed_generation=self.generation,
-            **({"requests": self.requests} if self.requests is not None else {}),
+            **({"requests": self.requests} if self.report_requests and self.requests is not None else {}),
         )
 
     async def publish(self) -> None:

@@ -33,7 +33,7 @@ from loraplex.worker.agent.residency import WantedAdapter
 
 log = logging.getLogger("loraplex.agent")
 # (wanted adapters, the WorkerPlacement's generation, the adapters being deleted to unload)
-WantedCallback = Callable[[list[WantedAdapter], int | None, list[str]], None]
+WantedCallback = Callable[[list[WantedAdapter], int | None, list[str], bool], None]
 
 
 def wanted_from_spec(spec: dict[str, Any]) -> list[WantedAdapter]:
@@ -53,6 +53,11 @@ def unload_from_spec(spec: dict[str, Any]) -> list[str]:
     return [str(name) for name in spec.get("unload") or []]
 
 
+def reports_requests(spec: dict[str, Any]) -> bool:
+    """Whether the operator asks for the worker's request load (`spec.reportRequests`)."""
+    return bool(spec.get("reportRequests", False))
+
+
 class FileSource:
     """Wanted adapters from a file (`adapters: [...]`), polled for changes."""
 
@@ -69,7 +74,9 @@ class FileSource:
                 if mtime != self._seen:
                     self._seen = mtime
                     spec = yaml.safe_load(self.path.read_text()) or {}
-                    self.on_wanted(wanted_from_spec(spec), None, unload_from_spec(spec))
+                    self.on_wanted(
+                        wanted_from_spec(spec), None, unload_from_spec(spec), reports_requests(spec)
+                    )
             await asyncio.sleep(self.interval)
 
 
@@ -102,8 +109,10 @@ class WorkerPlacementSource:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
 
-        def deliver(wanted: list[WantedAdapter], generation: int | None, unload: list[str]) -> None:
-            loop.call_soon_threadsafe(self.on_wanted, wanted, generation, unload)
+        def deliver(
+            wanted: list[WantedAdapter], generation: int | None, unload: list[str], report_requests: bool
+        ) -> None:
+            loop.call_soon_threadsafe(self.on_wanted, wanted, generation, unload, report_requests)
 
         watcher = threading.Thread(target=self._watch, args=(deliver,), name="placement-watch", daemon=True)
         watcher.start()
@@ -129,10 +138,11 @@ class WorkerPlacementSource:
     @staticmethod
     def _deliver(obj: dict[str, Any] | None, deliver: WantedCallback) -> None:
         if obj is None:
-            deliver([], None, [])
+            deliver([], None, [], False)
             return
         spec = obj.get("spec", {})
-        deliver(wanted_from_spec(spec), obj["metadata"].get("generation"), unload_from_spec(spec))
+        generation = obj["metadata"].get("generation")
+        deliver(wanted_from_spec(spec), generation, unload_from_spec(spec), reports_requests(spec))
 
     async def report(self, report: AgentResidency) -> None:
         """Queue a report for the status; the write loop coalesces and sends it."""
@@ -165,6 +175,7 @@ class WorkerPlacementSource:
             self._conditions, [ready_condition(report)], generation, datetime.now(UTC)
         )
         status = to_wire(report.placement_status(self._conditions))
+        status.setdefault("requests", None)  # a merge patch keeps what it leaves out: null drops a stale load
         try:
             self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, self.namespace, WORKER_PLACEMENTS, self.name, {"status": status}
