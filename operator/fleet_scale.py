@@ -50,7 +50,7 @@ def within_range(spec: BaseModelSpec, workers: int) -> int:
 
 
 def workers_needed(spec: BaseModelSpec, demand: FleetDemand) -> int:
-    """Workers that hold `demand` warm, clamped to replicas.min..max."""
+    """Workers that hold `demand` warm and serve its requests, clamped to replicas.min..max."""
     warm_slots = max(spec.engine.max_loras, spec.engine.max_cpu_loras)
     target = spec.replicas.target_requests_per_worker
     needed = max(

@@ -32,7 +32,8 @@ from loraplex.kube import list_and_watch
 from loraplex.worker.agent.residency import WantedAdapter
 
 log = logging.getLogger("loraplex.agent")
-# (wanted adapters, the WorkerPlacement's generation, the adapters being deleted to unload)
+# (wanted adapters, the WorkerPlacement's generation, the adapters being deleted to unload, whether
+# to report the worker's request load)
 WantedCallback = Callable[[list[WantedAdapter], int | None, list[str], bool], None]
 
 
