@@ -61,6 +61,7 @@ class FleetObservation:
     pods: Sequence[FleetPod] = field(default_factory=tuple)
     gpu_used: int = 0  # adapters the agents report in GPU slots, over all workers
     cpu_used: int = 0  # ... and in CPU slots (vLLM's CPU cache holds the GPU ones too)
+    requests: float | None = None  # running or waiting, as the agents report it; None: none reports
     refused: str | None = None  # the API server refused an object of the fleet: which, and its answer
     router_pods: Sequence[FleetPod] = field(default_factory=tuple)
 
@@ -98,6 +99,8 @@ def plan_base_model_status(
     cpu_total = ready * spec.engine.max_cpu_loras
     gpu_used = min(observed.gpu_used, gpu_total)
     selector = {"worker_selector": worker_selector} if worker_selector else {}  # unset: not written
+    scales_on_load = spec.replicas.target_requests_per_worker is not None
+    load = {"requests": observed.requests or 0.0} if scales_on_load else {}
     status = BaseModelStatus(
         observed_generation=generation,
         conditions=merge_conditions(previous.get("conditions", []), updates, generation, now),
@@ -112,6 +115,7 @@ def plan_base_model_status(
         ),
         slots_summary=f"{gpu_used}/{gpu_total}",
         **selector,
+        **load,
     )
     return to_wire(status)
 

@@ -192,21 +192,34 @@ def slots_used(placements: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
     return tiers.count(Tier.GPU), tiers.count(Tier.CPU)
 
 
+def requests_reported(placements: Iterable[Mapping[str, Any]]) -> float | None:
+    """The requests the workers' agents report running or waiting, summed; None when none reports."""
+    loads = [
+        status.requests for p in placements if (status := read_status(p.get("status"))).requests is not None
+    ]
+    return round(sum(loads), 1) if loads else None
+
+
 def fleet_observation(
     statefulset: Mapping[str, Any] | None,
     pods: Iterable[FleetPod],
     placements: Iterable[Mapping[str, Any]] = (),
     router_pods: Iterable[FleetPod] = (),
 ) -> FleetObservation:
+    placements = list(placements)
     gpu_used, cpu_used = slots_used(placements)
+    requests = requests_reported(placements)
     routers = tuple(sorted(router_pods, key=lambda p: p.name))
     if statefulset is None:
-        return FleetObservation(pods=tuple(pods), router_pods=routers, gpu_used=gpu_used, cpu_used=cpu_used)
+        return FleetObservation(
+            pods=tuple(pods), router_pods=routers, gpu_used=gpu_used, cpu_used=cpu_used, requests=requests
+        )
     status = statefulset.get("status", {}) or {}
     return FleetObservation(
         router_pods=routers,
         gpu_used=gpu_used,
         cpu_used=cpu_used,
+        requests=requests,
         statefulset_found=True,
         replicas=statefulset_replicas(statefulset),
         observed_generation=int(status.get("observedGeneration", 0)),

@@ -398,3 +398,9 @@ class BaseModelStatus(ApiModel):
     worker_selector: str | None = Field(
         default=None, max_length=256, description="Label selector of the worker pods (for kubectl scale)."
     )
+    requests: float | None = Field(
+        default=None,
+        ge=0,
+        description="Requests running or waiting on the workers, as their agents report them: what "
+        "replicas.targetRequestsPerWorker sizes the fleet by (set only with it).",
+    )

@@ -90,6 +90,7 @@ KINDS: tuple[Kind, ...] = (
                 "jsonPath": ".status.slotsSummary",
                 "description": "GPU adapter slots used / total",
             },
+            {"name": "Requests", "type": "number", "jsonPath": ".status.requests", "priority": 1},
             {"name": "Model", "type": "string", "jsonPath": ".spec.model.uri", "priority": 1},
             _AGE,
         ),

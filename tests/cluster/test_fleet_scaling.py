@@ -167,6 +167,12 @@ def test_workers_grow_with_the_requests_the_agents_report_and_shrink_back_after_
     messages = wait_until(scaled_events, 30, "a Scaled event on the BaseModel")
     assert "10 requests running or waiting, at most 4 per worker wanted" in messages[0]
 
+    def shown_load() -> float | None:
+        model = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "basemodels", "tiny")
+        return model.get("status", {}).get("requests")
+
+    wait_until(lambda: shown_load() == 10.0, 30, "the BaseModel showing the 10 requests")
+
     for worker in ("tiny-worker-0", "tiny-worker-1"):
         report_requests(kube, namespace, worker, 0.0)  # the load is gone
     wait_until(lambda: fleet(kube, namespace) == one, 60, "back to one worker once the delay passed")

@@ -20,6 +20,7 @@ from loraplex.operator.observe import (
     container_trouble,
     fleet_pod,
     init_running_since,
+    requests_reported,
     setting_up_since,
     slots_used,
     volume_trouble,
@@ -112,6 +113,18 @@ def test_counts_and_summaries_for_printer_columns() -> None:
     status = plan_base_model_status(SPEC, 3, settled(ready_replicas=1), {}, NOW)
     assert (status["workers"], status["slotsSummary"], status["observedGeneration"]) == ("1/2", "0/4", 3)
     assert status["slots"]["gpuTotal"] == 4
+
+
+def test_a_fleet_that_scales_on_load_shows_the_load_its_agents_report() -> None:
+    placements = [{"status": {"requests": 2.5}}, {"status": {"requests": 1.0}}, {"status": {"adapters": []}}]
+    assert requests_reported(placements) == 3.5
+    assert requests_reported([{"status": {}}]) is None  # no agent reports a load
+    scaling = SPEC.model_copy(
+        update={"replicas": SPEC.replicas.model_copy(update={"target_requests_per_worker": 8})}
+    )
+    assert plan_base_model_status(scaling, 1, settled(requests=3.5), {}, NOW)["requests"] == 3.5
+    assert plan_base_model_status(scaling, 1, settled(), {}, NOW)["requests"] == 0.0  # none reported yet
+    assert "requests" not in plan_base_model_status(SPEC, 1, settled(requests=3.5), {}, NOW)  # no target
 
 
 def test_slots_in_use_come_from_what_the_agents_report() -> None:
