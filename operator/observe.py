@@ -7,7 +7,7 @@ from typing import Any
 
 from loraplex.api.labels import HASH_ANNOTATION
 from loraplex.api.tiers import Tier
-from loraplex.api.workerplacement import read_status
+from loraplex.api.workerplacement import WorkerPlacementStatus, read_status
 from loraplex.operator.fleet_status import (
     CRASH_LOOP,
     TROUBLE_REASONS,
@@ -186,17 +186,15 @@ def init_running_since(pod_status: Mapping[str, Any], name: str) -> str | None:
     return None
 
 
-def slots_used(placements: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
+def slots_used(statuses: Iterable[WorkerPlacementStatus]) -> tuple[int, int]:
     """(GPU, CPU) slots in use over the workers, as their agents report them in WorkerPlacement status."""
-    tiers = [a.tier for p in placements for a in read_status(p.get("status")).adapters]
+    tiers = [a.tier for status in statuses for a in status.adapters]
     return tiers.count(Tier.GPU), tiers.count(Tier.CPU)
 
 
-def requests_reported(placements: Iterable[Mapping[str, Any]]) -> float | None:
+def requests_reported(statuses: Iterable[WorkerPlacementStatus]) -> float | None:
     """The requests the workers' agents report running or waiting, summed; None when none reports."""
-    loads = [
-        status.requests for p in placements if (status := read_status(p.get("status"))).requests is not None
-    ]
+    loads = [status.requests for status in statuses if status.requests is not None]
     return round(sum(loads), 1) if loads else None
 
 
@@ -206,9 +204,9 @@ def fleet_observation(
     placements: Iterable[Mapping[str, Any]] = (),
     router_pods: Iterable[FleetPod] = (),
 ) -> FleetObservation:
-    placements = list(placements)
-    gpu_used, cpu_used = slots_used(placements)
-    requests = requests_reported(placements)
+    statuses = [read_status(p.get("status")) for p in placements]  # parsed once: thousands of entries each
+    gpu_used, cpu_used = slots_used(statuses)
+    requests = requests_reported(statuses)
     routers = tuple(sorted(router_pods, key=lambda p: p.name))
     if statefulset is None:
         return FleetObservation(

@@ -30,7 +30,6 @@ from loraplex.router.state import FleetState
 
 log = logging.getLogger(__name__)
 
-_RUNNING, _WAITING = REQUESTS_RUNNING, REQUESTS_WAITING
 _CAPACITY = "vllm:num_requests_waiting_by_reason{"  # with reason="capacity": no seat for it
 _INFERENCE_SUM, _INFERENCE_COUNT = (
     "vllm:request_inference_time_seconds_sum",
@@ -56,7 +55,13 @@ class EngineSample:
 
 def parse_engine(text: str) -> EngineSample:
     """The gauges and counters the router reads from vLLM's Prometheus text (summed over label sets)."""
-    values = {_RUNNING: 0.0, _WAITING: 0.0, _CAPACITY: 0.0, _INFERENCE_SUM: 0.0, _INFERENCE_COUNT: 0.0}
+    values = {
+        REQUESTS_RUNNING: 0.0,
+        REQUESTS_WAITING: 0.0,
+        _CAPACITY: 0.0,
+        _INFERENCE_SUM: 0.0,
+        _INFERENCE_COUNT: 0.0,
+    }
     for line in text.splitlines():
         if not line.startswith("vllm:"):
             continue
@@ -67,8 +72,8 @@ def parse_engine(text: str) -> EngineSample:
         elif line.startswith(_CAPACITY) and 'reason="capacity"' in line:
             values[_CAPACITY] += float(line.rsplit(" ", 1)[-1])
     return EngineSample(
-        running=round(values[_RUNNING]),
-        waiting=round(values[_WAITING]),
+        running=round(values[REQUESTS_RUNNING]),
+        waiting=round(values[REQUESTS_WAITING]),
         waiting_for_seat=round(values[_CAPACITY]),
         inference_seconds=values[_INFERENCE_SUM],
         finished=round(values[_INFERENCE_COUNT]),

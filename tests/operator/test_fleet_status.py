@@ -9,6 +9,7 @@ import pytest
 
 from loraplex.api.basemodel import BaseModelSpec
 from loraplex.api.conditions import ConditionUpdate, condition, merge_conditions
+from loraplex.api.workerplacement import read_status
 from loraplex.operator.fleet_status import (
     FleetObservation,
     FleetPod,
@@ -117,8 +118,8 @@ def test_counts_and_summaries_for_printer_columns() -> None:
 
 def test_a_fleet_that_scales_on_load_shows_the_load_its_agents_report() -> None:
     placements = [{"status": {"requests": 2.5}}, {"status": {"requests": 1.0}}, {"status": {"adapters": []}}]
-    assert requests_reported(placements) == 3.5
-    assert requests_reported([{"status": {}}]) is None  # no agent reports a load
+    assert requests_reported(read_status(p["status"]) for p in placements) == 3.5
+    assert requests_reported([read_status({})]) is None  # no agent reports a load
     scaling = SPEC.model_copy(
         update={"replicas": SPEC.replicas.model_copy(update={"target_requests_per_worker": 8})}
     )
@@ -133,7 +134,7 @@ def test_slots_in_use_come_from_what_the_agents_report() -> None:
         {"status": {"adapters": [{"name": "a", "tier": "GPU"}, {"name": "c", "tier": "Disk"}]}},
         {"spec": {"adapters": [{"name": "d", "tier": "GPU"}]}},  # wanted, not yet reported: not in use
     ]
-    assert slots_used(placements) == (2, 1)
+    assert slots_used(read_status(p.get("status")) for p in placements) == (2, 1)
     status = plan_base_model_status(SPEC, 1, settled(gpu_used=2, cpu_used=1), {}, NOW)
     assert status["slotsSummary"] == "2/8"
     assert status["slots"] == {"gpuTotal": 8, "gpuUsed": 2, "cpuTotal": 32, "cpuUsed": 3}
